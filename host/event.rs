@@ -1,0 +1,281 @@
+//! The internal event model every stage shares: a decoded Change Data Capture event,
+//! its opaque replay id, and the writer schema it was decoded with.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+
+/// A Pub/Sub API replay id. Opaque bytes: stored and sent back exactly as received,
+/// shown as lowercase hex.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplayId(Bytes);
+
+impl ReplayId {
+    pub fn new(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+
+    /// Parses the hex form written by [`ReplayId::to_hex`] (an optional `0x` prefix is accepted).
+    pub fn from_hex(text: &str) -> Result<Self, hex::FromHexError> {
+        let digits = text.strip_prefix("0x").unwrap_or(text);
+        if digits.is_empty() {
+            return Err(hex::FromHexError::InvalidStringLength);
+        }
+        Ok(Self(Bytes::from(hex::decode(digits)?)))
+    }
+}
+
+impl fmt::Display for ReplayId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ReplayId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReplayId({})", self.to_hex())
+    }
+}
+
+/// `ChangeEventHeader.changeType`, including the gap events Salesforce sends when it could
+/// not generate a full change event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeType {
+    Create,
+    Update,
+    Delete,
+    Undelete,
+    GapCreate,
+    GapUpdate,
+    GapDelete,
+    GapUndelete,
+    GapOverflow,
+}
+
+impl ChangeType {
+    pub const ALL: [ChangeType; 9] = [
+        ChangeType::Create,
+        ChangeType::Update,
+        ChangeType::Delete,
+        ChangeType::Undelete,
+        ChangeType::GapCreate,
+        ChangeType::GapUpdate,
+        ChangeType::GapDelete,
+        ChangeType::GapUndelete,
+        ChangeType::GapOverflow,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Create => "CREATE",
+            ChangeType::Update => "UPDATE",
+            ChangeType::Delete => "DELETE",
+            ChangeType::Undelete => "UNDELETE",
+            ChangeType::GapCreate => "GAP_CREATE",
+            ChangeType::GapUpdate => "GAP_UPDATE",
+            ChangeType::GapDelete => "GAP_DELETE",
+            ChangeType::GapUndelete => "GAP_UNDELETE",
+            ChangeType::GapOverflow => "GAP_OVERFLOW",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+
+    /// Gap events carry only a header: the record's data must be re-read from Salesforce.
+    pub fn is_gap(self) -> bool {
+        !matches!(
+            self,
+            ChangeType::Create | ChangeType::Update | ChangeType::Delete | ChangeType::Undelete
+        )
+    }
+}
+
+impl fmt::Display for ChangeType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The decoded `ChangeEventHeader`. The three field lists hold field names (compound
+/// fields' children as `Parent.Child`), already decoded from Salesforce's bitmaps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChangeEventHeader {
+    pub entity_name: String,
+    pub record_ids: Vec<String>,
+    pub change_type: ChangeType,
+    pub change_origin: String,
+    pub transaction_key: String,
+    pub sequence_number: i32,
+    pub commit_timestamp: i64,
+    pub commit_number: i64,
+    pub commit_user: String,
+    pub changed_fields: Vec<String>,
+    pub nulled_fields: Vec<String>,
+    pub diff_fields: Vec<String>,
+}
+
+/// A record field's value. Salesforce CDC schemas carry no Avro logical types: dates and
+/// times are `Int` epoch values whose meaning is only in the schema's field `doc`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+    /// A compound field (Address, Name, Location): its children in schema order.
+    Record(Vec<Field>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Field {
+    pub name: Arc<str>,
+    pub value: Value,
+}
+
+/// Field names of a schema by position, as Salesforce's bitmaps address them.
+#[derive(Clone, Debug, Default)]
+pub struct FieldNames {
+    /// Top-level fields; position 0 is `ChangeEventHeader`.
+    pub top: Vec<Arc<str>>,
+    /// For each top-level field that is a compound record, its children's names.
+    pub children: Vec<Option<Vec<Arc<str>>>>,
+}
+
+/// A writer schema as returned by `GetSchema`, parsed once and shared by every event
+/// decoded with it.
+#[derive(Debug)]
+pub struct EventSchema {
+    pub id: String,
+    pub json: String,
+    pub avro: apache_avro::Schema,
+    pub names: FieldNames,
+}
+
+/// A decoded change event.
+#[derive(Clone, Debug)]
+pub struct ChangeEvent {
+    pub org_id: Arc<str>,
+    pub channel: Arc<str>,
+    pub replay_id: ReplayId,
+    pub event_id: String,
+    pub schema: Arc<EventSchema>,
+    /// The Avro payload exactly as received.
+    pub payload: Bytes,
+    pub header: ChangeEventHeader,
+    /// Record fields in schema order, `ChangeEventHeader` excluded.
+    pub fields: Vec<Field>,
+}
+
+impl ChangeEvent {
+    /// The first record id, the one Salesforce log lines name.
+    pub fn first_record_id(&self) -> &str {
+        self.header.record_ids.first().map_or("", String::as_str)
+    }
+
+    /// The record as JSON: `ChangeEventHeader` (bitmaps decoded to field names) followed by
+    /// every field in schema order, nulls included, so a JSON schema inferred from any row
+    /// has every column.
+    pub fn record_json(&self) -> String {
+        serde_json::to_string(&RecordJson(self))
+            .expect("serializing an in-memory event cannot fail")
+    }
+}
+
+struct RecordJson<'a>(&'a ChangeEvent);
+
+impl Serialize for RecordJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let event = self.0;
+        let mut map = s.serialize_map(Some(event.fields.len() + 1))?;
+        map.serialize_entry("ChangeEventHeader", &HeaderJson(&event.header))?;
+        for field in &event.fields {
+            map.serialize_entry(&*field.name, &field.value)?;
+        }
+        map.end()
+    }
+}
+
+struct HeaderJson<'a>(&'a ChangeEventHeader);
+
+impl Serialize for HeaderJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let h = self.0;
+        let mut map = s.serialize_map(Some(12))?;
+        map.serialize_entry("entityName", &h.entity_name)?;
+        map.serialize_entry("recordIds", &h.record_ids)?;
+        map.serialize_entry("changeType", h.change_type.as_str())?;
+        map.serialize_entry("changeOrigin", &h.change_origin)?;
+        map.serialize_entry("transactionKey", &h.transaction_key)?;
+        map.serialize_entry("sequenceNumber", &h.sequence_number)?;
+        map.serialize_entry("commitTimestamp", &h.commit_timestamp)?;
+        map.serialize_entry("commitNumber", &h.commit_number)?;
+        map.serialize_entry("commitUser", &h.commit_user)?;
+        map.serialize_entry("nulledFields", &h.nulled_fields)?;
+        map.serialize_entry("diffFields", &h.diff_fields)?;
+        map.serialize_entry("changedFields", &h.changed_fields)?;
+        map.end()
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Float(f) => s.serialize_f64(*f),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Bytes(b) => {
+                use base64::Engine;
+                s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
+            }
+            Value::Record(fields) => {
+                let mut map = s.serialize_map(Some(fields.len()))?;
+                for field in fields {
+                    map.serialize_entry(&*field.name, &field.value)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_id_round_trips_through_hex() {
+        let id = ReplayId::new(Bytes::from_static(&[0, 0, 0, 0, 0, 0x40, 0x87, 0x60]));
+        assert_eq!(id.to_hex(), "0000000000408760");
+        assert_eq!(ReplayId::from_hex("0000000000408760").unwrap(), id);
+        assert_eq!(ReplayId::from_hex("0x0000000000408760").unwrap(), id);
+        assert!(ReplayId::from_hex("").is_err());
+        assert!(ReplayId::from_hex("xyz").is_err());
+    }
+
+    #[test]
+    fn change_types_parse_and_mark_gaps() {
+        for t in ChangeType::ALL {
+            assert_eq!(ChangeType::parse(t.as_str()), Some(t));
+        }
+        assert!(ChangeType::GapOverflow.is_gap());
+        assert!(!ChangeType::Update.is_gap());
+        assert_eq!(ChangeType::parse("update"), None);
+    }
+}

@@ -1,0 +1,566 @@
+//! Deterministic change events: the event for (seed, entity, index) is always the same, so a
+//! simulator restarted with more events begins with the same ones. Bitmaps in the header
+//! match the fields each event sets, as Salesforce builds them.
+
+use apache_avro::Schema;
+use apache_avro::schema::RecordSchema;
+use apache_avro::types::Value as Avro;
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::event::{ChangeType, EventSchema};
+use crate::sim::catalog::{ADDED_FIELD, Entity};
+
+/// An encoded event as the bus stores and serves it.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    pub event_id: String,
+    pub schema_id: String,
+    pub payload: Bytes,
+}
+
+/// Where an event sits: `index` among its entity's events, `seq` on the whole bus.
+#[derive(Clone, Copy, Debug)]
+pub struct Position {
+    pub index: u64,
+    pub seq: u64,
+}
+
+/// Commit timestamps start here (2026-01-01T00:00:00Z) and advance 1 s per bus position.
+const EPOCH_MS: i64 = 1_767_225_600_000;
+
+/// Fields Salesforce sets on every create/update; never picked as "changed" at random.
+const SYSTEM_FIELDS: [&str; 4] = [
+    "CreatedDate",
+    "CreatedById",
+    "LastModifiedDate",
+    "LastModifiedById",
+];
+
+/// The event at `at`; `gap` forces a gap event (a header with no data, as Salesforce sends
+/// when it cannot build the full event).
+pub fn generate(
+    entity: &Entity,
+    schema: &EventSchema,
+    seed: u64,
+    at: Position,
+    gap: bool,
+) -> Generated {
+    let mut rng = StdRng::seed_from_u64(seed ^ at.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let change_type = match rng.random_range(0..100) {
+        _ if gap => ChangeType::GapUpdate,
+        0..15 => ChangeType::Create,
+        15..92 => ChangeType::Update,
+        92..98 => ChangeType::Delete,
+        _ => ChangeType::Undelete,
+    };
+    let record_id = record_id(entity.key_prefix, at.index / 3);
+    let event = build(entity, schema, &mut rng, at, change_type, &record_id);
+    let payload =
+        apache_avro::to_avro_datum(&schema.avro, event).expect("generated events fit their schema");
+    Generated {
+        event_id: uuid::Builder::from_random_bytes(rng.random())
+            .into_uuid()
+            .to_string(),
+        schema_id: schema.id.clone(),
+        payload: Bytes::from(payload),
+    }
+}
+
+pub fn record_id(prefix: &str, n: u64) -> String {
+    format!("{prefix}{n:012}AAA")
+}
+
+fn build(
+    entity: &Entity,
+    schema: &EventSchema,
+    rng: &mut StdRng,
+    at: Position,
+    change_type: ChangeType,
+    record_id: &str,
+) -> Avro {
+    let Schema::Record(root) = &schema.avro else {
+        unreachable!("parse_schema accepts only records")
+    };
+    let commit_ts = EPOCH_MS + at.seq as i64 * 1000;
+    let user = record_id_for_user(rng);
+    let mut values: Vec<Avro> = vec![Avro::Null; root.fields.len()];
+    let mut changed_top = Vec::new();
+    let mut nested: Vec<(usize, Vec<usize>)> = Vec::new();
+    let mut nulled = Vec::new();
+
+    let data_fields: Vec<usize> = (1..root.fields.len())
+        .filter(|&i| !SYSTEM_FIELDS.contains(&root.fields[i].name.as_str()))
+        .collect();
+    let set_system = |values: &mut Vec<Avro>, changed: &mut Vec<usize>, create: bool| {
+        for (i, f) in root.fields.iter().enumerate() {
+            let v = match f.name.as_str() {
+                "LastModifiedDate" => Avro::Long(commit_ts),
+                "LastModifiedById" => Avro::String(user.clone()),
+                "CreatedDate" if create => Avro::Long(commit_ts),
+                "CreatedById" if create => Avro::String(user.clone()),
+                _ => continue,
+            };
+            values[i] = v;
+            if !create {
+                changed.push(i);
+            }
+        }
+    };
+
+    match change_type {
+        ChangeType::Create | ChangeType::Undelete => {
+            set_system(&mut values, &mut changed_top, true);
+            let count = rng.random_range(6..14).min(data_fields.len());
+            for &i in pick(rng, &data_fields, count).iter() {
+                values[i] = value_for(
+                    rng,
+                    &root.fields[i].name,
+                    &root.fields[i].schema,
+                    schema,
+                    None,
+                );
+            }
+            if let Some(i) = root.fields.iter().position(|f| f.name == "Name") {
+                values[i] = value_for(rng, "Name", &root.fields[i].schema, schema, None);
+            }
+        }
+        ChangeType::Update => {
+            set_system(&mut values, &mut changed_top, false);
+            let count = rng.random_range(1..6).min(data_fields.len());
+            for &i in pick(rng, &data_fields, count).iter() {
+                let field = &root.fields[i];
+                if rng.random_range(0..10) == 0 && root.fields[i].name != ADDED_FIELD {
+                    nulled.push(i);
+                    continue;
+                }
+                let mut children = Vec::new();
+                values[i] = value_for(rng, &field.name, &field.schema, schema, Some(&mut children));
+                changed_top.push(i);
+                if !children.is_empty() {
+                    nested.push((i, children));
+                }
+            }
+        }
+        _ => {}
+    }
+
+    let mut changed = Vec::new();
+    let mut nulled_bitmaps = Vec::new();
+    if !changed_top.is_empty() {
+        changed.push(bitmap(&changed_top));
+        changed.extend(nested.iter().map(|(p, c)| format!("{p}-{}", bitmap(c))));
+    }
+    if !nulled.is_empty() {
+        nulled_bitmaps.push(bitmap(&nulled));
+    }
+    values[0] = header(
+        entity,
+        at,
+        change_type,
+        record_id,
+        &user,
+        commit_ts,
+        rng,
+        changed,
+        nulled_bitmaps,
+    );
+    let record = root
+        .fields
+        .iter()
+        .zip(values)
+        .map(|(f, v)| {
+            let v = if f.name == "ChangeEventHeader" {
+                v
+            } else {
+                wrap(&f.schema, v)
+            };
+            (f.name.clone(), v)
+        })
+        .collect();
+    Avro::Record(record)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn header(
+    entity: &Entity,
+    at: Position,
+    change_type: ChangeType,
+    record_id: &str,
+    user: &str,
+    commit_ts: i64,
+    rng: &mut StdRng,
+    changed: Vec<String>,
+    nulled: Vec<String>,
+) -> Avro {
+    let strings = |v: Vec<String>| Avro::Array(v.into_iter().map(Avro::String).collect());
+    let type_index = ChangeType::ALL
+        .iter()
+        .position(|t| *t == change_type)
+        .unwrap_or(0) as u32;
+    Avro::Record(vec![
+        ("entityName".into(), Avro::String(entity.name.into())),
+        ("recordIds".into(), strings(vec![record_id.to_string()])),
+        (
+            "changeType".into(),
+            Avro::Enum(type_index, change_type.as_str().into()),
+        ),
+        (
+            "changeOrigin".into(),
+            Avro::String("com/salesforce/api/soap/62.0;client=sfzb-sim".into()),
+        ),
+        (
+            "transactionKey".into(),
+            Avro::String(format!("{:016x}-{:08x}", rng.random::<u64>(), at.seq)),
+        ),
+        ("sequenceNumber".into(), Avro::Int(1)),
+        ("commitTimestamp".into(), Avro::Long(commit_ts)),
+        (
+            "commitNumber".into(),
+            Avro::Long(11_000_000_000 + at.seq as i64),
+        ),
+        ("commitUser".into(), Avro::String(user.into())),
+        ("nulledFields".into(), strings(nulled)),
+        ("diffFields".into(), strings(Vec::new())),
+        ("changedFields".into(), strings(changed)),
+    ])
+}
+
+fn record_id_for_user(rng: &mut StdRng) -> String {
+    record_id("005", rng.random_range(1..20))
+}
+
+/// `0x…` with bit N set for each position N, as Salesforce writes them.
+fn bitmap(positions: &[usize]) -> String {
+    let top = positions.iter().copied().max().unwrap_or(0);
+    let mut nibbles = vec![0u8; top / 4 + 1];
+    for &p in positions {
+        nibbles[p / 4] |= 1 << (p % 4);
+    }
+    let digits: String = nibbles
+        .iter()
+        .rev()
+        .map(|n| char::from_digit(u32::from(*n), 16).unwrap_or('0'))
+        .collect();
+    format!("0x{}", digits.to_uppercase())
+}
+
+fn pick(rng: &mut StdRng, from: &[usize], count: usize) -> Vec<usize> {
+    let mut chosen: Vec<usize> = rand::seq::index::sample(rng, from.len(), count)
+        .into_iter()
+        .map(|i| from[i])
+        .collect();
+    chosen.sort_unstable();
+    chosen
+}
+
+/// A plausible value for a field, typed by its schema and shaped by its name. For compound
+/// fields, `children` receives the positions of the children set.
+fn value_for(
+    rng: &mut StdRng,
+    name: &str,
+    field: &Schema,
+    schema: &EventSchema,
+    children: Option<&mut Vec<usize>>,
+) -> Avro {
+    let Some(inner) = value_schema(field, name) else {
+        return Avro::Null;
+    };
+    match inner {
+        Inner::Record(record) => {
+            let record = resolve(record, schema);
+            compound(rng, record, children)
+        }
+        Inner::Simple(kind) => simple(rng, name, kind),
+    }
+}
+
+enum Inner<'a> {
+    Record(&'a Schema),
+    Simple(&'a Schema),
+}
+
+fn value_schema<'a>(field: &'a Schema, name: &str) -> Option<Inner<'a>> {
+    let variants: Vec<&Schema> = match field {
+        Schema::Union(u) => u
+            .variants()
+            .iter()
+            .filter(|v| !matches!(v, Schema::Null))
+            .collect(),
+        other => vec![other],
+    };
+    // Account's Name is ["null", "string", Switchable_PersonName]: business accounts use text.
+    if name == "Name" && variants.iter().any(|v| matches!(v, Schema::String)) {
+        return Some(Inner::Simple(&Schema::String));
+    }
+    variants.into_iter().next().map(|v| match v {
+        Schema::Record(_) | Schema::Ref { .. } => Inner::Record(v),
+        other => Inner::Simple(other),
+    })
+}
+
+fn resolve<'a>(record: &'a Schema, schema: &'a EventSchema) -> &'a RecordSchema {
+    fn find<'a>(s: &'a Schema, name: &apache_avro::schema::Name) -> Option<&'a RecordSchema> {
+        match s {
+            Schema::Record(r) if &r.name == name => Some(r),
+            Schema::Record(r) => r.fields.iter().find_map(|f| find(&f.schema, name)),
+            Schema::Union(u) => u.variants().iter().find_map(|v| find(v, name)),
+            _ => None,
+        }
+    }
+    match record {
+        Schema::Record(r) => r,
+        Schema::Ref { name } => {
+            find(&schema.avro, name).expect("references name a record of the schema")
+        }
+        _ => unreachable!("value_schema returns records only as Record or Ref"),
+    }
+}
+
+fn compound(rng: &mut StdRng, record: &RecordSchema, children: Option<&mut Vec<usize>>) -> Avro {
+    let mut set = Vec::new();
+    let fields = record
+        .fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let plausible = matches!(
+                f.name.as_str(),
+                "Street"
+                    | "City"
+                    | "State"
+                    | "PostalCode"
+                    | "Country"
+                    | "FirstName"
+                    | "LastName"
+                    | "Latitude"
+                    | "Longitude"
+            );
+            let v = if plausible && rng.random_range(0..3) > 0 {
+                set.push(i);
+                let kind = match &f.schema {
+                    Schema::Union(u) => u
+                        .variants()
+                        .iter()
+                        .find(|v| !matches!(v, Schema::Null))
+                        .unwrap_or(&Schema::Null),
+                    other => other,
+                };
+                simple(rng, &f.name, kind)
+            } else {
+                Avro::Null
+            };
+            (f.name.clone(), wrap(&f.schema, v))
+        })
+        .collect();
+    if let Some(out) = children {
+        *out = set;
+    }
+    Avro::Record(fields)
+}
+
+const CITIES: [&str; 6] = [
+    "San Francisco",
+    "Amsterdam",
+    "Austin",
+    "Lyon",
+    "Osaka",
+    "Toronto",
+];
+const NAMES: [&str; 6] = ["Ada", "Grace", "Linus", "Margaret", "Ken", "Barbara"];
+const SURNAMES: [&str; 6] = [
+    "Lovelace", "Hopper", "Torvalds", "Hamilton", "Thompson", "Liskov",
+];
+const PICKLIST: [&str; 5] = ["Hot", "Warm", "Cold", "Open", "Closed"];
+
+fn simple(rng: &mut StdRng, name: &str, kind: &Schema) -> Avro {
+    match kind {
+        Schema::String => Avro::String(text_for(rng, name)),
+        Schema::Boolean => Avro::Boolean(rng.random()),
+        Schema::Int => Avro::Int(rng.random_range(1..5000)),
+        Schema::Long => Avro::Long(EPOCH_MS - rng.random_range(0..400) * 86_400_000),
+        Schema::Double | Schema::Float => {
+            let v = (rng.random_range(0.0..1_000_000.0_f64) * 100.0).round() / 100.0;
+            if matches!(kind, Schema::Float) {
+                Avro::Float(v as f32)
+            } else {
+                Avro::Double(v)
+            }
+        }
+        _ => Avro::Null,
+    }
+}
+
+fn text_for(rng: &mut StdRng, name: &str) -> String {
+    let n: u32 = rng.random_range(0..100_000);
+    let first = NAMES[rng.random_range(0..NAMES.len())];
+    let last = SURNAMES[rng.random_range(0..SURNAMES.len())];
+    if name.contains("Email") {
+        format!(
+            "{}.{}{}@example.com",
+            first.to_lowercase(),
+            last.to_lowercase(),
+            n % 100
+        )
+    } else if name.contains("Phone") || name == "Fax" {
+        format!("+1-415-555-{:04}", n % 10_000)
+    } else if name.ends_with("Id") || name.ends_with("__c") && name.contains("Account") {
+        record_id(
+            if name.starts_with("Owner") || name.ends_with("ById") {
+                "005"
+            } else {
+                "001"
+            },
+            u64::from(n),
+        )
+    } else if name == "FirstName" {
+        first.to_string()
+    } else if name == "LastName" {
+        last.to_string()
+    } else if name == "City" {
+        CITIES[rng.random_range(0..CITIES.len())].to_string()
+    } else if name == "Name" || name == "Company" {
+        format!(
+            "{last} {} {n}",
+            ["Labs", "Systems", "Industries"][n as usize % 3]
+        )
+    } else if name == "Website" || name.contains("URL") {
+        format!("https://www.{}{n}.example.com", last.to_lowercase())
+    } else if name.contains("Source")
+        || name.contains("Status")
+        || name.contains("Rating")
+        || name.contains("Stage")
+        || name == ADDED_FIELD
+    {
+        PICKLIST[rng.random_range(0..PICKLIST.len())].to_string()
+    } else {
+        format!("{name} {n}")
+    }
+}
+
+/// Puts a value into the union branch of the field's schema that holds its type.
+fn wrap(field: &Schema, value: Avro) -> Avro {
+    let Schema::Union(u) = field else {
+        return value;
+    };
+    let index = u.variants().iter().position(|v| {
+        matches!(
+            (v, &value),
+            (Schema::Null, Avro::Null)
+                | (Schema::String, Avro::String(_))
+                | (Schema::Boolean, Avro::Boolean(_))
+                | (Schema::Int, Avro::Int(_))
+                | (Schema::Long, Avro::Long(_))
+                | (Schema::Double, Avro::Double(_))
+                | (Schema::Float, Avro::Float(_))
+                | (Schema::Record(_), Avro::Record(_))
+                | (Schema::Ref { .. }, Avro::Record(_))
+        )
+    });
+    match index {
+        Some(i) => Avro::Union(i as u32, Box::new(value)),
+        None => Avro::Union(0, Box::new(Avro::Null)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::ReplayId;
+    use crate::salesforce::schema::{EventMeta, decode_event};
+    use crate::sim::catalog::entity_names;
+
+    fn decode(
+        entity: &Entity,
+        schema: &Arc<EventSchema>,
+        g: &Generated,
+    ) -> crate::event::ChangeEvent {
+        let meta = EventMeta {
+            org_id: "00D".into(),
+            channel: entity.channel.as_str().into(),
+            replay_id: ReplayId::new(Bytes::from_static(&[1])),
+            event_id: g.event_id.clone(),
+        };
+        decode_event(schema, meta, g.payload.clone()).unwrap()
+    }
+
+    #[test]
+    fn generated_events_decode_and_bitmaps_match_the_values() {
+        for name in entity_names() {
+            let entity = Entity::load(name).unwrap().unwrap();
+            for seq in 0..300 {
+                let g = generate(
+                    &entity,
+                    &entity.schema,
+                    7,
+                    Position { index: seq, seq },
+                    false,
+                );
+                let e = decode(&entity, &entity.schema, &g);
+                assert_eq!(e.header.entity_name, entity.name);
+                if e.header.change_type == ChangeType::Update {
+                    assert!(
+                        e.header
+                            .changed_fields
+                            .contains(&"LastModifiedDate".to_string())
+                    );
+                    for changed in &e.header.changed_fields {
+                        let top = changed.split('.').next().unwrap();
+                        let field = e.fields.iter().find(|f| &*f.name == top).unwrap();
+                        assert_ne!(field.value, crate::event::Value::Null, "{name} {changed}");
+                    }
+                    for nulled in &e.header.nulled_fields {
+                        let field = e
+                            .fields
+                            .iter()
+                            .find(|f| &*f.name == nulled.as_str())
+                            .unwrap();
+                        assert_eq!(field.value, crate::event::Value::Null);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn same_seed_same_event_other_seed_other_event() {
+        let entity = Entity::load("Account").unwrap().unwrap();
+        let at = Position { index: 5, seq: 26 };
+        let a = generate(&entity, &entity.schema, 7, at, false);
+        let b = generate(&entity, &entity.schema, 7, at, false);
+        let c = generate(&entity, &entity.schema, 8, at, false);
+        assert_eq!(
+            (a.event_id.clone(), a.payload.clone()),
+            (b.event_id, b.payload)
+        );
+        assert_ne!(a.event_id, c.event_id);
+    }
+
+    #[test]
+    fn gap_events_are_header_only() {
+        let entity = Entity::load("Contact").unwrap().unwrap();
+        let g = generate(
+            &entity,
+            &entity.schema,
+            1,
+            Position { index: 0, seq: 1 },
+            true,
+        );
+        let e = decode(&entity, &entity.schema, &g);
+        assert!(e.header.change_type.is_gap());
+        assert!(
+            e.fields
+                .iter()
+                .all(|f| f.value == crate::event::Value::Null)
+        );
+    }
+
+    #[test]
+    fn bitmaps_are_hex_over_positions() {
+        assert_eq!(bitmap(&[5, 6, 7, 10, 24, 26, 29, 30]), "0x650004E0");
+        assert_eq!(bitmap(&[0]), "0x1");
+    }
+}
