@@ -1,6 +1,38 @@
 //! sfzb-host: Salesforce Change Data Capture → sandboxed Wasm transforms → Databricks.
+//!
+//! Data flows one way: [`salesforce::pubsub`] (source) → [`salesforce::schema`] (decode) →
+//! [`sink`] → [`checkpoint`], wired per subscription by [`pipeline`].
 
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod error;
 pub mod event;
+pub mod pipeline;
 pub mod proto;
 pub mod salesforce;
 pub mod sim;
+pub mod sink;
+
+use tokio_util::sync::CancellationToken;
+
+use config::RunPlan;
+pub use error::Error;
+use pipeline::SubscriptionStats;
+use salesforce::auth::{Authenticator, Credentials, SOAP_RETIREMENT};
+use salesforce::pubsub::PubSubConnection;
+
+/// Runs the plan's subscription until `cancel` fires, the idle limit passes, or it fails.
+pub async fn run(plan: RunPlan, cancel: CancellationToken) -> Result<SubscriptionStats, Error> {
+    if matches!(plan.org.credentials, Credentials::Soap { .. }) {
+        tracing::warn!("{SOAP_RETIREMENT}");
+    }
+    let authenticator = Authenticator::new(
+        &plan.org.login_url,
+        &plan.org.api_version,
+        plan.org.credentials,
+    );
+    let connection = PubSubConnection::new(&plan.org.pubsub_endpoint, authenticator)
+        .map_err(pipeline::PipelineError::from)?;
+    Ok(pipeline::run_subscription(connection, plan.subscription, plan.options, cancel).await?)
+}

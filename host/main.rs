@@ -1,1 +1,137 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use sfzb_host::cli::{Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, cli.log.as_deref());
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {:#}", anyhow::Error::from(e.error));
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+struct Failed {
+    error: sfzb_host::Error,
+    code: u8,
+}
+
+impl From<sfzb_host::Error> for Failed {
+    fn from(error: sfzb_host::Error) -> Self {
+        Failed {
+            code: error.exit_code(),
+            error,
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), Failed> {
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+    match command {
+        Command::Run(args) => {
+            let plan = args.plan().map_err(sfzb_host::Error::from)?;
+            let stats = sfzb_host::run(plan, cancel).await?;
+            let secs = (stats.elapsed_ms as f64 / 1000.0).max(0.001);
+            eprintln!(
+                "{}: {} received, {} written to {}, {} dead-lettered in {:.1} s ({:.0} events/s); checkpoint {}",
+                stats.channel,
+                stats.received,
+                stats.written,
+                stats.target,
+                stats.dead_lettered,
+                secs,
+                stats.received as f64 / secs,
+                stats.checkpoint.as_deref().unwrap_or("none"),
+            );
+        }
+        Command::Sim(args) => {
+            let config = args.config().map_err(sfzb_host::Error::from)?;
+            let channels: Vec<String> = config
+                .entities
+                .iter()
+                .map(|e| sfzb_host::sim::catalog::channel_for(e.trim()))
+                .collect();
+            let sim = sfzb_host::sim::Simulator::start(config)
+                .await
+                .map_err(sfzb_host::Error::from)?;
+            println!("Pub/Sub API: {}", sim.pubsub_url());
+            println!("Login:       {}", sim.login_url());
+            println!("Org id:      {}", sim.org_id);
+            println!("Channels:    {}, /data/ChangeEvents", channels.join(", "));
+            println!(
+                "Retained:    {} events (replay ids 1..{})",
+                sim.bus.head(),
+                sim.bus.head()
+            );
+            cancel.cancelled().await;
+            sim.shutdown().await;
+        }
+    }
+    Ok(())
+}
+
+/// The first SIGINT/SIGTERM stops gracefully; a second exits at once (nothing past the
+/// last committed checkpoint is lost: the checkpoint only ever trails durable writes).
+async fn cancel_on_signal(cancel: CancellationToken) {
+    let mut signals = 0;
+    loop {
+        wait_for_signal().await;
+        signals += 1;
+        if signals == 1 {
+            tracing::info!("Stopping: finishing in-flight work (signal again to exit at once).");
+            cancel.cancel();
+        } else {
+            eprintln!("Exiting at once on second signal.");
+            std::process::exit(130);
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_tracing(format: LogFormat, filter: Option<&str>) {
+    let filter = match filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,4 +1,6 @@
 //! The Salesforce side: authentication, the Pub/Sub API subscriber, schemas and decoding.
 
+pub mod auth;
 pub mod bitmap;
+pub mod pubsub;
 pub mod schema;

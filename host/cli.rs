@@ -1,0 +1,224 @@
+//! Command-line flags, each defined once here with its help text. No I/O.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::salesforce::pubsub::ReplayFallback;
+
+#[derive(Debug, Parser)]
+#[command(name = "sfzb-host", version, about = "Salesforce Change Data Capture → Wasm transforms → Databricks", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SFZB_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info`, `debug` (one line per event), `sfzb_host=debug,h2=warn`.
+    /// RUST_LOG is used when this is not given.
+    #[arg(long, global = true, env = "SFZB_LOG")]
+    pub log: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Subscribe to a Change Data Capture channel and write every event to a sink.
+    Run(Box<RunArgs>),
+    /// Run a simulated Salesforce org (Pub/Sub API and login endpoints) on loopback.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Salesforce Pub/Sub API endpoint: https://host:port, or http://host:port for the simulator.
+    #[arg(long, env = "SFZB_PUBSUB_ENDPOINT", default_value = crate::salesforce::pubsub::DEFAULT_ENDPOINT)]
+    pub pubsub_endpoint: String,
+
+    /// Where to log in: https://login.salesforce.com, https://test.salesforce.com, or your My Domain URL.
+    #[arg(long, env = "SALESFORCE_INSTANCE_URL")]
+    pub instance_url: String,
+
+    /// Login flow. Inferred when omitted: jwt-bearer with --jwt-key-file, password with a
+    /// client id and a username, client-credentials with a client id, else soap.
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthFlow>,
+
+    /// Salesforce username (SOAP, password and JWT bearer flows).
+    #[arg(long, env = "SALESFORCE_USERNAME")]
+    pub username: Option<String>,
+
+    /// Password with the security token appended (SOAP and password flows). Prefer the
+    /// environment variable to keep it out of the process list.
+    #[arg(long, env = "SALESFORCE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+
+    /// Connected app consumer key (OAuth flows).
+    #[arg(long, env = "SALESFORCE_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// Connected app consumer secret (client-credentials and password flows).
+    #[arg(long, env = "SALESFORCE_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+
+    /// PEM file with the RSA private key of the connected app's certificate (JWT bearer flow).
+    #[arg(long, env = "SALESFORCE_JWT_KEY_FILE")]
+    pub jwt_key_file: Option<PathBuf>,
+
+    /// JWT audience; defaults to --instance-url.
+    #[arg(long, env = "SALESFORCE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Salesforce API version for the SOAP login.
+    #[arg(long, default_value = "57.0")]
+    pub api_version: String,
+
+    /// Channel to subscribe to: /data/AccountChangeEvent, /data/Foo__ChangeEvent,
+    /// /data/ChangeEvents, a custom channel /data/Foo__chn; a bare AccountChangeEvent also works.
+    #[arg(long)]
+    pub channel: String,
+
+    /// Where rows go: jsonl:PATH (jsonl:- for standard output).
+    #[arg(long, default_value = "jsonl:-")]
+    pub sink: String,
+
+    /// Where undeliverable events go: jsonl:PATH. Defaults to PATH_dead_letter.jsonl next to a
+    /// jsonl sink file, standard error for standard output.
+    #[arg(long)]
+    pub dead_letter: Option<String>,
+
+    /// Start position, overriding the checkpoint: earliest, latest, or a replay id in hex.
+    #[arg(long)]
+    pub replay: Option<String>,
+
+    /// With no checkpoint, start from LATEST instead of replaying retained history (EARLIEST).
+    #[arg(long)]
+    pub no_backfill: bool,
+
+    /// Events requested per stream at a time (flow control credit), 1 to 100.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub batch_size: u32,
+
+    /// Resubscribe when the server sends nothing, not even a keepalive, for this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+
+    /// When Salesforce rejects the stored replay id (corrupted or past the 72-hour retention).
+    #[arg(long, value_enum, default_value_t = ReplayFallback::Fail)]
+    pub replay_invalid: ReplayFallback,
+
+    /// Exit 0 once no event arrived for this many seconds (keepalives do not count).
+    #[arg(long, value_name = "SECS")]
+    pub until_idle: Option<f64>,
+
+    /// Directory for checkpoints.
+    #[arg(long, env = "SFZB_STATE_DIR", default_value = ".sfzb-state")]
+    pub state_dir: PathBuf,
+
+    /// Flush the sink and commit the checkpoint at least this often while events flow.
+    #[arg(long, default_value_t = 1000)]
+    pub flush_interval_ms: u64,
+
+    /// Events held in memory between fetch and write; fetching waits for room.
+    #[arg(long, default_value_t = 1000)]
+    pub max_in_flight: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthFlow {
+    Soap,
+    ClientCredentials,
+    JwtBearer,
+    Password,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Pub/Sub API (gRPC) port; 0 picks a free one.
+    #[arg(long, default_value_t = 17443)]
+    pub port: u16,
+
+    /// Login endpoints (HTTP) port; 0 picks a free one.
+    #[arg(long, default_value_t = 18443)]
+    pub login_port: u16,
+
+    /// Objects with change events, comma-separated: Account, Contact, Lead, Opportunity, Invoice__c.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "Account,Contact,Lead,Opportunity,Invoice__c"
+    )]
+    pub entities: Vec<String>,
+
+    /// Change events of each entity already retained at start (as if they happened before).
+    #[arg(long, default_value_t = 100)]
+    pub events: u64,
+
+    /// New events per second after start, all entities together.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Seed: the same seed gives the same events, and more events extend the same sequence.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// The simulated org's id.
+    #[arg(long, default_value = "00DSIM0000000001AAA")]
+    pub org_id: String,
+
+    /// Events retained for replay; older ones are dropped (Salesforce keeps 72 hours).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub retention: usize,
+
+    /// Milliseconds between keepalives on an idle stream (Salesforce: within 270 s).
+    #[arg(long, default_value_t = 5000)]
+    pub keepalive_ms: u64,
+
+    /// Accept only these USER:PASSWORD pairs (repeatable); by default any non-empty pair.
+    #[arg(long = "login", value_name = "USER:PASSWORD")]
+    pub logins: Vec<String>,
+
+    /// Accept only these CLIENT_ID:SECRET pairs (repeatable); by default any non-empty pair.
+    #[arg(long = "client", value_name = "ID:SECRET")]
+    pub clients: Vec<String>,
+
+    /// Verify JWT bearer assertions with this RSA public key (PEM).
+    #[arg(long)]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Access tokens expire this many seconds after they are issued.
+    #[arg(long)]
+    pub token_ttl_secs: Option<u64>,
+
+    /// Fault: end every stream with UNAVAILABLE after it delivered N events.
+    #[arg(long, value_name = "N")]
+    pub end_stream_after: Option<u64>,
+
+    /// Fault: expire all access tokens once N events were delivered in total.
+    #[arg(long, value_name = "N")]
+    pub expire_tokens_after: Option<u64>,
+
+    /// Fault: serve a corrupt payload for the events at these bus positions (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "POS")]
+    pub corrupt_at: Vec<u64>,
+
+    /// Fault: from this bus position on, events use a changed schema (one more field).
+    #[arg(long, value_name = "POS")]
+    pub schema_change_at: Option<u64>,
+
+    /// Every Nth event of each entity is a GAP_UPDATE event.
+    #[arg(long, value_name = "N")]
+    pub gap_every: Option<u64>,
+}

@@ -1,0 +1,356 @@
+//! One subscription end to end: source → decode → sink → checkpoint, with data flowing one
+//! way through a bounded channel. The source task receives; this task decodes, writes,
+//! flushes, and commits the checkpoint only past events that are durably written or
+//! dead-lettered.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::checkpoint::{CheckpointError, CheckpointKey, FileCheckpointStore};
+use crate::event::ReplayId;
+use crate::salesforce::auth::AuthError;
+use crate::salesforce::pubsub::{
+    PubSubConnection, RawEvent, ReplayFallback, SourceMsg, StartPosition, SubscribeError,
+    SubscribeOptions, Subscriber,
+};
+use crate::salesforce::schema::{EventMeta, SchemaCache, decode_event};
+use crate::sink::row::now_ms;
+use crate::sink::{DeadLetter, Row, Sink, SinkError, SinkSpec, Stage};
+
+/// How one subscription runs.
+#[derive(Clone, Debug)]
+pub struct SubscriptionConfig {
+    pub channel: String,
+    pub sink: SinkSpec,
+    pub dead_letter: SinkSpec,
+    /// Overrides the checkpoint and the backfill rule.
+    pub replay: Option<StartPosition>,
+    /// With no checkpoint, start from EARLIEST (true) or LATEST (false).
+    pub backfill_historical: bool,
+    pub batch_size: u32,
+    pub idle_timeout: Duration,
+    pub on_invalid_replay: ReplayFallback,
+}
+
+/// Settings shared by every subscription of a run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub state_dir: PathBuf,
+    /// Stop once no event arrived for this long (keepalives do not count).
+    pub until_idle: Option<Duration>,
+    /// Flush the sink and commit the checkpoint at least this often while events flow.
+    pub flush_interval: Duration,
+    /// Events held by one subscription between fetch and write; fetch credit waits for room.
+    pub max_in_flight: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            state_dir: PathBuf::from(".sfzb-state"),
+            until_idle: None,
+            flush_interval: Duration::from_secs(1),
+            max_in_flight: 1000,
+        }
+    }
+}
+
+/// What a subscription did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionStats {
+    pub channel: String,
+    pub target: String,
+    pub received: u64,
+    pub written: u64,
+    pub dead_lettered: u64,
+    pub keepalives: u64,
+    pub checkpoint: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    #[error("login for {channel} failed: {source}")]
+    Auth {
+        channel: String,
+        #[source]
+        source: AuthError,
+    },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// Runs one subscription until cancelled, idle (with `until_idle`), or failed.
+pub async fn run_subscription(
+    connection: PubSubConnection,
+    config: SubscriptionConfig,
+    options: RunOptions,
+    cancel: CancellationToken,
+) -> Result<SubscriptionStats, PipelineError> {
+    let span =
+        tracing::info_span!("subscription", channel = %config.channel, target = %config.sink);
+    async move {
+        let org_id = login(&connection, &config.channel, &cancel).await?;
+        let store = FileCheckpointStore::new(&options.state_dir);
+        let key = CheckpointKey {
+            org_id: org_id.clone(),
+            channel: config.channel.clone(),
+            target: config.sink.to_string(),
+        };
+        let start = start_position(&config, store.load(&key).await?);
+        let mut sink = Sink::open(&config.sink).await?;
+        let mut dead = Sink::open(&config.dead_letter).await?;
+        let schemas = Arc::new(SchemaCache::default());
+        let capacity = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+        let (tx, rx) = mpsc::channel(8);
+        let source_cancel = cancel.child_token();
+        let mut subscribe = SubscribeOptions::new(config.channel.clone(), start);
+        subscribe.batch_size = config.batch_size;
+        subscribe.idle_timeout = config.idle_timeout;
+        subscribe.on_invalid_replay = config.on_invalid_replay;
+        let subscriber = Subscriber::new(
+            connection,
+            subscribe,
+            schemas.clone(),
+            capacity,
+            tx,
+            source_cancel.clone(),
+        );
+        let source = tokio::spawn(subscriber.run().in_current_span());
+
+        let mut stage = Stage2 {
+            channel: Arc::from(config.channel.as_str()),
+            schemas,
+            sink: &mut sink,
+            dead: &mut dead,
+            store: &store,
+            key: &key,
+            stats: SubscriptionStats {
+                channel: config.channel.clone(),
+                target: config.sink.to_string(),
+                ..Default::default()
+            },
+            unflushed: None,
+            last_flush: Instant::now(),
+        };
+        let started = Instant::now();
+        let result = stage.drive(rx, &options, &cancel).await;
+        source_cancel.cancel();
+        let source_result = source.await.unwrap_or(Ok(()));
+        let flushed = stage.flush().await;
+        let mut stats = stage.stats;
+        stats.elapsed_ms = started.elapsed().as_millis() as u64;
+        result?;
+        flushed?;
+        source_result?;
+        tracing::info!(
+            received = stats.received,
+            written = stats.written,
+            dead_lettered = stats.dead_lettered,
+            checkpoint = stats.checkpoint.as_deref().unwrap_or("none"),
+            "Subscription stopped."
+        );
+        Ok(stats)
+    }
+    .instrument(span)
+    .await
+}
+
+async fn login(
+    connection: &PubSubConnection,
+    channel: &str,
+    cancel: &CancellationToken,
+) -> Result<String, PipelineError> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match connection.ensure_session().await {
+            Ok(org) => return Ok(org),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Login failed; retrying.");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(PipelineError::Auth { channel: channel.to_string(), source: e }),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(source) => {
+                return Err(PipelineError::Auth {
+                    channel: channel.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// The reference's rules: an explicit `--replay` wins; then a stored checkpoint (CUSTOM);
+/// then EARLIEST when backfilling history, else LATEST.
+fn start_position(config: &SubscriptionConfig, checkpoint: Option<ReplayId>) -> StartPosition {
+    if let Some(replay) = &config.replay {
+        tracing::info!(start = %replay, "Replay position set explicitly.");
+        return replay.clone();
+    }
+    match checkpoint {
+        Some(id) => {
+            tracing::info!(replay_id = %id, "Resuming from previous session with replay_id: {id}");
+            StartPosition::Custom(id)
+        }
+        None if config.backfill_historical => {
+            tracing::info!(
+                "No checkpoint: starting historical backfill from EARLIEST (backfill_historical = true)."
+            );
+            StartPosition::Earliest
+        }
+        None => {
+            tracing::info!(
+                "No checkpoint: starting fresh subscription from LATEST (backfill_historical = false)."
+            );
+            StartPosition::Latest
+        }
+    }
+}
+
+/// The decode → sink → checkpoint stage of one subscription.
+struct Stage2<'a> {
+    channel: Arc<str>,
+    schemas: Arc<SchemaCache>,
+    sink: &'a mut Sink,
+    dead: &'a mut Sink,
+    store: &'a FileCheckpointStore,
+    key: &'a CheckpointKey,
+    stats: SubscriptionStats,
+    /// The position written but not yet flushed and checkpointed.
+    unflushed: Option<ReplayId>,
+    last_flush: Instant,
+}
+
+impl Stage2<'_> {
+    async fn drive(
+        &mut self,
+        mut rx: mpsc::Receiver<SourceMsg>,
+        options: &RunOptions,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let far = Duration::from_secs(100 * 365 * 86_400);
+        let idle = options.until_idle.unwrap_or(far);
+        let mut idle_deadline = tokio::time::Instant::now() + idle;
+        let mut flush_tick = tokio::time::interval(options.flush_interval);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    tracing::info!(idle_secs = idle.as_secs_f64(), "No event for the idle limit; stopping (--until-idle).");
+                    return Ok(());
+                }
+                _ = flush_tick.tick() => {
+                    if self.unflushed.is_some() && self.last_flush.elapsed() >= options.flush_interval {
+                        self.flush().await?;
+                    }
+                }
+                msg = rx.recv() => match msg {
+                    None => return Ok(()),
+                    Some(SourceMsg::Keepalive { latest }) => {
+                        self.stats.keepalives += 1;
+                        // Everything received is already written: the keepalive position is safe.
+                        if self.stats.checkpoint.as_deref() != Some(&latest.to_hex()) {
+                            self.unflushed = Some(latest);
+                        }
+                    }
+                    Some(SourceMsg::Events { events, org_id, credit }) => {
+                        idle_deadline = tokio::time::Instant::now() + idle;
+                        self.handle(events, org_id).await?;
+                        drop(credit);
+                        if self.last_flush.elapsed() >= options.flush_interval {
+                            self.flush().await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        events: Vec<RawEvent>,
+        org_id: Arc<str>,
+    ) -> Result<(), PipelineError> {
+        let processed = now_ms();
+        let mut rows = Vec::with_capacity(events.len());
+        let mut letters = Vec::new();
+        let last = events.last().map(|e| e.replay_id.clone());
+        self.stats.received += events.len() as u64;
+        for raw in events {
+            let meta = EventMeta {
+                org_id: org_id.clone(),
+                channel: self.channel.clone(),
+                replay_id: raw.replay_id.clone(),
+                event_id: raw.event_id.clone(),
+            };
+            let decoded = match self.schemas.get(&raw.schema_id) {
+                Some(schema) => {
+                    decode_event(&schema, meta, raw.payload.clone()).map_err(|e| e.to_string())
+                }
+                None => Err(format!(
+                    "schema {} could not be fetched or parsed",
+                    raw.schema_id
+                )),
+            };
+            match decoded {
+                Ok(event) => {
+                    tracing::debug!(
+                        replay_id = %event.replay_id,
+                        "Received {} {} {}",
+                        event.header.entity_name,
+                        event.header.change_type,
+                        event.first_record_id()
+                    );
+                    rows.push(Row::from_event(&event, processed));
+                }
+                Err(error) => {
+                    tracing::error!(replay_id = %raw.replay_id, event_id = %raw.event_id, schema_id = %raw.schema_id, %error, "Event could not be decoded; dead-lettered.");
+                    letters.push(DeadLetter {
+                        stage: Stage::Decode,
+                        error,
+                        org_id: org_id.to_string(),
+                        channel: self.channel.to_string(),
+                        replay_id: raw.replay_id.to_hex(),
+                        event_id: raw.event_id,
+                        schema_id: raw.schema_id,
+                        payload: raw.payload.to_vec(),
+                        dead_lettered_at: processed,
+                    });
+                }
+            }
+        }
+        self.sink.write(&rows).await?;
+        self.dead.write_dead_letters(&letters).await?;
+        self.stats.written += rows.len() as u64;
+        self.stats.dead_lettered += letters.len() as u64;
+        if let Some(last) = last {
+            self.unflushed = Some(last);
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), PipelineError> {
+        self.last_flush = Instant::now();
+        let Some(position) = self.unflushed.take() else {
+            return Ok(());
+        };
+        self.sink.flush().await?;
+        self.dead.flush().await?;
+        self.store.commit(self.key, &position).await?;
+        tracing::debug!(replay_id = %position, written = self.stats.written, "Checkpoint committed.");
+        self.stats.checkpoint = Some(position.to_hex());
+        Ok(())
+    }
+}

@@ -1,0 +1,476 @@
+//! Salesforce authentication: SOAP partner `login()` (as the reference library does),
+//! OAuth 2.0 client credentials, JWT bearer and username-password. Each yields a [`Session`]:
+//! the access token, the instance URL and the org id the Pub/Sub API needs on every call.
+//! Secrets live in `SecretString` and never reach a log line or an error message.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// SOAP `login()` is retired in Summer '27 (API version 65.0 onwards refuses it).
+pub const SOAP_RETIREMENT: &str = "SOAP login() is retired in Salesforce Summer '27; \
+    move to OAuth client credentials (--client-id/--client-secret) or JWT bearer (--jwt-key-file).";
+
+/// How to log in.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// SOAP partner API `login()`: username and password with the security token appended.
+    Soap {
+        username: String,
+        password: SecretString,
+    },
+    /// OAuth 2.0 client credentials flow of a connected app / external client app.
+    ClientCredentials {
+        client_id: String,
+        client_secret: SecretString,
+    },
+    /// OAuth 2.0 JWT bearer flow: an assertion signed (RS256) with the app's private key.
+    JwtBearer {
+        client_id: String,
+        username: String,
+        private_key_pem: SecretString,
+        /// `https://login.salesforce.com`, `https://test.salesforce.com`, or the login URL.
+        audience: String,
+    },
+    /// OAuth 2.0 username-password flow.
+    Password {
+        client_id: String,
+        client_secret: SecretString,
+        username: String,
+        password: SecretString,
+    },
+}
+
+impl Credentials {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credentials::Soap { .. } => "soap",
+            Credentials::ClientCredentials { .. } => "client-credentials",
+            Credentials::JwtBearer { .. } => "jwt-bearer",
+            Credentials::Password { .. } => "password",
+        }
+    }
+}
+
+/// An authenticated session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub access_token: SecretString,
+    /// The org's instance URL (scheme, host and port), sent as `instanceurl`.
+    pub instance_url: String,
+    /// The org id, sent as `tenantid`.
+    pub org_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("Salesforce rejected the {flow} login ({code}): {message}. {hint}")]
+    Rejected {
+        flow: &'static str,
+        code: String,
+        message: String,
+        hint: &'static str,
+    },
+    #[error("cannot reach the Salesforce login endpoint {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("unexpected answer from {url} (HTTP {status}): {detail}")]
+    Protocol {
+        url: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("the JWT private key cannot be used: {0}")]
+    Key(String),
+}
+
+impl AuthError {
+    /// Whether trying again later can succeed. Rejected credentials and bad keys need a human.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AuthError::Transport { .. } => true,
+            AuthError::Protocol { status, .. } => *status >= 500 || *status == 429,
+            AuthError::Rejected { .. } | AuthError::Key(_) => false,
+        }
+    }
+}
+
+const SOAP_HINT: &str = "Check the username, that the password has the security token appended with no \
+    space (Setup → My Personal Information → Reset My Security Token), that --instance-url is your \
+    login or My Domain URL, and that the user's profile has \"API Enabled\"";
+const OAUTH_HINT: &str = "Check the client id and secret of the connected app, that its OAuth policies \
+    allow this flow (client credentials needs a \"Run As\" user), and that the app is enabled for the org";
+
+/// Logs in to Salesforce with one set of credentials.
+#[derive(Clone)]
+pub struct Authenticator {
+    http: reqwest::Client,
+    login_url: String,
+    api_version: String,
+    credentials: Credentials,
+}
+
+impl Authenticator {
+    /// `login_url` is where to log in: `https://login.salesforce.com`, `https://test.salesforce.com`
+    /// or the org's My Domain URL.
+    pub fn new(login_url: &str, api_version: &str, credentials: Credentials) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("a reqwest client with a timeout always builds");
+        Authenticator {
+            http,
+            login_url: login_url.trim_end_matches('/').to_string(),
+            api_version: api_version.to_string(),
+            credentials,
+        }
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    pub async fn login(&self) -> Result<Session, AuthError> {
+        match &self.credentials {
+            Credentials::Soap { username, password } => self.soap_login(username, password).await,
+            Credentials::ClientCredentials {
+                client_id,
+                client_secret,
+            } => {
+                let form = [
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client_id),
+                    ("client_secret", client_secret.expose_secret()),
+                ];
+                self.oauth(&form, "client-credentials").await
+            }
+            Credentials::Password {
+                client_id,
+                client_secret,
+                username,
+                password,
+            } => {
+                let form = [
+                    ("grant_type", "password"),
+                    ("client_id", client_id),
+                    ("client_secret", client_secret.expose_secret()),
+                    ("username", username),
+                    ("password", password.expose_secret()),
+                ];
+                self.oauth(&form, "password").await
+            }
+            Credentials::JwtBearer {
+                client_id,
+                username,
+                private_key_pem,
+                audience,
+            } => {
+                let assertion = jwt_assertion(client_id, username, audience, private_key_pem)?;
+                let form = [
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                    ("assertion", assertion.as_str()),
+                ];
+                self.oauth(&form, "jwt-bearer").await
+            }
+        }
+    }
+
+    async fn soap_login(
+        &self,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<Session, AuthError> {
+        use quick_xml::escape::escape;
+        let url = format!("{}/services/Soap/u/{}/", self.login_url, self.api_version);
+        let envelope = format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><soapenv:Envelope \
+             xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+             xmlns:urn=\"urn:partner.soap.sforce.com\"><soapenv:Body><urn:login>\
+             <urn:username>{}</urn:username><urn:password>{}</urn:password>\
+             </urn:login></soapenv:Body></soapenv:Envelope>",
+            escape(username),
+            escape(password.expose_secret())
+        );
+        let response = self
+            .http
+            .post(&url)
+            .header("Content-Type", "text/xml; charset=UTF-8")
+            .header("SOAPAction", "login")
+            .body(envelope)
+            .send()
+            .await
+            .map_err(|source| AuthError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .map_err(|source| AuthError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        if let Some(message) = xml_element(&body, "faultstring") {
+            let code = xml_element(&body, "exceptionCode")
+                .or_else(|| xml_element(&body, "faultcode"))
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(AuthError::Rejected {
+                flow: "SOAP",
+                code,
+                message,
+                hint: SOAP_HINT,
+            });
+        }
+        let field = |name: &str| {
+            xml_element(&body, name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| AuthError::Protocol {
+                    url: url.clone(),
+                    status,
+                    detail: format!("the login response has no {name}"),
+                })
+        };
+        let server_url = field("serverUrl")?;
+        let session_id = field("sessionId")?;
+        let org_id = field("organizationId")?;
+        Ok(Session {
+            access_token: SecretString::from(session_id),
+            instance_url: origin(&server_url).ok_or_else(|| AuthError::Protocol {
+                url: url.clone(),
+                status,
+                detail: format!("serverUrl {server_url:?} is not a URL"),
+            })?,
+            org_id,
+        })
+    }
+
+    async fn oauth(&self, form: &[(&str, &str)], flow: &'static str) -> Result<Session, AuthError> {
+        #[derive(Deserialize)]
+        struct Token {
+            access_token: String,
+            instance_url: String,
+        }
+        #[derive(Deserialize)]
+        struct OAuthError {
+            error: String,
+            #[serde(default)]
+            error_description: String,
+        }
+        #[derive(Deserialize)]
+        struct UserInfo {
+            organization_id: String,
+        }
+        let url = format!("{}/services/oauth2/token", self.login_url);
+        let response = self
+            .http
+            .post(&url)
+            .form(form)
+            .send()
+            .await
+            .map_err(|source| AuthError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .map_err(|source| AuthError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        if status != 200 {
+            return Err(match serde_json::from_str::<OAuthError>(&body) {
+                Ok(e) => AuthError::Rejected {
+                    flow,
+                    code: e.error,
+                    message: e.error_description,
+                    hint: OAUTH_HINT,
+                },
+                Err(_) => AuthError::Protocol {
+                    url,
+                    status,
+                    detail: truncate(&body),
+                },
+            });
+        }
+        let token: Token = serde_json::from_str(&body).map_err(|e| AuthError::Protocol {
+            url: url.clone(),
+            status,
+            detail: format!("the token response is not as expected: {e}"),
+        })?;
+        let info_url = format!(
+            "{}/services/oauth2/userinfo",
+            token.instance_url.trim_end_matches('/')
+        );
+        let response = self
+            .http
+            .get(&info_url)
+            .bearer_auth(&token.access_token)
+            .send()
+            .await
+            .map_err(|source| AuthError::Transport {
+                url: info_url.clone(),
+                source,
+            })?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .map_err(|source| AuthError::Transport {
+                url: info_url.clone(),
+                source,
+            })?;
+        if status != 200 {
+            return Err(AuthError::Protocol {
+                url: info_url,
+                status,
+                detail: truncate(&body),
+            });
+        }
+        let info: UserInfo = serde_json::from_str(&body).map_err(|e| AuthError::Protocol {
+            url: info_url.clone(),
+            status,
+            detail: format!("userinfo has no organization_id: {e}"),
+        })?;
+        Ok(Session {
+            access_token: SecretString::from(token.access_token),
+            instance_url: origin(&token.instance_url).unwrap_or(token.instance_url),
+            org_id: info.organization_id,
+        })
+    }
+}
+
+fn truncate(body: &str) -> String {
+    body.chars().take(300).collect()
+}
+
+/// `scheme://host[:port]` of a URL.
+fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split('/').next().filter(|h| !h.is_empty())?;
+    Some(format!("{scheme}://{host}"))
+}
+
+fn jwt_assertion(
+    client_id: &str,
+    username: &str,
+    audience: &str,
+    key_pem: &SecretString,
+) -> Result<String, AuthError> {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        iss: &'a str,
+        sub: &'a str,
+        aud: &'a str,
+        exp: u64,
+    }
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.expose_secret().as_bytes())
+        .map_err(|e| AuthError::Key(format!("not an RSA private key in PEM form ({e})")))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = Claims {
+        iss: client_id,
+        sub: username,
+        aud: audience,
+        // Salesforce accepts assertions valid for at most 3 minutes.
+        exp: now + 180,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &key,
+    )
+    .map_err(|e| AuthError::Key(e.to_string()))
+}
+
+/// The text of the first element with this local name (namespace prefix ignored),
+/// entity references resolved.
+pub(crate) fn xml_element(body: &str, local: &str) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(body);
+    let mut text: Option<String> = None;
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) if text.is_none() && e.local_name().as_ref() == local.as_bytes() => {
+                text = Some(String::new());
+            }
+            Event::Text(t) => {
+                if let Some(text) = text.as_mut() {
+                    text.push_str(&t.decode().ok()?);
+                }
+            }
+            Event::CData(t) => {
+                if let Some(text) = text.as_mut() {
+                    text.push_str(&t.decode().ok()?);
+                }
+            }
+            Event::GeneralRef(r) => {
+                if let Some(text) = text.as_mut() {
+                    if let Some(c) = r.resolve_char_ref().ok()? {
+                        text.push(c);
+                    } else {
+                        text.push_str(quick_xml::escape::resolve_predefined_entity(
+                            &r.decode().ok()?,
+                        )?);
+                    }
+                }
+            }
+            Event::End(_) if text.is_some() => return text,
+            Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elements_are_found_by_name_and_unescaped() {
+        let body = "<e:Envelope xmlns:e='x'><e:Body><urn:login><urn:username>a&amp;b&#33;</urn:username>\
+                    <urn:password>p&lt;w</urn:password><empty></empty></urn:login></e:Body></e:Envelope>";
+        assert_eq!(xml_element(body, "username").as_deref(), Some("a&b!"));
+        assert_eq!(xml_element(body, "password").as_deref(), Some("p<w"));
+        assert_eq!(xml_element(body, "empty").as_deref(), Some(""));
+        assert_eq!(xml_element(body, "nothing"), None);
+        assert_eq!(xml_element("<a><b>", "b"), None);
+    }
+
+    #[test]
+    fn origin_keeps_scheme_host_and_port() {
+        assert_eq!(
+            origin("https://na1.salesforce.com/services/Soap/u/57.0/00D").as_deref(),
+            Some("https://na1.salesforce.com")
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:18443/x").as_deref(),
+            Some("http://127.0.0.1:18443")
+        );
+        assert_eq!(origin("nonsense"), None);
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let c = Credentials::Soap {
+            username: "u".into(),
+            password: SecretString::from("hunter2TOKEN"),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_bad_key_is_a_key_error() {
+        let err = jwt_assertion("id", "u", "aud", &SecretString::from("not a key")).unwrap_err();
+        assert!(matches!(err, AuthError::Key(_)));
+        assert!(!err.is_retryable());
+    }
+}

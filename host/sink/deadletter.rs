@@ -1,0 +1,31 @@
+//! Events that could not be delivered, kept with why and where they failed, so nothing is
+//! lost silently and the checkpoint may pass them.
+
+use serde::Serialize;
+
+use crate::sink::row::base64_bytes;
+
+/// The pipeline stage an event failed in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Decode,
+    Transform(String),
+    Sink,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetter {
+    pub stage: Stage,
+    pub error: String,
+    pub org_id: String,
+    pub channel: String,
+    pub replay_id: String,
+    pub event_id: String,
+    pub schema_id: String,
+    /// The event's Avro payload exactly as received; base64 in JSON.
+    #[serde(serialize_with = "base64_bytes")]
+    pub payload: Vec<u8>,
+    /// When it was dead-lettered, milliseconds since the epoch.
+    pub dead_lettered_at: i64,
+}

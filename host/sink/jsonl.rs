@@ -1,0 +1,179 @@
+//! JSON Lines files: one object per line, for debugging, piping to other tools, and tests.
+//! At least once: rows written after the last checkpoint are written again after a crash.
+
+use std::io::SeekFrom;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::sink::{JsonlTarget, SinkError};
+
+enum Output {
+    File(tokio::fs::File),
+    Stdout(tokio::io::Stdout),
+    Stderr(tokio::io::Stderr),
+}
+
+pub struct JsonlSink {
+    target: JsonlTarget,
+    out: Output,
+    buffer: Vec<u8>,
+}
+
+impl JsonlSink {
+    pub async fn open(target: JsonlTarget) -> Result<JsonlSink, SinkError> {
+        let out = match &target {
+            JsonlTarget::Stdout => Output::Stdout(tokio::io::stdout()),
+            JsonlTarget::Stderr => Output::Stderr(tokio::io::stderr()),
+            JsonlTarget::File(path) => {
+                let io = |source| SinkError::Io {
+                    target: path.display().to_string(),
+                    source,
+                };
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    tokio::fs::create_dir_all(dir).await.map_err(io)?;
+                }
+                let mut file = tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .read(true)
+                    .append(true)
+                    .open(path)
+                    .await
+                    .map_err(io)?;
+                drop_torn_line(&mut file).await.map_err(io)?;
+                Output::File(file)
+            }
+        };
+        Ok(JsonlSink {
+            target,
+            out,
+            buffer: Vec::with_capacity(1 << 20),
+        })
+    }
+
+    fn name(&self) -> String {
+        match &self.target {
+            JsonlTarget::Stdout => "standard output".into(),
+            JsonlTarget::Stderr => "standard error".into(),
+            JsonlTarget::File(p) => p.display().to_string(),
+        }
+    }
+
+    pub async fn write<T: Serialize>(&mut self, items: &[T]) -> Result<(), SinkError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.buffer.clear();
+        for item in items {
+            serde_json::to_writer(&mut self.buffer, item).map_err(|e| SinkError::Io {
+                target: self.name(),
+                source: e.into(),
+            })?;
+            self.buffer.push(b'\n');
+        }
+        let result = match &mut self.out {
+            Output::File(f) => {
+                async {
+                    f.write_all(&self.buffer).await?;
+                    f.flush().await
+                }
+                .await
+            }
+            Output::Stdout(s) => {
+                async {
+                    s.write_all(&self.buffer).await?;
+                    s.flush().await
+                }
+                .await
+            }
+            Output::Stderr(s) => {
+                async {
+                    s.write_all(&self.buffer).await?;
+                    s.flush().await
+                }
+                .await
+            }
+        };
+        result.map_err(|source| SinkError::Io {
+            target: self.name(),
+            source,
+        })
+    }
+
+    pub async fn flush(&mut self) -> Result<(), SinkError> {
+        if let Output::File(f) = &mut self.out {
+            f.sync_data().await.map_err(|source| SinkError::Io {
+                target: self.name(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A crash mid-write can leave half a line at the end; cut it so the file stays valid
+/// JSON Lines (the rows it held are after the checkpoint and will be written again).
+async fn drop_torn_line(file: &mut tokio::fs::File) -> std::io::Result<()> {
+    let len = file.metadata().await?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut keep = len;
+    let mut block = vec![0u8; 64 * 1024];
+    loop {
+        let start = keep.saturating_sub(block.len() as u64);
+        let n = (keep - start) as usize;
+        file.seek(SeekFrom::Start(start)).await?;
+        file.read_exact(&mut block[..n]).await?;
+        if let Some(i) = block[..n].iter().rposition(|b| *b == b'\n') {
+            keep = start + i as u64 + 1;
+            break;
+        }
+        if start == 0 {
+            keep = 0;
+            break;
+        }
+        keep = start;
+    }
+    if keep != len {
+        tracing::warn!(
+            cut_bytes = len - keep,
+            "Cut a torn last line left by an interrupted write."
+        );
+        file.set_len(keep).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn torn_last_line_is_cut_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
+        let mut sink = JsonlSink::open(JsonlTarget::File(path.clone()))
+            .await
+            .unwrap();
+        sink.write(&[serde_json::json!({"a": 3})]).await.unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_without_newline_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/x.jsonl");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "garbage").unwrap();
+        JsonlSink::open(JsonlTarget::File(path.clone()))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+}
