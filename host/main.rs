@@ -46,16 +46,16 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
         Command::Run(args) => {
             let plan = args.plan().map_err(sfzb_host::Error::from)?;
             let stats = sfzb_host::run(plan, cancel).await?;
-            let secs = (stats.elapsed_ms as f64 / 1000.0).max(0.001);
+            let active = (stats.active_ms as f64 / 1000.0).max(0.001);
             eprintln!(
-                "{}: {} received, {} written to {}, {} dead-lettered in {:.1} s ({:.0} events/s); checkpoint {}",
+                "{}: {} received, {} written to {}, {} dead-lettered in {:.1} s ({:.0} events/s while events flowed); checkpoint {}",
                 stats.channel,
                 stats.received,
                 stats.written,
                 stats.target,
                 stats.dead_lettered,
-                secs,
-                stats.received as f64 / secs,
+                stats.elapsed_ms as f64 / 1000.0,
+                stats.received as f64 / active,
                 stats.checkpoint.as_deref().unwrap_or("none"),
             );
         }

@@ -71,6 +71,8 @@ pub struct SubscriptionStats {
     pub keepalives: u64,
     pub checkpoint: Option<String>,
     pub elapsed_ms: u64,
+    /// From the first to the last batch of events.
+    pub active_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +110,6 @@ pub async fn run_subscription(
         };
         let start = start_position(&config, store.load(&key).await?);
         let mut sink = Sink::open(&config.sink).await?;
-        let mut dead = Sink::open(&config.dead_letter).await?;
         let schemas = Arc::new(SchemaCache::default());
         let capacity = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
         let (tx, rx) = mpsc::channel(8);
@@ -131,7 +132,8 @@ pub async fn run_subscription(
             channel: Arc::from(config.channel.as_str()),
             schemas,
             sink: &mut sink,
-            dead: &mut dead,
+            dead_spec: &config.dead_letter,
+            dead: None,
             store: &store,
             key: &key,
             stats: SubscriptionStats {
@@ -141,6 +143,7 @@ pub async fn run_subscription(
             },
             unflushed: None,
             last_flush: Instant::now(),
+            first_batch: None,
         };
         let started = Instant::now();
         let result = stage.drive(rx, &options, &cancel).await;
@@ -224,13 +227,16 @@ struct Stage2<'a> {
     channel: Arc<str>,
     schemas: Arc<SchemaCache>,
     sink: &'a mut Sink,
-    dead: &'a mut Sink,
+    dead_spec: &'a SinkSpec,
+    /// Opened on the first dead letter, so a clean run leaves no empty file behind.
+    dead: Option<Sink>,
     store: &'a FileCheckpointStore,
     key: &'a CheckpointKey,
     stats: SubscriptionStats,
     /// The position written but not yet flushed and checkpointed.
     unflushed: Option<ReplayId>,
     last_flush: Instant,
+    first_batch: Option<Instant>,
 }
 
 impl Stage2<'_> {
@@ -332,7 +338,16 @@ impl Stage2<'_> {
             }
         }
         self.sink.write(&rows).await?;
-        self.dead.write_dead_letters(&letters).await?;
+        if !letters.is_empty() {
+            if self.dead.is_none() {
+                self.dead = Some(Sink::open(self.dead_spec).await?);
+            }
+            if let Some(dead) = self.dead.as_mut() {
+                dead.write_dead_letters(&letters).await?;
+            }
+        }
+        let first = *self.first_batch.get_or_insert_with(Instant::now);
+        self.stats.active_ms = first.elapsed().as_millis() as u64;
         self.stats.written += rows.len() as u64;
         self.stats.dead_lettered += letters.len() as u64;
         if let Some(last) = last {
@@ -347,7 +362,9 @@ impl Stage2<'_> {
             return Ok(());
         };
         self.sink.flush().await?;
-        self.dead.flush().await?;
+        if let Some(dead) = self.dead.as_mut() {
+            dead.flush().await?;
+        }
         self.store.commit(self.key, &position).await?;
         tracing::debug!(replay_id = %position, written = self.stats.written, "Checkpoint committed.");
         self.stats.checkpoint = Some(position.to_hex());

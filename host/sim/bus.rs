@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -60,7 +59,6 @@ pub struct Bus {
     faults: EventFaults,
     log: std::sync::Mutex<Log>,
     head: watch::Sender<u64>,
-    pub served: AtomicU64,
 }
 
 impl Bus {
@@ -83,7 +81,6 @@ impl Bus {
                 next_index: vec![0; entities.len()],
             }),
             head: watch::channel(0).0,
-            served: AtomicU64::new(0),
             entities,
         };
         bus.generate_rounds(events_per_entity);

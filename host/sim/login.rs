@@ -77,6 +77,11 @@ impl Tokens {
         }
     }
 
+    /// How many tokens were issued, logins and refreshes together.
+    pub fn issued_count(&self) -> u64 {
+        self.counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Expires every token issued so far, as a session timeout or a revoked app would.
     pub fn revoke_all(&self) {
         self.lock().clear();

@@ -19,7 +19,7 @@ use crate::proto::pubsub::pub_sub_server::PubSubServer;
 use bus::{Bus, EventFaults};
 use catalog::Entity;
 use login::{Accounts, LoginState, Tokens};
-use pubsub::{PubSubService, StreamFaults};
+use pubsub::{PubSubService, SimStats, StreamFaults};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -85,6 +85,7 @@ pub struct Simulator {
     pub login_addr: SocketAddr,
     pub bus: Arc<Bus>,
     pub tokens: Arc<Tokens>,
+    pub stats: Arc<SimStats>,
     pub org_id: String,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -135,6 +136,7 @@ impl Simulator {
             config.keepalive,
             config.stream_faults.clone(),
         ));
+        let stats = service.stats.clone();
         let grpc = tonic::transport::Server::builder()
             .add_service(PubSubServer::new(service).max_decoding_message_size(16 << 20))
             .serve_with_incoming_shutdown(
@@ -174,6 +176,7 @@ impl Simulator {
             login_addr,
             bus,
             tokens,
+            stats,
             org_id: config.org_id,
             cancel,
             tasks,

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
@@ -48,8 +48,20 @@ pub struct StreamFaults {
     pub expire_tokens_after: Option<u64>,
 }
 
+/// What the simulator observed, for tests and the demo.
+#[derive(Debug, Default)]
+pub struct SimStats {
+    /// Subscribe calls accepted.
+    pub subscribes: AtomicU64,
+    /// Events delivered over all streams.
+    pub served: AtomicU64,
+    /// The most events any stream had requested and not yet received.
+    pub max_pending: AtomicI64,
+}
+
 pub struct PubSubService {
     pub bus: Arc<Bus>,
+    pub stats: Arc<SimStats>,
     pub tokens: Arc<Tokens>,
     pub org_id: String,
     pub keepalive: Duration,
@@ -67,6 +79,7 @@ impl PubSubService {
     ) -> Self {
         PubSubService {
             bus,
+            stats: Arc::default(),
             tokens,
             org_id,
             keepalive,
@@ -123,7 +136,7 @@ impl PubSubService {
     }
 
     fn note_served(&self, n: u64) {
-        let total = self.bus.served.fetch_add(n, Ordering::Relaxed) + n;
+        let total = self.stats.served.fetch_add(n, Ordering::Relaxed) + n;
         if let Some(limit) = self.faults.expire_tokens_after
             && total >= limit
             && !self.tokens_expired.swap(true, Ordering::Relaxed)
@@ -194,6 +207,8 @@ impl PubSub for Arc<PubSubService> {
         let (tx, rx) = mpsc::channel(4);
         let service = self.clone();
         let pending = i64::from(first.num_requested.clamp(0, MAX_BATCH as i32));
+        self.stats.subscribes.fetch_add(1, Ordering::Relaxed);
+        self.stats.max_pending.fetch_max(pending, Ordering::Relaxed);
         tokio::spawn(async move {
             let stream = Subscription {
                 service,
@@ -440,6 +455,7 @@ impl Subscription {
                 request = inbound.message() => match request {
                     Ok(Some(request)) => {
                         self.pending += i64::from(request.num_requested.clamp(0, MAX_BATCH as i32));
+                        self.service.stats.max_pending.fetch_max(self.pending, Ordering::Relaxed);
                     }
                     _ => return,
                 },

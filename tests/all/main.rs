@@ -1,1 +1,7 @@
+//! Integration tests: the real client code against the simulator's real servers on
+//! 127.0.0.1, over gRPC and HTTP.
 
+mod auth;
+mod cli;
+mod source;
+mod support;

@@ -1,0 +1,165 @@
+//! The binary as a user runs it: `sfzb-host sim` in one process, `sfzb-host run` in another.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sfzb-host");
+
+struct Sim(Child);
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `sfzb-host sim` on free ports and returns it with its Pub/Sub and login URLs.
+fn sim(args: &[&str]) -> (Sim, String, String) {
+    let mut child = Command::new(BIN)
+        .args(["sim", "--port", "0", "--login-port", "0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sfzb-host sim starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut url = |prefix: &str| {
+        let line = lines.next().expect("sim prints its endpoints").unwrap();
+        line.strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("{line:?} starts with {prefix}"))
+            .trim()
+            .to_string()
+    };
+    let pubsub = url("Pub/Sub API:");
+    let login = url("Login:");
+    (Sim(child), pubsub, login)
+}
+
+#[test]
+fn sim_then_run_writes_every_account_event_and_exits_when_idle() {
+    let (_sim, pubsub, login) = sim(&["--events", "1000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "--pubsub-endpoint",
+            &pubsub,
+            "--instance-url",
+            &login,
+            "--username",
+            "u",
+            "--password",
+            "p",
+        ])
+        .args([
+            "--channel",
+            "/data/AccountChangeEvent",
+            "--sink",
+            "jsonl:out.jsonl",
+            "--until-idle",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("1000 received, 1000 written"), "{stderr}");
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1000);
+    let replay: Vec<u64> = rows
+        .iter()
+        .map(|r| u64::from_str_radix(r["replay_id"].as_str().unwrap(), 16).unwrap())
+        .collect();
+    assert!(replay.windows(2).all(|w| w[0] < w[1]), "replay order");
+    assert!(rows.iter().all(|r| r["entity_name"] == "Account"));
+    assert!(
+        rows.iter()
+            .filter(|r| r["change_type"] == "UPDATE")
+            .all(|r| !r["changed_fields"].as_array().unwrap().is_empty())
+    );
+    assert!(
+        rows.iter()
+            .flat_map(|r| r["changed_fields"].as_array().unwrap())
+            .all(|f| !f.as_str().unwrap().starts_with("0x"))
+    );
+}
+
+#[test]
+fn configuration_errors_exit_2_and_name_the_setting() {
+    let output = Command::new(BIN)
+        .args([
+            "run",
+            "--instance-url",
+            "http://127.0.0.1:9",
+            "--channel",
+            "/data/AccountChangeEvent",
+            "--username",
+            "u",
+        ])
+        .env_remove("SALESFORCE_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("password") && stderr.contains("SALESFORCE_PASSWORD"),
+        "{stderr}"
+    );
+
+    let output = Command::new(BIN)
+        .args([
+            "run",
+            "--instance-url",
+            "login.salesforce.com",
+            "--channel",
+            "/data/AccountChangeEvent",
+            "--username",
+            "u",
+            "--password",
+            "p",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("instance-url"));
+}
+
+#[test]
+fn secrets_never_reach_the_logs() {
+    let (_sim, pubsub, login) = sim(&["--events", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .args([
+            "--log",
+            "trace",
+            "run",
+            "--pubsub-endpoint",
+            &pubsub,
+            "--instance-url",
+            &login,
+            "--username",
+            "u",
+        ])
+        .args([
+            "--channel",
+            "/data/AccountChangeEvent",
+            "--sink",
+            "jsonl:out.jsonl",
+            "--until-idle",
+            "1",
+        ])
+        .env("SALESFORCE_PASSWORD", "Hunter2Secret")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("Hunter2Secret"));
+    assert!(!stderr.contains("!SIM."), "no access token in the logs");
+}

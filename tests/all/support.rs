@@ -1,0 +1,99 @@
+//! Helpers: start a simulator, run the pipeline with command-line style flags, read rows.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use sfzb_host::cli::{Cli, Command};
+use sfzb_host::config::RunPlan;
+use sfzb_host::pipeline::SubscriptionStats;
+use sfzb_host::sim::{SimConfig, Simulator};
+use tokio_util::sync::CancellationToken;
+
+pub fn sim_config(entities: &[&str], events: u64) -> SimConfig {
+    SimConfig {
+        entities: entities.iter().map(|s| s.to_string()).collect(),
+        events,
+        seed: 7,
+        keepalive: Duration::from_millis(200),
+        ..SimConfig::default()
+    }
+}
+
+pub async fn start(config: SimConfig) -> Simulator {
+    Simulator::start(config).await.expect("simulator starts")
+}
+
+/// A run plan from `sfzb-host run` flags, pointed at `sim`, writing under `dir`.
+pub fn plan(sim: &Simulator, dir: &Path, channel: &str, extra: &[&str]) -> RunPlan {
+    let sink = format!("jsonl:{}", dir.join("out.jsonl").display());
+    let state = dir.join("state").display().to_string();
+    let pubsub = sim.pubsub_url();
+    let login = sim.login_url();
+    let mut argv: Vec<&str> = vec![
+        "sfzb-host",
+        "run",
+        "--pubsub-endpoint",
+        &pubsub,
+        "--instance-url",
+        &login,
+        "--channel",
+        channel,
+        "--sink",
+        &sink,
+        "--state-dir",
+        &state,
+        "--flush-interval-ms",
+        "50",
+    ];
+    if !extra.contains(&"--until-idle") {
+        argv.extend(["--until-idle", "1"]);
+    }
+    let has_auth = extra
+        .iter()
+        .any(|a| matches!(*a, "--username" | "--client-id" | "--jwt-key-file"));
+    if !has_auth {
+        argv.extend(["--username", "u", "--password", "p"]);
+    }
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).expect("flags parse").command {
+        Command::Run(args) => args.plan().expect("plan is valid"),
+        _ => unreachable!(),
+    }
+}
+
+pub async fn run(plan: RunPlan) -> Result<SubscriptionStats, sfzb_host::Error> {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        sfzb_host::run(plan, CancellationToken::new()),
+    )
+    .await
+    .expect("the run ends within 60 s")
+}
+
+pub fn rows(path: &Path) -> Vec<serde_json::Value> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+pub fn out(dir: &Path) -> PathBuf {
+    dir.join("out.jsonl")
+}
+
+pub fn dead(dir: &Path) -> PathBuf {
+    dir.join("out_dead_letter.jsonl")
+}
+
+pub fn replay(row: &serde_json::Value) -> u64 {
+    u64::from_str_radix(row["replay_id"].as_str().unwrap(), 16).unwrap()
+}
+
+/// Every bus position of `entity` (0-based among the configured entities) for `rounds`.
+pub fn positions(entity: u64, entities: u64, rounds: u64) -> Vec<u64> {
+    (0..rounds).map(|i| i * entities + entity + 1).collect()
+}
