@@ -1,1 +1,176 @@
-fn main() {}
+//! `cargo bench --bench pipeline`: prints per-event costs and end-to-end throughput.
+//!
+//! 1. Decode: Avro payload → `ChangeEvent` (bitmaps included), µs per event.
+//! 2. Row: `ChangeEvent` → 16-column row → JSON line, µs per event.
+//! 3. End to end: `sfzb-host sim` in its own process → this process's subscriber → decode →
+//!    jsonl sink on /dev/null: events/s, host CPU µs per event, peak RSS.
+//!
+//! `SFZB_BENCH_EVENTS` sets the end-to-end event count (default 200000).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use sfzb_host::cli::{Cli, Command as Cmd};
+use sfzb_host::event::ReplayId;
+use sfzb_host::salesforce::schema::{EventMeta, decode_event};
+use sfzb_host::sim::catalog::Entity;
+use sfzb_host::sim::generator::{Position, generate};
+use sfzb_host::sink::Row;
+
+fn main() {
+    let entity = Entity::load("Account").unwrap().unwrap();
+    let events: Vec<_> = (0..2000)
+        .map(|seq| {
+            generate(
+                &entity,
+                &entity.schema.event,
+                1,
+                Position { index: seq, seq },
+                false,
+            )
+        })
+        .collect();
+    let meta = |i: usize| EventMeta {
+        org_id: Arc::from("00D"),
+        channel: Arc::from("/data/AccountChangeEvent"),
+        replay_id: ReplayId::new(Bytes::copy_from_slice(&(i as u64).to_be_bytes())),
+        event_id: events[i].event_id.clone(),
+    };
+    let rounds = 10;
+    let started = Instant::now();
+    let mut decoded = Vec::new();
+    for _ in 0..rounds {
+        decoded.clear();
+        for (i, e) in events.iter().enumerate() {
+            decoded.push(decode_event(&entity.schema, meta(i), e.payload.clone()).unwrap());
+        }
+    }
+    let decode_us = started.elapsed().as_secs_f64() * 1e6 / (rounds * events.len()) as f64;
+    let started = Instant::now();
+    let mut bytes = 0usize;
+    for _ in 0..rounds {
+        for event in &decoded {
+            let row = Row::from_event(event, 0);
+            bytes += serde_json::to_vec(&row).unwrap().len();
+        }
+    }
+    let row_us = started.elapsed().as_secs_f64() * 1e6 / (rounds * decoded.len()) as f64;
+    let avg_payload = events.iter().map(|e| e.payload.len()).sum::<usize>() / events.len();
+    println!(
+        "decode (Account, {} fields, {avg_payload} B payload): {decode_us:.2} µs/event",
+        entity.schema.event.names.top.len()
+    );
+    println!(
+        "row + JSON line ({} B/row):                    {row_us:.2} µs/event",
+        bytes / (rounds * decoded.len())
+    );
+
+    let count: u64 = std::env::var("SFZB_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    end_to_end(count);
+}
+
+fn end_to_end(count: u64) {
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
+        .args([
+            "sim",
+            "--port",
+            "0",
+            "--login-port",
+            "0",
+            "--entities",
+            "Account",
+            "--events",
+            &count.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sfzb-host sim starts");
+    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
+    let mut url = || {
+        lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .split_once(':')
+            .unwrap()
+            .1
+            .trim()
+            .to_string()
+    };
+    let (pubsub, login) = (url(), url());
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().display().to_string();
+    let argv = [
+        "sfzb-host",
+        "run",
+        "--pubsub-endpoint",
+        &pubsub,
+        "--instance-url",
+        &login,
+        "--username",
+        "u",
+        "--password",
+        "p",
+        "--channel",
+        "/data/AccountChangeEvent",
+        "--sink",
+        "jsonl:/dev/null",
+        "--dead-letter",
+        "jsonl:/dev/null",
+        "--state-dir",
+        &state_dir,
+        "--until-idle",
+        "2",
+    ];
+    let Cmd::Run(args) = Cli::parse_from(argv).command else {
+        unreachable!()
+    };
+    let plan = args.plan().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cpu_before = cpu_time();
+    let stats = runtime
+        .block_on(sfzb_host::run(
+            plan,
+            tokio_util::sync::CancellationToken::new(),
+        ))
+        .unwrap();
+    let cpu = cpu_time() - cpu_before;
+    let _ = sim.kill();
+    let _ = sim.wait();
+    assert_eq!(stats.received, count, "every event arrived");
+    let active = Duration::from_millis(stats.active_ms.max(1)).as_secs_f64();
+    // The idle wait at the end costs next to no CPU, so CPU over all events is fair.
+    println!(
+        "sim → subscribe → decode → jsonl (/dev/null), {count} events: {:.0} events/s, {:.1} µs host CPU/event, peak RSS {} MiB",
+        count as f64 / active,
+        cpu.as_secs_f64() * 1e6 / count as f64,
+        peak_rss_kib() / 1024
+    );
+}
+
+/// User + system CPU time of this process, from /proc (Linux).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

@@ -162,6 +162,8 @@ pub struct FieldNames {
 pub struct EventSchema {
     pub id: String,
     pub json: String,
+    /// `json` as a JSON string literal, escaped once so rows need not escape it per event.
+    pub json_literal: Box<serde_json::value::RawValue>,
     pub avro: apache_avro::Schema,
     pub names: FieldNames,
 }

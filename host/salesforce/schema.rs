@@ -8,12 +8,12 @@ use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
 use apache_avro::schema::{Name, RecordSchema};
-use apache_avro::types::Value as Avro;
 use bytes::Bytes;
 
 use crate::event::{
     ChangeEvent, ChangeEventHeader, ChangeType, EventSchema, Field, FieldNames, ReplayId, Value,
 };
+use crate::salesforce::avro::{AvroError, Plan, Reader};
 use crate::salesforce::bitmap;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,14 +36,22 @@ pub enum DecodeError {
     Header(String),
 }
 
+/// A writer schema with its compiled decoder.
+#[derive(Debug)]
+pub struct WriterSchema {
+    pub event: Arc<EventSchema>,
+    /// Field plans in schema order; the first is `ChangeEventHeader`.
+    fields: Vec<(Arc<str>, Plan)>,
+}
+
 /// Parsed writer schemas by schema id.
 #[derive(Default)]
 pub struct SchemaCache {
-    schemas: RwLock<HashMap<String, Arc<EventSchema>>>,
+    schemas: RwLock<HashMap<String, Arc<WriterSchema>>>,
 }
 
 impl SchemaCache {
-    pub fn get(&self, id: &str) -> Option<Arc<EventSchema>> {
+    pub fn get(&self, id: &str) -> Option<Arc<WriterSchema>> {
         self.schemas
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -52,7 +60,7 @@ impl SchemaCache {
     }
 
     /// Parses `json` and caches it under `id`; a schema already cached is returned as is.
-    pub fn insert(&self, id: &str, json: &str) -> Result<Arc<EventSchema>, SchemaError> {
+    pub fn insert(&self, id: &str, json: &str) -> Result<Arc<WriterSchema>, SchemaError> {
         if let Some(schema) = self.get(id) {
             return Ok(schema);
         }
@@ -70,8 +78,9 @@ impl SchemaCache {
     }
 }
 
-/// Parses a change event writer schema and indexes its field names for bitmap decoding.
-pub fn parse_schema(id: &str, json: &str) -> Result<EventSchema, SchemaError> {
+/// Parses a change event writer schema, indexes its field names for bitmap decoding, and
+/// compiles its decoder.
+pub fn parse_schema(id: &str, json: &str) -> Result<WriterSchema, SchemaError> {
     let avro = Schema::parse_str(json).map_err(|e| SchemaError::Parse {
         id: id.to_string(),
         source: Box::new(e),
@@ -104,11 +113,19 @@ pub fn parse_schema(id: &str, json: &str) -> Result<EventSchema, SchemaError> {
             })
         })
         .collect();
-    Ok(EventSchema {
-        id: id.to_string(),
-        json: json.to_string(),
-        avro: avro.clone(),
-        names: FieldNames { top, children },
+    let Plan::Record(fields) = Plan::compile(&avro).map_err(|e| not_cdc(&e.to_string()))? else {
+        return Err(not_cdc("the top-level type is not a record"));
+    };
+    Ok(WriterSchema {
+        event: Arc::new(EventSchema {
+            id: id.to_string(),
+            json: json.to_string(),
+            json_literal: serde_json::value::to_raw_value(json)
+                .expect("a string always serializes"),
+            avro: avro.clone(),
+            names: FieldNames { top, children },
+        }),
+        fields,
     })
 }
 
@@ -158,56 +175,67 @@ pub struct EventMeta {
 
 /// Decodes one payload with its writer schema.
 pub fn decode_event(
-    schema: &Arc<EventSchema>,
+    schema: &WriterSchema,
     meta: EventMeta,
     payload: Bytes,
 ) -> Result<ChangeEvent, DecodeError> {
-    let avro =
-        apache_avro::from_avro_datum(&schema.avro, &mut &payload[..], None).map_err(|e| {
-            DecodeError::Avro {
-                schema_id: schema.id.clone(),
-                reason: e.to_string(),
-            }
+    let avro_error = |e: AvroError| DecodeError::Avro {
+        schema_id: schema.event.id.clone(),
+        reason: e.to_string(),
+    };
+    let mut reader = Reader::new(&payload);
+    let (header_plan, data_plans) = schema
+        .fields
+        .split_first()
+        .ok_or_else(|| DecodeError::Header("the schema has no fields".into()))?;
+    let header =
+        decode_header(&mut reader, &header_plan.1, &schema.event.names).map_err(|e| match e {
+            HeaderError::Avro(e) => avro_error(e),
+            HeaderError::Invalid(reason) => DecodeError::Header(reason),
         })?;
-    let Avro::Record(values) = avro else {
-        return Err(DecodeError::Avro {
-            schema_id: schema.id.clone(),
-            reason: "payload is not a record".into(),
-        });
-    };
-    let mut values = values.into_iter();
-    let header = match values.next() {
-        Some((name, value)) if name == "ChangeEventHeader" => decode_header(value, &schema.names)?,
-        _ => {
-            return Err(DecodeError::Header(
-                "ChangeEventHeader is not the first field".into(),
-            ));
-        }
-    };
-    let fields = values
-        .zip(schema.names.top.iter().skip(1))
-        .map(|((_, value), name)| Field {
+    let mut fields = Vec::with_capacity(data_plans.len());
+    for (name, plan) in data_plans {
+        fields.push(Field {
             name: name.clone(),
-            value: convert(value),
-        })
-        .collect();
+            value: reader.value(plan).map_err(avro_error)?,
+        });
+    }
+    reader.finish().map_err(avro_error)?;
     Ok(ChangeEvent {
         org_id: meta.org_id,
         channel: meta.channel,
         replay_id: meta.replay_id,
         event_id: meta.event_id,
-        schema: schema.clone(),
+        schema: schema.event.clone(),
         payload,
         header,
         fields,
     })
 }
 
-fn decode_header(value: Avro, names: &FieldNames) -> Result<ChangeEventHeader, DecodeError> {
-    let Avro::Record(parts) = unwrap_union(value) else {
-        return Err(DecodeError::Header(
-            "ChangeEventHeader is not a record".into(),
-        ));
+enum HeaderError {
+    Avro(AvroError),
+    Invalid(String),
+}
+
+impl From<AvroError> for HeaderError {
+    fn from(e: AvroError) -> Self {
+        HeaderError::Avro(e)
+    }
+}
+
+fn decode_header(
+    reader: &mut Reader<'_>,
+    plan: &Plan,
+    names: &FieldNames,
+) -> Result<ChangeEventHeader, HeaderError> {
+    let plan = match plan {
+        Plan::Record(fields) => fields,
+        _ => {
+            return Err(HeaderError::Invalid(
+                "ChangeEventHeader is not a record".into(),
+            ));
+        }
     };
     let mut header = ChangeEventHeader {
         entity_name: String::new(),
@@ -224,91 +252,49 @@ fn decode_header(value: Avro, names: &FieldNames) -> Result<ChangeEventHeader, D
         diff_fields: Vec::new(),
     };
     let mut change_type = None;
-    for (name, value) in parts {
-        let value = unwrap_union(value);
-        match name.as_str() {
-            "entityName" => header.entity_name = text(value),
-            "recordIds" => header.record_ids = strings(value),
-            "changeType" => change_type = ChangeType::parse(&text(value)),
-            "changeOrigin" => header.change_origin = text(value),
-            "transactionKey" => header.transaction_key = text(value),
-            "sequenceNumber" => header.sequence_number = int(value) as i32,
-            "commitTimestamp" => header.commit_timestamp = int(value),
-            "commitNumber" => header.commit_number = int(value),
-            "commitUser" => header.commit_user = text(value),
-            "changedFields" => header.changed_fields = bitmap::decode(&strings(value), names),
-            "nulledFields" => header.nulled_fields = bitmap::decode(&strings(value), names),
-            "diffFields" => header.diff_fields = bitmap::decode(&strings(value), names),
-            _ => {}
+    for (name, plan) in plan {
+        match &**name {
+            "recordIds" => header.record_ids = reader.strings(plan)?,
+            "changedFields" => {
+                header.changed_fields = bitmap::decode(&reader.strings(plan)?, names)
+            }
+            "nulledFields" => header.nulled_fields = bitmap::decode(&reader.strings(plan)?, names),
+            "diffFields" => header.diff_fields = bitmap::decode(&reader.strings(plan)?, names),
+            other => {
+                let value = reader.value(plan)?;
+                match other {
+                    "entityName" => header.entity_name = text(value),
+                    "changeType" => change_type = ChangeType::parse(&text(value)),
+                    "changeOrigin" => header.change_origin = text(value),
+                    "transactionKey" => header.transaction_key = text(value),
+                    "sequenceNumber" => header.sequence_number = int(value) as i32,
+                    "commitTimestamp" => header.commit_timestamp = int(value),
+                    "commitNumber" => header.commit_number = int(value),
+                    "commitUser" => header.commit_user = text(value),
+                    _ => {}
+                }
+            }
         }
     }
     header.change_type = change_type
-        .ok_or_else(|| DecodeError::Header("changeType is missing or unknown".into()))?;
+        .ok_or_else(|| HeaderError::Invalid("changeType is missing or unknown".into()))?;
     if header.entity_name.is_empty() {
-        return Err(DecodeError::Header("entityName is empty".into()));
+        return Err(HeaderError::Invalid("entityName is empty".into()));
     }
     Ok(header)
 }
 
-fn unwrap_union(value: Avro) -> Avro {
+fn text(value: Value) -> String {
     match value {
-        Avro::Union(_, inner) => unwrap_union(*inner),
-        other => other,
-    }
-}
-
-fn text(value: Avro) -> String {
-    match value {
-        Avro::String(s) | Avro::Enum(_, s) => s,
+        Value::Text(s) => s,
         _ => String::new(),
     }
 }
 
-fn int(value: Avro) -> i64 {
+fn int(value: Value) -> i64 {
     match value {
-        Avro::Int(i) => i64::from(i),
-        Avro::Long(l) => l,
+        Value::Int(i) => i,
         _ => 0,
-    }
-}
-
-fn strings(value: Avro) -> Vec<String> {
-    match value {
-        Avro::Array(items) => items.into_iter().map(|v| text(unwrap_union(v))).collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn convert(value: Avro) -> Value {
-    match unwrap_union(value) {
-        Avro::Null => Value::Null,
-        Avro::Boolean(b) => Value::Bool(b),
-        Avro::Int(i) | Avro::Date(i) | Avro::TimeMillis(i) => Value::Int(i64::from(i)),
-        Avro::Long(l)
-        | Avro::TimeMicros(l)
-        | Avro::TimestampMillis(l)
-        | Avro::TimestampMicros(l)
-        | Avro::LocalTimestampMillis(l)
-        | Avro::LocalTimestampMicros(l) => Value::Int(l),
-        Avro::Float(f) => Value::Float(f64::from(f)),
-        Avro::Double(d) => Value::Float(d),
-        Avro::String(s) | Avro::Enum(_, s) => Value::Text(s),
-        Avro::Bytes(b) | Avro::Fixed(_, b) => Value::Bytes(b),
-        Avro::Record(fields) => Value::Record(
-            fields
-                .into_iter()
-                .map(|(name, v)| Field {
-                    name: Arc::from(name),
-                    value: convert(v),
-                })
-                .collect(),
-        ),
-        // Salesforce data fields are never arrays or maps; keep whatever arrives as JSON text.
-        other => Value::Text(
-            serde_json::Value::try_from(other)
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
-        ),
     }
 }
 
@@ -321,7 +307,7 @@ mod tests {
 
     #[test]
     fn real_schemas_parse_with_compound_children() {
-        let account = parse_schema("a", ACCOUNT).unwrap();
+        let account = parse_schema("a", ACCOUNT).unwrap().event;
         assert_eq!(&*account.names.top[0], "ChangeEventHeader");
         assert_eq!(&*account.names.top[5], "BillingAddress");
         // ShippingAddress is a bare reference to the Address record named by BillingAddress.
@@ -329,7 +315,7 @@ mod tests {
         assert_eq!(shipping.len(), 11);
         assert_eq!(&*shipping[9], "Xyz");
         assert!(account.names.children[7].is_none());
-        let contact = parse_schema("c", CONTACT).unwrap();
+        let contact = parse_schema("c", CONTACT).unwrap().event;
         assert_eq!(&*contact.names.top[3], "Name");
         assert!(contact.names.children[3].is_some());
     }
@@ -354,9 +340,117 @@ mod tests {
         assert_eq!(cache.len(), 1);
     }
 
+    /// The event `apache-avro` decodes from the same payload, in our model.
+    fn reference_fields(schema: &WriterSchema, payload: &[u8]) -> Option<Vec<Field>> {
+        use apache_avro::types::Value as Avro;
+        fn convert(value: Avro) -> Value {
+            match value {
+                Avro::Union(_, inner) => convert(*inner),
+                Avro::Null => Value::Null,
+                Avro::Boolean(b) => Value::Bool(b),
+                Avro::Int(i) => Value::Int(i64::from(i)),
+                Avro::Long(l) => Value::Int(l),
+                Avro::Float(f) => Value::Float(f64::from(f)),
+                Avro::Double(d) => Value::Float(d),
+                Avro::String(s) | Avro::Enum(_, s) => Value::Text(s),
+                Avro::Bytes(b) | Avro::Fixed(_, b) => Value::Bytes(b),
+                Avro::Record(fields) => Value::Record(
+                    fields
+                        .into_iter()
+                        .map(|(n, v)| Field {
+                            name: Arc::from(n),
+                            value: convert(v),
+                        })
+                        .collect(),
+                ),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let Avro::Record(fields) =
+            apache_avro::from_avro_datum(&schema.event.avro, &mut &payload[..], None).ok()?
+        else {
+            return None;
+        };
+        Some(
+            fields
+                .into_iter()
+                .skip(1)
+                .map(|(n, v)| Field {
+                    name: Arc::from(n),
+                    value: convert(v),
+                })
+                .collect(),
+        )
+    }
+
+    fn meta() -> EventMeta {
+        EventMeta {
+            org_id: "00D".into(),
+            channel: "/data/ChangeEvents".into(),
+            replay_id: ReplayId::new(Bytes::from_static(&[1])),
+            event_id: "e".into(),
+        }
+    }
+
+    #[test]
+    fn decoder_agrees_with_apache_avro_on_every_simulated_event() {
+        use crate::sim::catalog::{Entity, entity_names};
+        use crate::sim::generator::{Position, generate};
+        for name in entity_names() {
+            let entity = Entity::load(name).unwrap().unwrap();
+            for schema in [&entity.schema, &entity.changed_schema] {
+                for seq in 0..200 {
+                    let g = generate(
+                        &entity,
+                        &schema.event,
+                        3,
+                        Position { index: seq, seq },
+                        seq % 50 == 49,
+                    );
+                    let ours = decode_event(schema, meta(), g.payload.clone()).unwrap();
+                    assert_eq!(
+                        Some(ours.fields),
+                        reference_fields(schema, &g.payload),
+                        "{name} #{seq}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_payloads_never_panic_and_never_decode_differently() {
+        use crate::sim::catalog::Entity;
+        use crate::sim::generator::{Position, generate};
+        use rand::{Rng, SeedableRng};
+        let entity = Entity::load("Contact").unwrap().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for seq in 0..300 {
+            let g = generate(
+                &entity,
+                &entity.schema.event,
+                5,
+                Position { index: seq, seq },
+                false,
+            );
+            let mut bytes = g.payload.to_vec();
+            match seq % 3 {
+                0 => bytes.truncate(rng.random_range(0..bytes.len())),
+                1 => {
+                    let i = rng.random_range(0..bytes.len());
+                    bytes[i] ^= 1 << rng.random_range(0..8);
+                }
+                _ => bytes.extend_from_slice(&[0x7f, 0x00]),
+            }
+            if let Ok(ours) = decode_event(&entity.schema, meta(), Bytes::from(bytes.clone())) {
+                assert_eq!(Some(ours.fields), reference_fields(&entity.schema, &bytes));
+            }
+        }
+    }
+
     #[test]
     fn corrupt_payload_is_an_error_not_a_panic() {
-        let schema = Arc::new(parse_schema("a", ACCOUNT).unwrap());
+        let schema = parse_schema("a", ACCOUNT).unwrap();
         let meta = EventMeta {
             org_id: "00D".into(),
             channel: "/data/AccountChangeEvent".into(),

@@ -180,7 +180,13 @@ impl Bus {
                     .faults
                     .gap_every
                     .is_some_and(|n| n > 0 && (index + 1) % n == 0);
-                generator::generate(entity, schema, self.seed, Position { index, seq }, gap)
+                generator::generate(
+                    entity,
+                    &schema.event,
+                    self.seed,
+                    Position { index, seq },
+                    gap,
+                )
             }
         };
         if self.faults.corrupt_at.contains(&seq) {

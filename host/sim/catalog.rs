@@ -7,8 +7,7 @@ use std::sync::Arc;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::event::EventSchema;
-use crate::salesforce::schema::{SchemaError, parse_schema};
+use crate::salesforce::schema::{SchemaError, WriterSchema, parse_schema};
 
 /// The name of the field a schema change adds (see `--schema-change-at`).
 pub const ADDED_FIELD: &str = "Sim_Tier__c";
@@ -49,9 +48,9 @@ pub struct Entity {
     pub key_prefix: &'static str,
     pub channel: String,
     /// The schema events use before a schema change.
-    pub schema: Arc<EventSchema>,
+    pub schema: Arc<WriterSchema>,
     /// The schema after a schema change: the same plus one field at the end.
-    pub changed_schema: Arc<EventSchema>,
+    pub changed_schema: Arc<WriterSchema>,
 }
 
 impl Entity {
@@ -113,12 +112,12 @@ mod tests {
         let mut ids = std::collections::HashSet::new();
         for name in entity_names() {
             let e = Entity::load(name).unwrap().unwrap();
-            assert!(ids.insert(e.schema.id.clone()));
-            assert!(ids.insert(e.changed_schema.id.clone()));
-            assert_eq!(e.schema.id.len(), 22);
+            assert!(ids.insert(e.schema.event.id.clone()));
+            assert!(ids.insert(e.changed_schema.event.id.clone()));
+            assert_eq!(e.schema.event.id.len(), 22);
             assert_eq!(
-                e.changed_schema.names.top.len(),
-                e.schema.names.top.len() + 1
+                e.changed_schema.event.names.top.len(),
+                e.schema.event.names.top.len() + 1
             );
         }
         assert_eq!(channel_for("Invoice__c"), "/data/Invoice__ChangeEvent");

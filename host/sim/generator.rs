@@ -466,18 +466,12 @@ fn wrap(field: &Schema, value: Avro) -> Avro {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::event::ReplayId;
-    use crate::salesforce::schema::{EventMeta, decode_event};
+    use crate::salesforce::schema::{EventMeta, WriterSchema, decode_event};
     use crate::sim::catalog::entity_names;
 
-    fn decode(
-        entity: &Entity,
-        schema: &Arc<EventSchema>,
-        g: &Generated,
-    ) -> crate::event::ChangeEvent {
+    fn decode(entity: &Entity, schema: &WriterSchema, g: &Generated) -> crate::event::ChangeEvent {
         let meta = EventMeta {
             org_id: "00D".into(),
             channel: entity.channel.as_str().into(),
@@ -494,7 +488,7 @@ mod tests {
             for seq in 0..300 {
                 let g = generate(
                     &entity,
-                    &entity.schema,
+                    &entity.schema.event,
                     7,
                     Position { index: seq, seq },
                     false,
@@ -529,9 +523,9 @@ mod tests {
     fn same_seed_same_event_other_seed_other_event() {
         let entity = Entity::load("Account").unwrap().unwrap();
         let at = Position { index: 5, seq: 26 };
-        let a = generate(&entity, &entity.schema, 7, at, false);
-        let b = generate(&entity, &entity.schema, 7, at, false);
-        let c = generate(&entity, &entity.schema, 8, at, false);
+        let a = generate(&entity, &entity.schema.event, 7, at, false);
+        let b = generate(&entity, &entity.schema.event, 7, at, false);
+        let c = generate(&entity, &entity.schema.event, 8, at, false);
         assert_eq!(
             (a.event_id.clone(), a.payload.clone()),
             (b.event_id, b.payload)
@@ -544,7 +538,7 @@ mod tests {
         let entity = Entity::load("Contact").unwrap().unwrap();
         let g = generate(
             &entity,
-            &entity.schema,
+            &entity.schema.event,
             1,
             Position { index: 0, seq: 1 },
             true,

@@ -235,11 +235,11 @@ impl PubSub for Arc<PubSubService> {
             .entities
             .iter()
             .flat_map(|e| [&e.schema, &e.changed_schema])
-            .find(|s| &s.id == id)
+            .find(|s| &s.event.id == id)
             .ok_or_else(|| Status::not_found(format!("schema {id} not found")))?;
         Ok(Response::new(SchemaInfo {
-            schema_json: schema.json.clone(),
-            schema_id: schema.id.clone(),
+            schema_json: schema.event.json.clone(),
+            schema_id: schema.event.id.clone(),
             rpc_id: uuid::Uuid::new_v4().to_string(),
         }))
     }
@@ -257,7 +257,7 @@ impl PubSub for Arc<PubSubService> {
             can_publish: entity.is_some(),
             can_subscribe: true,
             schema_id: entity
-                .map(|i| self.bus.entities[i as usize].schema.id.clone())
+                .map(|i| self.bus.entities[i as usize].schema.event.id.clone())
                 .unwrap_or_default(),
             rpc_id: uuid::Uuid::new_v4().to_string(),
         }))
@@ -310,7 +310,7 @@ impl PubSubService {
             .collect();
         Ok(PublishResponse {
             results,
-            schema_id: schemas.schema.id.clone(),
+            schema_id: schemas.schema.event.id.clone(),
             rpc_id: uuid::Uuid::new_v4().to_string(),
         })
     }
@@ -318,7 +318,7 @@ impl PubSubService {
     fn publish_one(
         &self,
         entity: u16,
-        schemas: [&Arc<crate::event::EventSchema>; 2],
+        schemas: [&Arc<crate::salesforce::schema::WriterSchema>; 2],
         event: ProducerEvent,
     ) -> PublishResult {
         let failure = |msg: &str| PublishResult {
@@ -329,7 +329,7 @@ impl PubSubService {
             }),
             correlation_key: event.id.clone(),
         };
-        let Some(schema) = schemas.into_iter().find(|s| s.id == event.schema_id) else {
+        let Some(schema) = schemas.into_iter().find(|s| s.event.id == event.schema_id) else {
             return failure("unknown schema id for this topic");
         };
         let meta = EventMeta {

@@ -9,7 +9,10 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use crate::sink::{JsonlTarget, SinkError};
 
 enum Output {
-    File(tokio::fs::File),
+    File {
+        file: tokio::fs::File,
+        regular: bool,
+    },
     Stdout(tokio::io::Stdout),
     Stderr(tokio::io::Stderr),
 }
@@ -40,8 +43,11 @@ impl JsonlSink {
                     .open(path)
                     .await
                     .map_err(io)?;
-                drop_torn_line(&mut file).await.map_err(io)?;
-                Output::File(file)
+                let regular = file.metadata().await.map_err(io)?.is_file();
+                if regular {
+                    drop_torn_line(&mut file).await.map_err(io)?;
+                }
+                Output::File { file, regular }
             }
         };
         Ok(JsonlSink {
@@ -72,7 +78,7 @@ impl JsonlSink {
             self.buffer.push(b'\n');
         }
         let result = match &mut self.out {
-            Output::File(f) => {
+            Output::File { file: f, .. } => {
                 async {
                     f.write_all(&self.buffer).await?;
                     f.flush().await
@@ -101,8 +107,13 @@ impl JsonlSink {
     }
 
     pub async fn flush(&mut self) -> Result<(), SinkError> {
-        if let Output::File(f) = &mut self.out {
-            f.sync_data().await.map_err(|source| SinkError::Io {
+        // Devices and pipes (/dev/null, a FIFO) have nothing to sync.
+        if let Output::File {
+            file,
+            regular: true,
+        } = &mut self.out
+        {
+            file.sync_data().await.map_err(|source| SinkError::Io {
                 target: self.name(),
                 source,
             })?;

@@ -1,12 +1,13 @@
 //! The row every sink writes: the reference library's 16-column table schema, column for
 //! column, so tables it wrote and tables we write are read the same way.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use serde::Serialize;
 
-use crate::event::ChangeEvent;
+use crate::event::{ChangeEvent, EventSchema};
 
 /// The columns, in the reference's DDL order.
 pub const COLUMNS: [&str; 16] = [
@@ -28,7 +29,7 @@ pub const COLUMNS: [&str; 16] = [
     "processed_timestamp",
 ];
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Row {
     pub event_id: String,
     pub schema_id: String,
@@ -47,7 +48,9 @@ pub struct Row {
     /// The Avro payload; base64 in JSON.
     #[serde(serialize_with = "base64_bytes")]
     pub payload_binary: Vec<u8>,
-    pub schema_json: String,
+    /// The writer schema; its JSON text is the `schema_json` column.
+    #[serde(rename = "schema_json", serialize_with = "schema_json")]
+    pub schema: Arc<EventSchema>,
     pub org_id: String,
     /// When the pipeline produced this row, milliseconds since the epoch.
     pub processed_timestamp: i64,
@@ -55,6 +58,10 @@ pub struct Row {
 
 pub(crate) fn base64_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn schema_json<S: serde::Serializer>(schema: &Arc<EventSchema>, s: S) -> Result<S::Ok, S::Error> {
+    schema.json_literal.serialize(s)
 }
 
 pub fn now_ms() -> i64 {
@@ -81,7 +88,7 @@ impl Row {
             diff_fields: h.diff_fields.clone(),
             record_data_json: event.record_json(),
             payload_binary: event.payload.to_vec(),
-            schema_json: event.schema.json.clone(),
+            schema: event.schema.clone(),
             org_id: event.org_id.to_string(),
             processed_timestamp,
         }
@@ -108,7 +115,12 @@ mod tests {
             diff_fields: vec![],
             record_data_json: "{}".into(),
             payload_binary: vec![1, 2, 3],
-            schema_json: "{}".into(),
+            schema: crate::salesforce::schema::parse_schema(
+                "s",
+                include_str!("../sim/schemas/LeadChangeEvent.avsc"),
+            )
+            .unwrap()
+            .event,
             org_id: "00D".into(),
             processed_timestamp: 2,
         };
@@ -125,5 +137,6 @@ mod tests {
         got.sort_unstable();
         assert_eq!(got, want);
         assert_eq!(json["payload_binary"], "AQID");
+        assert_eq!(json["schema_json"].as_str().unwrap(), row.schema.json);
     }
 }

@@ -1,0 +1,400 @@
+//! Avro binary decoding on the hot path, with a plan compiled once per writer schema.
+//!
+//! `apache-avro` parses the schemas and encodes events (the simulator, re-encoding after
+//! transforms); decoding every event with it costs ~15 µs on a real 86-field Account
+//! schema, 6 µs of which rebuild the schema's name table on every call, the rest a tree
+//! of boxed unions and per-field name strings. This decoder walks a precompiled plan straight
+//! into the event model (~4× less), and tests check it against `apache-avro` on every
+//! simulated event and on corrupted input.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use apache_avro::schema::Name;
+
+use crate::event::{Field, Value};
+
+/// How to read one value of a schema.
+#[derive(Debug)]
+pub enum Plan {
+    Null,
+    Bool,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    Fixed(usize),
+    Enum(Vec<Arc<str>>),
+    Array(Box<Plan>),
+    Map(Box<Plan>),
+    Record(Vec<(Arc<str>, Plan)>),
+    Union(Vec<Plan>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AvroError {
+    #[error("payload ends early (needed {needed} more bytes at offset {offset})")]
+    Eof { offset: usize, needed: usize },
+    #[error("bad varint at offset {0}")]
+    Varint(usize),
+    #[error("invalid {what} {value} at offset {offset}")]
+    Invalid {
+        what: &'static str,
+        value: i64,
+        offset: usize,
+    },
+    #[error("text at offset {0} is not UTF-8")]
+    Utf8(usize),
+    #[error("{0} bytes left over after the record")]
+    Trailing(usize),
+    #[error("schema type {0} is not supported by the decoder")]
+    Unsupported(String),
+}
+
+/// Items an array or map may declare per block before we refuse it (a corrupt count must
+/// not make us allocate gigabytes).
+const MAX_ITEMS: i64 = 1 << 20;
+const MAX_DEPTH: usize = 32;
+
+impl Plan {
+    pub fn compile(schema: &Schema) -> Result<Plan, AvroError> {
+        let mut named = HashMap::new();
+        collect_named(schema, &mut named);
+        compile(schema, &named, 0)
+    }
+}
+
+fn collect_named<'a>(schema: &'a Schema, out: &mut HashMap<Name, &'a Schema>) {
+    match schema {
+        Schema::Record(r) => {
+            out.insert(r.name.clone(), schema);
+            r.fields.iter().for_each(|f| collect_named(&f.schema, out));
+        }
+        Schema::Enum(e) => {
+            out.insert(e.name.clone(), schema);
+        }
+        Schema::Fixed(f) => {
+            out.insert(f.name.clone(), schema);
+        }
+        Schema::Union(u) => u.variants().iter().for_each(|v| collect_named(v, out)),
+        Schema::Array(a) => collect_named(&a.items, out),
+        Schema::Map(m) => collect_named(&m.types, out),
+        _ => {}
+    }
+}
+
+fn compile(
+    schema: &Schema,
+    named: &HashMap<Name, &Schema>,
+    depth: usize,
+) -> Result<Plan, AvroError> {
+    if depth > MAX_DEPTH {
+        return Err(AvroError::Unsupported(
+            "recursive or deeper than 32 levels".into(),
+        ));
+    }
+    let next = |s: &Schema| compile(s, named, depth + 1);
+    Ok(match schema {
+        Schema::Null => Plan::Null,
+        Schema::Boolean => Plan::Bool,
+        Schema::Int | Schema::Date | Schema::TimeMillis => Plan::Int,
+        Schema::Long
+        | Schema::TimeMicros
+        | Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros => Plan::Long,
+        Schema::Float => Plan::Float,
+        Schema::Double => Plan::Double,
+        Schema::Bytes => Plan::Bytes,
+        Schema::String | Schema::Uuid => Plan::String,
+        Schema::Fixed(f) => Plan::Fixed(f.size),
+        Schema::Enum(e) => Plan::Enum(e.symbols.iter().map(|s| Arc::from(s.as_str())).collect()),
+        Schema::Array(a) => Plan::Array(Box::new(next(&a.items)?)),
+        Schema::Map(m) => Plan::Map(Box::new(next(&m.types)?)),
+        Schema::Union(u) => Plan::Union(u.variants().iter().map(next).collect::<Result<_, _>>()?),
+        Schema::Record(r) => Plan::Record(
+            r.fields
+                .iter()
+                .map(|f| Ok((Arc::from(f.name.as_str()), next(&f.schema)?)))
+                .collect::<Result<_, AvroError>>()?,
+        ),
+        Schema::Ref { name } => match named.get(name) {
+            Some(target) => next(target)?,
+            None => {
+                return Err(AvroError::Unsupported(format!(
+                    "reference to unknown type {name}"
+                )));
+            }
+        },
+        other => return Err(AvroError::Unsupported(format!("{other:?}"))),
+    })
+}
+
+/// A cursor over a payload.
+pub struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Reader { data, pos: 0 }
+    }
+
+    pub fn finish(&self) -> Result<(), AvroError> {
+        match self.data.len() - self.pos {
+            0 => Ok(()),
+            n => Err(AvroError::Trailing(n)),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], AvroError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.data.len())
+            .ok_or(AvroError::Eof {
+                offset: self.pos,
+                needed: n.saturating_sub(self.data.len() - self.pos),
+            })?;
+        let out = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    pub fn long(&mut self) -> Result<i64, AvroError> {
+        let start = self.pos;
+        let mut value: u64 = 0;
+        for shift in (0..70).step_by(7) {
+            let byte = *self.data.get(self.pos).ok_or(AvroError::Eof {
+                offset: self.pos,
+                needed: 1,
+            })?;
+            self.pos += 1;
+            if shift == 63 && byte > 1 {
+                return Err(AvroError::Varint(start));
+            }
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+            }
+        }
+        Err(AvroError::Varint(start))
+    }
+
+    fn len(&mut self, what: &'static str) -> Result<usize, AvroError> {
+        let offset = self.pos;
+        let n = self.long()?;
+        usize::try_from(n).map_err(|_| AvroError::Invalid {
+            what,
+            value: n,
+            offset,
+        })
+    }
+
+    pub fn string(&mut self) -> Result<String, AvroError> {
+        let n = self.len("string length")?;
+        let offset = self.pos;
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_string)
+            .map_err(|_| AvroError::Utf8(offset))
+    }
+
+    fn index(&mut self, what: &'static str, len: usize) -> Result<usize, AvroError> {
+        let offset = self.pos;
+        let i = self.long()?;
+        usize::try_from(i)
+            .ok()
+            .filter(|i| *i < len)
+            .ok_or(AvroError::Invalid {
+                what,
+                value: i,
+                offset,
+            })
+    }
+
+    /// The item count of the next array or map block; 0 ends the array or map.
+    fn block(&mut self) -> Result<usize, AvroError> {
+        let offset = self.pos;
+        let count = self.long()?;
+        if count < 0 {
+            self.long()?;
+        }
+        let count = count
+            .checked_abs()
+            .filter(|c| *c <= MAX_ITEMS)
+            .ok_or(AvroError::Invalid {
+                what: "block count",
+                value: count,
+                offset,
+            })?;
+        Ok(count as usize)
+    }
+
+    /// Reads one value into the event model. Arrays and maps (which Salesforce data fields
+    /// never are) become JSON text.
+    pub fn value(&mut self, plan: &Plan) -> Result<Value, AvroError> {
+        Ok(match plan {
+            Plan::Null => Value::Null,
+            Plan::Bool => {
+                let offset = self.pos;
+                match self.take(1)?[0] {
+                    0 => Value::Bool(false),
+                    1 => Value::Bool(true),
+                    b => {
+                        return Err(AvroError::Invalid {
+                            what: "boolean",
+                            value: i64::from(b),
+                            offset,
+                        });
+                    }
+                }
+            }
+            Plan::Int | Plan::Long => Value::Int(self.long()?),
+            Plan::Float => Value::Float(f64::from(f32::from_le_bytes(
+                self.take(4)?.try_into().unwrap_or_default(),
+            ))),
+            Plan::Double => Value::Float(f64::from_le_bytes(
+                self.take(8)?.try_into().unwrap_or_default(),
+            )),
+            Plan::Bytes => {
+                let n = self.len("bytes length")?;
+                Value::Bytes(self.take(n)?.to_vec())
+            }
+            Plan::Fixed(n) => Value::Bytes(self.take(*n)?.to_vec()),
+            Plan::String => Value::Text(self.string()?),
+            Plan::Enum(symbols) => {
+                Value::Text(symbols[self.index("enum index", symbols.len())?].to_string())
+            }
+            Plan::Union(branches) => {
+                let branch = self.index("union branch", branches.len())?;
+                self.value(&branches[branch])?
+            }
+            Plan::Record(fields) => Value::Record(
+                fields
+                    .iter()
+                    .map(|(name, plan)| {
+                        Ok(Field {
+                            name: name.clone(),
+                            value: self.value(plan)?,
+                        })
+                    })
+                    .collect::<Result<_, AvroError>>()?,
+            ),
+            Plan::Array(_) | Plan::Map(_) => Value::Text(self.json(plan)?.to_string()),
+        })
+    }
+
+    /// Reads an array of strings (the header's id and bitmap lists).
+    pub fn strings(&mut self, plan: &Plan) -> Result<Vec<String>, AvroError> {
+        match plan {
+            Plan::Array(item) => {
+                let mut out = Vec::new();
+                loop {
+                    let count = self.block()?;
+                    if count == 0 {
+                        return Ok(out);
+                    }
+                    out.reserve(count.min(self.data.len() - self.pos));
+                    for _ in 0..count {
+                        match self.value(item)? {
+                            Value::Text(s) => out.push(s),
+                            _ => out.push(String::new()),
+                        }
+                    }
+                }
+            }
+            Plan::Union(branches) => {
+                let branch = self.index("union branch", branches.len())?;
+                self.strings(&branches[branch])
+            }
+            other => {
+                self.value(other)?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn json(&mut self, plan: &Plan) -> Result<serde_json::Value, AvroError> {
+        Ok(match plan {
+            Plan::Array(item) => {
+                let mut out = Vec::new();
+                loop {
+                    let count = self.block()?;
+                    if count == 0 {
+                        break serde_json::Value::Array(out);
+                    }
+                    for _ in 0..count {
+                        out.push(self.json(item)?);
+                    }
+                }
+            }
+            Plan::Map(item) => {
+                let mut out = serde_json::Map::new();
+                loop {
+                    let count = self.block()?;
+                    if count == 0 {
+                        break serde_json::Value::Object(out);
+                    }
+                    for _ in 0..count {
+                        let key = self.string()?;
+                        out.insert(key, self.json(item)?);
+                    }
+                }
+            }
+            Plan::Union(branches) => {
+                let branch = self.index("union branch", branches.len())?;
+                self.json(&branches[branch])?
+            }
+            other => serde_json::to_value(self.value(other)?).unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_decode_zigzag_and_reject_overlong() {
+        let cases: [(&[u8], i64); 5] = [
+            (&[0], 0),
+            (&[1], -1),
+            (&[2], 1),
+            (&[0x80, 0x01], 64),
+            (
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+                i64::MIN,
+            ),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(Reader::new(bytes).long().unwrap(), want, "{bytes:?}");
+        }
+        assert!(Reader::new(&[0xff; 11]).long().is_err());
+        assert!(Reader::new(&[0x80]).long().is_err());
+    }
+
+    #[test]
+    fn huge_counts_and_lengths_are_refused_without_allocating() {
+        let plan = Plan::Array(Box::new(Plan::Null));
+        // A count of 2^40 nulls (zero bytes each) must not be believed.
+        let mut bytes = Vec::new();
+        let mut v: u64 = (1u64 << 40) << 1;
+        while v >= 0x80 {
+            bytes.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        bytes.push(v as u8);
+        assert!(Reader::new(&bytes).strings(&plan).is_err());
+        assert!(
+            Reader::new(&[0xfe, 0xff, 0xff, 0xff, 0x0f, b'a'])
+                .string()
+                .is_err()
+        );
+    }
+}
