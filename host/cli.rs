@@ -34,7 +34,7 @@ pub enum Command {
     /// Subscribe to a Change Data Capture channel and write every event to a sink.
     Run(Box<RunArgs>),
     /// Run a simulated Salesforce org (Pub/Sub API and login endpoints) on loopback.
-    Sim(SimArgs),
+    Sim(Box<SimArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -27,6 +27,13 @@ impl ReplayId {
     }
 
     /// Parses the hex form written by [`ReplayId::to_hex`] (an optional `0x` prefix is accepted).
+    ///
+    /// ```
+    /// use sfzb_host::event::ReplayId;
+    /// let id = ReplayId::from_hex("0x00000000000408760000").unwrap();
+    /// assert_eq!(id.as_bytes().len(), 10);
+    /// assert_eq!(id.to_string(), "00000000000408760000");
+    /// ```
     pub fn from_hex(text: &str) -> Result<Self, hex::FromHexError> {
         let digits = text.strip_prefix("0x").unwrap_or(text);
         if digits.is_empty() {

@@ -404,7 +404,7 @@ impl Subscriber {
                 match self.connection.refresh(auth_generation).await {
                     Ok(generation) => auth_generation = generation,
                     Err(e) if e.is_retryable() => {
-                        tracing::warn!(%channel, error = %e, retry_in_ms = delay.as_millis() as u64, "Login failed; retrying.");
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Login failed; retrying.");
                         if self.sleep(&mut delay).await {
                             return Ok(());
                         }
@@ -413,7 +413,7 @@ impl Subscriber {
                     Err(source) => return Err(SubscribeError::Auth { channel, source }),
                 }
             }
-            tracing::info!(%channel, start = %self.resume, batch_size = self.options.batch_size, "Starting subscription to {channel}.");
+            tracing::info!(start = %self.resume, batch_size = self.options.batch_size, "Starting subscription to {channel}.");
             let (end, delivered) = self.stream_once().await;
             if delivered {
                 delay = self.options.backoff_initial;
@@ -421,7 +421,10 @@ impl Subscriber {
             let status = match end {
                 StreamEnd::Cancelled => return Ok(()),
                 StreamEnd::Idle => {
-                    tracing::warn!(%channel, idle_secs = self.options.idle_timeout.as_secs(), "Nothing received, not even a keepalive; resubscribing.");
+                    tracing::warn!(
+                        idle_secs = self.options.idle_timeout.as_secs(),
+                        "Nothing received, not even a keepalive; resubscribing."
+                    );
                     continue;
                 }
                 StreamEnd::Failed(status) => status,
@@ -430,11 +433,11 @@ impl Subscriber {
             let detail = format!("{}: {}", error_code(&status), status.message());
             match failure {
                 Failure::Auth => {
-                    tracing::info!(%channel, %detail, "Session expired or rejected; logging in again.");
+                    tracing::info!(%detail, "Session expired or rejected; logging in again.");
                     match self.connection.refresh(auth_generation).await {
                         Ok(generation) => auth_generation = generation,
                         Err(e) if e.is_retryable() => {
-                            tracing::warn!(%channel, error = %e, "Login failed; retrying.");
+                            tracing::warn!(error = %e, "Login failed; retrying.");
                             if self.sleep(&mut delay).await {
                                 return Ok(());
                             }
@@ -456,11 +459,11 @@ impl Subscriber {
                             });
                         }
                         ReplayFallback::Earliest => {
-                            tracing::warn!(%channel, %replay_id, %detail, "Replay id rejected; replaying from EARLIEST as configured (duplicates possible).");
+                            tracing::warn!(%replay_id, %detail, "Replay id rejected; replaying from EARLIEST as configured (duplicates possible).");
                             self.resume = StartPosition::Earliest;
                         }
                         ReplayFallback::Latest => {
-                            tracing::warn!(%channel, %replay_id, %detail, "Replay id rejected; continuing from LATEST as configured: events published meanwhile are missed.");
+                            tracing::warn!(%replay_id, %detail, "Replay id rejected; continuing from LATEST as configured: events published meanwhile are missed.");
                             self.resume = StartPosition::Latest;
                         }
                     }
@@ -473,14 +476,14 @@ impl Subscriber {
                 }
                 Failure::LimitExceeded => {
                     let wait = delay.max(Duration::from_secs(60));
-                    tracing::warn!(%channel, %detail, wait_secs = wait.as_secs(), "Delivery limit exceeded; waiting before resubscribing.");
+                    tracing::warn!(%detail, wait_secs = wait.as_secs(), "Delivery limit exceeded; waiting before resubscribing.");
                     let mut wait = wait;
                     if self.sleep(&mut wait).await {
                         return Ok(());
                     }
                 }
                 Failure::Transient => {
-                    tracing::warn!(%channel, %detail, retry_in_ms = delay.as_millis() as u64, "Stream failed; resubscribing after backoff.");
+                    tracing::warn!(%detail, retry_in_ms = delay.as_millis() as u64, "Stream failed; resubscribing after backoff.");
                     if self.sleep(&mut delay).await {
                         return Ok(());
                     }
@@ -585,7 +588,7 @@ impl Subscriber {
                     if events.is_empty() {
                         if !response.latest_replay_id.is_empty() {
                             let latest = ReplayId::new(response.latest_replay_id);
-                            tracing::debug!(channel = %self.options.topic, latest = %latest, "Keepalive.");
+                            tracing::debug!(latest = %latest, "Keepalive.");
                             self.resume = StartPosition::Custom(latest.clone());
                             if self.out.send(SourceMsg::Keepalive { latest }).await.is_err() {
                                 return (StreamEnd::Cancelled, delivered);
@@ -626,11 +629,11 @@ impl Subscriber {
                 .into_inner();
             match self.schemas.insert(&event.schema_id, &info.schema_json) {
                 Ok(_) => {
-                    tracing::info!(channel = %self.options.topic, schema_id = %event.schema_id, "Fetched schema.")
+                    tracing::info!(schema_id = %event.schema_id, "Fetched schema.")
                 }
                 // Events of this schema are dead-lettered by the decoder, which finds it missing.
                 Err(error) => {
-                    tracing::error!(channel = %self.options.topic, schema_id = %event.schema_id, %error, "Schema cannot be used.")
+                    tracing::error!(schema_id = %event.schema_id, %error, "Schema cannot be used.")
                 }
             }
         }
