@@ -254,7 +254,10 @@ async fn keepalives_advance_the_checkpoint_of_an_idle_stream() {
         .await
         .unwrap();
     // The last Account event is at position 39; Contact's 40 comes after it on the bus.
-    assert_eq!(rows(&out(dir.path())).iter().map(replay).next_back(), Some(39));
+    assert_eq!(
+        rows(&out(dir.path())).iter().map(replay).next_back(),
+        Some(39)
+    );
     assert!(stats.keepalives > 0);
     assert_eq!(stats.checkpoint.as_deref(), Some("0000000000000028"));
     sim.shutdown().await;
@@ -382,5 +385,99 @@ async fn a_rejected_replay_id_fails_by_default_and_falls_back_when_told() {
     .await
     .unwrap();
     assert_eq!(stats.received, 30);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_events_are_delivered_to_subscribers() {
+    use sfzb_host::proto::pubsub::pub_sub_client::PubSubClient;
+    use sfzb_host::proto::pubsub::{ProducerEvent, PublishRequest};
+    use sfzb_host::salesforce::auth::{Authenticator, Credentials};
+    use sfzb_host::sim::catalog::Entity;
+    use sfzb_host::sim::generator::{Position, generate};
+
+    let sim = start(sim_config(&["Account"], 3)).await;
+    let session = Authenticator::new(
+        &sim.login_url(),
+        "57.0",
+        Credentials::Soap {
+            username: "u".into(),
+            password: "p".to_string().into(),
+        },
+    )
+    .login()
+    .await
+    .unwrap();
+    let token = secrecy::ExposeSecret::expose_secret(&session.access_token).to_string();
+    let with_auth = |mut request: tonic::Request<()>| {
+        let m = request.metadata_mut();
+        m.insert("accesstoken", token.parse().unwrap());
+        m.insert("instanceurl", session.instance_url.parse().unwrap());
+        m.insert("tenantid", session.org_id.parse().unwrap());
+        Ok(request)
+    };
+    let channel = tonic::transport::Endpoint::from_shared(sim.pubsub_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = PubSubClient::with_interceptor(channel, with_auth);
+    let entity = Entity::load("Account").unwrap().unwrap();
+    let event = |id: &str, schema_id: &str| {
+        let g = generate(
+            &entity,
+            &entity.schema.event,
+            99,
+            Position {
+                index: 500,
+                seq: 500,
+            },
+            false,
+        );
+        ProducerEvent {
+            id: id.into(),
+            schema_id: schema_id.into(),
+            payload: g.payload,
+            headers: vec![],
+        }
+    };
+    let response = client
+        .publish(PublishRequest {
+            topic_name: "/data/AccountChangeEvent".into(),
+            events: vec![
+                event("published-1", &entity.schema.event.id),
+                event("bad-schema", "nope"),
+            ],
+            auth_refresh: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.results[0].replay_id.as_ref(), &4u64.to_be_bytes());
+    assert!(response.results[0].error.is_none());
+    assert!(
+        response.results[1].error.is_some(),
+        "an unknown schema id is refused"
+    );
+
+    let requests = tokio_stream::iter(vec![PublishRequest {
+        topic_name: "/data/AccountChangeEvent".into(),
+        events: vec![event("published-2", &entity.schema.event.id)],
+        auth_refresh: String::new(),
+    }]);
+    let mut responses = client.publish_stream(requests).await.unwrap().into_inner();
+    let streamed = responses.message().await.unwrap().unwrap();
+    assert_eq!(streamed.results[0].replay_id.as_ref(), &5u64.to_be_bytes());
+
+    let dir = tempfile::tempdir().unwrap();
+    run(plan(&sim, dir.path(), "/data/AccountChangeEvent", &[]))
+        .await
+        .unwrap();
+    let ids: Vec<String> = rows(&out(dir.path()))
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(&ids[3..], ["published-1", "published-2"]);
     sim.shutdown().await;
 }
