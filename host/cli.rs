@@ -130,6 +130,48 @@ pub struct RunArgs {
     /// Events held in memory between fetch and write; fetching waits for room.
     #[arg(long, default_value_t = 1000)]
     pub max_in_flight: usize,
+
+    #[command(flatten)]
+    pub transforms: TransformArgs,
+}
+
+/// Wasm transforms applied to every event, in the order given.
+#[derive(Debug, Args, Default)]
+pub struct TransformArgs {
+    /// A Wasm component to run on every event (repeatable; applied in order). Its name is the
+    /// file stem: `mask` for `mask.wasm`.
+    #[arg(long = "transform", value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// A transform setting as NAME.KEY=VALUE, e.g. `mask.fields=Email,Phone` (repeatable).
+    #[arg(long = "transform-config", value_name = "NAME.KEY=VALUE")]
+    pub config: Vec<String>,
+
+    /// What to do with an event a transform fails on: dead-letter, skip or stop; for all
+    /// transforms, or one as NAME=POLICY (repeatable).
+    #[arg(long = "transform-on-error", value_name = "[NAME=]POLICY")]
+    pub on_error: Vec<String>,
+
+    /// Memory each transform instance may use, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub transform_memory_mib: usize,
+
+    /// Time one transform may spend on one event, milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub transform_timeout_ms: u64,
+
+    /// Fuel (Wasm instructions, roughly) one transform may spend on one event; unmetered if unset.
+    #[arg(long)]
+    pub transform_fuel: Option<u64>,
+
+    /// Replace a transform's instance with a fresh one after this many events.
+    #[arg(long, default_value_t = 100_000)]
+    pub transform_recycle_after: u64,
+
+    /// Where compiled components are cached; defaults to $XDG_CACHE_HOME/sfzb-host or
+    /// ~/.cache/sfzb-host.
+    #[arg(long, env = "SFZB_CACHE_DIR")]
+    pub transform_cache_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -12,6 +12,7 @@ use crate::salesforce::auth::Credentials;
 use crate::salesforce::pubsub::StartPosition;
 use crate::sim::SimConfig;
 use crate::sink::SinkSpec;
+use crate::transform::{Limits, OnError, TransformSpec, chain::name_from_path};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,6 +48,8 @@ pub struct OrgConfig {
 #[derive(Clone, Debug)]
 pub struct RunPlan {
     pub org: OrgConfig,
+    /// Where compiled transforms are cached.
+    pub cache_dir: Option<std::path::PathBuf>,
     pub subscription: SubscriptionConfig,
     pub options: RunOptions,
 }
@@ -157,6 +160,7 @@ impl RunArgs {
             ));
         }
         Ok(RunPlan {
+            cache_dir: self.transforms.cache_dir(),
             org: OrgConfig {
                 pubsub_endpoint: self.pubsub_endpoint.clone(),
                 login_url: self.instance_url.trim_end_matches('/').to_string(),
@@ -172,6 +176,7 @@ impl RunArgs {
                 batch_size: self.batch_size,
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs),
                 on_invalid_replay: self.replay_invalid,
+                transforms: self.transforms.specs()?,
             },
             options: RunOptions {
                 state_dir: self.state_dir.clone(),
@@ -258,6 +263,111 @@ impl RunArgs {
                         .unwrap_or_else(|| self.instance_url.trim_end_matches('/').to_string()),
                 }
             }
+        })
+    }
+}
+
+impl crate::cli::TransformArgs {
+    /// The transform chain: every file must exist, every setting must name a transform.
+    pub fn specs(&self) -> Result<Vec<TransformSpec>, ConfigError> {
+        let limits = Limits {
+            memory_bytes: self.transform_memory_mib.max(1) << 20,
+            timeout: Duration::from_millis(self.transform_timeout_ms.max(1)),
+            fuel: self.transform_fuel,
+            recycle_after: self.transform_recycle_after.max(1),
+        };
+        let mut specs: Vec<TransformSpec> = Vec::new();
+        for path in &self.paths {
+            if !path.is_file() {
+                return Err(invalid(
+                    "transform",
+                    path.display().to_string(),
+                    "no such file; give the path of a .wasm component",
+                ));
+            }
+            let name = name_from_path(path);
+            if specs.iter().any(|s| s.name == name) {
+                return Err(invalid(
+                    "transform",
+                    path.display().to_string(),
+                    format!(
+                        "a transform named {name} is already in the chain; rename one of the files"
+                    ),
+                ));
+            }
+            specs.push(TransformSpec {
+                name,
+                path: path.clone(),
+                config: Vec::new(),
+                on_error: OnError::default(),
+                limits,
+            });
+        }
+        let chain = specs
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ");
+        for item in &self.config {
+            let parsed = item
+                .split_once('=')
+                .and_then(|(k, v)| k.split_once('.').map(|(n, k)| (n, k, v)));
+            let Some((name, key, value)) =
+                parsed.filter(|(n, k, _)| !n.is_empty() && !k.is_empty())
+            else {
+                return Err(invalid(
+                    "transform-config",
+                    item,
+                    "write it as NAME.KEY=VALUE, e.g. mask.fields=Email,Phone",
+                ));
+            };
+            let spec = specs.iter_mut().find(|s| s.name == name).ok_or_else(|| {
+                invalid(
+                    "transform-config",
+                    item,
+                    format!("no transform named {name} in the chain (transforms: {chain})"),
+                )
+            })?;
+            spec.config.push((key.to_string(), value.to_string()));
+        }
+        for item in &self.on_error {
+            let (name, policy) = match item.split_once('=') {
+                Some((n, p)) => (Some(n), p),
+                None => (None, item.as_str()),
+            };
+            let policy = <OnError as clap::ValueEnum>::from_str(policy, true).map_err(|_| {
+                invalid(
+                    "transform-on-error",
+                    item,
+                    "the policy is dead-letter, skip or stop",
+                )
+            })?;
+            match name {
+                None => specs.iter_mut().for_each(|s| s.on_error = policy),
+                Some(name) => {
+                    let spec = specs.iter_mut().find(|s| s.name == name).ok_or_else(|| {
+                        invalid(
+                            "transform-on-error",
+                            item,
+                            format!("no transform named {name} in the chain (transforms: {chain})"),
+                        )
+                    })?;
+                    spec.on_error = policy;
+                }
+            }
+        }
+        Ok(specs)
+    }
+
+    /// The compile cache directory: the flag, else the user's cache directory.
+    pub fn cache_dir(&self) -> Option<std::path::PathBuf> {
+        self.transform_cache_dir.clone().or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache"))
+                })
+                .map(|d| d.join("sfzb-host"))
         })
     }
 }

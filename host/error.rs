@@ -3,6 +3,7 @@
 use crate::config::ConfigError;
 use crate::pipeline::PipelineError;
 use crate::sim::SimError;
+use crate::transform::TransformError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -12,13 +13,16 @@ pub enum Error {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Sim(#[from] SimError),
+    #[error(transparent)]
+    Transform(#[from] TransformError),
 }
 
 impl Error {
     /// 2 for configuration errors (fix the settings), 1 for failures at run time.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => 2,
+            // A component that cannot load or refuses its settings is a configuration problem.
+            Error::Config(_) | Error::Transform(_) => 2,
             Error::Pipeline(_) | Error::Sim(_) => 1,
         }
     }

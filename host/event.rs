@@ -1,6 +1,7 @@
 //! The internal event model every stage shares: a decoded Change Data Capture event,
 //! its opaque replay id, and the writer schema it was decoded with.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -161,6 +162,60 @@ pub struct FieldNames {
     pub top: Vec<Arc<str>>,
     /// For each top-level field that is a compound record, its children's names.
     pub children: Vec<Option<Vec<Arc<str>>>>,
+    /// Position of each top-level field by name.
+    pub index: HashMap<Arc<str>, usize>,
+}
+
+/// Where a field name (`Email`, `BillingAddress.City`) points in an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldPath {
+    /// A top-level field, by its position in `ChangeEvent::fields`.
+    Top(usize),
+    /// A compound field's child: the parent's position in `fields`, the child's in the record.
+    Child(usize, usize),
+}
+
+impl FieldNames {
+    pub fn new(top: Vec<Arc<str>>, children: Vec<Option<Vec<Arc<str>>>>) -> Self {
+        let index = top
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        FieldNames {
+            top,
+            children,
+            index,
+        }
+    }
+
+    /// Resolves a data field name; `ChangeEventHeader` is not a data field.
+    pub fn resolve(&self, name: &str) -> Option<FieldPath> {
+        if let Some(&i) = self.index.get(name) {
+            return (i > 0).then(|| FieldPath::Top(i - 1));
+        }
+        let (parent, child) = name.split_once('.')?;
+        let &i = self.index.get(parent)?;
+        let j = self
+            .children
+            .get(i)?
+            .as_ref()?
+            .iter()
+            .position(|c| &**c == child)?;
+        (i > 0).then_some(FieldPath::Child(i - 1, j))
+    }
+
+    /// Every data field name, each compound field followed by its children as `Parent.Child`.
+    pub fn data_field_names(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.top.len());
+        for (i, name) in self.top.iter().enumerate().skip(1) {
+            out.push(name.to_string());
+            if let Some(children) = &self.children[i] {
+                out.extend(children.iter().map(|c| format!("{name}.{c}")));
+            }
+        }
+        out
+    }
 }
 
 /// A writer schema as returned by `GetSchema`, parsed once and shared by every event
@@ -183,14 +238,81 @@ pub struct ChangeEvent {
     pub replay_id: ReplayId,
     pub event_id: String,
     pub schema: Arc<EventSchema>,
-    /// The Avro payload exactly as received.
+    /// The Avro payload exactly as received (until a transform changes a field, after which
+    /// the pipeline re-encodes it).
     pub payload: Bytes,
+    /// How many leading bytes of `payload` encode `ChangeEventHeader`.
+    pub header_len: usize,
+    /// The transform that last changed a field, if any: the payload must be re-encoded.
+    pub modified_by: Option<Arc<str>>,
     pub header: ChangeEventHeader,
     /// Record fields in schema order, `ChangeEventHeader` excluded.
     pub fields: Vec<Field>,
 }
 
 impl ChangeEvent {
+    /// A field's value: `None` when the schema has no such data field or it names a whole
+    /// compound field that holds a record (ask for its children).
+    pub fn get(&self, name: &str) -> Option<Value> {
+        match self.schema.names.resolve(name)? {
+            FieldPath::Top(i) => match &self.fields.get(i)?.value {
+                Value::Record(_) => None,
+                v => Some(v.clone()),
+            },
+            FieldPath::Child(i, j) => match &self.fields.get(i)?.value {
+                Value::Record(children) => children.get(j).map(|c| c.value.clone()),
+                _ => Some(Value::Null),
+            },
+        }
+    }
+
+    /// Sets a field; false when the schema has no such data field. Setting a child of a
+    /// null compound field creates the record with its other children null.
+    pub fn set(&mut self, name: &str, value: Value, by: &Arc<str>) -> bool {
+        let Some(path) = self.schema.names.resolve(name) else {
+            return false;
+        };
+        match path {
+            FieldPath::Top(i) => match self.fields.get_mut(i) {
+                Some(field) => field.value = value,
+                None => return false,
+            },
+            FieldPath::Child(i, j) => {
+                let Some(names) = self
+                    .schema
+                    .names
+                    .children
+                    .get(i + 1)
+                    .and_then(Option::as_ref)
+                else {
+                    return false;
+                };
+                let Some(field) = self.fields.get_mut(i) else {
+                    return false;
+                };
+                if !matches!(field.value, Value::Record(_)) {
+                    field.value = Value::Record(
+                        names
+                            .iter()
+                            .map(|n| Field {
+                                name: n.clone(),
+                                value: Value::Null,
+                            })
+                            .collect(),
+                    );
+                }
+                if let Value::Record(children) = &mut field.value {
+                    match children.get_mut(j) {
+                        Some(child) => child.value = value,
+                        None => return false,
+                    }
+                }
+            }
+        }
+        self.modified_by = Some(by.clone());
+        true
+    }
+
     /// The first record id, the one Salesforce log lines name.
     pub fn first_record_id(&self) -> &str {
         self.header.record_ids.first().map_or("", String::as_str)

@@ -13,6 +13,7 @@ pub mod proto;
 pub mod salesforce;
 pub mod sim;
 pub mod sink;
+pub mod transform;
 
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,7 @@ pub async fn run(plan: RunPlan, cancel: CancellationToken) -> Result<Subscriptio
     if matches!(plan.org.credentials, Credentials::Soap { .. }) {
         tracing::warn!("{SOAP_RETIREMENT}");
     }
+    let chain = load_chain(&plan.subscription.transforms, plan.cache_dir.clone()).await?;
     let authenticator = Authenticator::new(
         &plan.org.login_url,
         &plan.org.api_version,
@@ -34,5 +36,31 @@ pub async fn run(plan: RunPlan, cancel: CancellationToken) -> Result<Subscriptio
     );
     let connection = PubSubConnection::new(&plan.org.pubsub_endpoint, authenticator)
         .map_err(pipeline::PipelineError::from)?;
-    Ok(pipeline::run_subscription(connection, plan.subscription, plan.options, cancel).await?)
+    Ok(
+        pipeline::run_subscription(connection, plan.subscription, chain, plan.options, cancel)
+            .await?,
+    )
+}
+
+/// Compiles (or loads from the cache), links and initialises the transforms, off the async
+/// workers: compiling a Python or JavaScript component takes seconds.
+pub async fn load_chain(
+    specs: &[transform::TransformSpec],
+    cache_dir: Option<std::path::PathBuf>,
+) -> Result<Option<transform::Chain>, Error> {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let specs = specs.to_vec();
+    let fuel = specs.iter().any(|s| s.limits.fuel.is_some());
+    let chain = tokio::task::spawn_blocking(move || {
+        let runtime = std::sync::Arc::new(transform::Runtime::new(transform::RuntimeOptions {
+            cache_dir,
+            fuel,
+        })?);
+        transform::Chain::load(runtime, &specs)
+    })
+    .await
+    .expect("loading transforms does not panic")?;
+    Ok(Some(chain))
 }

@@ -58,6 +58,18 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
                 stats.received as f64 / active,
                 stats.checkpoint.as_deref().unwrap_or("none"),
             );
+            for t in &stats.transforms {
+                eprintln!(
+                    "  transform {}: {} in, {} out, {} dropped, {} dead-lettered, {} skipped, {} restarts",
+                    t.name,
+                    t.events_in,
+                    t.events_out,
+                    t.dropped,
+                    t.dead_lettered,
+                    t.skipped,
+                    t.recycled
+                );
+            }
         }
         Command::Sim(args) => {
             let config = args.config().map_err(sfzb_host::Error::from)?;

@@ -1,7 +1,8 @@
-//! One subscription end to end: source → decode → sink → checkpoint, with data flowing one
-//! way through a bounded channel. The source task receives; this task decodes, writes,
-//! flushes, and commits the checkpoint only past events that are durably written or
-//! dead-lettered.
+//! One subscription end to end: source → decode → transform chain → sink → checkpoint, with
+//! data flowing one way through a bounded channel. The source task receives; this task
+//! decodes, runs the chain (on a blocking thread), writes, flushes, and commits the
+//! checkpoint only past events that are durably written, dead-lettered, or dropped by a
+//! transform.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,9 +19,10 @@ use crate::salesforce::pubsub::{
     PubSubConnection, RawEvent, ReplayFallback, SourceMsg, StartPosition, SubscribeError,
     SubscribeOptions, Subscriber,
 };
-use crate::salesforce::schema::{EventMeta, SchemaCache, decode_event};
+use crate::salesforce::schema::{EventMeta, SchemaCache, decode_event, encode_payload};
 use crate::sink::row::now_ms;
 use crate::sink::{DeadLetter, Row, Sink, SinkError, SinkSpec, Stage};
+use crate::transform::{Chain, ChainOutput, Failed, TransformStats};
 
 /// How one subscription runs.
 #[derive(Clone, Debug)]
@@ -35,6 +37,8 @@ pub struct SubscriptionConfig {
     pub batch_size: u32,
     pub idle_timeout: Duration,
     pub on_invalid_replay: ReplayFallback,
+    /// Transforms, in order.
+    pub transforms: Vec<crate::transform::TransformSpec>,
 }
 
 /// Settings shared by every subscription of a run.
@@ -68,11 +72,14 @@ pub struct SubscriptionStats {
     pub received: u64,
     pub written: u64,
     pub dead_lettered: u64,
+    /// Events the transform chain dropped.
+    pub dropped: u64,
     pub keepalives: u64,
     pub checkpoint: Option<String>,
     pub elapsed_ms: u64,
     /// From the first to the last batch of events.
     pub active_ms: u64,
+    pub transforms: Vec<TransformStats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,12 +96,18 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(
+        "stopping as configured (on_error = stop): {0}; the checkpoint stays before replay id {1}"
+    )]
+    TransformStop(String, String),
 }
 
-/// Runs one subscription until cancelled, idle (with `until_idle`), or failed.
+/// Runs one subscription until cancelled, idle (with `until_idle`), or failed. `chain` is
+/// the loaded transform chain (`None` or empty: events pass through unchanged).
 pub async fn run_subscription(
     connection: PubSubConnection,
     config: SubscriptionConfig,
+    chain: Option<Chain>,
     options: RunOptions,
     cancel: CancellationToken,
 ) -> Result<SubscriptionStats, PipelineError> {
@@ -134,6 +147,7 @@ pub async fn run_subscription(
             sink: &mut sink,
             dead_spec: &config.dead_letter,
             dead: None,
+            chain: chain.filter(|c| !c.is_empty()),
             store: &store,
             key: &key,
             stats: SubscriptionStats {
@@ -150,6 +164,9 @@ pub async fn run_subscription(
         source_cancel.cancel();
         let source_result = source.await.unwrap_or(Ok(()));
         let flushed = stage.flush().await;
+        if let Some(chain) = &stage.chain {
+            stage.stats.transforms = chain.stats();
+        }
         let mut stats = stage.stats;
         stats.elapsed_ms = started.elapsed().as_millis() as u64;
         result?;
@@ -230,6 +247,7 @@ struct Stage2<'a> {
     dead_spec: &'a SinkSpec,
     /// Opened on the first dead letter, so a clean run leaves no empty file behind.
     dead: Option<Sink>,
+    chain: Option<Chain>,
     store: &'a FileCheckpointStore,
     key: &'a CheckpointKey,
     stats: SubscriptionStats,
@@ -290,7 +308,7 @@ impl Stage2<'_> {
         org_id: Arc<str>,
     ) -> Result<(), PipelineError> {
         let processed = now_ms();
-        let mut rows = Vec::with_capacity(events.len());
+        let mut decoded = Vec::with_capacity(events.len());
         let mut letters = Vec::new();
         let last = events.last().map(|e| e.replay_id.clone());
         self.stats.received += events.len() as u64;
@@ -301,7 +319,7 @@ impl Stage2<'_> {
                 replay_id: raw.replay_id.clone(),
                 event_id: raw.event_id.clone(),
             };
-            let decoded = match self.schemas.get(&raw.schema_id) {
+            let result = match self.schemas.get(&raw.schema_id) {
                 Some(schema) => {
                     decode_event(&schema, meta, raw.payload.clone()).map_err(|e| e.to_string())
                 }
@@ -310,7 +328,7 @@ impl Stage2<'_> {
                     raw.schema_id
                 )),
             };
-            match decoded {
+            match result {
                 Ok(event) => {
                     tracing::debug!(
                         replay_id = %event.replay_id,
@@ -319,7 +337,7 @@ impl Stage2<'_> {
                         event.header.change_type,
                         event.first_record_id()
                     );
-                    rows.push(Row::from_event(&event, processed));
+                    decoded.push(event);
                 }
                 Err(error) => {
                     tracing::error!(replay_id = %raw.replay_id, event_id = %raw.event_id, schema_id = %raw.schema_id, %error, "Event could not be decoded; dead-lettered.");
@@ -337,7 +355,85 @@ impl Stage2<'_> {
                 }
             }
         }
-        self.sink.write(&rows).await?;
+        let inputs = decoded.len() as u64;
+        let output = match self.chain.take() {
+            Some(mut chain) => {
+                let (chain, output) = tokio::task::spawn_blocking(move || {
+                    let output = chain.run(decoded);
+                    (chain, output)
+                })
+                .await
+                .expect("the transform chain does not panic");
+                self.chain = Some(chain);
+                output
+            }
+            None => ChainOutput {
+                routed: decoded
+                    .into_iter()
+                    .map(|event| crate::transform::Routed { table: None, event })
+                    .collect(),
+                ..Default::default()
+            },
+        };
+        if let Some(stop) = output.stop {
+            return Err(PipelineError::TransformStop(
+                stop.error,
+                stop.replay_id.to_hex(),
+            ));
+        }
+        let chain_failures = output.failed.len() as u64;
+        letters.extend(
+            output
+                .failed
+                .into_iter()
+                .map(|f| transform_letter(f, processed)),
+        );
+        let routed_count = output.routed.len() as u64;
+        if routed_count + chain_failures < inputs {
+            self.stats.dropped += inputs - routed_count - chain_failures;
+        }
+        let mut tables: Vec<(Option<String>, Vec<Row>)> = Vec::new();
+        for routed in output.routed {
+            let mut event = routed.event;
+            if let Some(by) = event.modified_by.clone() {
+                let encoded = self
+                    .schemas
+                    .get(&event.schema.id)
+                    .ok_or_else(|| format!("schema {} is no longer cached", event.schema.id))
+                    .and_then(|schema| {
+                        encode_payload(&schema, &event).map_err(|e| {
+                            format!("transform {by} set a value that does not fit the schema: {e}")
+                        })
+                    });
+                match encoded {
+                    Ok(payload) => event.payload = payload,
+                    Err(error) => {
+                        tracing::error!(replay_id = %event.replay_id, %error, "Transformed event does not fit its schema; dead-lettered.");
+                        letters.push(DeadLetter {
+                            stage: Stage::Transform(by.to_string()),
+                            error,
+                            org_id: event.org_id.to_string(),
+                            channel: event.channel.to_string(),
+                            replay_id: event.replay_id.to_hex(),
+                            event_id: event.event_id.clone(),
+                            schema_id: event.schema.id.clone(),
+                            payload: event.payload.to_vec(),
+                            dead_lettered_at: processed,
+                        });
+                        continue;
+                    }
+                }
+            }
+            let row = Row::from_event(&event, processed);
+            match tables.iter_mut().find(|(t, _)| *t == routed.table) {
+                Some((_, rows)) => rows.push(row),
+                None => tables.push((routed.table, vec![row])),
+            }
+        }
+        for (table, rows) in &tables {
+            self.sink.write(table.as_deref(), rows).await?;
+            self.stats.written += rows.len() as u64;
+        }
         if !letters.is_empty() {
             if self.dead.is_none() {
                 self.dead = Some(Sink::open(self.dead_spec).await?);
@@ -348,7 +444,6 @@ impl Stage2<'_> {
         }
         let first = *self.first_batch.get_or_insert_with(Instant::now);
         self.stats.active_ms = first.elapsed().as_millis() as u64;
-        self.stats.written += rows.len() as u64;
         self.stats.dead_lettered += letters.len() as u64;
         if let Some(last) = last {
             self.unflushed = Some(last);
@@ -369,5 +464,19 @@ impl Stage2<'_> {
         tracing::debug!(replay_id = %position, written = self.stats.written, "Checkpoint committed.");
         self.stats.checkpoint = Some(position.to_hex());
         Ok(())
+    }
+}
+
+fn transform_letter(failed: Failed, at: i64) -> DeadLetter {
+    DeadLetter {
+        stage: Stage::Transform(failed.transform),
+        error: failed.error,
+        org_id: failed.org_id.to_string(),
+        channel: failed.channel.to_string(),
+        replay_id: failed.replay_id.to_hex(),
+        event_id: failed.event_id,
+        schema_id: failed.schema_id,
+        payload: failed.payload.to_vec(),
+        dead_lettered_at: at,
     }
 }

@@ -134,6 +134,141 @@ fn compile(
     })
 }
 
+/// Appends `value` encoded with `plan`. Unions take the branch that holds the value's type;
+/// an integer fits a float field, nothing else is converted. The error says what did not fit.
+pub fn write(plan: &Plan, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
+    match (plan, value) {
+        (Plan::Union(branches), _) => {
+            let branch = branches
+                .iter()
+                .position(|b| fits(b, value))
+                .ok_or_else(|| format!("{} does not fit {}", kind(value), describe(plan)))?;
+            write_long(branch as i64, out);
+            write(&branches[branch], value, out)
+        }
+        (Plan::Null, Value::Null) => Ok(()),
+        (Plan::Bool, Value::Bool(b)) => {
+            out.push(u8::from(*b));
+            Ok(())
+        }
+        (Plan::Int, Value::Int(i)) if i32::try_from(*i).is_ok() => {
+            write_long(*i, out);
+            Ok(())
+        }
+        (Plan::Long, Value::Int(i)) => {
+            write_long(*i, out);
+            Ok(())
+        }
+        (Plan::Float, Value::Float(f)) => {
+            out.extend_from_slice(&(*f as f32).to_le_bytes());
+            Ok(())
+        }
+        (Plan::Float, Value::Int(i)) => {
+            out.extend_from_slice(&(*i as f32).to_le_bytes());
+            Ok(())
+        }
+        (Plan::Double, Value::Float(f)) => {
+            out.extend_from_slice(&f.to_le_bytes());
+            Ok(())
+        }
+        (Plan::Double, Value::Int(i)) => {
+            out.extend_from_slice(&(*i as f64).to_le_bytes());
+            Ok(())
+        }
+        (Plan::String, Value::Text(t)) => {
+            write_long(t.len() as i64, out);
+            out.extend_from_slice(t.as_bytes());
+            Ok(())
+        }
+        (Plan::Bytes, Value::Bytes(b)) => {
+            write_long(b.len() as i64, out);
+            out.extend_from_slice(b);
+            Ok(())
+        }
+        (Plan::Fixed(n), Value::Bytes(b)) if b.len() == *n => {
+            out.extend_from_slice(b);
+            Ok(())
+        }
+        (Plan::Enum(symbols), Value::Text(t)) => {
+            let i = symbols
+                .iter()
+                .position(|s| **s == **t)
+                .ok_or_else(|| format!("{t:?} is not one of the enum's symbols"))?;
+            write_long(i as i64, out);
+            Ok(())
+        }
+        (Plan::Record(fields), Value::Record(values)) => {
+            for (name, field_plan) in fields {
+                let value = values
+                    .iter()
+                    .find(|v| v.name == *name)
+                    .map_or(&Value::Null, |v| &v.value);
+                write(field_plan, value, out).map_err(|e| format!("{name}: {e}"))?;
+            }
+            Ok(())
+        }
+        _ => Err(format!("{} does not fit {}", kind(value), describe(plan))),
+    }
+}
+
+fn fits(plan: &Plan, value: &Value) -> bool {
+    match (plan, value) {
+        (Plan::Null, Value::Null) | (Plan::Bool, Value::Bool(_)) | (Plan::Long, Value::Int(_)) => {
+            true
+        }
+        (Plan::Int, Value::Int(i)) => i32::try_from(*i).is_ok(),
+        (Plan::Float | Plan::Double, Value::Float(_) | Value::Int(_)) => true,
+        (Plan::String | Plan::Enum(_), Value::Text(_)) => true,
+        (Plan::Bytes, Value::Bytes(_)) => true,
+        (Plan::Fixed(n), Value::Bytes(b)) => b.len() == *n,
+        (Plan::Record(_), Value::Record(_)) => true,
+        _ => false,
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Int(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Text(_) => "text",
+        Value::Bytes(_) => "bytes",
+        Value::Record(_) => "a record",
+    }
+}
+
+fn describe(plan: &Plan) -> String {
+    match plan {
+        Plan::Union(branches) => format!(
+            "[{}]",
+            branches.iter().map(describe).collect::<Vec<_>>().join(", ")
+        ),
+        Plan::Null => "null".into(),
+        Plan::Bool => "boolean".into(),
+        Plan::Int => "int".into(),
+        Plan::Long => "long".into(),
+        Plan::Float => "float".into(),
+        Plan::Double => "double".into(),
+        Plan::Bytes => "bytes".into(),
+        Plan::String => "string".into(),
+        Plan::Fixed(n) => format!("fixed({n})"),
+        Plan::Enum(_) => "enum".into(),
+        Plan::Array(_) => "array".into(),
+        Plan::Map(_) => "map".into(),
+        Plan::Record(_) => "record".into(),
+    }
+}
+
+fn write_long(value: i64, out: &mut Vec<u8>) {
+    let mut v = ((value << 1) ^ (value >> 63)) as u64;
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// A cursor over a payload.
 pub struct Reader<'a> {
     data: &'a [u8],
@@ -143,6 +278,10 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     pub fn new(data: &'a [u8]) -> Self {
         Reader { data, pos: 0 }
+    }
+
+    pub fn position(&self) -> usize {
+        self.pos
     }
 
     pub fn finish(&self) -> Result<(), AvroError> {

@@ -96,7 +96,7 @@ pub fn parse_schema(id: &str, json: &str) -> Result<WriterSchema, SchemaError> {
         return Err(not_cdc("the first field is not ChangeEventHeader"));
     }
     let named = named_records(&avro);
-    let top = root
+    let top: Vec<Arc<str>> = root
         .fields
         .iter()
         .map(|f| Arc::<str>::from(f.name.as_str()))
@@ -112,7 +112,7 @@ pub fn parse_schema(id: &str, json: &str) -> Result<WriterSchema, SchemaError> {
                     .collect()
             })
         })
-        .collect();
+        .collect::<Vec<_>>();
     let Plan::Record(fields) = Plan::compile(&avro).map_err(|e| not_cdc(&e.to_string()))? else {
         return Err(not_cdc("the top-level type is not a record"));
     };
@@ -123,7 +123,7 @@ pub fn parse_schema(id: &str, json: &str) -> Result<WriterSchema, SchemaError> {
             json_literal: serde_json::value::to_raw_value(json)
                 .expect("a string always serializes"),
             avro: avro.clone(),
-            names: FieldNames { top, children },
+            names: FieldNames::new(top, children),
         }),
         fields,
     })
@@ -193,6 +193,7 @@ pub fn decode_event(
             HeaderError::Avro(e) => avro_error(e),
             HeaderError::Invalid(reason) => DecodeError::Header(reason),
         })?;
+    let header_len = reader.position();
     let mut fields = Vec::with_capacity(data_plans.len());
     for (name, plan) in data_plans {
         fields.push(Field {
@@ -208,9 +209,41 @@ pub fn decode_event(
         event_id: meta.event_id,
         schema: schema.event.clone(),
         payload,
+        header_len,
+        modified_by: None,
         header,
         fields,
     })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct EncodeError {
+    pub field: String,
+    pub reason: String,
+}
+
+/// The event's payload re-encoded against its writer schema after transforms changed
+/// fields: the original header bytes, then every field from the event.
+pub fn encode_payload(schema: &WriterSchema, event: &ChangeEvent) -> Result<Bytes, EncodeError> {
+    let header = event
+        .payload
+        .get(..event.header_len)
+        .ok_or_else(|| EncodeError {
+            field: "ChangeEventHeader".into(),
+            reason: "the original header is missing".into(),
+        })?;
+    let mut out = Vec::with_capacity(event.payload.len() + 64);
+    out.extend_from_slice(header);
+    for ((name, plan), field) in schema.fields.iter().skip(1).zip(&event.fields) {
+        crate::salesforce::avro::write(plan, &field.value, &mut out).map_err(|reason| {
+            EncodeError {
+                field: name.to_string(),
+                reason,
+            }
+        })?;
+    }
+    Ok(Bytes::from(out))
 }
 
 enum HeaderError {

@@ -1,6 +1,7 @@
 //! JSON Lines files: one object per line, for debugging, piping to other tools, and tests.
 //! At least once: rows written after the last checkpoint are written again after a crash.
 
+use std::collections::HashMap;
 use std::io::SeekFrom;
 
 use serde::Serialize;
@@ -117,6 +118,55 @@ impl JsonlSink {
                 target: self.name(),
                 source,
             })?;
+        }
+        Ok(())
+    }
+}
+
+/// The configured file and the sibling files of routed tables.
+pub struct JsonlTables {
+    main: JsonlSink,
+    target: JsonlTarget,
+    routed: HashMap<String, JsonlSink>,
+}
+
+impl JsonlTables {
+    pub async fn open(target: JsonlTarget) -> Result<JsonlTables, SinkError> {
+        Ok(JsonlTables {
+            main: JsonlSink::open(target.clone()).await?,
+            target,
+            routed: HashMap::new(),
+        })
+    }
+
+    pub async fn write<T: Serialize>(
+        &mut self,
+        table: Option<&str>,
+        items: &[T],
+    ) -> Result<(), SinkError> {
+        let Some(table) = table else {
+            return self.main.write(items).await;
+        };
+        let sink = match (self.routed.contains_key(table), &self.target) {
+            (true, _) => self.routed.get_mut(table),
+            (false, JsonlTarget::File(path)) => {
+                let sibling = path.with_file_name(format!("{table}.jsonl"));
+                let sink = JsonlSink::open(JsonlTarget::File(sibling)).await?;
+                Some(self.routed.entry(table.to_string()).or_insert(sink))
+            }
+            // Standard streams have no siblings: routed rows share the stream.
+            (false, _) => None,
+        };
+        match sink {
+            Some(sink) => sink.write(items).await,
+            None => self.main.write(items).await,
+        }
+    }
+
+    pub async fn flush(&mut self) -> Result<(), SinkError> {
+        self.main.flush().await?;
+        for sink in self.routed.values_mut() {
+            sink.flush().await?;
         }
         Ok(())
     }

@@ -103,33 +103,35 @@ impl SinkSpec {
     }
 }
 
-/// An open sink.
+/// An open sink. Rows routed to another table by a transform go next to the configured
+/// target: for `jsonl:dir/out.jsonl`, table `emea` is `dir/emea.jsonl`.
 pub enum Sink {
-    Jsonl(jsonl::JsonlSink),
+    Jsonl(jsonl::JsonlTables),
 }
 
 impl Sink {
     pub async fn open(spec: &SinkSpec) -> Result<Sink, SinkError> {
         match spec {
             SinkSpec::Jsonl(target) => {
-                Ok(Sink::Jsonl(jsonl::JsonlSink::open(target.clone()).await?))
+                Ok(Sink::Jsonl(jsonl::JsonlTables::open(target.clone()).await?))
             }
         }
     }
 
-    pub async fn write(&mut self, rows: &[Row]) -> Result<(), SinkError> {
+    /// Writes rows to the configured target (`table = None`) or a routed table.
+    pub async fn write(&mut self, table: Option<&str>, rows: &[Row]) -> Result<(), SinkError> {
         match self {
-            Sink::Jsonl(s) => s.write(rows).await,
+            Sink::Jsonl(s) => s.write(table, rows).await,
         }
     }
 
     pub async fn write_dead_letters(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
         match self {
-            Sink::Jsonl(s) => s.write(letters).await,
+            Sink::Jsonl(s) => s.write(None, letters).await,
         }
     }
 
-    /// Makes everything written so far durable.
+    /// Makes everything written so far, to every table, durable.
     pub async fn flush(&mut self) -> Result<(), SinkError> {
         match self {
             Sink::Jsonl(s) => s.flush().await,

@@ -1,0 +1,77 @@
+//! `faulty`: misbehaves on purpose, for testing that a bad transform never stops the stream.
+//!
+//! Config: `mode=trap|loop|alloc|error|malformed|bad-table|fanout` and `every=N` (misbehave on
+//! every Nth event, pass the others through; default 1). `fanout` returns the event twice.
+
+use std::cell::{Cell, RefCell};
+
+wit_bindgen::generate!({ path: "../../wit", world: "transform" });
+
+use sfzb::transform::host::{Level, log};
+use sfzb::transform::types::Value;
+
+struct Faulty;
+
+thread_local! {
+    static MODE: RefCell<String> = RefCell::new(String::new());
+    static EVERY: Cell<u64> = const { Cell::new(1) };
+    static SEEN: Cell<u64> = const { Cell::new(0) };
+}
+
+impl Guest for Faulty {
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        for (key, value) in config {
+            match key.as_str() {
+                "mode" => MODE.with(|m| *m.borrow_mut() = value),
+                "every" => {
+                    let every = value.parse().map_err(|_| format!("every={value} is not a number"))?;
+                    EVERY.with(|e| e.set(every));
+                }
+                other => return Err(format!("unknown setting {other}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn process(event: Event) -> Result<Vec<Output>, String> {
+        let seen = SEEN.with(|s| {
+            s.set(s.get() + 1);
+            s.get()
+        });
+        if seen % EVERY.with(Cell::get).max(1) != 0 {
+            return Ok(vec![Output { event, table: None }]);
+        }
+        let mode = MODE.with(|m| m.borrow().clone());
+        log(Level::Warn, &format!("misbehaving ({mode}) on event {}", event.replay_id()));
+        match mode.as_str() {
+            "trap" => core::arch::wasm32::unreachable(),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "error" => Err(format!("refusing event {}", event.event_id())),
+            "malformed" => {
+                let name = event.field_names().into_iter().next().unwrap_or_default();
+                event.set(&name, &Value::Bytes(vec![0xde, 0xad]))?;
+                Ok(vec![Output { event, table: None }])
+            }
+            "bad-table" => Ok(vec![Output { event, table: Some("no such table!".into()) }]),
+            "fanout" => {
+                let copy = event.duplicate();
+                Ok(vec![Output { event, table: None }, Output { event: copy, table: None }])
+            }
+            other => Err(format!("unknown mode {other}")),
+        }
+    }
+}
+
+export!(Faulty);

@@ -1,0 +1,268 @@
+//! An ordered chain of transforms and what happens when one fails. Outputs of one
+//! transform feed the next; a table chosen by one carries through unless a later one
+//! chooses another.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::event::{ChangeEvent, ReplayId};
+use crate::transform::engine::{
+    CallFailure, Instance, LoadedFrom, Runtime, State, TransformError, TransformPre,
+};
+use crate::transform::limits::Limits;
+
+/// What to do with an event a transform fails on.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Send the original event to the dead-letter sink with the error; continue.
+    #[default]
+    DeadLetter,
+    /// Pass the event on as if this transform were not in the chain; continue.
+    Skip,
+    /// Stop the subscription; the checkpoint stays before the event.
+    Stop,
+}
+
+/// One transform as configured.
+#[derive(Clone, Debug)]
+pub struct TransformSpec {
+    /// The component file's stem: `mask` for `mask.wasm`.
+    pub name: String,
+    pub path: PathBuf,
+    pub config: Vec<(String, String)>,
+    pub on_error: OnError,
+    pub limits: Limits,
+}
+
+/// Counts for one transform.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TransformStats {
+    pub name: String,
+    pub events_in: u64,
+    pub events_out: u64,
+    /// Inputs for which it returned no output.
+    pub dropped: u64,
+    pub dead_lettered: u64,
+    /// Failures passed over with `on_error = skip`.
+    pub skipped: u64,
+    /// Instances replaced (after a trap, N events, or the memory high-water mark).
+    pub recycled: u64,
+}
+
+struct Loaded {
+    spec: TransformSpec,
+    name: Arc<str>,
+    pre: TransformPre<State>,
+    instance: Option<Instance>,
+    stats: TransformStats,
+}
+
+/// An event the chain could not pass, with what is needed to dead-letter it: the event's
+/// original payload (as received, before any transform) and its identity.
+#[derive(Clone, Debug)]
+pub struct Failed {
+    pub transform: String,
+    pub error: String,
+    pub org_id: Arc<str>,
+    pub channel: Arc<str>,
+    pub replay_id: ReplayId,
+    pub event_id: String,
+    pub schema_id: String,
+    pub payload: Bytes,
+}
+
+/// An event to write, and where.
+#[derive(Debug)]
+pub struct Routed {
+    pub table: Option<String>,
+    pub event: ChangeEvent,
+}
+
+#[derive(Debug, Default)]
+pub struct ChainOutput {
+    pub routed: Vec<Routed>,
+    pub failed: Vec<Failed>,
+    /// A transform with `on_error = stop` failed: nothing of this batch may be written.
+    pub stop: Option<Failed>,
+}
+
+pub struct Chain {
+    runtime: Arc<Runtime>,
+    transforms: Vec<Loaded>,
+}
+
+impl Chain {
+    /// Loads, links and initialises every transform, so a bad component or configuration
+    /// fails here, before any event.
+    pub fn load(runtime: Arc<Runtime>, specs: &[TransformSpec]) -> Result<Chain, TransformError> {
+        let mut transforms = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let started = Instant::now();
+            let (component, from) = runtime.component(&spec.path)?;
+            let name: Arc<str> = Arc::from(spec.name.as_str());
+            let pre = runtime.prepare(&spec.name, &component)?;
+            let instance = runtime.instantiate(&name, &pre, &spec.limits, &spec.config)?;
+            tracing::info!(
+                transform = %spec.name,
+                path = %spec.path.display(),
+                load_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+                from = match from { LoadedFrom::Cache => "cache", LoadedFrom::Compiled => "compiled" },
+                "Transform loaded."
+            );
+            transforms.push(Loaded {
+                stats: TransformStats {
+                    name: spec.name.clone(),
+                    ..Default::default()
+                },
+                spec: spec.clone(),
+                name,
+                pre,
+                instance: Some(instance),
+            });
+        }
+        Ok(Chain {
+            runtime,
+            transforms,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.transforms.is_empty()
+    }
+
+    pub fn stats(&self) -> Vec<TransformStats> {
+        self.transforms.iter().map(|t| t.stats.clone()).collect()
+    }
+
+    /// Runs every event through the chain.
+    pub fn run(&mut self, events: Vec<ChangeEvent>) -> ChainOutput {
+        let mut out = ChainOutput::default();
+        for event in events {
+            let mut current = vec![Routed { table: None, event }];
+            for transform in &mut self.transforms {
+                let mut next = Vec::with_capacity(current.len());
+                for Routed { table, event } in current {
+                    match transform.process(&self.runtime, event) {
+                        Step::Out(outputs) => {
+                            next.extend(outputs.into_iter().map(|(t, event)| Routed {
+                                table: t.or_else(|| table.clone()),
+                                event,
+                            }))
+                        }
+                        Step::Skip(event) => next.push(Routed { table, event }),
+                        Step::DeadLetter(failed) => out.failed.push(failed),
+                        Step::Stop(failed) => {
+                            out.stop = Some(failed);
+                            return out;
+                        }
+                    }
+                }
+                current = next;
+            }
+            out.routed.extend(current);
+        }
+        out
+    }
+}
+
+enum Step {
+    Out(Vec<(Option<String>, ChangeEvent)>),
+    Skip(ChangeEvent),
+    DeadLetter(Failed),
+    Stop(Failed),
+}
+
+impl Loaded {
+    fn process(&mut self, runtime: &Runtime, event: ChangeEvent) -> Step {
+        self.stats.events_in += 1;
+        let failed = |error: String, event: &ChangeEvent| Failed {
+            transform: self.spec.name.clone(),
+            error,
+            org_id: event.org_id.clone(),
+            channel: event.channel.clone(),
+            replay_id: event.replay_id.clone(),
+            event_id: event.event_id.clone(),
+            schema_id: event.schema.id.clone(),
+            payload: event.payload.clone(),
+        };
+        let identity = failed(String::new(), &event);
+        let backup = (self.spec.on_error == OnError::Skip).then(|| event.clone());
+        let result = match self.instance.as_mut() {
+            Some(instance) => instance.process(event, &self.spec.limits),
+            None => match runtime.instantiate(
+                &self.name,
+                &self.pre,
+                &self.spec.limits,
+                &self.spec.config,
+            ) {
+                Ok(instance) => self
+                    .instance
+                    .insert(instance)
+                    .process(event, &self.spec.limits),
+                Err(e) => Err(CallFailure::Trap(format!("could not be restarted: {e}"))),
+            },
+        };
+        match result {
+            Ok(outputs) => {
+                self.stats.events_out += outputs.len() as u64;
+                if outputs.is_empty() {
+                    self.stats.dropped += 1;
+                }
+                self.recycle_if_due();
+                Step::Out(outputs)
+            }
+            Err(failure) => {
+                if matches!(failure, CallFailure::Trap(_)) {
+                    self.instance = None;
+                    self.stats.recycled += 1;
+                }
+                let error = format!("transform {} {failure}", self.spec.name);
+                tracing::error!(transform = %self.spec.name, replay_id = %identity.replay_id, %error, on_error = ?self.spec.on_error, "Transform failed on an event.");
+                let failed = Failed { error, ..identity };
+                match (self.spec.on_error, backup) {
+                    (OnError::Skip, Some(event)) => {
+                        self.stats.skipped += 1;
+                        Step::Skip(event)
+                    }
+                    (OnError::Stop, _) => Step::Stop(failed),
+                    _ => {
+                        self.stats.dead_lettered += 1;
+                        Step::DeadLetter(failed)
+                    }
+                }
+            }
+        }
+    }
+
+    fn recycle_if_due(&mut self) {
+        let due = self.instance.as_ref().is_some_and(|i| {
+            i.events() >= self.spec.limits.recycle_after
+                || i.memory_in_use() > self.spec.limits.high_water()
+        });
+        if due {
+            self.instance = None;
+            self.stats.recycled += 1;
+        }
+    }
+}
+
+/// A transform's name from its file: `path/to/tenant-filter.wasm` → `tenant-filter`.
+pub fn name_from_path(path: &std::path::Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "transform".into())
+}

@@ -1,0 +1,549 @@
+//! The wasmtime side: one Engine and Linker per process, components compiled once and
+//! cached on disk, the host half of the WIT contract, and a warm instance per transform.
+//! WASI is linked because guest toolchains import it, but it grants nothing: no files,
+//! network, environment, arguments or stdin; output streams are discarded.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::event::{self, ChangeEvent};
+use crate::transform::limits::{EpochTicker, Limits, MemoryCap};
+
+wasmtime::component::bindgen!({
+    path: "wit",
+    world: "transform",
+    with: { "sfzb:transform/types.event": crate::event::ChangeEvent },
+    imports: { default: trappable },
+});
+
+use sfzb::transform::host::Level;
+use sfzb::transform::types::{ChangeType as WitChangeType, Header, Value as WitValue};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    #[error("cannot read transform {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a usable component: {detail}")]
+    Compile { path: PathBuf, detail: String },
+    #[error(
+        "transform {name} needs something sfzb-host does not provide: {detail}. Transforms get only the sfzb:transform host interface and WASI without files, network or environment; build JavaScript guests with `--disable http fetch-event`"
+    )]
+    Link { name: String, detail: String },
+    #[error("transform {name} refused its configuration: {message}")]
+    Init { name: String, message: String },
+    #[error("transform {name} failed to start: {detail}")]
+    Start { name: String, detail: String },
+    #[error("cannot set up the Wasm engine: {0}")]
+    Engine(String),
+}
+
+impl TransformError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TransformError::Read { .. }
+            | TransformError::Compile { .. }
+            | TransformError::Link { .. }
+            | TransformError::Init { .. }
+            | TransformError::Start { .. }
+            | TransformError::Engine(_) => false,
+        }
+    }
+}
+
+/// Per-store state: WASI (denied), the resource table holding events, the memory cap.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryCap,
+    name: Arc<str>,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Longest log line a guest may write.
+const MAX_LOG_BYTES: usize = 1024;
+
+impl sfzb::transform::host::Host for State {
+    fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
+        if message.len() > MAX_LOG_BYTES {
+            let mut cut = MAX_LOG_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let transform = &*self.name;
+        match level {
+            Level::Debug => tracing::debug!(transform, "{message}"),
+            Level::Info => tracing::info!(transform, "{message}"),
+            Level::Warn => tracing::warn!(transform, "{message}"),
+            Level::Error => tracing::error!(transform, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl sfzb::transform::types::Host for State {}
+
+fn to_wit(value: event::Value) -> WitValue {
+    match value {
+        event::Value::Null | event::Value::Record(_) => WitValue::Null,
+        event::Value::Bool(b) => WitValue::Boolean(b),
+        event::Value::Int(i) => WitValue::Integer(i),
+        event::Value::Float(f) => WitValue::Float(f),
+        event::Value::Text(t) => WitValue::Text(t),
+        event::Value::Bytes(b) => WitValue::Bytes(b),
+    }
+}
+
+fn from_wit(value: WitValue) -> event::Value {
+    match value {
+        WitValue::Null => event::Value::Null,
+        WitValue::Boolean(b) => event::Value::Bool(b),
+        WitValue::Integer(i) => event::Value::Int(i),
+        WitValue::Float(f) => event::Value::Float(f),
+        WitValue::Text(t) => event::Value::Text(t),
+        WitValue::Bytes(b) => event::Value::Bytes(b),
+    }
+}
+
+fn change_type(t: event::ChangeType) -> WitChangeType {
+    match t {
+        event::ChangeType::Create => WitChangeType::Create,
+        event::ChangeType::Update => WitChangeType::Update,
+        event::ChangeType::Delete => WitChangeType::Delete,
+        event::ChangeType::Undelete => WitChangeType::Undelete,
+        event::ChangeType::GapCreate => WitChangeType::GapCreate,
+        event::ChangeType::GapUpdate => WitChangeType::GapUpdate,
+        event::ChangeType::GapDelete => WitChangeType::GapDelete,
+        event::ChangeType::GapUndelete => WitChangeType::GapUndelete,
+        event::ChangeType::GapOverflow => WitChangeType::GapOverflow,
+    }
+}
+
+impl sfzb::transform::types::HostEvent for State {
+    fn org_id(&mut self, this: Resource<ChangeEvent>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.org_id.to_string())
+    }
+
+    fn channel(&mut self, this: Resource<ChangeEvent>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.channel.to_string())
+    }
+
+    fn event_id(&mut self, this: Resource<ChangeEvent>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.event_id.clone())
+    }
+
+    fn replay_id(&mut self, this: Resource<ChangeEvent>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.replay_id.to_hex())
+    }
+
+    fn schema_id(&mut self, this: Resource<ChangeEvent>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.schema.id.clone())
+    }
+
+    fn entity_name(&mut self, this: Resource<ChangeEvent>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.header.entity_name.clone())
+    }
+
+    fn change_type(&mut self, this: Resource<ChangeEvent>) -> wasmtime::Result<WitChangeType> {
+        Ok(change_type(self.table.get(&this)?.header.change_type))
+    }
+
+    fn header(&mut self, this: Resource<ChangeEvent>) -> wasmtime::Result<Header> {
+        let h = &self.table.get(&this)?.header;
+        Ok(Header {
+            entity_name: h.entity_name.clone(),
+            change_type: change_type(h.change_type),
+            record_ids: h.record_ids.clone(),
+            changed_fields: h.changed_fields.clone(),
+            nulled_fields: h.nulled_fields.clone(),
+            diff_fields: h.diff_fields.clone(),
+            commit_timestamp: h.commit_timestamp,
+            commit_number: h.commit_number,
+            commit_user: h.commit_user.clone(),
+            change_origin: h.change_origin.clone(),
+            transaction_key: h.transaction_key.clone(),
+            sequence_number: h.sequence_number,
+        })
+    }
+
+    fn get(
+        &mut self,
+        this: Resource<ChangeEvent>,
+        name: String,
+    ) -> wasmtime::Result<Option<WitValue>> {
+        Ok(self.table.get(&this)?.get(&name).map(to_wit))
+    }
+
+    fn set(
+        &mut self,
+        this: Resource<ChangeEvent>,
+        name: String,
+        value: WitValue,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let by = self.name.clone();
+        let event = self.table.get_mut(&this)?;
+        Ok(if event.set(&name, from_wit(value), &by) {
+            Ok(())
+        } else {
+            Err(format!("{} has no field {name}", event.header.entity_name))
+        })
+    }
+
+    fn remove(&mut self, this: Resource<ChangeEvent>, name: String) -> wasmtime::Result<bool> {
+        let by = self.name.clone();
+        Ok(self
+            .table
+            .get_mut(&this)?
+            .set(&name, event::Value::Null, &by))
+    }
+
+    fn field_names(&mut self, this: Resource<ChangeEvent>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.table.get(&this)?.schema.names.data_field_names())
+    }
+
+    fn duplicate(
+        &mut self,
+        this: Resource<ChangeEvent>,
+    ) -> wasmtime::Result<Resource<ChangeEvent>> {
+        let copy = self.table.get(&this)?.clone();
+        Ok(self.table.push(copy)?)
+    }
+
+    fn drop(&mut self, rep: Resource<ChangeEvent>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+/// Settings for the whole process's Wasm runtime.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeOptions {
+    /// Where compiled components are kept (`<hash>.cwasm`); `None` compiles on every start.
+    pub cache_dir: Option<PathBuf>,
+    /// Meter fuel (needed when any transform has a fuel limit; costs ~9% per call).
+    pub fuel: bool,
+}
+
+/// The process's Wasm runtime: one Engine and Linker shared by every transform.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    options: RuntimeOptions,
+    _ticker: EpochTicker,
+}
+
+/// How a component got loaded, for the start-up log and the compile-cache benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadedFrom {
+    Cache,
+    Compiled,
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> Result<Runtime, TransformError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.consume_fuel(options.fuel);
+        let engine = Engine::new(&config).map_err(|e| TransformError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| TransformError::Engine(format!("{e:#}")))?;
+        Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| TransformError::Engine(format!("{e:#}")))?;
+        let ticker = EpochTicker::start(&engine);
+        Ok(Runtime {
+            engine,
+            linker,
+            options,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn fuel_enabled(&self) -> bool {
+        self.options.fuel
+    }
+
+    /// Compiles a component, or loads it from the cache when this engine compiled the same
+    /// bytes before.
+    pub fn component(&self, path: &Path) -> Result<(Component, LoadedFrom), TransformError> {
+        let bytes = std::fs::read(path).map_err(|source| TransformError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let compile_error = |e: wasmtime::Error| TransformError::Compile {
+            path: path.to_path_buf(),
+            detail: format!("{e:#}"),
+        };
+        let cached = self
+            .options
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.cwasm", self.cache_key(&bytes))));
+        if let Some(file) = cached.as_ref().filter(|f| f.is_file()) {
+            // SAFETY: the file is one this process family wrote into its own cache with
+            // `precompile_component` for an engine of the same configuration (in the key).
+            match unsafe { Component::deserialize_file(&self.engine, file) } {
+                Ok(component) => return Ok((component, LoadedFrom::Cache)),
+                Err(error) => {
+                    tracing::warn!(path = %file.display(), error = %format!("{error:#}"), "Compiled component in the cache is unusable; recompiling.")
+                }
+            }
+        }
+        let compiled = self
+            .engine
+            .precompile_component(&bytes)
+            .map_err(compile_error)?;
+        if let Some(file) = &cached {
+            if let Err(error) = write_cache(file, &compiled) {
+                tracing::warn!(path = %file.display(), %error, "Cannot write the compile cache; the next start compiles again.");
+            }
+        }
+        // SAFETY: `compiled` was produced just now by this engine.
+        let component =
+            unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(compile_error)?;
+        Ok((component, LoadedFrom::Compiled))
+    }
+
+    fn cache_key(&self, bytes: &[u8]) -> String {
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
+        let mut digest = Sha256::new();
+        digest.update(bytes);
+        digest.update(engine_hash.finish().to_le_bytes());
+        hex::encode(&digest.finalize()[..20])
+    }
+
+    /// Links a component against the host; fails, naming the import, if it needs more.
+    pub fn prepare(
+        &self,
+        name: &str,
+        component: &Component,
+    ) -> Result<TransformPre<State>, TransformError> {
+        let link = |e: wasmtime::Error| TransformError::Link {
+            name: name.to_string(),
+            detail: format!("{e:#}"),
+        };
+        let pre = self.linker.instantiate_pre(component).map_err(link)?;
+        TransformPre::new(pre).map_err(link)
+    }
+
+    /// A fresh, initialised instance.
+    pub fn instantiate(
+        &self,
+        name: &Arc<str>,
+        pre: &TransformPre<State>,
+        limits: &Limits,
+        config: &[(String, String)],
+    ) -> Result<Instance, TransformError> {
+        let start = |e: wasmtime::Error| TransformError::Start {
+            name: name.to_string(),
+            detail: format!("{e:#}"),
+        };
+        let state = State {
+            wasi: WasiCtx::builder()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build(),
+            table: ResourceTable::new(),
+            memory: MemoryCap::new(limits.memory_bytes),
+            name: name.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(limits.deadline_ticks());
+        if self.options.fuel {
+            store
+                .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+                .map_err(start)?;
+        }
+        let bindings = pre.instantiate(&mut store).map_err(start)?;
+        store.set_epoch_deadline(limits.deadline_ticks());
+        match bindings.call_init(&mut store, config) {
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                bindings,
+                events: 0,
+            }),
+            Ok(Err(message)) => Err(TransformError::Init {
+                name: name.to_string(),
+                message,
+            }),
+            Err(e) => Err(TransformError::Start {
+                name: name.to_string(),
+                detail: describe_trap(&e, &store, limits),
+            }),
+        }
+    }
+}
+
+fn write_cache(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, file)
+}
+
+/// A live instance of a transform.
+pub struct Instance {
+    store: Store<State>,
+    bindings: Transform,
+    events: u64,
+}
+
+/// Why one call failed.
+#[derive(Debug)]
+pub enum CallFailure {
+    /// The guest returned an error: the instance is fine.
+    Guest(String),
+    /// A trap, timeout, memory or fuel exhaustion: the instance must be replaced.
+    Trap(String),
+    /// The guest returned something the host cannot use.
+    Invalid(String),
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallFailure::Guest(m) => write!(f, "returned an error: {m}"),
+            CallFailure::Trap(m) => f.write_str(m),
+            CallFailure::Invalid(m) => write!(f, "returned an invalid result: {m}"),
+        }
+    }
+}
+
+fn describe_trap(error: &wasmtime::Error, store: &Store<State>, limits: &Limits) -> String {
+    if store.data().memory.refused {
+        return format!(
+            "exceeded its memory limit of {} MiB",
+            limits.memory_bytes >> 20
+        );
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!(
+            "timed out: ran longer than {} ms",
+            limits.timeout.as_millis()
+        ),
+        Some(Trap::OutOfFuel) => format!("ran out of fuel ({} units)", limits.fuel.unwrap_or(0)),
+        Some(trap) => format!("trapped: {trap}"),
+        None => format!("failed: {error:#}"),
+    }
+}
+
+/// Letters, digits and `_`, optionally qualified as `catalog.schema.table`.
+pub fn valid_table_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.len() <= 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.len() <= 255
+                && !p.starts_with(|c: char| c.is_ascii_digit())
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+impl Instance {
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn memory_in_use(&self) -> usize {
+        self.store.data().memory.current
+    }
+
+    /// Runs `process` on one event; on success, the events to pass on with their tables.
+    pub fn process(
+        &mut self,
+        event: ChangeEvent,
+        limits: &Limits,
+    ) -> Result<Vec<(Option<String>, ChangeEvent)>, CallFailure> {
+        let handle = self
+            .store
+            .data_mut()
+            .table
+            .push(event)
+            .map_err(|e| CallFailure::Trap(format!("cannot hand the event over: {e}")))?;
+        self.store.set_epoch_deadline(limits.deadline_ticks());
+        if let Some(fuel) = limits.fuel {
+            self.store
+                .set_fuel(fuel)
+                .map_err(|e| CallFailure::Trap(format!("{e:#}")))?;
+        }
+        self.events += 1;
+        let outputs = match self.bindings.call_process(&mut self.store, handle) {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(message)) => return Err(CallFailure::Guest(message)),
+            Err(e) => return Err(CallFailure::Trap(describe_trap(&e, &self.store, limits))),
+        };
+        let mut out = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            let event = self
+                .store
+                .data_mut()
+                .table
+                .delete(output.event)
+                .map_err(|_| {
+                    CallFailure::Invalid(
+                        "an output names an event it does not own (returned twice?)".into(),
+                    )
+                })?;
+            if let Some(table) = &output.table {
+                if !valid_table_name(table) {
+                    return Err(CallFailure::Invalid(format!(
+                        "table {table:?} is not a valid table name (letters, digits and _, optionally catalog.schema.table)"
+                    )));
+                }
+            }
+            out.push((output.table, event));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_checked() {
+        for ok in ["account_events", "main.sales.emea_accounts", "T1"] {
+            assert!(valid_table_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "no such table!",
+            "a.b.c.d",
+            "1abc",
+            "a..b",
+            "drop;table",
+        ] {
+            assert!(!valid_table_name(bad), "{bad}");
+        }
+    }
+}
