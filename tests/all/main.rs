@@ -3,5 +3,7 @@
 
 mod auth;
 mod cli;
+mod guests;
 mod source;
 mod support;
+mod transform;

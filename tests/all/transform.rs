@@ -1,0 +1,415 @@
+//! Transforms over a simulator stream: masking, filtering, routing, and guests that fail in
+//! every way a guest can, with the failure policies.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::guests;
+use crate::support::*;
+
+fn cache() -> String {
+    guests::dir().join("../cache").display().to_string()
+}
+
+/// `--transform` flags for the named components with their settings.
+fn chain(items: &[(&str, &[&str])]) -> Vec<String> {
+    let mut flags = vec!["--transform-cache-dir".to_string(), cache()];
+    for (name, settings) in items {
+        flags.push("--transform".into());
+        flags.push(guests::component(name).display().to_string());
+        for s in *settings {
+            flags.push("--transform-config".into());
+            flags.push(format!("{name}.{s}"));
+        }
+    }
+    flags
+}
+
+fn args(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
+/// Every text value of the record's fields (compound children included), from the JSON.
+fn values_of(row: &serde_json::Value, fields: &[&str]) -> Vec<String> {
+    let record: serde_json::Value =
+        serde_json::from_str(row["record_data_json"].as_str().unwrap()).unwrap();
+    fields
+        .iter()
+        .filter_map(|f| record[*f].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The payload decoded by apache-avro (a reader that is not ours) with the row's schema.
+fn payload_text(row: &serde_json::Value) -> String {
+    use base64::Engine;
+    let schema = apache_avro::Schema::parse_str(row["schema_json"].as_str().unwrap()).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(row["payload_binary"].as_str().unwrap())
+        .unwrap();
+    let value = apache_avro::from_avro_datum(&schema, &mut &bytes[..], None).unwrap();
+    format!("{value:?}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mask_leaves_no_email_or_phone_in_any_column() {
+    let sim = start(sim_config(&["Contact"], 300)).await;
+    let plain = tempfile::tempdir().unwrap();
+    run(plan(&sim, plain.path(), "/data/ContactChangeEvent", &[]))
+        .await
+        .unwrap();
+    let secrets: HashSet<String> = rows(&out(plain.path()))
+        .iter()
+        .flat_map(|r| {
+            values_of(
+                r,
+                &[
+                    "Email",
+                    "Phone",
+                    "MobilePhone",
+                    "HomePhone",
+                    "OtherPhone",
+                    "AssistantPhone",
+                ],
+            )
+        })
+        .collect();
+    assert!(
+        secrets.len() > 50,
+        "the stream carries emails and phones: {}",
+        secrets.len()
+    );
+
+    let masked = tempfile::tempdir().unwrap();
+    let flags = chain(&[("mask", &["fields=Email,*Phone"])]);
+    let stats = run(plan(
+        &sim,
+        masked.path(),
+        "/data/ContactChangeEvent",
+        &args(&flags),
+    ))
+    .await
+    .unwrap();
+    let rows = rows(&out(masked.path()));
+    assert_eq!(rows.len(), 300);
+    assert_eq!(stats.transforms[0].events_in, 300);
+    for row in &rows {
+        let line = row.to_string();
+        let payload = payload_text(row);
+        for secret in &secrets {
+            assert!(
+                !line.contains(secret.as_str()),
+                "{secret} is in a column of {}",
+                row["replay_id"]
+            );
+            assert!(
+                !payload.contains(secret.as_str()),
+                "{secret} is in the Avro payload of {}",
+                row["replay_id"]
+            );
+        }
+    }
+    assert!(
+        rows.iter()
+            .any(|r| values_of(r, &["Email"]) == ["REDACTED"])
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashing_is_salted_and_stable() {
+    let sim = start(sim_config(&["Lead"], 80)).await;
+    let mut hashes = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = chain(&[("mask", &["fields=Email", "mode=hash", "salt=pepper"])]);
+        run(plan(
+            &sim,
+            dir.path(),
+            "/data/LeadChangeEvent",
+            &args(&flags),
+        ))
+        .await
+        .unwrap();
+        hashes.push(
+            rows(&out(dir.path()))
+                .iter()
+                .flat_map(|r| values_of(r, &["Email"]))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(!hashes[0].is_empty());
+    assert_eq!(hashes[0], hashes[1], "the same input hashes the same way");
+    assert!(
+        hashes[0]
+            .iter()
+            .all(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_filter_keeps_exactly_the_matching_events() {
+    let sim = start(sim_config(&["Account", "Contact", "Lead"], 100)).await;
+    let all = tempfile::tempdir().unwrap();
+    run(plan(&sim, all.path(), "/data/ChangeEvents", &[]))
+        .await
+        .unwrap();
+    let expected: Vec<String> = rows(&out(all.path()))
+        .iter()
+        .filter(|r| {
+            matches!(r["entity_name"].as_str(), Some("Account" | "Lead"))
+                && r["change_type"] == "UPDATE"
+        })
+        .map(|r| r["event_id"].as_str().unwrap().to_string())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let flags = chain(&[(
+        "tenant-filter",
+        &["entities=Account,Lead", "change-types=UPDATE"],
+    )]);
+    let stats = run(plan(&sim, dir.path(), "/data/ChangeEvents", &args(&flags)))
+        .await
+        .unwrap();
+    let got: Vec<String> = rows(&out(dir.path()))
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(stats.dropped, 300 - expected.len() as u64);
+    assert_eq!(
+        stats.checkpoint.as_deref(),
+        Some("000000000000012c"),
+        "dropped events are passed by the checkpoint"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_writes_to_the_tables_it_names() {
+    let sim = start(sim_config(&["Account", "Contact", "Opportunity"], 40)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = chain(&[(
+        "route",
+        &[
+            "table.Account=account_events",
+            "table.Contact=contact_events",
+        ],
+    )]);
+    run(plan(&sim, dir.path(), "/data/ChangeEvents", &args(&flags)))
+        .await
+        .unwrap();
+    let accounts = rows(&dir.path().join("account_events.jsonl"));
+    let contacts = rows(&dir.path().join("contact_events.jsonl"));
+    let rest = rows(&out(dir.path()));
+    assert_eq!((accounts.len(), contacts.len(), rest.len()), (40, 40, 40));
+    assert!(accounts.iter().all(|r| r["entity_name"] == "Account"));
+    assert!(contacts.iter().all(|r| r["entity_name"] == "Contact"));
+    assert!(rest.iter().all(|r| r["entity_name"] == "Opportunity"));
+    sim.shutdown().await;
+}
+
+/// Runs `faulty` misbehaving in `mode` on every 10th of 50 Account events.
+async fn faulty(
+    mode: &str,
+    extra: &[&str],
+) -> (
+    Result<sfzb_host::pipeline::SubscriptionStats, sfzb_host::Error>,
+    Vec<u64>,
+    Vec<serde_json::Value>,
+) {
+    let sim = start(sim_config(&["Account"], 50)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let setting = format!("mode={mode}");
+    let mut flags = chain(&[("faulty", &[setting.as_str(), "every=10"])]);
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let result = run(plan(
+        &sim,
+        dir.path(),
+        "/data/AccountChangeEvent",
+        &args(&flags),
+    ))
+    .await;
+    let written = rows(&out(dir.path())).iter().map(replay).collect();
+    let dead = rows(&dead(dir.path()));
+    sim.shutdown().await;
+    (result, written, dead)
+}
+
+fn all_but_every_tenth() -> Vec<u64> {
+    (1..=50).filter(|p| p % 10 != 0).collect()
+}
+
+fn assert_dead_lettered(dead: &[serde_json::Value], reason: &str) {
+    assert_eq!(
+        dead.iter().map(replay).collect::<Vec<_>>(),
+        [10, 20, 30, 40, 50]
+    );
+    for letter in dead {
+        let error = letter["error"].as_str().unwrap();
+        assert!(error.contains(reason), "{error} should say {reason}");
+        assert_eq!(letter["stage"]["transform"], "faulty", "{letter}");
+        assert!(
+            !letter["payload"].as_str().unwrap().is_empty(),
+            "the original event is kept"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_guest_dead_letters_the_event_and_the_stream_goes_on() {
+    let (result, written, dead) = faulty("trap", &[]).await;
+    let stats = result.unwrap();
+    assert_eq!(written, all_but_every_tenth());
+    assert_dead_lettered(&dead, "trapped");
+    assert_eq!(
+        stats.transforms[0].recycled, 5,
+        "a fresh instance after each trap"
+    );
+    assert_eq!(stats.checkpoint.as_deref(), Some("0000000000000032"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_guest_is_stopped_at_its_deadline() {
+    let started = Instant::now();
+    let (result, written, dead) = faulty("loop", &["--transform-timeout-ms", "50"]).await;
+    result.unwrap();
+    assert_eq!(written, all_but_every_tenth());
+    assert_dead_lettered(&dead, "timed out");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "5 loops of 50 ms do not take long"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_allocating_without_bound_hits_its_memory_cap() {
+    let (result, written, dead) = faulty("alloc", &["--transform-memory-mib", "16"]).await;
+    result.unwrap();
+    assert_eq!(written, all_but_every_tenth());
+    assert_dead_lettered(&dead, "memory limit of 16 MiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_errors_and_invalid_results_are_dead_lettered() {
+    let (result, written, dead) = faulty("error", &[]).await;
+    result.unwrap();
+    assert_eq!(written, all_but_every_tenth());
+    assert_dead_lettered(&dead, "refusing event");
+
+    let (result, written, dead) = faulty("bad-table", &[]).await;
+    result.unwrap();
+    assert_eq!(written, all_but_every_tenth());
+    assert_dead_lettered(&dead, "not a valid table name");
+
+    let (result, written, dead) = faulty("malformed", &[]).await;
+    result.unwrap();
+    assert_eq!(written, all_but_every_tenth());
+    assert_dead_lettered(&dead, "does not fit the schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_writes_copies() {
+    let (result, written, dead) = faulty("fanout", &[]).await;
+    result.unwrap();
+    assert!(dead.is_empty());
+    let mut want: Vec<u64> = (1..=50).collect();
+    want.extend([10, 20, 30, 40, 50]);
+    want.sort_unstable();
+    let mut got = written;
+    got.sort_unstable();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_passes_the_event_on_and_stop_halts_before_it() {
+    let (result, written, dead) = faulty("trap", &["--transform-on-error", "faulty=skip"]).await;
+    assert_eq!(result.unwrap().transforms[0].skipped, 5);
+    assert_eq!(written, (1..=50).collect::<Vec<_>>());
+    assert!(dead.is_empty());
+
+    let (result, written, _) = faulty("error", &["--transform-on-error", "stop"]).await;
+    let err = result.unwrap_err().to_string();
+    assert!(
+        err.contains("on_error = stop") && err.contains("000000000000000a"),
+        "{err}"
+    );
+    assert!(!written.contains(&10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_configuration_stops_before_any_event() {
+    let sim = start(sim_config(&["Account"], 5)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = chain(&[("mask", &["mode=hash"])]);
+    let err = run(plan(
+        &sim,
+        dir.path(),
+        "/data/AccountChangeEvent",
+        &args(&flags),
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(
+        err.to_string().contains("mask refused its configuration")
+            && err.to_string().contains("fields"),
+        "{err}"
+    );
+    assert!(rows(&out(dir.path())).is_empty());
+    sim.shutdown().await;
+}
+
+#[test]
+fn a_component_needing_an_unknown_import_fails_at_load_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("needs-more.wasm");
+    let bytes = wat::parse_str(
+        r#"(component (import "acme:secret/exfiltrate" (instance (export "send" (func)))))"#,
+    )
+    .unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let runtime =
+        std::sync::Arc::new(sfzb_host::transform::Runtime::new(Default::default()).unwrap());
+    let spec = sfzb_host::transform::TransformSpec {
+        name: "needs-more".into(),
+        path,
+        config: vec![],
+        on_error: Default::default(),
+        limits: Default::default(),
+    };
+    let err = sfzb_host::transform::Chain::load(runtime, &[spec])
+        .err()
+        .expect("linking fails")
+        .to_string();
+    assert!(err.contains("acme:secret/exfiltrate"), "{err}");
+}
+
+#[test]
+fn the_compile_cache_serves_the_second_load() {
+    use sfzb_host::transform::engine::LoadedFrom;
+    let cache = tempfile::tempdir().unwrap();
+    let options = sfzb_host::transform::RuntimeOptions {
+        cache_dir: Some(cache.path().to_path_buf()),
+        fuel: false,
+    };
+    let runtime = sfzb_host::transform::Runtime::new(options.clone()).unwrap();
+    assert_eq!(
+        runtime.component(&guests::component("route")).unwrap().1,
+        LoadedFrom::Compiled
+    );
+    let again = sfzb_host::transform::Runtime::new(options).unwrap();
+    assert_eq!(
+        again.component(&guests::component("route")).unwrap().1,
+        LoadedFrom::Cache
+    );
+    let fuel = sfzb_host::transform::Runtime::new(sfzb_host::transform::RuntimeOptions {
+        cache_dir: Some(cache.path().to_path_buf()),
+        fuel: true,
+    })
+    .unwrap();
+    assert_eq!(
+        fuel.component(&guests::component("route")).unwrap().1,
+        LoadedFrom::Compiled,
+        "another engine configuration compiles anew"
+    );
+}
