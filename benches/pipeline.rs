@@ -106,6 +106,7 @@ fn end_to_end(count: u64) {
             .to_string()
     };
     let (pubsub, login) = (url(), url());
+    std::thread::spawn(move || lines.for_each(drop));
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().display().to_string();
     let argv = [

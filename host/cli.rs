@@ -35,6 +35,51 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Run a simulated Salesforce org (Pub/Sub API and login endpoints) on loopback.
     Sim(Box<SimArgs>),
+    /// Develop transforms: run one on sample events, or measure it.
+    #[command(subcommand)]
+    Transform(TransformCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TransformCommand {
+    /// Run a component on sample events (rows as the jsonl sink writes them) and print
+    /// each output as a JSON line: {"table": …, "row": …} or {"dead_letter": …}.
+    Test {
+        #[command(flatten)]
+        component: ComponentArgs,
+        /// A JSON file with one row, or JSON lines of rows.
+        #[arg(long)]
+        event: PathBuf,
+    },
+    /// Print the component's cost per event on the standard 30-field Account event.
+    Bench {
+        #[command(flatten)]
+        component: ComponentArgs,
+        /// How many events to time.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ComponentArgs {
+    /// The Wasm component.
+    pub component: PathBuf,
+    /// A setting KEY=VALUE passed to the transform's init (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+    /// Memory the instance may use, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub memory_mib: usize,
+    /// Time one event may take, milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub timeout_ms: u64,
+    /// Fuel per event; unmetered if unset.
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Where compiled components are cached (default: the user's cache directory).
+    #[arg(long, env = "SFZB_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -372,6 +372,55 @@ impl crate::cli::TransformArgs {
     }
 }
 
+impl crate::cli::ComponentArgs {
+    /// The component as a one-transform chain.
+    pub fn spec(&self) -> Result<TransformSpec, ConfigError> {
+        if !self.component.is_file() {
+            return Err(invalid(
+                "component",
+                self.component.display().to_string(),
+                "no such file; give the path of a .wasm component",
+            ));
+        }
+        let config = self
+            .config
+            .iter()
+            .map(|item| {
+                item.split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| {
+                        invalid(
+                            "config",
+                            item,
+                            "write it as KEY=VALUE, e.g. fields=Email,Phone",
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TransformSpec {
+            name: name_from_path(&self.component),
+            path: self.component.clone(),
+            config,
+            on_error: OnError::DeadLetter,
+            limits: Limits {
+                memory_bytes: self.memory_mib.max(1) << 20,
+                timeout: Duration::from_millis(self.timeout_ms.max(1)),
+                fuel: self.fuel,
+                ..Limits::default()
+            },
+        })
+    }
+
+    pub fn cache(&self) -> Option<std::path::PathBuf> {
+        crate::cli::TransformArgs {
+            transform_cache_dir: self.cache_dir.clone(),
+            ..Default::default()
+        }
+        .cache_dir()
+    }
+}
+
 fn pairs(key: &'static str, items: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
     items
         .iter()

@@ -15,6 +15,8 @@ pub enum Error {
     Sim(#[from] SimError),
     #[error(transparent)]
     Transform(#[from] TransformError),
+    #[error(transparent)]
+    Authoring(#[from] crate::authoring::AuthoringError),
 }
 
 impl Error {
@@ -22,8 +24,10 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             // A component that cannot load or refuses its settings is a configuration problem.
-            Error::Config(_) | Error::Transform(_) => 2,
-            Error::Pipeline(_) | Error::Sim(_) => 1,
+            Error::Config(_)
+            | Error::Transform(_)
+            | Error::Authoring(crate::authoring::AuthoringError::Transform(_)) => 2,
+            Error::Pipeline(_) | Error::Sim(_) | Error::Authoring(_) => 1,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Data flows one way: [`salesforce::pubsub`] (source) → [`salesforce::schema`] (decode) →
 //! [`sink`] → [`checkpoint`], wired per subscription by [`pipeline`].
 
+pub mod authoring;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

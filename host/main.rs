@@ -1,10 +1,11 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use sfzb_host::cli::{Cli, Command, LogFormat};
+use sfzb_host::cli::{Cli, Command, LogFormat, TransformCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -71,6 +72,37 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
                 );
             }
         }
+        Command::Transform(TransformCommand::Test { component, event }) => {
+            let spec = component.spec().map_err(sfzb_host::Error::from)?;
+            let cache = component.cache();
+            tokio::task::spawn_blocking(move || {
+                sfzb_host::authoring::test(&spec, &event, cache, &mut std::io::stdout().lock())
+            })
+            .await
+            .expect("transform test does not panic")
+            .map_err(sfzb_host::Error::from)?;
+        }
+        Command::Transform(TransformCommand::Bench { component, events }) => {
+            let spec = component.spec().map_err(sfzb_host::Error::from)?;
+            let cache = component.cache();
+            let name = spec.name.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                sfzb_host::authoring::bench(&spec, events, cache)
+            })
+            .await
+            .expect("transform bench does not panic")
+            .map_err(sfzb_host::Error::from)?;
+            println!(
+                "{name}: loaded in {:.1} ms ({}), {:.2} µs/event over {} standard 30-field Account events",
+                report.load_ms,
+                match report.loaded_from {
+                    sfzb_host::transform::engine::LoadedFrom::Cache => "from the compile cache",
+                    sfzb_host::transform::engine::LoadedFrom::Compiled => "compiled",
+                },
+                report.us_per_event,
+                report.events
+            );
+        }
         Command::Sim(args) => {
             let config = args.config().map_err(sfzb_host::Error::from)?;
             let channels: Vec<String> = config
@@ -81,15 +113,24 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
             let sim = sfzb_host::sim::Simulator::start(config)
                 .await
                 .map_err(sfzb_host::Error::from)?;
-            println!("Pub/Sub API: {}", sim.pubsub_url());
-            println!("Login:       {}", sim.login_url());
-            println!("Org id:      {}", sim.org_id);
-            println!("Channels:    {}, /data/ChangeEvents", channels.join(", "));
-            println!(
+            // A reader that stops reading early must not take the simulator down.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "Pub/Sub API: {}", sim.pubsub_url());
+            let _ = writeln!(out, "Login:       {}", sim.login_url());
+            let _ = writeln!(out, "Org id:      {}", sim.org_id);
+            let _ = writeln!(
+                out,
+                "Channels:    {}, /data/ChangeEvents",
+                channels.join(", ")
+            );
+            let _ = writeln!(
+                out,
                 "Retained:    {} events (replay ids 1..{})",
                 sim.bus.head(),
                 sim.bus.head()
             );
+            let _ = out.flush();
+            drop(out);
             cancel.cancelled().await;
             sim.shutdown().await;
         }

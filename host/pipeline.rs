@@ -114,7 +114,7 @@ pub async fn run_subscription(
     let span =
         tracing::info_span!("subscription", channel = %config.channel, target = %config.sink);
     async move {
-        let org_id = login(&connection, &config.channel, &cancel).await?;
+        let org_id = login(&connection, &config.channel, &cancel, options.until_idle).await?;
         let store = FileCheckpointStore::new(&options.state_dir);
         let key = CheckpointKey {
             org_id: org_id.clone(),
@@ -185,16 +185,20 @@ pub async fn run_subscription(
     .await
 }
 
+/// Logs in, retrying what may pass (an unreachable endpoint) until `give_up` elapses
+/// (`--until-idle` runs: no progress within the idle window) or forever.
 async fn login(
     connection: &PubSubConnection,
     channel: &str,
     cancel: &CancellationToken,
+    give_up: Option<Duration>,
 ) -> Result<String, PipelineError> {
     let mut delay = Duration::from_millis(500);
+    let started = Instant::now();
     loop {
         match connection.ensure_session().await {
             Ok(org) => return Ok(org),
-            Err(e) if e.is_retryable() => {
+            Err(e) if e.is_retryable() && give_up.is_none_or(|limit| started.elapsed() < limit) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Login failed; retrying.");
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(PipelineError::Auth { channel: channel.to_string(), source: e }),
@@ -268,6 +272,10 @@ impl Stage2<'_> {
         let idle = options.until_idle.unwrap_or(far);
         let mut idle_deadline = tokio::time::Instant::now() + idle;
         let mut flush_tick = tokio::time::interval(options.flush_interval);
+        let mut reload = self
+            .chain
+            .as_ref()
+            .map(|chain| spawn_reload_watcher(chain.paths(), cancel.clone()));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
@@ -279,6 +287,9 @@ impl Stage2<'_> {
                     if self.unflushed.is_some() && self.last_flush.elapsed() >= options.flush_interval {
                         self.flush().await?;
                     }
+                }
+                Some(()) = async { match reload.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    self.reload().await;
                 }
                 msg = rx.recv() => match msg {
                     None => return Ok(()),
@@ -451,6 +462,30 @@ impl Stage2<'_> {
         Ok(())
     }
 
+    /// Swaps in a freshly loaded chain between batches; if any component fails to load or
+    /// to init, the running chain stays and the log says why.
+    async fn reload(&mut self) {
+        let Some(chain) = self.chain.take() else {
+            return;
+        };
+        let (chain, fresh) = tokio::task::spawn_blocking(move || {
+            let fresh = chain.reload();
+            (chain, fresh)
+        })
+        .await
+        .expect("reloading transforms does not panic");
+        match fresh {
+            Ok(fresh) => {
+                tracing::info!("Transforms reloaded.");
+                self.chain = Some(fresh);
+            }
+            Err(error) => {
+                tracing::error!(%error, "Transform reload failed; the running chain stays.");
+                self.chain = Some(chain);
+            }
+        }
+    }
+
     async fn flush(&mut self) -> Result<(), PipelineError> {
         self.last_flush = Instant::now();
         let Some(position) = self.unflushed.take() else {
@@ -479,4 +514,53 @@ fn transform_letter(failed: Failed, at: i64) -> DeadLetter {
         payload: failed.payload.to_vec(),
         dead_lettered_at: at,
     }
+}
+
+/// Signals a reload on SIGHUP or when a component file changes (checked every second).
+fn spawn_reload_watcher(paths: Vec<PathBuf>, cancel: CancellationToken) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    let stamps = |paths: &[PathBuf]| -> Vec<Option<(std::time::SystemTime, u64)>> {
+        paths
+            .iter()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    };
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut seen = stamps(&paths);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            #[cfg(unix)]
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = hup => {
+                    tracing::info!("SIGHUP: reloading transforms.");
+                    let _ = tx.try_send(());
+                }
+                _ = tick.tick() => {
+                    let now = stamps(&paths);
+                    if now != seen {
+                        seen = now;
+                        tracing::info!("A transform file changed: reloading.");
+                        let _ = tx.try_send(());
+                    }
+                }
+            }
+        }
+    });
+    rx
 }

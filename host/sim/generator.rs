@@ -68,6 +68,84 @@ pub fn generate(
     }
 }
 
+/// The benchmarks' standard event: an Account UPDATE with 30 data fields set (names,
+/// addresses, phones, emails, numbers, dates, flags), encoded against the real schema.
+pub fn standard_account_event(entity: &Entity) -> crate::event::ChangeEvent {
+    use crate::event::{ReplayId, Value};
+    use crate::salesforce::schema::{EventMeta, decode_event, encode_payload};
+    let schema = &entity.schema;
+    let mut seq = 1;
+    let mut event = loop {
+        let g = generate(
+            entity,
+            &schema.event,
+            42,
+            Position { index: seq, seq },
+            false,
+        );
+        let meta = EventMeta {
+            org_id: "00DSIM0000000001AAA".into(),
+            channel: entity.channel.as_str().into(),
+            replay_id: ReplayId::new(crate::sim::bus::replay_id(seq)),
+            event_id: g.event_id,
+        };
+        let event = decode_event(schema, meta, g.payload).expect("generated events decode");
+        if event.header.change_type == ChangeType::Update {
+            break event;
+        }
+        seq += 1;
+    };
+    let text = |s: &str| Value::Text(s.to_string());
+    let fields: [(&str, Value); 30] = [
+        ("Name", text("Hopper Systems 1906")),
+        ("Type", text("Customer - Direct")),
+        ("BillingAddress.Street", text("1 Market St")),
+        ("BillingAddress.City", text("San Francisco")),
+        ("BillingAddress.State", text("CA")),
+        ("BillingAddress.PostalCode", text("94105")),
+        ("BillingAddress.Country", text("USA")),
+        ("Phone", text("+1-415-555-0100")),
+        ("Fax", text("+1-415-555-0101")),
+        ("AccountNumber", text("CD451796")),
+        ("Website", text("https://www.hopper.example.com")),
+        ("Industry", text("Electronics")),
+        ("AnnualRevenue", Value::Float(139_000_000.0)),
+        ("NumberOfEmployees", Value::Int(9_000)),
+        ("Ownership", text("Public")),
+        ("TickerSymbol", text("HOPR")),
+        (
+            "Description",
+            text("Commercial account with a long and friendly description."),
+        ),
+        ("Rating", text("Hot")),
+        ("OwnerId", text("005000000000001AAA")),
+        ("LastModifiedDate", Value::Int(1_767_225_600_000)),
+        ("LastModifiedById", text("005000000000002AAA")),
+        ("PersonMobilePhone", text("+1-415-555-0102")),
+        ("PersonEmail", text("grace.hopper@example.com")),
+        ("PersonTitle", text("Rear Admiral")),
+        ("PersonHasOptedOutOfEmail", Value::Bool(false)),
+        ("AccountSource", text("Web")),
+        ("CustomerPriority__c", text("High")),
+        ("SLA__c", text("Gold")),
+        ("Some_Email__c", text("billing@hopper.example.com")),
+        ("Amount_Owed__c", Value::Float(1234.5)),
+    ];
+    for field in event.fields.iter_mut() {
+        field.value = Value::Null;
+    }
+    let by: std::sync::Arc<str> = "standard".into();
+    for (name, value) in fields {
+        assert!(
+            event.set(name, value, &by),
+            "{name} is in the Account schema"
+        );
+    }
+    event.payload = encode_payload(schema, &event).expect("the standard event fits its schema");
+    event.modified_by = None;
+    event
+}
+
 pub fn record_id(prefix: &str, n: u64) -> String {
     format!("{prefix}{n:012}AAA")
 }
@@ -550,6 +628,32 @@ mod tests {
                 .iter()
                 .all(|f| f.value == crate::event::Value::Null)
         );
+    }
+
+    #[test]
+    fn the_standard_event_has_thirty_fields_and_round_trips() {
+        let entity = Entity::load("Account").unwrap().unwrap();
+        let event = standard_account_event(&entity);
+        let leaves = |v: &crate::event::Value| match v {
+            crate::event::Value::Record(children) => children
+                .iter()
+                .filter(|c| c.value != crate::event::Value::Null)
+                .count(),
+            crate::event::Value::Null => 0,
+            _ => 1,
+        };
+        assert_eq!(
+            event.fields.iter().map(|f| leaves(&f.value)).sum::<usize>(),
+            30
+        );
+        let meta = EventMeta {
+            org_id: "00D".into(),
+            channel: "c".into(),
+            replay_id: ReplayId::new(Bytes::from_static(&[1])),
+            event_id: "e".into(),
+        };
+        let again = decode_event(&entity.schema, meta, event.payload.clone()).unwrap();
+        assert_eq!(again.fields, event.fields);
     }
 
     #[test]

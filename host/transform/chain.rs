@@ -144,6 +144,27 @@ impl Chain {
         self.transforms.is_empty()
     }
 
+    /// A new chain from the same specs (the component files as they are now), for a reload.
+    /// The running chain is untouched: on error, keep using it.
+    pub fn reload(&self) -> Result<Chain, TransformError> {
+        let specs: Vec<TransformSpec> = self.transforms.iter().map(|t| t.spec.clone()).collect();
+        let mut fresh = Chain::load(self.runtime.clone(), &specs)?;
+        for (new, old) in fresh.transforms.iter_mut().zip(&self.transforms) {
+            let recycled = new.stats.recycled;
+            new.stats = old.stats.clone();
+            new.stats.recycled += recycled + 1;
+        }
+        Ok(fresh)
+    }
+
+    /// The component files, to watch for changes.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.transforms
+            .iter()
+            .map(|t| t.spec.path.clone())
+            .collect()
+    }
+
     pub fn stats(&self) -> Vec<TransformStats> {
         self.transforms.iter().map(|t| t.stats.clone()).collect()
     }

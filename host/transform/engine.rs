@@ -314,10 +314,10 @@ impl Runtime {
             .engine
             .precompile_component(&bytes)
             .map_err(compile_error)?;
-        if let Some(file) = &cached {
-            if let Err(error) = write_cache(file, &compiled) {
-                tracing::warn!(path = %file.display(), %error, "Cannot write the compile cache; the next start compiles again.");
-            }
+        if let Some(file) = &cached
+            && let Err(error) = write_cache(file, &compiled)
+        {
+            tracing::warn!(path = %file.display(), %error, "Cannot write the compile cache; the next start compiles again.");
         }
         // SAFETY: `compiled` was produced just now by this engine.
         let component =
@@ -513,12 +513,12 @@ impl Instance {
                         "an output names an event it does not own (returned twice?)".into(),
                     )
                 })?;
-            if let Some(table) = &output.table {
-                if !valid_table_name(table) {
-                    return Err(CallFailure::Invalid(format!(
-                        "table {table:?} is not a valid table name (letters, digits and _, optionally catalog.schema.table)"
-                    )));
-                }
+            if let Some(table) = &output.table
+                && !valid_table_name(table)
+            {
+                return Err(CallFailure::Invalid(format!(
+                    "table {table:?} is not a valid table name (letters, digits and _, optionally catalog.schema.table)"
+                )));
             }
             out.push((output.table, event));
         }

@@ -33,6 +33,7 @@ fn sim(args: &[&str]) -> (Sim, String, String) {
     };
     let pubsub = url("Pub/Sub API:");
     let login = url("Login:");
+    std::thread::spawn(move || lines.for_each(drop));
     (Sim(child), pubsub, login)
 }
 
@@ -162,4 +163,82 @@ fn secrets_never_reach_the_logs() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("Hunter2Secret"));
     assert!(!stderr.contains("!SIM."), "no access token in the logs");
+}
+
+#[test]
+fn run_with_a_transform_masks_and_prints_per_transform_counts() {
+    let (_sim, pubsub, login) = sim(&["--events", "200", "--entities", "Contact"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mask = crate::guests::component("mask");
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "--pubsub-endpoint",
+            &pubsub,
+            "--instance-url",
+            &login,
+            "--username",
+            "u",
+            "--password",
+            "p",
+        ])
+        .args([
+            "--channel",
+            "/data/ContactChangeEvent",
+            "--sink",
+            "jsonl:out.jsonl",
+            "--until-idle",
+            "2",
+        ])
+        .arg("--transform")
+        .arg(&mask)
+        .args(["--transform-config", "mask.fields=Email,Phone"])
+        .env("SFZB_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("transform mask: 200 in, 200 out, 0 dropped, 0 dead-lettered"),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert!(text.contains("REDACTED"));
+    for line in text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let record: serde_json::Value =
+            serde_json::from_str(row["record_data_json"].as_str().unwrap()).unwrap();
+        for field in ["Email", "Phone"] {
+            assert!(
+                record[field].is_null() || record[field] == "REDACTED",
+                "{field} survived: {}",
+                record[field]
+            );
+        }
+    }
+
+    let sample = dir.path().join("event.json");
+    std::fs::write(
+        &sample,
+        text.lines().find(|l| l.contains("REDACTED")).unwrap(),
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["transform", "test"])
+        .arg(crate::guests::component("route"))
+        .arg("--event")
+        .arg(&sample)
+        .args(["--config", "table.Contact=contacts"])
+        .env("SFZB_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(line["table"], "contacts");
+    assert_eq!(line["row"]["entity_name"], "Contact");
 }

@@ -413,3 +413,66 @@ fn the_compile_cache_serves_the_second_load() {
         "another engine configuration compiles anew"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_component_is_swapped_in_between_events_and_a_bad_one_is_refused() {
+    let mut config = sim_config(&["Account"], 10);
+    config.rate = 25.0;
+    let sim = start(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("t.wasm");
+    let replace = |from: &std::path::Path| {
+        let tmp = dir.path().join("t.wasm.tmp");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, &component).unwrap();
+    };
+    replace(&guests::component("faulty"));
+    let flags: Vec<String> = vec![
+        "--transform-cache-dir".into(),
+        cache(),
+        "--transform".into(),
+        component.display().to_string(),
+        "--transform-config".into(),
+        "t.default=rerouted".into(),
+        "--until-idle".into(),
+        "30".into(),
+    ];
+    let plan = plan(&sim, dir.path(), "/data/AccountChangeEvent", &args(&flags));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(sfzb_host::run(plan, cancel.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not a component").unwrap();
+    replace(&garbage);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    replace(&guests::component("route"));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    cancel.cancel();
+    let stats = run.await.unwrap().unwrap();
+    sim.shutdown().await;
+
+    let dead: Vec<u64> = rows(&dead(dir.path())).iter().map(replay).collect();
+    let rerouted: Vec<u64> = rows(&dir.path().join("rerouted.jsonl"))
+        .iter()
+        .map(replay)
+        .collect();
+    assert!(
+        dead.len() >= 40,
+        "the first component (and the chain kept through the bad file) dead-lettered: {}",
+        dead.len()
+    );
+    assert!(!rerouted.is_empty(), "the new component routes");
+    assert!(
+        dead.iter().max() < rerouted.iter().min(),
+        "swapped between events, in order"
+    );
+    let mut all: Vec<u64> = dead.iter().chain(&rerouted).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=all.len() as u64).collect::<Vec<_>>(),
+        "nothing lost, nothing twice"
+    );
+    assert!(rows(&out(dir.path())).is_empty());
+    assert_eq!(stats.transforms[0].name, "t");
+}

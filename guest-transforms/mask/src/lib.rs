@@ -8,6 +8,7 @@
 //! - `salt=...`: required with `mode=hash`.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
@@ -26,6 +27,8 @@ struct Config {
 
 thread_local! {
     static CONFIG: RefCell<Config> = RefCell::new(Config::default());
+    /// Field names matching the patterns, per schema id: listing a schema's fields is costly.
+    static MATCHED: RefCell<HashMap<String, Vec<String>>> = RefCell::new(HashMap::new());
 }
 
 fn matches(pattern: &str, name: &str) -> bool {
@@ -66,9 +69,18 @@ impl Guest for Mask {
     fn process(event: Event) -> Result<Vec<Output>, String> {
         CONFIG.with(|cell| {
             let config = cell.borrow();
-            let exact = config.patterns.iter().all(|p| !p.contains('*'));
-            let names = if exact { config.patterns.clone() } else { event.field_names() };
-            for name in names.iter().filter(|n| config.patterns.iter().any(|p| matches(p, n))) {
+            let names = if config.patterns.iter().all(|p| !p.contains('*')) {
+                config.patterns.clone()
+            } else {
+                MATCHED.with(|cache| {
+                    cache
+                        .borrow_mut()
+                        .entry(event.schema_id())
+                        .or_insert_with(|| event.field_names().into_iter().filter(|n| config.patterns.iter().any(|p| matches(p, n))).collect())
+                        .clone()
+                })
+            };
+            for name in &names {
                 let masked = match event.get(name) {
                     None | Some(Value::Null) => continue,
                     Some(Value::Text(text)) if config.hash => {
