@@ -128,10 +128,10 @@ impl RunArgs {
             .parse()
             .map_err(|e: crate::sink::SinkSpecError| invalid("sink", &self.sink, e.to_string()))?;
         let dead_letter = match &self.dead_letter {
-            Some(spec) => spec.parse().map_err(|e: crate::sink::SinkSpecError| {
+            Some(spec) => Some(spec.parse().map_err(|e: crate::sink::SinkSpecError| {
                 invalid("dead-letter", spec, e.to_string())
-            })?,
-            None => sink.default_dead_letter(),
+            })?),
+            None => None,
         };
         let replay = self.replay.as_deref().map(parse_replay).transpose()?;
         let until_idle = match self.until_idle {

@@ -178,7 +178,11 @@ async fn wait_for_signal() {
 fn init_tracing(format: LogFormat, filter: Option<&str>) {
     let filter = match filter {
         Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        // delta-kernel logs an ERROR when probing a table that does not exist yet, which
+        // sfzb-host then creates: not an error for us.
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new("info,buoyant_kernel=off,deltalake_core::writer::stats=error")
+        }),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

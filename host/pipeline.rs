@@ -29,7 +29,8 @@ use crate::transform::{Chain, ChainOutput, Failed, TransformStats};
 pub struct SubscriptionConfig {
     pub channel: String,
     pub sink: SinkSpec,
-    pub dead_letter: SinkSpec,
+    /// Where dead letters go; `None` = the sink's own dead-letter place.
+    pub dead_letter: Option<SinkSpec>,
     /// Overrides the checkpoint and the backfill rule.
     pub replay: Option<StartPosition>,
     /// With no checkpoint, start from EARLIEST (true) or LATEST (false).
@@ -121,8 +122,14 @@ pub async fn run_subscription(
             channel: config.channel.clone(),
             target: config.sink.to_string(),
         };
-        let start = start_position(&config, store.load(&key).await?);
-        let mut sink = Sink::open(&config.sink).await?;
+        let app_id = format!("sfzb:{org_id}:{}", config.channel);
+        let mut sink = Sink::open(&config.sink, &app_id).await?;
+        let checkpoint = if sink.keeps_checkpoint() {
+            sink.checkpoint()
+        } else {
+            store.load(&key).await?
+        };
+        let start = start_position(&config, checkpoint);
         let schemas = Arc::new(SchemaCache::default());
         let capacity = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
         let (tx, rx) = mpsc::channel(8);
@@ -145,7 +152,8 @@ pub async fn run_subscription(
             channel: Arc::from(config.channel.as_str()),
             schemas,
             sink: &mut sink,
-            dead_spec: &config.dead_letter,
+            dead_spec: config.dead_letter.as_ref(),
+            app_id: &app_id,
             dead: None,
             chain: chain.filter(|c| !c.is_empty()),
             store: &store,
@@ -248,7 +256,8 @@ struct Stage2<'a> {
     channel: Arc<str>,
     schemas: Arc<SchemaCache>,
     sink: &'a mut Sink,
-    dead_spec: &'a SinkSpec,
+    dead_spec: Option<&'a SinkSpec>,
+    app_id: &'a str,
     /// Opened on the first dead letter, so a clean run leaves no empty file behind.
     dead: Option<Sink>,
     chain: Option<Chain>,
@@ -446,11 +455,16 @@ impl Stage2<'_> {
             self.stats.written += rows.len() as u64;
         }
         if !letters.is_empty() {
-            if self.dead.is_none() {
-                self.dead = Some(Sink::open(self.dead_spec).await?);
-            }
-            if let Some(dead) = self.dead.as_mut() {
-                dead.write_dead_letters(&letters).await?;
+            match self.dead_spec {
+                None => self.sink.write_dead_letters(&letters).await?,
+                Some(spec) => {
+                    if self.dead.is_none() {
+                        self.dead = Some(Sink::open(spec, self.app_id).await?);
+                    }
+                    if let Some(dead) = self.dead.as_mut() {
+                        dead.write_dead_letters(&letters).await?;
+                    }
+                }
             }
         }
         let first = *self.first_batch.get_or_insert_with(Instant::now);
@@ -491,11 +505,14 @@ impl Stage2<'_> {
         let Some(position) = self.unflushed.take() else {
             return Ok(());
         };
-        self.sink.flush().await?;
+        // Dead letters first: the main sink's flush may carry the checkpoint with it.
         if let Some(dead) = self.dead.as_mut() {
-            dead.flush().await?;
+            dead.flush(&position).await?;
         }
-        self.store.commit(self.key, &position).await?;
+        self.sink.flush(&position).await?;
+        if !self.sink.keeps_checkpoint() {
+            self.store.commit(self.key, &position).await?;
+        }
         tracing::debug!(replay_id = %position, written = self.stats.written, "Checkpoint committed.");
         self.stats.checkpoint = Some(position.to_hex());
         Ok(())

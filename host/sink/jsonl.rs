@@ -163,6 +163,31 @@ impl JsonlTables {
         }
     }
 
+    /// Dead letters go to `<stem>_dead_letter.jsonl` next to a file, to standard error
+    /// for standard output.
+    pub async fn write_dead_letters<T: Serialize>(&mut self, items: &[T]) -> Result<(), SinkError> {
+        match &self.target {
+            JsonlTarget::File(path) => {
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                self.write(Some(&format!("{stem}_dead_letter")), items)
+                    .await
+            }
+            _ => {
+                if !self.routed.contains_key("") {
+                    let sink = JsonlSink::open(JsonlTarget::Stderr).await?;
+                    self.routed.insert(String::new(), sink);
+                }
+                match self.routed.get_mut("") {
+                    Some(sink) => sink.write(items).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
     pub async fn flush(&mut self) -> Result<(), SinkError> {
         self.main.flush().await?;
         for sink in self.routed.values_mut() {

@@ -2,10 +2,13 @@
 //! durable; only then may the checkpoint move past those rows.
 
 pub mod deadletter;
+pub mod delta;
 pub mod jsonl;
 pub mod row;
 
 use std::path::PathBuf;
+
+use crate::event::ReplayId;
 
 pub use deadletter::{DeadLetter, Stage};
 pub use row::Row;
@@ -18,6 +21,8 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Delta table {target}: {detail}")]
+    Delta { target: String, detail: String },
 }
 
 impl SinkError {
@@ -25,6 +30,9 @@ impl SinkError {
         match self {
             // A full disk or a revoked permission needs a human; retrying cannot fix it.
             SinkError::Io { .. } => false,
+            // A commit conflict or an unreachable object store may pass; the checkpoint has
+            // not moved, so a restart replays the batch.
+            SinkError::Delta { .. } => true,
         }
     }
 }
@@ -34,6 +42,8 @@ impl SinkError {
 pub enum SinkSpec {
     /// `jsonl:PATH`, one JSON object per row; `jsonl:-` is standard output.
     Jsonl(JsonlTarget),
+    /// `delta:PATH_OR_URL`, a Delta Lake table (created if missing), exactly once.
+    Delta(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,11 +55,15 @@ pub enum JsonlTarget {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkSpecError {
-    #[error("sink {0:?} has no kind; write it as jsonl:PATH (jsonl:- for standard output)")]
+    #[error(
+        "sink {0:?} has no kind; write it as delta:PATH, jsonl:PATH (jsonl:- for standard output)"
+    )]
     NoKind(String),
-    #[error("unknown sink kind {kind:?} in {spec:?}; known kinds: jsonl")]
+    #[error("unknown sink kind {kind:?} in {spec:?}; known kinds: delta, jsonl")]
     UnknownKind { kind: String, spec: String },
-    #[error("sink {0:?} names no path; write it as jsonl:PATH (jsonl:- for standard output)")]
+    #[error(
+        "sink {0:?} names no path; write it as delta:PATH or jsonl:PATH (jsonl:- for standard output)"
+    )]
     NoPath(String),
 }
 
@@ -60,12 +74,15 @@ impl std::str::FromStr for SinkSpec {
         let (kind, rest) = spec
             .split_once(':')
             .ok_or_else(|| SinkSpecError::NoKind(spec.to_string()))?;
+        if rest.is_empty() {
+            return Err(SinkSpecError::NoPath(spec.to_string()));
+        }
         match kind {
             "jsonl" => Ok(SinkSpec::Jsonl(match rest {
-                "" => return Err(SinkSpecError::NoPath(spec.to_string())),
                 "-" => JsonlTarget::Stdout,
                 path => JsonlTarget::File(PathBuf::from(path)),
             })),
+            "delta" => Ok(SinkSpec::Delta(rest.to_string())),
             _ => Err(SinkSpecError::UnknownKind {
                 kind: kind.to_string(),
                 spec: spec.to_string(),
@@ -80,41 +97,44 @@ impl std::fmt::Display for SinkSpec {
             SinkSpec::Jsonl(JsonlTarget::Stdout) => f.write_str("jsonl:-"),
             SinkSpec::Jsonl(JsonlTarget::Stderr) => f.write_str("jsonl:stderr"),
             SinkSpec::Jsonl(JsonlTarget::File(p)) => write!(f, "jsonl:{}", p.display()),
-        }
-    }
-}
-
-impl SinkSpec {
-    /// Where dead letters go when not configured: next to a file sink
-    /// (`out.jsonl` → `out_dead_letter.jsonl`), standard error for standard output.
-    pub fn default_dead_letter(&self) -> SinkSpec {
-        match self {
-            SinkSpec::Jsonl(JsonlTarget::File(path)) => {
-                let stem = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                SinkSpec::Jsonl(JsonlTarget::File(
-                    path.with_file_name(format!("{stem}_dead_letter.jsonl")),
-                ))
-            }
-            SinkSpec::Jsonl(_) => SinkSpec::Jsonl(JsonlTarget::Stderr),
+            SinkSpec::Delta(target) => write!(f, "delta:{target}"),
         }
     }
 }
 
 /// An open sink. Rows routed to another table by a transform go next to the configured
-/// target: for `jsonl:dir/out.jsonl`, table `emea` is `dir/emea.jsonl`.
+/// target: for `jsonl:dir/out.jsonl`, table `emea` is `dir/emea.jsonl`; for
+/// `delta:lake/accounts`, `lake/emea`. Dead letters go to `out_dead_letter.jsonl` or the
+/// Delta table `accounts_dead_letter` unless `--dead-letter` names another place.
 pub enum Sink {
-    Jsonl(jsonl::JsonlTables),
+    Jsonl(Box<jsonl::JsonlTables>),
+    Delta(Box<delta::DeltaSink>),
 }
 
 impl Sink {
-    pub async fn open(spec: &SinkSpec) -> Result<Sink, SinkError> {
+    /// Opens the sink; `app_id` names this writer (org and channel) in the sinks that keep
+    /// their own checkpoint.
+    pub async fn open(spec: &SinkSpec, app_id: &str) -> Result<Sink, SinkError> {
         match spec {
             SinkSpec::Jsonl(target) => {
-                Ok(Sink::Jsonl(jsonl::JsonlTables::open(target.clone()).await?))
+                Ok(Sink::Jsonl(Box::new(jsonl::JsonlTables::open(target.clone()).await?)))
             }
+            SinkSpec::Delta(target) => Ok(Sink::Delta(Box::new(
+                delta::DeltaSink::open(target, app_id.to_string()).await?,
+            ))),
+        }
+    }
+
+    /// Whether the sink stores the checkpoint with its data (in the same atomic commit).
+    pub fn keeps_checkpoint(&self) -> bool {
+        matches!(self, Sink::Delta(_))
+    }
+
+    /// The checkpoint the sink keeps, if it keeps one.
+    pub fn checkpoint(&self) -> Option<ReplayId> {
+        match self {
+            Sink::Jsonl(_) => None,
+            Sink::Delta(s) => s.checkpoint(),
         }
     }
 
@@ -122,19 +142,24 @@ impl Sink {
     pub async fn write(&mut self, table: Option<&str>, rows: &[Row]) -> Result<(), SinkError> {
         match self {
             Sink::Jsonl(s) => s.write(table, rows).await,
+            Sink::Delta(s) => s.write(table, rows).await,
         }
     }
 
+    /// Writes dead letters to the sink's own dead-letter place.
     pub async fn write_dead_letters(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
         match self {
-            Sink::Jsonl(s) => s.write(None, letters).await,
+            Sink::Jsonl(s) => s.write_dead_letters(letters).await,
+            Sink::Delta(s) => s.write_dead_letters(letters).await,
         }
     }
 
-    /// Makes everything written so far, to every table, durable.
-    pub async fn flush(&mut self) -> Result<(), SinkError> {
+    /// Makes everything written so far, to every table, durable, covering events up to
+    /// `position` (recorded with the data by sinks that keep their checkpoint).
+    pub async fn flush(&mut self, position: &ReplayId) -> Result<(), SinkError> {
         match self {
             Sink::Jsonl(s) => s.flush().await,
+            Sink::Delta(s) => s.flush(position).await,
         }
     }
 }
@@ -150,12 +175,8 @@ mod tests {
             SinkSpec::Jsonl(JsonlTarget::Stdout)
         );
         assert_eq!(
-            "jsonl:out/a.jsonl"
-                .parse::<SinkSpec>()
-                .unwrap()
-                .default_dead_letter()
-                .to_string(),
-            "jsonl:out/a_dead_letter.jsonl"
+            "delta:./tables/a".parse::<SinkSpec>().unwrap(),
+            SinkSpec::Delta("./tables/a".into())
         );
         assert!(
             "out.jsonl"

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod delta;
 mod guests;
 mod source;
 mod support;

@@ -39,13 +39,14 @@ pub fn plan(sim: &Simulator, dir: &Path, channel: &str, extra: &[&str]) -> RunPl
         &login,
         "--channel",
         channel,
-        "--sink",
-        &sink,
         "--state-dir",
         &state,
         "--flush-interval-ms",
         "50",
     ];
+    if !extra.contains(&"--sink") {
+        argv.extend(["--sink", &sink]);
+    }
     if !extra.contains(&"--until-idle") {
         argv.extend(["--until-idle", "1"]);
     }
@@ -96,4 +97,42 @@ pub fn replay(row: &serde_json::Value) -> u64 {
 /// Every bus position of `entity` (0-based among the configured entities) for `rounds`.
 pub fn positions(entity: u64, entities: u64, rounds: u64) -> Vec<u64> {
     (0..rounds).map(|i| i * entities + entity + 1).collect()
+}
+
+/// `(event_id, replay_id)` of every row in a Delta table, read with delta-rs' log reader and
+/// the parquet crate (not through our sink).
+pub async fn delta_rows(path: &Path) -> Vec<(String, u64)> {
+    use deltalake::arrow::array::AsArray;
+    use deltalake::arrow::datatypes::DataType;
+    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let url = url::Url::from_directory_path(path.canonicalize().unwrap()).unwrap();
+    let table = deltalake::open_table(url).await.expect("a Delta table");
+    let mut out = Vec::new();
+    for uri in table.get_file_uris().unwrap() {
+        let file = match url::Url::parse(&uri) {
+            Ok(url) => url.to_file_path().unwrap(),
+            Err(_) => std::path::PathBuf::from(&uri),
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = |name: &str| {
+                deltalake::arrow::compute::cast(
+                    batch.column_by_name(name).unwrap(),
+                    &DataType::Utf8,
+                )
+                .unwrap()
+            };
+            let (ids, replays) = (column("event_id"), column("replay_id"));
+            for i in 0..batch.num_rows() {
+                let replay = u64::from_str_radix(replays.as_string::<i32>().value(i), 16).unwrap();
+                out.push((ids.as_string::<i32>().value(i).to_string(), replay));
+            }
+        }
+    }
+    out.sort_by_key(|(_, r)| *r);
+    out
 }
