@@ -5,7 +5,8 @@
 //! 3. End to end: `sfzb-host sim` in its own process → this process's subscriber → decode →
 //!    jsonl sink on /dev/null: events/s, host CPU µs per event, peak RSS.
 //!
-//! `SFZB_BENCH_EVENTS` sets the end-to-end event count (default 200000).
+//! `SFZB_BENCH_EVENTS` sets the end-to-end event count (default 200000); `SFZB_BENCH_SINK`
+//! the sink (default `jsonl:/dev/null`; e.g. `delta:/tmp/bench-table`, emptied first).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -109,6 +110,10 @@ fn end_to_end(count: u64) {
     std::thread::spawn(move || lines.for_each(drop));
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().display().to_string();
+    let sink = std::env::var("SFZB_BENCH_SINK").unwrap_or_else(|_| "jsonl:/dev/null".into());
+    if let Some(path) = sink.strip_prefix("delta:") {
+        let _ = std::fs::remove_dir_all(path);
+    }
     let argv = [
         "sfzb-host",
         "run",
@@ -150,7 +155,7 @@ fn end_to_end(count: u64) {
     let active = Duration::from_millis(stats.active_ms.max(1)).as_secs_f64();
     // The idle wait at the end costs next to no CPU, so CPU over all events is fair.
     println!(
-        "sim → subscribe → decode → jsonl (/dev/null), {count} events: {:.0} events/s, {:.1} µs host CPU/event, peak RSS {} MiB",
+        "sim → subscribe → decode → {sink}, {count} events: {:.0} events/s, {:.1} µs host CPU/event, peak RSS {} MiB",
         count as f64 / active,
         cpu.as_secs_f64() * 1e6 / count as f64,
         peak_rss_kib() / 1024
