@@ -195,26 +195,13 @@ impl Authenticator {
             escape(username),
             escape(password.expose_secret())
         );
-        let response = self
+        let request = self
             .http
             .post(&url)
             .header("Content-Type", "text/xml; charset=UTF-8")
             .header("SOAPAction", "login")
-            .body(envelope)
-            .send()
-            .await
-            .map_err(|source| AuthError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|source| AuthError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+            .body(envelope);
+        let (status, body) = send(request, &url).await?;
         if let Some(message) = xml_element(&body, "faultstring") {
             let code = xml_element(&body, "exceptionCode")
                 .or_else(|| xml_element(&body, "faultcode"))
@@ -266,24 +253,7 @@ impl Authenticator {
             organization_id: String,
         }
         let url = format!("{}/services/oauth2/token", self.login_url);
-        let response = self
-            .http
-            .post(&url)
-            .form(form)
-            .send()
-            .await
-            .map_err(|source| AuthError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|source| AuthError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+        let (status, body) = send(self.http.post(&url).form(form), &url).await?;
         if status != 200 {
             return Err(match serde_json::from_str::<OAuthError>(&body) {
                 Ok(e) => AuthError::Rejected {
@@ -308,24 +278,11 @@ impl Authenticator {
             "{}/services/oauth2/userinfo",
             token.instance_url.trim_end_matches('/')
         );
-        let response = self
-            .http
-            .get(&info_url)
-            .bearer_auth(&token.access_token)
-            .send()
-            .await
-            .map_err(|source| AuthError::Transport {
-                url: info_url.clone(),
-                source,
-            })?;
-        let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|source| AuthError::Transport {
-                url: info_url.clone(),
-                source,
-            })?;
+        let (status, body) = send(
+            self.http.get(&info_url).bearer_auth(&token.access_token),
+            &info_url,
+        )
+        .await?;
         if status != 200 {
             return Err(AuthError::Protocol {
                 url: info_url,
@@ -344,6 +301,18 @@ impl Authenticator {
             org_id: info.organization_id,
         })
     }
+}
+
+/// Sends a request and reads the whole answer: its status and body.
+async fn send(request: reqwest::RequestBuilder, url: &str) -> Result<(u16, String), AuthError> {
+    let transport = |source| AuthError::Transport {
+        url: url.to_string(),
+        source,
+    };
+    let response = request.send().await.map_err(transport)?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(transport)?;
+    Ok((status, body))
 }
 
 fn truncate(body: &str) -> String {

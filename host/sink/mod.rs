@@ -116,9 +116,9 @@ impl Sink {
     /// their own checkpoint.
     pub async fn open(spec: &SinkSpec, app_id: &str) -> Result<Sink, SinkError> {
         match spec {
-            SinkSpec::Jsonl(target) => {
-                Ok(Sink::Jsonl(Box::new(jsonl::JsonlTables::open(target.clone()).await?)))
-            }
+            SinkSpec::Jsonl(target) => Ok(Sink::Jsonl(Box::new(
+                jsonl::JsonlTables::open(target.clone()).await?,
+            ))),
             SinkSpec::Delta(target) => Ok(Sink::Delta(Box::new(
                 delta::DeltaSink::open(target, app_id.to_string()).await?,
             ))),
