@@ -176,8 +176,7 @@ pub fn write(plan: &Plan, value: &Value, out: &mut Vec<u8>) -> Result<(), String
             Ok(())
         }
         (Plan::String, Value::Text(t)) => {
-            write_long(t.len() as i64, out);
-            out.extend_from_slice(t.as_bytes());
+            write_str(t, out);
             Ok(())
         }
         (Plan::Bytes, Value::Bytes(b)) => {
@@ -260,7 +259,14 @@ fn describe(plan: &Plan) -> String {
     }
 }
 
-fn write_long(value: i64, out: &mut Vec<u8>) {
+/// Appends a string (length, then UTF-8 bytes).
+pub fn write_str(value: &str, out: &mut Vec<u8>) {
+    write_long(value.len() as i64, out);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// Appends a zigzag varint `long` (also `int`, array block counts, union and enum indexes).
+pub fn write_long(value: i64, out: &mut Vec<u8>) {
     let mut v = ((value << 1) ^ (value >> 63)) as u64;
     while v >= 0x80 {
         out.push((v as u8) | 0x80);

@@ -2,7 +2,7 @@
 //! bounded retention window. Generated events are stored as positions and encoded on
 //! read, so a million-event backlog costs a few bytes per event.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -59,7 +59,11 @@ pub struct Bus {
     faults: EventFaults,
     log: std::sync::Mutex<Log>,
     head: watch::Sender<u64>,
+    /// Encoded event bodies by entity, schema, variant and gap (see `generator::Body`).
+    bodies: std::sync::Mutex<HashMap<BodyKey, Arc<generator::Body>>>,
 }
+
+type BodyKey = (&'static str, String, u64, bool);
 
 impl Bus {
     /// A bus holding `events_per_entity` events of each entity, interleaved round-robin so
@@ -81,6 +85,7 @@ impl Bus {
                 next_index: vec![0; entities.len()],
             }),
             head: watch::channel(0).0,
+            bodies: Default::default(),
             entities,
         };
         bus.generate_rounds(events_per_entity);
@@ -180,13 +185,18 @@ impl Bus {
                     .faults
                     .gap_every
                     .is_some_and(|n| n > 0 && (index + 1) % n == 0);
-                generator::generate(
-                    entity,
-                    &schema.event,
-                    self.seed,
-                    Position { index, seq },
-                    gap,
-                )
+                let variant = generator::variant(self.seed, seq);
+                let key = (entity.name, schema.event.id.clone(), variant, gap);
+                let cached = self.bodies.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+                let body = match cached {
+                    Some(body) => body,
+                    None => {
+                        let body = Arc::new(generator::body(entity, &schema.event, self.seed, variant, gap));
+                        self.bodies.lock().unwrap_or_else(|e| e.into_inner()).insert(key, body.clone());
+                        body
+                    }
+                };
+                generator::assemble(entity, &schema.event, self.seed, Position { index, seq }, &body)
             }
         };
         if self.faults.corrupt_at.contains(&seq) {
@@ -235,6 +245,18 @@ mod tests {
                 (x.seq, &x.event_id, &x.payload),
                 (y.seq, &y.event_id, &y.payload)
             );
+        }
+    }
+
+    #[test]
+    fn cached_bodies_serve_the_same_events_as_uncached_generation() {
+        let bus = Bus::new(entities(), 3, 600, 10_000, EventFaults::default());
+        let (events, _) = bus.read(1, None, 1200);
+        for e in events.iter().step_by(7) {
+            let entity = &bus.entities[((e.seq - 1) % 2) as usize];
+            let at = Position { index: (e.seq - 1) / 2, seq: e.seq };
+            let direct = generator::generate(entity, &entity.schema.event, 3, at, false);
+            assert_eq!((&direct.event_id, &direct.payload), (&e.event_id, &e.payload), "seq {}", e.seq);
         }
     }
 
