@@ -176,6 +176,26 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1000)]
     pub max_in_flight: usize,
 
+    /// Zerobus endpoint for zerobus: sinks, e.g. https://<workspace-id>.zerobus.<region>.cloud.databricks.com.
+    #[arg(long, env = "DATABRICKS_ZEROBUS_ENDPOINT")]
+    pub zerobus_endpoint: Option<String>,
+
+    /// Databricks workspace URL (OAuth token endpoint for Zerobus).
+    #[arg(long, env = "DATABRICKS_HOST")]
+    pub databricks_workspace_url: Option<String>,
+
+    /// Service principal client id (OAuth M2M).
+    #[arg(long, env = "DATABRICKS_CLIENT_ID")]
+    pub databricks_client_id: Option<String>,
+
+    /// Service principal secret (OAuth M2M). Prefer the environment variable.
+    #[arg(long, env = "DATABRICKS_CLIENT_SECRET", hide_env_values = true)]
+    pub databricks_client_secret: Option<String>,
+
+    /// Record batches sent to Zerobus and not yet acknowledged, per table.
+    #[arg(long, default_value_t = 1000)]
+    pub zerobus_max_inflight: usize,
+
     #[command(flatten)]
     pub transforms: TransformArgs,
 }

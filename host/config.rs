@@ -133,6 +133,24 @@ impl RunArgs {
             })?),
             None => None,
         };
+        if let SinkSpec::Zerobus(table) = &sink {
+            if table.split('.').count() != 3 || table.split('.').any(str::is_empty) {
+                return Err(invalid(
+                    "sink",
+                    &self.sink,
+                    "Zerobus tables are named in full: zerobus:catalog.schema.table",
+                ));
+            }
+            match &self.zerobus_endpoint {
+                None => {
+                    return Err(ConfigError::Missing {
+                        key: "zerobus-endpoint",
+                        fix: "pass --zerobus-endpoint or set DATABRICKS_ZEROBUS_ENDPOINT (https://<workspace-id>.zerobus.<region>.cloud.databricks.com)",
+                    });
+                }
+                Some(endpoint) => check_url("zerobus-endpoint", endpoint)?,
+            }
+        }
         let replay = self.replay.as_deref().map(parse_replay).transpose()?;
         let until_idle = match self.until_idle {
             Some(s) if !(s.is_finite() && s > 0.0) => {
@@ -183,6 +201,16 @@ impl RunArgs {
                 until_idle,
                 flush_interval: Duration::from_millis(self.flush_interval_ms.max(1)),
                 max_in_flight: self.max_in_flight,
+                zerobus: crate::sink::zerobus::ZerobusSettings {
+                    endpoint: self.zerobus_endpoint.clone().unwrap_or_default(),
+                    workspace_url: self.databricks_workspace_url.clone(),
+                    client_id: self.databricks_client_id.clone(),
+                    client_secret: self
+                        .databricks_client_secret
+                        .clone()
+                        .map(SecretString::from),
+                    max_inflight: self.zerobus_max_inflight,
+                },
             },
         })
     }

@@ -52,6 +52,7 @@ pub struct RunOptions {
     pub flush_interval: Duration,
     /// Events held by one subscription between fetch and write; fetch credit waits for room.
     pub max_in_flight: usize,
+    pub zerobus: crate::sink::zerobus::ZerobusSettings,
 }
 
 impl Default for RunOptions {
@@ -61,6 +62,7 @@ impl Default for RunOptions {
             until_idle: None,
             flush_interval: Duration::from_secs(1),
             max_in_flight: 1000,
+            zerobus: Default::default(),
         }
     }
 }
@@ -123,7 +125,7 @@ pub async fn run_subscription(
             target: config.sink.to_string(),
         };
         let app_id = format!("sfzb:{org_id}:{}", config.channel);
-        let mut sink = Sink::open(&config.sink, &app_id).await?;
+        let mut sink = Sink::open(&config.sink, &app_id, &options.zerobus).await?;
         let checkpoint = if sink.keeps_checkpoint() {
             sink.checkpoint()
         } else {
@@ -154,6 +156,7 @@ pub async fn run_subscription(
             sink: &mut sink,
             dead_spec: config.dead_letter.as_ref(),
             app_id: &app_id,
+            zerobus: &options.zerobus,
             dead: None,
             chain: chain.filter(|c| !c.is_empty()),
             store: &store,
@@ -258,6 +261,7 @@ struct Stage2<'a> {
     sink: &'a mut Sink,
     dead_spec: Option<&'a SinkSpec>,
     app_id: &'a str,
+    zerobus: &'a crate::sink::zerobus::ZerobusSettings,
     /// Opened on the first dead letter, so a clean run leaves no empty file behind.
     dead: Option<Sink>,
     chain: Option<Chain>,
@@ -459,7 +463,7 @@ impl Stage2<'_> {
                 None => self.sink.write_dead_letters(&letters).await?,
                 Some(spec) => {
                     if self.dead.is_none() {
-                        self.dead = Some(Sink::open(spec, self.app_id).await?);
+                        self.dead = Some(Sink::open(spec, self.app_id, self.zerobus).await?);
                     }
                     if let Some(dead) = self.dead.as_mut() {
                         dead.write_dead_letters(&letters).await?;

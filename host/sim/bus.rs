@@ -187,16 +187,36 @@ impl Bus {
                     .is_some_and(|n| n > 0 && (index + 1) % n == 0);
                 let variant = generator::variant(self.seed, seq);
                 let key = (entity.name, schema.event.id.clone(), variant, gap);
-                let cached = self.bodies.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+                let cached = self
+                    .bodies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                    .cloned();
                 let body = match cached {
                     Some(body) => body,
                     None => {
-                        let body = Arc::new(generator::body(entity, &schema.event, self.seed, variant, gap));
-                        self.bodies.lock().unwrap_or_else(|e| e.into_inner()).insert(key, body.clone());
+                        let body = Arc::new(generator::body(
+                            entity,
+                            &schema.event,
+                            self.seed,
+                            variant,
+                            gap,
+                        ));
+                        self.bodies
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(key, body.clone());
                         body
                     }
                 };
-                generator::assemble(entity, &schema.event, self.seed, Position { index, seq }, &body)
+                generator::assemble(
+                    entity,
+                    &schema.event,
+                    self.seed,
+                    Position { index, seq },
+                    &body,
+                )
             }
         };
         if self.faults.corrupt_at.contains(&seq) {
@@ -254,9 +274,17 @@ mod tests {
         let (events, _) = bus.read(1, None, 1200);
         for e in events.iter().step_by(7) {
             let entity = &bus.entities[((e.seq - 1) % 2) as usize];
-            let at = Position { index: (e.seq - 1) / 2, seq: e.seq };
+            let at = Position {
+                index: (e.seq - 1) / 2,
+                seq: e.seq,
+            };
             let direct = generator::generate(entity, &entity.schema.event, 3, at, false);
-            assert_eq!((&direct.event_id, &direct.payload), (&e.event_id, &e.payload), "seq {}", e.seq);
+            assert_eq!(
+                (&direct.event_id, &direct.payload),
+                (&e.event_id, &e.payload),
+                "seq {}",
+                e.seq
+            );
         }
     }
 

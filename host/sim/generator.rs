@@ -62,7 +62,8 @@ pub fn variant(seed: u64, seq: u64) -> u64 {
 
 /// Builds body `variant`; `gap` makes it a gap event (a header with no data).
 pub fn body(entity: &Entity, schema: &EventSchema, seed: u64, variant: u64, gap: bool) -> Body {
-    let mut rng = StdRng::seed_from_u64(seed.rotate_left(17) ^ variant.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    let mut rng =
+        StdRng::seed_from_u64(seed.rotate_left(17) ^ variant.wrapping_mul(0xD6E8_FEB8_6659_FD93));
     let change_type = match rng.random_range(0..100) {
         _ if gap => ChangeType::GapUpdate,
         0..15 => ChangeType::Create,
@@ -70,14 +71,26 @@ pub fn body(entity: &Entity, schema: &EventSchema, seed: u64, variant: u64, gap:
         92..98 => ChangeType::Delete,
         _ => ChangeType::Undelete,
     };
-    let at = Position { index: variant, seq: variant };
+    let at = Position {
+        index: variant,
+        seq: variant,
+    };
     let Avro::Record(mut record) = build(entity, schema, &mut rng, at, change_type, "") else {
         unreachable!("build returns a record")
     };
     let header = record.remove(0).1;
     let strings_of = |name: &str| match &header {
         Avro::Record(fields) => match fields.iter().find(|(n, _)| n == name).map(|(_, v)| v) {
-            Some(Avro::Array(items)) => items.iter().filter_map(|v| if let Avro::String(s) = v { Some(s.clone()) } else { None }).collect(),
+            Some(Avro::Array(items)) => items
+                .iter()
+                .filter_map(|v| {
+                    if let Avro::String(s) = v {
+                        Some(s.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
             _ => Vec::new(),
         },
         _ => Vec::new(),
@@ -95,14 +108,27 @@ pub fn body(entity: &Entity, schema: &EventSchema, seed: u64, variant: u64, gap:
     };
     let mut data = Vec::new();
     for ((_, value), field) in record.into_iter().zip(root.fields.iter().skip(1)) {
-        let encoded = apache_avro::to_avro_datum_schemata(&field.schema, vec![&schema.avro], value).expect("generated fields fit their schema");
+        let encoded = apache_avro::to_avro_datum_schemata(&field.schema, vec![&schema.avro], value)
+            .expect("generated fields fit their schema");
         data.extend_from_slice(&encoded);
     }
-    Body { change_type, changed: strings_of("changedFields"), nulled: strings_of("nulledFields"), user, data }
+    Body {
+        change_type,
+        changed: strings_of("changedFields"),
+        nulled: strings_of("nulledFields"),
+        user,
+        data,
+    }
 }
 
 /// The event at `at` with `body`: its own header, then the body's data.
-pub fn assemble(entity: &Entity, schema: &EventSchema, seed: u64, at: Position, body: &Body) -> Generated {
+pub fn assemble(
+    entity: &Entity,
+    schema: &EventSchema,
+    seed: u64,
+    at: Position,
+    body: &Body,
+) -> Generated {
     use crate::salesforce::avro::{write_long, write_str};
     let mut rng = StdRng::seed_from_u64(seed ^ at.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5);
     let Schema::Record(root) = &schema.avro else {
@@ -123,9 +149,18 @@ pub fn assemble(entity: &Entity, schema: &EventSchema, seed: u64, at: Position, 
         match field.name.as_str() {
             "entityName" => write_str(entity.name, &mut out),
             "recordIds" => strings(&[record_id(entity.key_prefix, at.index / 3)], &mut out),
-            "changeType" => write_long(ChangeType::ALL.iter().position(|t| *t == body.change_type).unwrap_or(0) as i64, &mut out),
+            "changeType" => write_long(
+                ChangeType::ALL
+                    .iter()
+                    .position(|t| *t == body.change_type)
+                    .unwrap_or(0) as i64,
+                &mut out,
+            ),
             "changeOrigin" => write_str("com/salesforce/api/soap/62.0;client=sfzb-sim", &mut out),
-            "transactionKey" => write_str(&format!("{:016x}-{:08x}", rng.random::<u64>(), at.seq), &mut out),
+            "transactionKey" => write_str(
+                &format!("{:016x}-{:08x}", rng.random::<u64>(), at.seq),
+                &mut out,
+            ),
             "sequenceNumber" => write_long(1, &mut out),
             "commitTimestamp" => write_long(EPOCH_MS + at.seq as i64 * 1000, &mut out),
             "commitNumber" => write_long(11_000_000_000 + at.seq as i64, &mut out),
@@ -137,14 +172,22 @@ pub fn assemble(entity: &Entity, schema: &EventSchema, seed: u64, at: Position, 
     }
     out.extend_from_slice(&body.data);
     Generated {
-        event_id: uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string(),
+        event_id: uuid::Builder::from_random_bytes(rng.random())
+            .into_uuid()
+            .to_string(),
         schema_id: schema.id.clone(),
         payload: Bytes::from(out),
     }
 }
 
 /// The event at `at`; `gap` forces a gap event. The same as the bus serves, uncached.
-pub fn generate(entity: &Entity, schema: &EventSchema, seed: u64, at: Position, gap: bool) -> Generated {
+pub fn generate(
+    entity: &Entity,
+    schema: &EventSchema,
+    seed: u64,
+    at: Position,
+    gap: bool,
+) -> Generated {
     let body = body(entity, schema, seed, variant(seed, at.seq), gap);
     assemble(entity, schema, seed, at, &body)
 }

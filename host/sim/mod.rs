@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod generator;
 pub mod login;
 pub mod pubsub;
+pub mod zerobus;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,6 +5,7 @@ pub mod deadletter;
 pub mod delta;
 pub mod jsonl;
 pub mod row;
+pub mod zerobus;
 
 use std::path::PathBuf;
 
@@ -23,6 +24,8 @@ pub enum SinkError {
     },
     #[error("Delta table {target}: {detail}")]
     Delta { target: String, detail: String },
+    #[error("Zerobus table {table}: {detail}")]
+    Zerobus { table: String, detail: String },
 }
 
 impl SinkError {
@@ -33,6 +36,8 @@ impl SinkError {
             // A commit conflict or an unreachable object store may pass; the checkpoint has
             // not moved, so a restart replays the batch.
             SinkError::Delta { .. } => true,
+            // The SDK has already retried the stream; a restart resends from the checkpoint.
+            SinkError::Zerobus { .. } => true,
         }
     }
 }
@@ -44,6 +49,8 @@ pub enum SinkSpec {
     Jsonl(JsonlTarget),
     /// `delta:PATH_OR_URL`, a Delta Lake table (created if missing), exactly once.
     Delta(String),
+    /// `zerobus:CATALOG.SCHEMA.TABLE`, a Databricks table through Zerobus, at least once.
+    Zerobus(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,7 +66,7 @@ pub enum SinkSpecError {
         "sink {0:?} has no kind; write it as delta:PATH, jsonl:PATH (jsonl:- for standard output)"
     )]
     NoKind(String),
-    #[error("unknown sink kind {kind:?} in {spec:?}; known kinds: delta, jsonl")]
+    #[error("unknown sink kind {kind:?} in {spec:?}; known kinds: delta, jsonl, zerobus")]
     UnknownKind { kind: String, spec: String },
     #[error(
         "sink {0:?} names no path; write it as delta:PATH or jsonl:PATH (jsonl:- for standard output)"
@@ -83,6 +90,7 @@ impl std::str::FromStr for SinkSpec {
                 path => JsonlTarget::File(PathBuf::from(path)),
             })),
             "delta" => Ok(SinkSpec::Delta(rest.to_string())),
+            "zerobus" => Ok(SinkSpec::Zerobus(rest.to_string())),
             _ => Err(SinkSpecError::UnknownKind {
                 kind: kind.to_string(),
                 spec: spec.to_string(),
@@ -98,6 +106,7 @@ impl std::fmt::Display for SinkSpec {
             SinkSpec::Jsonl(JsonlTarget::Stderr) => f.write_str("jsonl:stderr"),
             SinkSpec::Jsonl(JsonlTarget::File(p)) => write!(f, "jsonl:{}", p.display()),
             SinkSpec::Delta(target) => write!(f, "delta:{target}"),
+            SinkSpec::Zerobus(table) => write!(f, "zerobus:{table}"),
         }
     }
 }
@@ -109,16 +118,24 @@ impl std::fmt::Display for SinkSpec {
 pub enum Sink {
     Jsonl(Box<jsonl::JsonlTables>),
     Delta(Box<delta::DeltaSink>),
+    Zerobus(Box<zerobus::ZerobusSink>),
 }
 
 impl Sink {
     /// Opens the sink; `app_id` names this writer (org and channel) in the sinks that keep
     /// their own checkpoint.
-    pub async fn open(spec: &SinkSpec, app_id: &str) -> Result<Sink, SinkError> {
+    pub async fn open(
+        spec: &SinkSpec,
+        app_id: &str,
+        zerobus: &zerobus::ZerobusSettings,
+    ) -> Result<Sink, SinkError> {
         match spec {
             SinkSpec::Jsonl(target) => Ok(Sink::Jsonl(Box::new(
                 jsonl::JsonlTables::open(target.clone()).await?,
             ))),
+            SinkSpec::Zerobus(table) => Ok(Sink::Zerobus(Box::new(zerobus::ZerobusSink::open(
+                table, zerobus,
+            )?))),
             SinkSpec::Delta(target) => Ok(Sink::Delta(Box::new(
                 delta::DeltaSink::open(target, app_id.to_string()).await?,
             ))),
@@ -133,7 +150,7 @@ impl Sink {
     /// The checkpoint the sink keeps, if it keeps one.
     pub fn checkpoint(&self) -> Option<ReplayId> {
         match self {
-            Sink::Jsonl(_) => None,
+            Sink::Jsonl(_) | Sink::Zerobus(_) => None,
             Sink::Delta(s) => s.checkpoint(),
         }
     }
@@ -143,6 +160,7 @@ impl Sink {
         match self {
             Sink::Jsonl(s) => s.write(table, rows).await,
             Sink::Delta(s) => s.write(table, rows).await,
+            Sink::Zerobus(s) => s.write(table, rows).await,
         }
     }
 
@@ -151,6 +169,7 @@ impl Sink {
         match self {
             Sink::Jsonl(s) => s.write_dead_letters(letters).await,
             Sink::Delta(s) => s.write_dead_letters(letters).await,
+            Sink::Zerobus(s) => s.write_dead_letters(letters).await,
         }
     }
 
@@ -160,6 +179,7 @@ impl Sink {
         match self {
             Sink::Jsonl(s) => s.flush().await,
             Sink::Delta(s) => s.flush(position).await,
+            Sink::Zerobus(s) => s.flush().await,
         }
     }
 }

@@ -8,3 +8,4 @@ mod guests;
 mod source;
 mod support;
 mod transform;
+mod zerobus;
