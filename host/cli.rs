@@ -192,6 +192,19 @@ pub struct RunArgs {
     #[arg(long, env = "DATABRICKS_CLIENT_SECRET", hide_env_values = true)]
     pub databricks_client_secret: Option<String>,
 
+    /// SQL warehouse for Zerobus targets: creates missing tables and keeps the checkpoint in
+    /// `<catalog>.<schema>.sfzb_checkpoints`. Without it the checkpoint is in --state-dir.
+    #[arg(long, env = "DATABRICKS_WAREHOUSE_ID")]
+    pub sql_warehouse_id: Option<String>,
+
+    /// How long one SQL statement may take, including a warehouse start, seconds.
+    #[arg(long, default_value_t = 300)]
+    pub sql_timeout_secs: u64,
+
+    /// Fail instead of creating a missing Zerobus target table.
+    #[arg(long)]
+    pub no_auto_create: bool,
+
     /// Record batches sent to Zerobus and not yet acknowledged, per table.
     #[arg(long, default_value_t = 1000)]
     pub zerobus_max_inflight: usize,

@@ -211,6 +211,29 @@ impl RunArgs {
                         .map(SecretString::from),
                     max_inflight: self.zerobus_max_inflight,
                 },
+                sql: match (&self.sql_warehouse_id, &self.databricks_workspace_url) {
+                    (Some(warehouse), Some(workspace)) => {
+                        check_url("databricks-workspace-url", workspace)?;
+                        Some(crate::databricks::SqlSettings {
+                            workspace_url: workspace.clone(),
+                            warehouse_id: warehouse.clone(),
+                            client_id: self.databricks_client_id.clone(),
+                            client_secret: self
+                                .databricks_client_secret
+                                .clone()
+                                .map(SecretString::from),
+                            timeout: Duration::from_secs(self.sql_timeout_secs.max(1)),
+                        })
+                    }
+                    (Some(_), None) => {
+                        return Err(ConfigError::Missing {
+                            key: "databricks-workspace-url",
+                            fix: "the SQL warehouse needs the workspace: pass --databricks-workspace-url or set DATABRICKS_HOST",
+                        });
+                    }
+                    _ => None,
+                },
+                auto_create_table: !self.no_auto_create,
             },
         })
     }

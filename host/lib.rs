@@ -7,6 +7,7 @@ pub mod authoring;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod databricks;
 pub mod error;
 pub mod event;
 pub mod pipeline;

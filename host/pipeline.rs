@@ -53,6 +53,10 @@ pub struct RunOptions {
     /// Events held by one subscription between fetch and write; fetch credit waits for room.
     pub max_in_flight: usize,
     pub zerobus: crate::sink::zerobus::ZerobusSettings,
+    /// The SQL warehouse for Zerobus targets: table management and the checkpoint table.
+    pub sql: Option<crate::databricks::SqlSettings>,
+    /// Create a missing Zerobus target table.
+    pub auto_create_table: bool,
 }
 
 impl Default for RunOptions {
@@ -63,6 +67,8 @@ impl Default for RunOptions {
             flush_interval: Duration::from_secs(1),
             max_in_flight: 1000,
             zerobus: Default::default(),
+            sql: None,
+            auto_create_table: true,
         }
     }
 }
@@ -103,6 +109,8 @@ pub enum PipelineError {
         "stopping as configured (on_error = stop): {0}; the checkpoint stays before replay id {1}"
     )]
     TransformStop(String, String),
+    #[error("Databricks: {0}")]
+    Sql(#[from] crate::databricks::SqlError),
 }
 
 /// Runs one subscription until cancelled, idle (with `until_idle`), or failed. `chain` is
@@ -126,10 +134,16 @@ pub async fn run_subscription(
         };
         let app_id = format!("sfzb:{org_id}:{}", config.channel);
         let mut sink = Sink::open(&config.sink, &app_id, &options.zerobus).await?;
-        let checkpoint = if sink.keeps_checkpoint() {
-            sink.checkpoint()
-        } else {
-            store.load(&key).await?
+        let mut databricks = match (&config.sink, &options.sql) {
+            (SinkSpec::Zerobus(table), Some(sql)) => {
+                Some(Databricks::prepare(sql, table, &key, options.auto_create_table).await?)
+            }
+            _ => None,
+        };
+        let checkpoint = match &mut databricks {
+            Some(databricks) => databricks.stored.take(),
+            None if sink.keeps_checkpoint() => sink.checkpoint(),
+            None => store.load(&key).await?,
         };
         let start = start_position(&config, checkpoint);
         let schemas = Arc::new(SchemaCache::default());
@@ -157,6 +171,7 @@ pub async fn run_subscription(
             dead_spec: config.dead_letter.as_ref(),
             app_id: &app_id,
             zerobus: &options.zerobus,
+            databricks,
             dead: None,
             chain: chain.filter(|c| !c.is_empty()),
             store: &store,
@@ -262,6 +277,8 @@ struct Stage2<'a> {
     dead_spec: Option<&'a SinkSpec>,
     app_id: &'a str,
     zerobus: &'a crate::sink::zerobus::ZerobusSettings,
+    /// The checkpoint table, for Zerobus targets with a SQL warehouse.
+    databricks: Option<Databricks>,
     /// Opened on the first dead letter, so a clean run leaves no empty file behind.
     dead: Option<Sink>,
     chain: Option<Chain>,
@@ -514,8 +531,10 @@ impl Stage2<'_> {
             dead.flush(&position).await?;
         }
         self.sink.flush(&position).await?;
-        if !self.sink.keeps_checkpoint() {
-            self.store.commit(self.key, &position).await?;
+        match &mut self.databricks {
+            Some(databricks) => databricks.commit(self.key, &position).await?,
+            None if self.sink.keeps_checkpoint() => {}
+            None => self.store.commit(self.key, &position).await?,
         }
         tracing::debug!(replay_id = %position, written = self.stats.written, "Checkpoint committed.");
         self.stats.checkpoint = Some(position.to_hex());
@@ -584,4 +603,101 @@ fn spawn_reload_watcher(paths: Vec<PathBuf>, cancel: CancellationToken) -> mpsc:
         }
     });
     rx
+}
+
+/// A Zerobus target's table and its checkpoint table, through the SQL warehouse.
+struct Databricks {
+    client: crate::databricks::SqlClient,
+    checkpoints: String,
+    /// The checkpoint found at start.
+    stored: Option<ReplayId>,
+}
+
+impl Databricks {
+    /// Creates the target table if missing (and allowed), the checkpoint table if missing,
+    /// and finds where to resume: the checkpoint table, else (a table the reference library
+    /// wrote) its newest row. Any SQL failure or timeout stops the run: it is never read as
+    /// "missing" or "empty", so a slow warehouse cannot send the subscription to LATEST.
+    async fn prepare(
+        settings: &crate::databricks::SqlSettings,
+        table: &str,
+        key: &CheckpointKey,
+        auto_create: bool,
+    ) -> Result<Databricks, PipelineError> {
+        use crate::databricks::{SqlClient, SqlError, checkpoint_table, create_table_sql, quote};
+        let mut client = SqlClient::new(settings.clone());
+        let existed = client.table_exists(table).await?;
+        if !existed {
+            if !auto_create {
+                return Err(SqlError::Failed {
+                    statement: format!("DESCRIBE TABLE {table}"),
+                    message: format!("table {table} does not exist and auto-create is off; create it (see the README's DDL) or drop --no-auto-create"),
+                }
+                .into());
+            }
+            tracing::info!(table, "Table {table} doesn't exist - creating it.");
+            client.run(&create_table_sql(table)).await?;
+            tracing::info!(table, "Successfully created table: {table}");
+        }
+        let checkpoints = checkpoint_table(table);
+        client
+            .run(&format!(
+                "CREATE TABLE IF NOT EXISTS {checkpoints} (org_id STRING, channel STRING, target STRING, replay_id STRING, updated_at BIGINT) USING DELTA COMMENT 'sfzb-host replay checkpoints'"
+            ))
+            .await?;
+        let rows = client
+            .run(&format!(
+                "SELECT replay_id FROM {checkpoints} WHERE org_id = {} AND channel = {} AND target = {}",
+                quote(&key.org_id),
+                quote(&key.channel),
+                quote(&key.target)
+            ))
+            .await?;
+        let mut stored = first_replay(&rows);
+        if stored.is_none() && existed {
+            let rows = client
+                .run(&format!(
+                    "SELECT replay_id FROM {table} WHERE org_id = {} ORDER BY timestamp DESC, replay_id DESC LIMIT 1",
+                    quote(&key.org_id)
+                ))
+                .await?;
+            stored = first_replay(&rows);
+            if let Some(id) = &stored {
+                tracing::info!(replay_id = %id, "Found latest replay_id: {id} (from the table's rows; no checkpoint yet)");
+            }
+        }
+        Ok(Databricks {
+            client,
+            checkpoints,
+            stored,
+        })
+    }
+
+    async fn commit(
+        &mut self,
+        key: &CheckpointKey,
+        position: &ReplayId,
+    ) -> Result<(), PipelineError> {
+        use crate::databricks::quote;
+        let statement = format!(
+            "MERGE INTO {cp} AS t USING (SELECT {org} AS org_id, {channel} AS channel, {target} AS target, {replay} AS replay_id, {now} AS updated_at) AS s \
+             ON t.org_id = s.org_id AND t.channel = s.channel AND t.target = s.target \
+             WHEN MATCHED THEN UPDATE SET t.replay_id = s.replay_id, t.updated_at = s.updated_at WHEN NOT MATCHED THEN INSERT *",
+            cp = self.checkpoints,
+            org = quote(&key.org_id),
+            channel = quote(&key.channel),
+            target = quote(&key.target),
+            replay = quote(&position.to_hex()),
+            now = now_ms(),
+        );
+        self.client.run(&statement).await?;
+        Ok(())
+    }
+}
+
+fn first_replay(rows: &[Vec<Option<String>>]) -> Option<ReplayId> {
+    rows.first()
+        .and_then(|row| row.first())
+        .and_then(|v| v.as_deref())
+        .and_then(|hex| ReplayId::from_hex(hex).ok())
 }

@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod catalog;
+pub mod databricks;
 pub mod generator;
 pub mod login;
 pub mod pubsub;

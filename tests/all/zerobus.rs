@@ -189,3 +189,179 @@ async fn sigkill_at_random_points_loses_nothing_and_bounds_duplicates() {
     zerobus.shutdown().await;
     sim.shutdown().await;
 }
+
+mod tables {
+    use sfzb_host::sim::databricks::{SqlFault, WorkspaceServer};
+    use sfzb_host::sim::zerobus::{ZerobusFaults, ZerobusServerHandle};
+
+    use crate::support::*;
+
+    fn flags<'a>(workspace: &'a str, zerobus: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut flags = vec![
+            "--sink",
+            "zerobus:main.sfzb.accounts",
+            "--zerobus-endpoint",
+            zerobus,
+            "--databricks-workspace-url",
+            workspace,
+            "--sql-warehouse-id",
+            "wh1",
+        ];
+        flags.extend_from_slice(extra);
+        flags
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_table_is_created_and_the_checkpoint_lives_next_to_it() {
+        let sim = start(sim_config(&["Account"], 100)).await;
+        let zerobus = ZerobusServerHandle::start(ZerobusFaults::default())
+            .await
+            .unwrap();
+        let workspace = WorkspaceServer::start().await.unwrap();
+        let (ws, zb) = (workspace.url(), zerobus.url());
+        let dir = tempfile::tempdir().unwrap();
+        let stats = run(plan(
+            &sim,
+            dir.path(),
+            "/data/AccountChangeEvent",
+            &flags(&ws, &zb, &[]),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(stats.received, 100, "a new table backfills from EARLIEST");
+        let statements = workspace.workspace.statements.lock().unwrap().clone();
+        let create = statements
+            .iter()
+            .find(|s| s.starts_with("CREATE TABLE IF NOT EXISTS main.sfzb.accounts"))
+            .expect("the table was created");
+        assert!(
+            create.contains("'delta.enableRowTracking' = 'false'")
+                && create.contains("payload_binary BINARY")
+        );
+        let checkpoints = workspace.workspace.checkpoints.lock().unwrap().clone();
+        let stored: Vec<&String> = checkpoints.values().collect();
+        assert_eq!(stored, [&"0000000000000064".to_string()]);
+        assert!(
+            !dir.path().join("state").exists(),
+            "no local checkpoint file"
+        );
+
+        let again = run(plan(
+            &sim,
+            dir.path(),
+            "/data/AccountChangeEvent",
+            &flags(&ws, &zb, &[]),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(again.received, 0, "resumed from the checkpoint table");
+        assert_eq!(zerobus.rows("main.sfzb.accounts").len(), 100);
+        workspace.shutdown();
+        zerobus.shutdown().await;
+        sim.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_table_the_reference_wrote_resumes_after_its_newest_row() {
+        let sim = start(sim_config(&["Account"], 100)).await;
+        let zerobus = ZerobusServerHandle::start(ZerobusFaults::default())
+            .await
+            .unwrap();
+        let workspace = WorkspaceServer::start().await.unwrap();
+        workspace
+            .workspace
+            .tables
+            .lock()
+            .unwrap()
+            .insert("main.sfzb.accounts".into());
+        workspace
+            .workspace
+            .reference_rows
+            .lock()
+            .unwrap()
+            .insert("main.sfzb.accounts".into(), "000000000000003c".into());
+        let (ws, zb) = (workspace.url(), zerobus.url());
+        let dir = tempfile::tempdir().unwrap();
+        let stats = run(plan(
+            &sim,
+            dir.path(),
+            "/data/AccountChangeEvent",
+            &flags(&ws, &zb, &[]),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(stats.received, 40, "events after replay id 60");
+        assert!(
+            !workspace
+                .workspace
+                .statements
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS main.sfzb.accounts"))
+        );
+        workspace.shutdown();
+        zerobus.shutdown().await;
+        sim.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_or_failing_warehouse_stops_the_run_before_it_subscribes() {
+        let sim = start(sim_config(&["Account"], 10)).await;
+        let zerobus = ZerobusServerHandle::start(ZerobusFaults::default())
+            .await
+            .unwrap();
+        let workspace = WorkspaceServer::start().await.unwrap();
+        let (ws, zb) = (workspace.url(), zerobus.url());
+        let dir = tempfile::tempdir().unwrap();
+        *workspace.workspace.fault.lock().unwrap() = SqlFault::Slow;
+        let err = run(plan(
+            &sim,
+            dir.path(),
+            "/data/AccountChangeEvent",
+            &flags(&ws, &zb, &["--sql-timeout-secs", "2"]),
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("did not finish") && err.contains("wh1"),
+            "{err}"
+        );
+        *workspace.workspace.fault.lock().unwrap() = SqlFault::Failing;
+        let err = run(plan(
+            &sim,
+            dir.path(),
+            "/data/AccountChangeEvent",
+            &flags(&ws, &zb, &[]),
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("HTTP 500"), "{err}");
+        *workspace.workspace.fault.lock().unwrap() = SqlFault::None;
+        let err = run(plan(
+            &sim,
+            dir.path(),
+            "/data/AccountChangeEvent",
+            &flags(&ws, &zb, &["--no-auto-create"]),
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("does not exist and auto-create is off"),
+            "{err}"
+        );
+        assert_eq!(
+            sim.stats
+                .subscribes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "never subscribed, never from LATEST"
+        );
+        workspace.shutdown();
+        zerobus.shutdown().await;
+        sim.shutdown().await;
+    }
+}
