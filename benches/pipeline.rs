@@ -6,7 +6,8 @@
 //!    jsonl sink on /dev/null: events/s, host CPU µs per event, peak RSS.
 //!
 //! `SFZB_BENCH_EVENTS` sets the end-to-end event count (default 200000); `SFZB_BENCH_SINK`
-//! the sink (default `jsonl:/dev/null`; e.g. `delta:/tmp/bench-table`, emptied first).
+//! the sink (default `jsonl:/dev/null`; `delta:/tmp/bench-table`, emptied first;
+//! `zerobus:main.bench.events` to a Zerobus test server started in this process).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -128,7 +129,7 @@ fn end_to_end(count: u64) {
         "--channel",
         "/data/AccountChangeEvent",
         "--sink",
-        "jsonl:/dev/null",
+        &sink,
         "--dead-letter",
         "jsonl:/dev/null",
         "--state-dir",
@@ -136,11 +137,21 @@ fn end_to_end(count: u64) {
         "--until-idle",
         "2",
     ];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // A zerobus: sink writes to a Zerobus test server in this process (its CPU counts too).
+    let zerobus = sink.starts_with("zerobus:").then(|| {
+        runtime
+            .block_on(sfzb_host::sim::zerobus::ZerobusServerHandle::start(Default::default()))
+            .unwrap()
+    });
+    let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    if let Some(server) = &zerobus {
+        argv.extend(["--zerobus-endpoint".to_string(), server.url()]);
+    }
     let Cmd::Run(args) = Cli::parse_from(argv).command else {
         unreachable!()
     };
     let plan = args.plan().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     let cpu_before = cpu_time();
     let stats = runtime
         .block_on(sfzb_host::run(

@@ -205,8 +205,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_auto_create: bool,
 
-    /// Record batches sent to Zerobus and not yet acknowledged, per table.
-    #[arg(long, default_value_t = 1000)]
+    /// Record batches (of up to --batch-size rows) sent to Zerobus and not yet acknowledged,
+    /// per table: bounds memory (~1.5 MB a batch of Account rows) and the duplicates a crash
+    /// can leave.
+    #[arg(long, default_value_t = 16)]
     pub zerobus_max_inflight: usize,
 
     #[command(flatten)]
