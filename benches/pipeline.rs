@@ -141,7 +141,9 @@ fn end_to_end(count: u64) {
     // A zerobus: sink writes to a Zerobus test server in this process (its CPU counts too).
     let zerobus = sink.starts_with("zerobus:").then(|| {
         runtime
-            .block_on(sfzb_host::sim::zerobus::ZerobusServerHandle::start(Default::default()))
+            .block_on(sfzb_host::sim::zerobus::ZerobusServerHandle::start(
+                Default::default(),
+            ))
             .unwrap()
     });
     let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();

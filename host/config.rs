@@ -133,6 +133,16 @@ impl RunArgs {
             })?),
             None => None,
         };
+        if let SinkSpec::Delta(target) = &sink
+            && target.contains("://")
+            && !target.starts_with("file://")
+        {
+            return Err(invalid(
+                "sink",
+                &self.sink,
+                "object store tables (s3://, abfss://, gs://) are not built into this binary yet; write to a local path, or use zerobus:catalog.schema.table for Databricks",
+            ));
+        }
         if let SinkSpec::Zerobus(table) = &sink {
             if table.split('.').count() != 3 || table.split('.').any(str::is_empty) {
                 return Err(invalid(
@@ -619,6 +629,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("sink") && err.contains("jsonl:PATH"), "{err}");
+        let err = run_args(&[
+            "--username",
+            "u",
+            "--password",
+            "p",
+            "--sink",
+            "delta:s3://bucket/t",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not built into this binary"), "{err}");
+        let err = run_args(&[
+            "--username",
+            "u",
+            "--password",
+            "p",
+            "--sink",
+            "zerobus:accounts",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("catalog.schema.table"), "{err}");
+        let err = run_args(&[
+            "--username",
+            "u",
+            "--password",
+            "p",
+            "--sink",
+            "zerobus:main.s.t",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("zerobus-endpoint"), "{err}");
         let err = run_args(&[
             "--username",
             "u",
