@@ -625,54 +625,22 @@ mod tests {
             err.contains("replay") && err.contains("zz") && err.contains("earliest"),
             "{err}"
         );
-        let err = run_args(&["--username", "u", "--password", "p", "--sink", "out.jsonl"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("sink") && err.contains("jsonl:PATH"), "{err}");
-        let err = run_args(&[
-            "--username",
-            "u",
-            "--password",
-            "p",
-            "--sink",
-            "delta:s3://bucket/t",
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("not built into this binary"), "{err}");
-        let err = run_args(&[
-            "--username",
-            "u",
-            "--password",
-            "p",
-            "--sink",
-            "zerobus:accounts",
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("catalog.schema.table"), "{err}");
-        let err = run_args(&[
-            "--username",
-            "u",
-            "--password",
-            "p",
-            "--sink",
-            "zerobus:main.s.t",
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("zerobus-endpoint"), "{err}");
-        let err = run_args(&[
-            "--username",
-            "u",
-            "--password",
-            "p",
-            "--pubsub-endpoint",
-            "api:7443",
-        ])
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("pubsub-endpoint"), "{err}");
+        let cases: [(&[&str], &[&str]); 5] = [
+            (&["--sink", "out.jsonl"], &["sink", "jsonl:PATH"]),
+            (
+                &["--sink", "delta:s3://bucket/t"],
+                &["not built into this binary"],
+            ),
+            (&["--sink", "zerobus:accounts"], &["catalog.schema.table"]),
+            (&["--sink", "zerobus:main.s.t"], &["zerobus-endpoint"]),
+            (&["--pubsub-endpoint", "api:7443"], &["pubsub-endpoint"]),
+        ];
+        for (flags, expected) in cases {
+            let mut argv = vec!["--username", "u", "--password", "p"];
+            argv.extend_from_slice(flags);
+            let err = run_args(&argv).unwrap_err().to_string();
+            assert!(expected.iter().all(|e| err.contains(e)), "{flags:?}: {err}");
+        }
         let plan = run_args(&[
             "--username",
             "u",
