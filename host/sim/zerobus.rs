@@ -33,12 +33,17 @@ pub struct ZerobusFaults {
     pub close_after: Option<u64>,
     /// Wait this long before each acknowledgement.
     pub ack_delay: Duration,
+    /// Refuse (INVALID_ARGUMENT, which the SDK does not retry) any batch holding a row
+    /// with this replay id, while `rejecting` is on.
+    pub reject_replay_id: Option<String>,
 }
 
 /// What the server received: per table, `(event_id, replay_id)` of every row, in order.
 #[derive(Default)]
 pub struct Received {
     pub tables: Mutex<HashMap<String, Vec<(String, String)>>>,
+    /// Whether `reject_replay_id` is enforced; tests turn it off to let a retry through.
+    pub rejecting: AtomicBool,
     pub records: AtomicU64,
     pub streams: AtomicU64,
 }
@@ -140,25 +145,41 @@ impl Zerobus for Service {
                         .await;
                     return;
                 }
+                let decoded: Vec<(String, String)> = records
+                    .iter()
+                    .map(|record| match CdcEventRow::decode(record.as_slice()) {
+                        Ok(row) => (
+                            row.event_id.unwrap_or_default(),
+                            row.replay_id.unwrap_or_default(),
+                        ),
+                        Err(_) => (String::new(), String::new()),
+                    })
+                    .collect();
+                if let Some(reject) = &service.0.faults.reject_replay_id
+                    && service.0.received.rejecting.load(Ordering::Relaxed)
+                    && decoded.iter().any(|(_, replay)| replay == reject)
                 {
-                    let mut tables = service
+                    service
                         .0
                         .received
-                        .tables
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    let rows = tables.entry(table.clone()).or_default();
-                    for record in records {
-                        let (id, replay) = match CdcEventRow::decode(record.as_slice()) {
-                            Ok(row) => (
-                                row.event_id.unwrap_or_default(),
-                                row.replay_id.unwrap_or_default(),
-                            ),
-                            Err(_) => (String::new(), String::new()),
-                        };
-                        rows.push((id, replay));
-                    }
+                        .records
+                        .fetch_sub(records.len() as u64, Ordering::Relaxed);
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "simulated Zerobus fault: record {reject} rejected"
+                        ))))
+                        .await;
+                    return;
                 }
+                service
+                    .0
+                    .received
+                    .tables
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(table.clone())
+                    .or_default()
+                    .extend(decoded);
                 if !service.0.faults.ack_delay.is_zero() {
                     tokio::time::sleep(service.0.faults.ack_delay).await;
                 }
@@ -208,7 +229,10 @@ impl ZerobusServerHandle {
     pub async fn start(faults: ZerobusFaults) -> std::io::Result<ZerobusServerHandle> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
-        let received = Arc::new(Received::default());
+        let received = Arc::new(Received {
+            rejecting: AtomicBool::new(true),
+            ..Received::default()
+        });
         let service = Service(Arc::new(Inner {
             received: received.clone(),
             faults,

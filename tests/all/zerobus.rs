@@ -13,6 +13,7 @@ async fn every_event_arrives_and_a_closed_stream_is_recovered() {
     let zerobus = ZerobusServerHandle::start(ZerobusFaults {
         close_after: Some(400),
         ack_delay: Duration::from_millis(1),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -51,6 +52,61 @@ async fn every_event_arrives_and_a_closed_stream_is_recovered() {
         "the SDK reopened the stream"
     );
     assert_eq!(stats.checkpoint.as_deref(), Some("00000000000004b0"));
+    zerobus.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_record_stops_the_run_without_passing_it_and_a_retry_delivers_it() {
+    let sim = start(sim_config(&["Account"], 300)).await;
+    let faults = ZerobusFaults {
+        reject_replay_id: Some("00000000000000c8".into()),
+        ..Default::default()
+    };
+    let zerobus = ZerobusServerHandle::start(faults).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = zerobus.url();
+    let flags = [
+        "--sink",
+        "zerobus:main.sfzb.accounts",
+        "--zerobus-endpoint",
+        endpoint.as_str(),
+    ];
+    let err = run(plan(&sim, dir.path(), "/data/AccountChangeEvent", &flags))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("rejected") && err.contains("main.sfzb.accounts"),
+        "{err}"
+    );
+    let before: HashSet<String> = zerobus
+        .rows("main.sfzb.accounts")
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    assert!(
+        !before.contains("00000000000000c8"),
+        "the rejected record is not stored"
+    );
+
+    zerobus
+        .received
+        .rejecting
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    run(plan(&sim, dir.path(), "/data/AccountChangeEvent", &flags))
+        .await
+        .unwrap();
+    let after: HashSet<String> = zerobus
+        .rows("main.sfzb.accounts")
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(
+        after.len(),
+        300,
+        "the retry after the restart delivered everything, the rejected record included"
+    );
     zerobus.shutdown().await;
     sim.shutdown().await;
 }
