@@ -3,11 +3,14 @@
 //! 1. Decode: Avro payload → `ChangeEvent` (bitmaps included), µs per event.
 //! 2. Row: `ChangeEvent` → 16-column row → JSON line, µs per event.
 //! 3. End to end: `sfzb-host sim` in its own process → this process's subscriber → decode →
-//!    jsonl sink on /dev/null: events/s, host CPU µs per event, peak RSS.
+//!    Rust mask transform → sink: events/s, host CPU µs per event, peak RSS.
 //!
 //! `SFZB_BENCH_EVENTS` sets the end-to-end event count (default 200000); `SFZB_BENCH_SINK`
 //! the sink (default `jsonl:/dev/null`; `delta:/tmp/bench-table`, emptied first;
 //! `zerobus:main.bench.events` to a Zerobus test server started in this process).
+
+#[path = "../tests/all/guests.rs"]
+mod guests;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -147,6 +150,18 @@ fn end_to_end(count: u64) {
             .unwrap()
     });
     let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    // The pipeline: a Rust mask transform on every event (`SFZB_BENCH_MASK=0` to skip).
+    let mask = std::env::var("SFZB_BENCH_MASK").map_or(true, |v| v != "0");
+    if mask {
+        argv.extend([
+            "--transform".to_string(),
+            guests::component("mask").display().to_string(),
+            "--transform-config".to_string(),
+            "mask.fields=PersonEmail,Phone".to_string(),
+            "--transform-cache-dir".to_string(),
+            state_dir.clone() + "/cache",
+        ]);
+    }
     if let Some(server) = &zerobus {
         argv.extend(["--zerobus-endpoint".to_string(), server.url()]);
     }
@@ -168,7 +183,8 @@ fn end_to_end(count: u64) {
     let active = Duration::from_millis(stats.active_ms.max(1)).as_secs_f64();
     // The idle wait at the end costs next to no CPU, so CPU over all events is fair.
     println!(
-        "sim → subscribe → decode → {sink}, {count} events: {:.0} events/s, {:.1} µs host CPU/event, peak RSS {} MiB",
+        "sim → subscribe → decode → {}{sink}, {count} events: {:.0} events/s, {:.1} µs host CPU/event, peak RSS {} MiB",
+        if mask { "Rust mask → " } else { "" },
         count as f64 / active,
         cpu.as_secs_f64() * 1e6 / count as f64,
         peak_rss_kib() / 1024

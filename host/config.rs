@@ -136,11 +136,12 @@ impl RunArgs {
         if let SinkSpec::Delta(target) = &sink
             && target.contains("://")
             && !target.starts_with("file://")
+            && !cfg!(feature = "cloud")
         {
             return Err(invalid(
                 "sink",
                 &self.sink,
-                "object store tables (s3://, abfss://, gs://) are not built into this binary yet; write to a local path, or use zerobus:catalog.schema.table for Databricks",
+                "object store tables (s3://, abfss://, gs://) are not built into this binary: build it with `cargo build --release --features cloud`, write to a local path, or use zerobus:catalog.schema.table for Databricks",
             ));
         }
         if let SinkSpec::Zerobus(table) = &sink {

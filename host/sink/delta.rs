@@ -42,9 +42,23 @@ fn error(target: &Url, e: impl std::fmt::Display) -> SinkError {
     }
 }
 
+/// Object stores are registered with delta-rs once per process (feature `cloud`).
+fn register_object_stores() {
+    #[cfg(feature = "cloud")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            deltalake::aws::register_handlers(None);
+            deltalake::azure::register_handlers(None);
+            deltalake::gcp::register_handlers(None);
+        });
+    }
+}
+
 /// `PATH` (created if missing) or an object store URL, as a URL.
 pub fn table_url(path_or_url: &str) -> Result<Url, String> {
     if path_or_url.contains("://") {
+        register_object_stores();
         return Url::parse(path_or_url).map_err(|e| e.to_string());
     }
     let path = std::path::Path::new(path_or_url);
