@@ -1,41 +1,10 @@
 //! The binary as a user runs it: `sfzb-host sim` in one process, `sfzb-host run` in another.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+
+use crate::support::sim_process as sim;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sfzb-host");
-
-struct Sim(Child);
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `sfzb-host sim` on free ports and returns it with its Pub/Sub and login URLs.
-fn sim(args: &[&str]) -> (Sim, String, String) {
-    let mut child = Command::new(BIN)
-        .args(["sim", "--port", "0", "--login-port", "0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sfzb-host sim starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut url = |prefix: &str| {
-        let line = lines.next().expect("sim prints its endpoints").unwrap();
-        line.strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("{line:?} starts with {prefix}"))
-            .trim()
-            .to_string()
-    };
-    let pubsub = url("Pub/Sub API:");
-    let login = url("Login:");
-    std::thread::spawn(move || lines.for_each(drop));
-    (Sim(child), pubsub, login)
-}
 
 #[test]
 fn sim_then_run_writes_every_account_event_and_exits_when_idle() {

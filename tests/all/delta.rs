@@ -2,7 +2,6 @@
 //! that is not our sink.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -75,52 +74,15 @@ async fn undecodable_events_land_in_the_dead_letter_table() {
     sim.shutdown().await;
 }
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The simulator and the host in their own processes; the host is killed with SIGKILL at
 /// random points and restarted. Every event must end up in its table exactly once, with a
 /// transform chain that routes Contact events to a second table.
 #[test]
 fn sigkill_at_random_points_loses_nothing_and_duplicates_nothing() {
     const EVENTS: u64 = 15_000;
-    let mut sim = Command::new(BIN)
-        .args([
-            "sim",
-            "--port",
-            "0",
-            "--login-port",
-            "0",
-            "--entities",
-            "Account,Contact",
-            "--events",
-            &EVENTS.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
-    let mut url = || {
-        lines
-            .next()
-            .unwrap()
-            .unwrap()
-            .split_once(':')
-            .unwrap()
-            .1
-            .trim()
-            .to_string()
-    };
-    let (pubsub, login) = (url(), url());
-    std::thread::spawn(move || lines.for_each(drop));
-    let _sim = Child(sim);
+    let events = EVENTS.to_string();
+    let (_sim, pubsub, login) =
+        sim_process(&["--entities", "Account,Contact", "--events", &events]);
 
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("lake/account_events");
@@ -169,9 +131,10 @@ fn sigkill_at_random_points_loses_nothing_and_duplicates_nothing() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut progress = Vec::new();
     for _ in 0..6 {
-        let child = Child(host("30").spawn().unwrap());
+        let mut child = host("30").spawn().unwrap();
         std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
-        drop(child);
+        child.kill().unwrap();
+        child.wait().unwrap();
         if table.join("_delta_log").exists() {
             progress.push(runtime.block_on(delta_rows(&table)).len());
         }

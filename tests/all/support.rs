@@ -136,3 +136,36 @@ pub async fn delta_rows(path: &Path) -> Vec<(String, u64)> {
     out.sort_by_key(|(_, r)| *r);
     out
 }
+
+/// A child process, killed when dropped.
+pub struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `sfzb-host sim` on free ports and returns it with its Pub/Sub and login URLs.
+pub fn sim_process(args: &[&str]) -> (Process, String, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
+        .args(["sim", "--port", "0", "--login-port", "0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sfzb-host sim starts");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut url = |prefix: &str| {
+        let line = lines.next().expect("sim prints its endpoints").unwrap();
+        line.strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("{line:?} starts with {prefix}"))
+            .trim()
+            .to_string()
+    };
+    let pubsub = url("Pub/Sub API:");
+    let login = url("Login:");
+    std::thread::spawn(move || lines.for_each(drop));
+    (Process(child), pubsub, login)
+}
