@@ -7,7 +7,7 @@
 //!
 //! `SFZB_BENCH_EVENTS` sets the end-to-end event count (default 200000); `SFZB_BENCH_SINK`
 //! the sink (default `jsonl:/dev/null`; `delta:/tmp/bench-table`, emptied first;
-//! `zerobus:main.bench.events` to a Zerobus test server started in this process).
+//! `zerobus:main.bench.events` to the Zerobus test server of the simulator's process).
 
 #[path = "../tests/all/guests.rs"]
 mod guests;
@@ -82,6 +82,9 @@ fn main() {
 }
 
 fn end_to_end(count: u64) {
+    let sink = std::env::var("SFZB_BENCH_SINK").unwrap_or_else(|_| "jsonl:/dev/null".into());
+    // A zerobus: sink writes to the Zerobus test server the simulator process also runs.
+    let zerobus = sink.starts_with("zerobus:");
     let mut sim = Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
         .args([
             "sim",
@@ -94,6 +97,11 @@ fn end_to_end(count: u64) {
             "--events",
             &count.to_string(),
         ])
+        .args(if zerobus {
+            &["--zerobus-port", "0"][..]
+        } else {
+            &[][..]
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -111,10 +119,10 @@ fn end_to_end(count: u64) {
             .to_string()
     };
     let (pubsub, login) = (url(), url());
+    let zerobus_url = zerobus.then(&mut url);
     std::thread::spawn(move || lines.for_each(drop));
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().display().to_string();
-    let sink = std::env::var("SFZB_BENCH_SINK").unwrap_or_else(|_| "jsonl:/dev/null".into());
     if let Some(path) = sink.strip_prefix("delta:") {
         let _ = std::fs::remove_dir_all(path);
     }
@@ -141,14 +149,6 @@ fn end_to_end(count: u64) {
         "2",
     ];
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    // A zerobus: sink writes to a Zerobus test server in this process (its CPU counts too).
-    let zerobus = sink.starts_with("zerobus:").then(|| {
-        runtime
-            .block_on(sfzb_host::sim::zerobus::ZerobusServerHandle::start(
-                Default::default(),
-            ))
-            .unwrap()
-    });
     let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     // The pipeline: a Rust mask transform on every event (`SFZB_BENCH_MASK=0` to skip).
     let mask = std::env::var("SFZB_BENCH_MASK").map_or(true, |v| v != "0");
@@ -162,8 +162,8 @@ fn end_to_end(count: u64) {
             state_dir.clone() + "/cache",
         ]);
     }
-    if let Some(server) = &zerobus {
-        argv.extend(["--zerobus-endpoint".to_string(), server.url()]);
+    if let Some(url) = zerobus_url {
+        argv.extend(["--zerobus-endpoint".to_string(), url]);
     }
     let Cmd::Run(args) = Cli::parse_from(argv).command else {
         unreachable!()

@@ -324,6 +324,11 @@ pub struct SimArgs {
     #[arg(long)]
     pub token_ttl_secs: Option<u64>,
 
+    /// Also serve a Zerobus test server on this port (0 picks one), for zerobus: sinks without
+    /// a Databricks workspace. It acknowledges every record and keeps nothing but counts.
+    #[arg(long)]
+    pub zerobus_port: Option<u16>,
+
     /// Fault: end every stream with UNAVAILABLE after it delivered N events.
     #[arg(long, value_name = "N")]
     pub end_stream_after: Option<u64>,

@@ -105,11 +105,28 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
         }
         Command::Sim(args) => {
             let config = args.config().map_err(sfzb_host::Error::from)?;
+            let (host, zerobus_port) = (args.host, args.zerobus_port);
             let channels: Vec<String> = config
                 .entities
                 .iter()
                 .map(|e| sfzb_host::sim::catalog::channel_for(e.trim()))
                 .collect();
+            let zerobus = match zerobus_port {
+                Some(port) => Some(
+                    sfzb_host::sim::zerobus::ZerobusServerHandle::start_on(
+                        (host, port).into(),
+                        Default::default(),
+                    )
+                    .await
+                    .map_err(|source| {
+                        sfzb_host::Error::from(sfzb_host::sim::SimError::Bind {
+                            addr: (host, port).into(),
+                            source,
+                        })
+                    })?,
+                ),
+                None => None,
+            };
             let sim = sfzb_host::sim::Simulator::start(config)
                 .await
                 .map_err(sfzb_host::Error::from)?;
@@ -117,6 +134,9 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "Pub/Sub API: {}", sim.pubsub_url());
             let _ = writeln!(out, "Login:       {}", sim.login_url());
+            if let Some(zerobus) = &zerobus {
+                let _ = writeln!(out, "Zerobus:     {}", zerobus.url());
+            }
             let _ = writeln!(out, "Org id:      {}", sim.org_id);
             let _ = writeln!(
                 out,
@@ -133,6 +153,9 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
             drop(out);
             cancel.cancelled().await;
             sim.shutdown().await;
+            if let Some(zerobus) = zerobus {
+                zerobus.shutdown().await;
+            }
         }
     }
     Ok(())

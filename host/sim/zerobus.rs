@@ -227,7 +227,14 @@ pub struct ZerobusServerHandle {
 
 impl ZerobusServerHandle {
     pub async fn start(faults: ZerobusFaults) -> std::io::Result<ZerobusServerHandle> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), faults).await
+    }
+
+    pub async fn start_on(
+        addr: SocketAddr,
+        faults: ZerobusFaults,
+    ) -> std::io::Result<ZerobusServerHandle> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let received = Arc::new(Received {
             rejecting: AtomicBool::new(true),

@@ -211,3 +211,65 @@ fn run_with_a_transform_masks_and_prints_per_transform_counts() {
     assert_eq!(line["table"], "contacts");
     assert_eq!(line["row"]["entity_name"], "Contact");
 }
+
+#[test]
+fn the_simulator_can_stand_in_for_zerobus_too() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
+        .args([
+            "sim",
+            "--port",
+            "0",
+            "--login-port",
+            "0",
+            "--zerobus-port",
+            "0",
+            "--events",
+            "50",
+            "--entities",
+            "Lead",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().unwrap().unwrap();
+    let (pubsub, login, zerobus) = (next(), next(), next());
+    let value = |line: &str| line.split_once(':').unwrap().1.trim().to_string();
+    assert!(zerobus.starts_with("Zerobus:"), "{zerobus}");
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "--pubsub-endpoint",
+            &value(&pubsub),
+            "--instance-url",
+            &value(&login),
+            "--username",
+            "u",
+            "--password",
+            "p",
+        ])
+        .args([
+            "--channel",
+            "/data/LeadChangeEvent",
+            "--sink",
+            "zerobus:main.sfzb.leads",
+            "--zerobus-endpoint",
+            &value(&zerobus),
+            "--until-idle",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("50 received, 50 written to zerobus:main.sfzb.leads"),
+        "{stderr}"
+    );
+}
