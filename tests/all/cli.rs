@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::sim_process as sim;
+use crate::support::{host_command, sim_process as sim, sim_process_urls};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sfzb-host");
 
@@ -10,27 +10,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_sfzb-host");
 fn sim_then_run_writes_every_account_event_and_exits_when_idle() {
     let (_sim, pubsub, login) = sim(&["--events", "1000"]);
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(BIN)
-        .current_dir(dir.path())
-        .args([
-            "run",
-            "--pubsub-endpoint",
-            &pubsub,
-            "--instance-url",
-            &login,
-            "--username",
-            "u",
-            "--password",
-            "p",
-        ])
-        .args([
-            "--channel",
-            "/data/AccountChangeEvent",
-            "--sink",
-            "jsonl:out.jsonl",
-            "--until-idle",
-            "3",
-        ])
+    let output = host_command(dir.path(), &pubsub, &login, "/data/AccountChangeEvent")
+        .args(["--sink", "jsonl:out.jsonl", "--until-idle", "3"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -139,27 +120,8 @@ fn run_with_a_transform_masks_and_prints_per_transform_counts() {
     let (_sim, pubsub, login) = sim(&["--events", "200", "--entities", "Contact"]);
     let dir = tempfile::tempdir().unwrap();
     let mask = crate::guests::component("mask");
-    let output = Command::new(BIN)
-        .current_dir(dir.path())
-        .args([
-            "run",
-            "--pubsub-endpoint",
-            &pubsub,
-            "--instance-url",
-            &login,
-            "--username",
-            "u",
-            "--password",
-            "p",
-        ])
-        .args([
-            "--channel",
-            "/data/ContactChangeEvent",
-            "--sink",
-            "jsonl:out.jsonl",
-            "--until-idle",
-            "2",
-        ])
+    let output = host_command(dir.path(), &pubsub, &login, "/data/ContactChangeEvent")
+        .args(["--sink", "jsonl:out.jsonl", "--until-idle", "2"])
         .arg("--transform")
         .arg(&mask)
         .args(["--transform-config", "mask.fields=Email,Phone"])
@@ -214,58 +176,31 @@ fn run_with_a_transform_masks_and_prints_per_transform_counts() {
 
 #[test]
 fn the_simulator_can_stand_in_for_zerobus_too() {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
-        .args([
-            "sim",
-            "--port",
-            "0",
-            "--login-port",
-            "0",
-            "--zerobus-port",
-            "0",
-            "--events",
-            "50",
-            "--entities",
-            "Lead",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = || lines.next().unwrap().unwrap();
-    let (pubsub, login, zerobus) = (next(), next(), next());
-    let value = |line: &str| line.split_once(':').unwrap().1.trim().to_string();
-    assert!(zerobus.starts_with("Zerobus:"), "{zerobus}");
+    let (_sim, urls) = sim_process_urls(&[
+        "--zerobus-port",
+        "0",
+        "--events",
+        "50",
+        "--entities",
+        "Lead",
+    ]);
+    assert_eq!(
+        urls.len(),
+        3,
+        "the Zerobus endpoint is printed after the login one: {urls:?}"
+    );
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(BIN)
-        .current_dir(dir.path())
+    let output = host_command(dir.path(), &urls[0], &urls[1], "/data/LeadChangeEvent")
         .args([
-            "run",
-            "--pubsub-endpoint",
-            &value(&pubsub),
-            "--instance-url",
-            &value(&login),
-            "--username",
-            "u",
-            "--password",
-            "p",
-        ])
-        .args([
-            "--channel",
-            "/data/LeadChangeEvent",
             "--sink",
             "zerobus:main.sfzb.leads",
             "--zerobus-endpoint",
-            &value(&zerobus),
+            &urls[2],
             "--until-idle",
             "2",
         ])
         .output()
         .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(

@@ -2,14 +2,12 @@
 //! that is not our sink.
 
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 
 use crate::support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sfzb-host");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_simulator_with_more_events_adds_exactly_the_new_ones() {
@@ -89,21 +87,9 @@ fn sigkill_at_random_points_loses_nothing_and_duplicates_nothing() {
     let route = crate::guests::component("route");
     let mask = crate::guests::component("mask");
     let host = |until_idle: &str| {
-        let mut command = Command::new(BIN);
+        let mut command = host_command(dir.path(), &pubsub, &login, "/data/ChangeEvents");
         command
-            .current_dir(dir.path())
-            .args([
-                "run",
-                "--pubsub-endpoint",
-                &pubsub,
-                "--instance-url",
-                &login,
-                "--username",
-                "u",
-                "--password",
-                "p",
-            ])
-            .args(["--channel", "/data/ChangeEvents", "--sink"])
+            .arg("--sink")
             .arg(format!("delta:{}", table.display()))
             // Small fetches and frequent commits: kills land mid-stream and between commits.
             .args([

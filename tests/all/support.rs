@@ -149,6 +149,14 @@ impl Drop for Process {
 
 /// Starts `sfzb-host sim` on free ports and returns it with its Pub/Sub and login URLs.
 pub fn sim_process(args: &[&str]) -> (Process, String, String) {
+    let (process, mut urls) = sim_process_urls(args);
+    let login = urls.remove(1);
+    (process, urls.remove(0), login)
+}
+
+/// Starts `sfzb-host sim` on free ports and returns it with the endpoint URLs it prints, in
+/// order: Pub/Sub API, login, then Zerobus with `--zerobus-port`.
+pub fn sim_process_urls(args: &[&str]) -> (Process, Vec<String>) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
         .args(["sim", "--port", "0", "--login-port", "0"])
         .args(args)
@@ -157,15 +165,28 @@ pub fn sim_process(args: &[&str]) -> (Process, String, String) {
         .spawn()
         .expect("sfzb-host sim starts");
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let mut url = |prefix: &str| {
-        let line = lines.next().expect("sim prints its endpoints").unwrap();
-        line.strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("{line:?} starts with {prefix}"))
-            .trim()
-            .to_string()
-    };
-    let pubsub = url("Pub/Sub API:");
-    let login = url("Login:");
+    let mut urls = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("sim prints its endpoints");
+        match line.split_once(':').map(|(_, v)| v.trim()) {
+            Some(value) if value.starts_with("http") => urls.push(value.to_string()),
+            _ => break,
+        }
+    }
+    assert!(
+        urls.len() >= 2,
+        "sim printed its Pub/Sub and login endpoints: {urls:?}"
+    );
     std::thread::spawn(move || lines.for_each(drop));
-    (Process(child), pubsub, login)
+    (Process(child), urls)
+}
+
+/// `sfzb-host run` in `dir`, against a simulator's endpoints, logged in as u/p, on `channel`.
+pub fn host_command(dir: &Path, pubsub: &str, login: &str, channel: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"));
+    command
+        .current_dir(dir)
+        .args(["run", "--pubsub-endpoint", pubsub, "--instance-url", login])
+        .args(["--username", "u", "--password", "p", "--channel", channel]);
+    command
 }

@@ -162,7 +162,7 @@ async fn routed_rows_and_dead_letters_get_their_own_tables() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_nothing_and_bounds_duplicates() {
     use rand::{Rng, SeedableRng};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     const EVENTS: u64 = 15_000;
     const KILLS: usize = 5;
     const MAX_IN_FLIGHT: usize = 200;
@@ -175,23 +175,9 @@ async fn sigkill_at_random_points_loses_nothing_and_bounds_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let (pubsub, login, endpoint) = (sim.pubsub_url(), sim.login_url(), zerobus.url());
     let host = |until_idle: &str| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sfzb-host"));
+        let mut command = host_command(dir.path(), &pubsub, &login, "/data/AccountChangeEvent");
         command
-            .current_dir(dir.path())
             .args([
-                "run",
-                "--pubsub-endpoint",
-                &pubsub,
-                "--instance-url",
-                &login,
-                "--username",
-                "u",
-                "--password",
-                "p",
-            ])
-            .args([
-                "--channel",
-                "/data/AccountChangeEvent",
                 "--sink",
                 "zerobus:main.sfzb.accounts",
                 "--zerobus-endpoint",
