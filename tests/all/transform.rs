@@ -119,9 +119,9 @@ async fn mask_leaves_no_email_or_phone_in_any_column() {
 async fn hashing_is_salted_and_stable() {
     let sim = start(sim_config(&["Lead"], 80)).await;
     let mut hashes = Vec::new();
-    for _ in 0..2 {
+    for salt in ["salt=pepper", "salt=pepper", "salt=paprika"] {
         let dir = tempfile::tempdir().unwrap();
-        let flags = chain(&[("mask", &["fields=Email", "mode=hash", "salt=pepper"])]);
+        let flags = chain(&[("mask", &["fields=Email", "mode=hash", salt])]);
         run(plan(
             &sim,
             dir.path(),
@@ -139,6 +139,11 @@ async fn hashing_is_salted_and_stable() {
     }
     assert!(!hashes[0].is_empty());
     assert_eq!(hashes[0], hashes[1], "the same input hashes the same way");
+    assert_eq!(hashes[0].len(), hashes[2].len());
+    assert!(
+        hashes[0].iter().zip(&hashes[2]).all(|(a, b)| a != b),
+        "another salt gives other hashes"
+    );
     assert!(
         hashes[0]
             .iter()
