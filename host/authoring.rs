@@ -149,7 +149,8 @@ pub fn test(
                     }
                 }
             }
-            let line = serde_json::json!({"table": routed.table, "row": Row::from_event(&event, now_ms())});
+            let line =
+                serde_json::json!({"table": routed.table, "row": Row::from_event(event, now_ms())});
             writeln!(out, "{line}")?;
         }
     }

@@ -465,7 +465,7 @@ impl Stage2<'_> {
                     }
                 }
             }
-            let row = Row::from_event(&event, processed);
+            let row = Row::from_event(event, processed);
             match tables.iter_mut().find(|(t, _)| *t == routed.table) {
                 Some((_, rows)) => rows.push(row),
                 None => tables.push((routed.table, vec![row])),

@@ -11,7 +11,7 @@ use databricks_zerobus_ingest_sdk::{ZerobusSdk, ZerobusStream};
 use prost::Message;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::proto::row::{CdcEventRow, DeadLetterRow};
+use crate::proto::row::DeadLetterRow;
 use crate::sink::{DeadLetter, Row, SinkError, Stage};
 
 /// How to reach Zerobus.
@@ -137,7 +137,14 @@ impl ZerobusSink {
 
     pub async fn write(&mut self, table: Option<&str>, rows: &[Row]) -> Result<(), SinkError> {
         let table = table.map_or_else(|| self.table.clone(), |t| self.qualify(t));
-        let records = rows.iter().map(|r| to_proto(r).encode_to_vec()).collect();
+        let records = rows
+            .iter()
+            .map(|r| {
+                let mut buf = Vec::new();
+                r.encode_proto(&mut buf);
+                buf
+            })
+            .collect();
         self.send(table, "CdcEventRow", records).await
     }
 
@@ -156,27 +163,6 @@ impl ZerobusSink {
             stream.flush().await.map_err(|e| error(table, e))?;
         }
         Ok(())
-    }
-}
-
-fn to_proto(row: &Row) -> CdcEventRow {
-    CdcEventRow {
-        event_id: Some(row.event_id.clone()),
-        schema_id: Some(row.schema_id.clone()),
-        replay_id: Some(row.replay_id.clone()),
-        timestamp: Some(row.timestamp),
-        change_type: Some(row.change_type.clone()),
-        entity_name: Some(row.entity_name.clone()),
-        change_origin: Some(row.change_origin.clone()),
-        record_ids: row.record_ids.clone(),
-        changed_fields: row.changed_fields.clone(),
-        nulled_fields: row.nulled_fields.clone(),
-        diff_fields: row.diff_fields.clone(),
-        record_data_json: Some(row.record_data_json.clone()),
-        payload_binary: Some(row.payload_binary.clone()),
-        schema_json: Some(row.schema.json.clone()),
-        org_id: Some(row.org_id.clone()),
-        processed_timestamp: Some(row.processed_timestamp),
     }
 }
 
