@@ -169,7 +169,7 @@ fn end_to_end(count: u64) {
     if let Some(url) = zerobus_url {
         argv.extend(["--zerobus-endpoint".to_string(), url]);
     }
-    let Cmd::Run(args) = Cli::parse_from(argv).command else {
+    let Cmd::Run(args) = Cli::parse_from(argv).into_command() else {
         unreachable!()
     };
     let plan = args.plan().unwrap();
@@ -179,7 +179,9 @@ fn end_to_end(count: u64) {
             plan,
             tokio_util::sync::CancellationToken::new(),
         ))
-        .unwrap();
+        .and_then(sfzb_host::RunReport::into_result)
+        .unwrap()
+        .remove(0);
     let cpu = cpu_time() - cpu_before;
     let _ = sim.kill();
     let _ = sim.wait();

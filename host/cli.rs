@@ -8,10 +8,18 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::salesforce::pubsub::ReplayFallback;
 
 #[derive(Debug, Parser)]
-#[command(name = "sfzb-host", version, about = "Salesforce Change Data Capture → Wasm transforms → Databricks", long_about = None)]
+#[command(
+    name = "sfzb-host",
+    version,
+    about = "Salesforce Change Data Capture → Wasm transforms → Databricks",
+    long_about = "Salesforce Change Data Capture → Wasm transforms → Databricks.\n\nWithout a subcommand it runs the pipeline (`sfzb-host [OPTIONS]` = `sfzb-host run [OPTIONS]`), reading ./sfzb.toml, --config or $SFZB_CONFIG when present. Try `sfzb-host demo`."
+)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
 
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SFZB_LOG_FORMAT")]
@@ -23,6 +31,14 @@ pub struct Cli {
     pub log: Option<String>,
 }
 
+impl Cli {
+    /// The subcommand, with the default action (run) made explicit.
+    pub fn into_command(self) -> Command {
+        self.command
+            .unwrap_or_else(|| Command::Run(Box::new(self.run)))
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -31,13 +47,42 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Subscribe to a Change Data Capture channel and write every event to a sink.
+    /// Subscribe to Change Data Capture channels and write every event to a sink (the
+    /// default action).
     Run(Box<RunArgs>),
+    /// Try it with nothing to set up: a simulated org, a mask + tenant-filter chain on
+    /// several channels, local Delta tables, and a summary.
+    Demo(DemoArgs),
+    /// Check a configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run a simulated Salesforce org (Pub/Sub API and login endpoints) on loopback.
     Sim(Box<SimArgs>),
     /// Develop transforms: run one on sample events, or measure it.
     #[command(subcommand)]
     Transform(TransformCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (with the environment and any run flags) before anything
+    /// connects, and print the resolved plan with secrets masked.
+    Check {
+        /// The file; defaults to $SFZB_CONFIG, then ./sfzb.toml.
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo writes its tables and checkpoints.
+    #[arg(long, default_value = "sfzb-demo")]
+    pub dir: PathBuf,
+    /// Events the simulated org holds per channel.
+    #[arg(long, default_value_t = 2000)]
+    pub events: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,15 +127,23 @@ pub struct ComponentArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+/// The run's settings. Every one may also be set in the configuration file under the same
+/// name (`max-in-flight = 1000`); a flag or its environment variable wins over the file.
+/// Defaults are applied after merging, so they are given in the help text, not to clap.
+#[derive(Clone, Debug, Args, Default)]
 pub struct RunArgs {
-    /// Salesforce Pub/Sub API endpoint: https://host:port, or http://host:port for the simulator.
-    #[arg(long, env = "SFZB_PUBSUB_ENDPOINT", default_value = crate::salesforce::pubsub::DEFAULT_ENDPOINT)]
-    pub pubsub_endpoint: String,
+    /// Configuration file (TOML). Without it, ./sfzb.toml is read when present.
+    #[arg(long = "config", env = "SFZB_CONFIG")]
+    pub config_file: Option<PathBuf>,
+
+    /// Salesforce Pub/Sub API endpoint: https://host:port, or http://host:port for the
+    /// simulator [default: https://api.pubsub.salesforce.com:7443].
+    #[arg(long, env = "SFZB_PUBSUB_ENDPOINT")]
+    pub pubsub_endpoint: Option<String>,
 
     /// Where to log in: https://login.salesforce.com, https://test.salesforce.com, or your My Domain URL.
     #[arg(long, env = "SALESFORCE_INSTANCE_URL")]
-    pub instance_url: String,
+    pub instance_url: Option<String>,
 
     /// Login flow. Inferred when omitted: jwt-bearer with --jwt-key-file, password with a
     /// client id and a username, client-credentials with a client id, else soap.
@@ -122,21 +175,23 @@ pub struct RunArgs {
     #[arg(long, env = "SALESFORCE_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// Salesforce API version for the SOAP login.
-    #[arg(long, default_value = "57.0")]
-    pub api_version: String,
+    /// Salesforce API version for the SOAP login [default: 57.0].
+    #[arg(long)]
+    pub api_version: Option<String>,
 
     /// Channel to subscribe to: /data/AccountChangeEvent, /data/Foo__ChangeEvent,
-    /// /data/ChangeEvents, a custom channel /data/Foo__chn; a bare AccountChangeEvent also works.
+    /// /data/ChangeEvents, a custom channel /data/Foo__chn; a bare AccountChangeEvent also
+    /// works. Given with a configuration file, the run has this one subscription.
     #[arg(long)]
-    pub channel: String,
+    pub channel: Option<String>,
 
-    /// Where rows go: jsonl:PATH (jsonl:- for standard output).
-    #[arg(long, default_value = "jsonl:-")]
-    pub sink: String,
+    /// Where rows go: jsonl:PATH (jsonl:- for standard output), delta:PATH_OR_URL, or
+    /// zerobus:catalog.schema.table [default: jsonl:-].
+    #[arg(long)]
+    pub sink: Option<String>,
 
-    /// Where undeliverable events go: jsonl:PATH. Defaults to PATH_dead_letter.jsonl next to a
-    /// jsonl sink file, standard error for standard output.
+    /// Where undeliverable events go: jsonl:PATH. Defaults to the sink's own dead-letter
+    /// place (PATH_dead_letter.jsonl, <table>_dead_letter).
     #[arg(long)]
     pub dead_letter: Option<String>,
 
@@ -148,33 +203,55 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_backfill: bool,
 
-    /// Events requested per stream at a time (flow control credit), 1 to 100.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub batch_size: u32,
+    /// Ignore stored checkpoints and start from LATEST (the reference's
+    /// enable_replay_recovery = false).
+    #[arg(long)]
+    pub no_replay_recovery: bool,
 
-    /// Resubscribe when the server sends nothing, not even a keepalive, for this many seconds.
-    #[arg(long, default_value_t = 300)]
-    pub idle_timeout_secs: u64,
+    /// Events requested per stream at a time (flow control credit), 1 to 100 [default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub batch_size: Option<u32>,
 
-    /// When Salesforce rejects the stored replay id (corrupted or past the 72-hour retention).
-    #[arg(long, value_enum, default_value_t = ReplayFallback::Fail)]
-    pub replay_invalid: ReplayFallback,
+    /// Resubscribe when the server sends nothing, not even a keepalive, for this many
+    /// seconds [default: 300].
+    #[arg(long)]
+    pub idle_timeout_secs: Option<u64>,
+
+    /// Consecutive idle timeouts after which /healthz reports the subscription stuck
+    /// [default: 3].
+    #[arg(long)]
+    pub max_timeouts: Option<u32>,
+
+    /// When Salesforce rejects the stored replay id (corrupted or past the 72-hour
+    /// retention) [default: fail].
+    #[arg(long, value_enum)]
+    pub replay_invalid: Option<ReplayFallback>,
 
     /// Exit 0 once no event arrived for this many seconds (keepalives do not count).
     #[arg(long, value_name = "SECS")]
     pub until_idle: Option<f64>,
 
-    /// Directory for checkpoints.
-    #[arg(long, env = "SFZB_STATE_DIR", default_value = ".sfzb-state")]
-    pub state_dir: PathBuf,
+    /// Directory for checkpoints [default: .sfzb-state].
+    #[arg(long, env = "SFZB_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 
-    /// Flush the sink and commit the checkpoint at least this often while events flow.
-    #[arg(long, default_value_t = 1000)]
-    pub flush_interval_ms: u64,
+    /// Flush the sink and commit the checkpoint at least this often while events flow
+    /// [default: 1000].
+    #[arg(long)]
+    pub flush_interval_ms: Option<u64>,
 
-    /// Events held in memory between fetch and write; fetching waits for room.
-    #[arg(long, default_value_t = 1000)]
-    pub max_in_flight: usize,
+    /// Events held in memory per subscription between fetch and write; fetching waits for
+    /// room [default: 1000].
+    #[arg(long)]
+    pub max_in_flight: Option<usize>,
+
+    /// Serve /metrics (Prometheus), /healthz and /stats on this address, e.g. 127.0.0.1:9464.
+    #[arg(long, env = "SFZB_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
+    /// Log a health report per subscription this often, seconds; 0 turns it off [default: 300].
+    #[arg(long)]
+    pub health_interval_secs: Option<u64>,
 
     /// Zerobus endpoint for zerobus: sinks, e.g. https://<workspace-id>.zerobus.<region>.cloud.databricks.com.
     #[arg(long, env = "DATABRICKS_ZEROBUS_ENDPOINT")]
@@ -197,9 +274,9 @@ pub struct RunArgs {
     #[arg(long, env = "DATABRICKS_WAREHOUSE_ID")]
     pub sql_warehouse_id: Option<String>,
 
-    /// How long one SQL statement may take, including a warehouse start, seconds.
-    #[arg(long, default_value_t = 300)]
-    pub sql_timeout_secs: u64,
+    /// How long one SQL statement may take, including a warehouse start, seconds [default: 300].
+    #[arg(long)]
+    pub sql_timeout_secs: Option<u64>,
 
     /// Fail instead of creating a missing Zerobus target table.
     #[arg(long)]
@@ -207,19 +284,19 @@ pub struct RunArgs {
 
     /// Record batches (of up to --batch-size rows) sent to Zerobus and not yet acknowledged,
     /// per table: bounds memory (~1.5 MB a batch of Account rows) and the duplicates a crash
-    /// can leave.
-    #[arg(long, default_value_t = 16)]
-    pub zerobus_max_inflight: usize,
+    /// can leave [default: 16].
+    #[arg(long)]
+    pub zerobus_max_inflight: Option<usize>,
 
     #[command(flatten)]
     pub transforms: TransformArgs,
 }
 
 /// Wasm transforms applied to every event, in the order given.
-#[derive(Debug, Args, Default)]
+#[derive(Clone, Debug, Args, Default)]
 pub struct TransformArgs {
     /// A Wasm component to run on every event (repeatable; applied in order). Its name is the
-    /// file stem: `mask` for `mask.wasm`.
+    /// file stem: `mask` for `mask.wasm`. Replaces the chains of the configuration file.
     #[arg(long = "transform", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
 
@@ -232,21 +309,21 @@ pub struct TransformArgs {
     #[arg(long = "transform-on-error", value_name = "[NAME=]POLICY")]
     pub on_error: Vec<String>,
 
-    /// Memory each transform instance may use, MiB.
-    #[arg(long, default_value_t = 64)]
-    pub transform_memory_mib: usize,
+    /// Memory each transform instance may use, MiB [default: 64].
+    #[arg(long)]
+    pub transform_memory_mib: Option<usize>,
 
-    /// Time one transform may spend on one event, milliseconds.
-    #[arg(long, default_value_t = 100)]
-    pub transform_timeout_ms: u64,
+    /// Time one transform may spend on one event, milliseconds [default: 100].
+    #[arg(long)]
+    pub transform_timeout_ms: Option<u64>,
 
     /// Fuel (Wasm instructions, roughly) one transform may spend on one event; unmetered if unset.
     #[arg(long)]
     pub transform_fuel: Option<u64>,
 
-    /// Replace a transform's instance with a fresh one after this many events.
-    #[arg(long, default_value_t = 100_000)]
-    pub transform_recycle_after: u64,
+    /// Replace a transform's instance with a fresh one after this many events [default: 100000].
+    #[arg(long)]
+    pub transform_recycle_after: Option<u64>,
 
     /// Where compiled components are cached; defaults to $XDG_CACHE_HOME/sfzb-host or
     /// ~/.cache/sfzb-host.
@@ -254,7 +331,8 @@ pub struct TransformArgs {
     pub transform_cache_dir: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AuthFlow {
     Soap,
     ClientCredentials,

@@ -17,6 +17,17 @@ pub enum Error {
     Transform(#[from] TransformError),
     #[error(transparent)]
     Authoring(#[from] crate::authoring::AuthoringError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
+    #[error("{failed} of {total} subscriptions failed (first: {name}: {error})")]
+    Subscriptions {
+        failed: usize,
+        total: usize,
+        name: String,
+        error: Box<Error>,
+    },
 }
 
 impl Error {
@@ -26,8 +37,10 @@ impl Error {
             // A component that cannot load or refuses its settings is a configuration problem.
             Error::Config(_)
             | Error::Transform(_)
-            | Error::Authoring(crate::authoring::AuthoringError::Transform(_)) => 2,
-            Error::Pipeline(_) | Error::Sim(_) | Error::Authoring(_) => 1,
+            | Error::Authoring(crate::authoring::AuthoringError::Transform(_))
+            | Error::Metrics(_) => 2,
+            Error::Pipeline(_) | Error::Sim(_) | Error::Authoring(_) | Error::Demo(_) => 1,
+            Error::Subscriptions { error, .. } => error.exit_code(),
         }
     }
 }

@@ -1,15 +1,41 @@
 //! sfzb-host: Salesforce Change Data Capture → sandboxed Wasm transforms → Databricks.
 //!
 //! Data flows one way: [`salesforce::pubsub`] (source) → [`salesforce::schema`] (decode) →
-//! [`sink`] → [`checkpoint`], wired per subscription by [`pipeline`].
+//! [`transform`] → [`sink`] → [`checkpoint`], wired per subscription by [`pipeline`]; this
+//! module runs the subscriptions of a plan side by side, each isolated from the others.
+//!
+//! From Rust, build a plan with [`SfzbHost::builder`] (or load `sfzb.toml` with
+//! [`config`]) and run it:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), sfzb_host::Error> {
+//! let host = sfzb_host::SfzbHost::builder()
+//!     .config_file("sfzb.toml")
+//!     .transform("mask.wasm")
+//!     .build()?;
+//! let shutdown = host.shutdown_handle();
+//! tokio::spawn(async move {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     shutdown.cancel();
+//! });
+//! let report = host.run().await?;
+//! for s in &report.subscriptions {
+//!     println!("{}: {:?}", s.name, s.result.as_ref().map(|stats| stats.written));
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod authoring;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod databricks;
+pub mod demo;
 pub mod error;
 pub mod event;
+pub mod health;
+pub mod metrics;
 pub mod pipeline;
 pub mod proto;
 pub mod salesforce;
@@ -17,52 +43,376 @@ pub mod sim;
 pub mod sink;
 pub mod transform;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
 
 use config::RunPlan;
 pub use error::Error;
+use health::{Health, State};
 use pipeline::SubscriptionStats;
 use salesforce::auth::{Authenticator, Credentials, SOAP_RETIREMENT};
 use salesforce::pubsub::PubSubConnection;
 
-/// Runs the plan's subscription until `cancel` fires, the idle limit passes, or it fails.
-pub async fn run(plan: RunPlan, cancel: CancellationToken) -> Result<SubscriptionStats, Error> {
-    if matches!(plan.org.credentials, Credentials::Soap { .. }) {
-        tracing::warn!("{SOAP_RETIREMENT}");
+/// How each subscription of a run ended.
+#[derive(Debug)]
+pub struct RunReport {
+    pub subscriptions: Vec<SubscriptionOutcome>,
+    /// Where `/metrics` was served, when it was.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug)]
+pub struct SubscriptionOutcome {
+    pub name: String,
+    pub result: Result<SubscriptionStats, Error>,
+}
+
+impl RunReport {
+    /// `Ok` when every subscription ended cleanly, else an error naming the first failure.
+    pub fn into_result(self) -> Result<Vec<SubscriptionStats>, Error> {
+        let total = self.subscriptions.len();
+        let mut stats = Vec::with_capacity(total);
+        let mut failures = Vec::new();
+        for outcome in self.subscriptions {
+            match outcome.result {
+                Ok(s) => stats.push(s),
+                Err(e) => failures.push((outcome.name, e)),
+            }
+        }
+        let failed = failures.len();
+        match failures.into_iter().next() {
+            None => Ok(stats),
+            Some((_, error)) if total == 1 => Err(error),
+            Some((name, error)) => Err(Error::Subscriptions {
+                failed,
+                total,
+                name,
+                error: Box::new(error),
+            }),
+        }
     }
-    let chain = load_chain(&plan.subscription.transforms, plan.cache_dir.clone()).await?;
-    let authenticator = Authenticator::new(
-        &plan.org.login_url,
-        &plan.org.api_version,
-        plan.org.credentials,
-    );
-    let connection = PubSubConnection::new(&plan.org.pubsub_endpoint, authenticator)
-        .map_err(pipeline::PipelineError::from)?;
-    Ok(
-        pipeline::run_subscription(connection, plan.subscription, chain, plan.options, cancel)
-            .await?,
-    )
+}
+
+/// Runs every subscription of the plan until `cancel` fires, the idle limit passes, or it
+/// fails; one failing does not stop the others. Errors before any subscription starts (a
+/// transform that does not load, a metrics port taken) fail the whole run.
+pub async fn run(plan: RunPlan, cancel: CancellationToken) -> Result<RunReport, Error> {
+    for org in &plan.orgs {
+        if matches!(org.credentials, Credentials::Soap { .. }) {
+            tracing::warn!(org = %org.name, "{SOAP_RETIREMENT}");
+        }
+    }
+    let mut chains = Vec::with_capacity(plan.subscriptions.len());
+    let runtime = transform_runtime(&plan).await?;
+    for sub in &plan.subscriptions {
+        chains.push(match &runtime {
+            Some(runtime) => load_chain_with(runtime.clone(), &sub.config.transforms).await?,
+            None => None,
+        });
+    }
+    let connections = plan
+        .orgs
+        .iter()
+        .map(|org| {
+            let authenticator =
+                Authenticator::new(&org.login_url, &org.api_version, org.credentials.clone());
+            PubSubConnection::new(&org.pubsub_endpoint, authenticator)
+                .map_err(|e| Error::from(pipeline::PipelineError::from(e)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let healths: Vec<Arc<Health>> = plan
+        .subscriptions
+        .iter()
+        .map(|s| {
+            Arc::new(Health::new(
+                &s.name,
+                &plan.orgs[s.org].name,
+                &s.config.channel,
+                &s.config.sink.to_string(),
+                s.config.idle_timeout,
+                s.config.max_timeouts,
+            ))
+        })
+        .collect();
+    let observers = cancel.child_token();
+    let metrics_addr = match plan.metrics_listen {
+        Some(addr) => Some(
+            metrics::serve(addr, healths.clone(), observers.clone())
+                .await?
+                .0,
+        ),
+        None => None,
+    };
+    tokio::spawn(report_health(
+        healths.clone(),
+        plan.health_interval,
+        observers.clone(),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (sub, chain)) in plan.subscriptions.into_iter().zip(chains).enumerate() {
+        let connection = connections[sub.org].clone();
+        let health = healths[i].clone();
+        let options = plan.options.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let result = pipeline::run_subscription(
+                connection,
+                sub.config,
+                chain,
+                options,
+                health.clone(),
+                cancel,
+            )
+            .await;
+            match &result {
+                Ok(_) => health.set_state(State::Stopped),
+                Err(error) => {
+                    tracing::error!(subscription = %sub.name, %error, "Subscription failed; the others keep running.");
+                    health.set_state(State::Failed(error.to_string()));
+                }
+            }
+            (i, sub.name, result.map_err(Error::from))
+        });
+    }
+    let mut outcomes: Vec<Option<SubscriptionOutcome>> = (0..healths.len()).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        let (i, name, result) = joined.expect("a subscription task does not panic");
+        outcomes[i] = Some(SubscriptionOutcome { name, result });
+    }
+    observers.cancel();
+    Ok(RunReport {
+        subscriptions: outcomes.into_iter().flatten().collect(),
+        metrics_addr,
+    })
+}
+
+/// Logs a health report per subscription every `interval`, and, every 10 s, progress for
+/// subscriptions that are catching up (a backfill): done, rate, and how far behind.
+async fn report_health(
+    healths: Vec<Arc<Health>>,
+    interval: Option<Duration>,
+    cancel: CancellationToken,
+) {
+    let progress_every = Duration::from_secs(10);
+    let mut last_report = tokio::time::Instant::now();
+    let mut report_base: Vec<_> = healths.iter().map(|h| h.snapshot()).collect();
+    let mut progress_base = report_base.clone();
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now: Vec<_> = healths.iter().map(|h| h.snapshot()).collect();
+        for (s, before) in now.iter().zip(&progress_base) {
+            let done = s.received - before.received;
+            if done > 0 && s.lag_secs.is_some_and(|lag| lag > 60.0) {
+                tracing::info!(
+                    subscription = %s.name,
+                    channel = %s.channel,
+                    received = s.received,
+                    events_per_sec = format!("{:.0}", done as f64 / progress_every.as_secs_f64()),
+                    behind = %humanize(s.lag_secs.unwrap_or_default()),
+                    "Backfill progress: {} events, {} behind the newest event.",
+                    s.received,
+                    humanize(s.lag_secs.unwrap_or_default()),
+                );
+            }
+        }
+        progress_base = now.clone();
+        if let Some(interval) = interval
+            && last_report.elapsed() >= interval
+        {
+            let window = last_report.elapsed();
+            for (s, before) in now.iter().zip(&report_base) {
+                s.log(before, window);
+            }
+            report_base = now;
+            last_report = tokio::time::Instant::now();
+        }
+    }
+}
+
+fn humanize(secs: f64) -> String {
+    let secs = secs as u64;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// One transform runtime (engine and compile cache) for every chain of the run.
+async fn transform_runtime(plan: &RunPlan) -> Result<Option<Arc<transform::Runtime>>, Error> {
+    let specs: Vec<_> = plan
+        .subscriptions
+        .iter()
+        .flat_map(|s| &s.config.transforms)
+        .collect();
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let options = transform::RuntimeOptions {
+        cache_dir: plan.cache_dir.clone(),
+        fuel: specs.iter().any(|s| s.limits.fuel.is_some()),
+    };
+    let runtime = tokio::task::spawn_blocking(move || transform::Runtime::new(options))
+        .await
+        .expect("starting the transform runtime does not panic")?;
+    Ok(Some(Arc::new(runtime)))
 }
 
 /// Compiles (or loads from the cache), links and initialises the transforms, off the async
 /// workers: compiling a Python or JavaScript component takes seconds.
 pub async fn load_chain(
     specs: &[transform::TransformSpec],
-    cache_dir: Option<std::path::PathBuf>,
+    cache_dir: Option<PathBuf>,
+) -> Result<Option<transform::Chain>, Error> {
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let fuel = specs.iter().any(|s| s.limits.fuel.is_some());
+    let runtime = tokio::task::spawn_blocking(move || {
+        transform::Runtime::new(transform::RuntimeOptions { cache_dir, fuel })
+    })
+    .await
+    .expect("starting the transform runtime does not panic")?;
+    load_chain_with(Arc::new(runtime), specs).await
+}
+
+async fn load_chain_with(
+    runtime: Arc<transform::Runtime>,
+    specs: &[transform::TransformSpec],
 ) -> Result<Option<transform::Chain>, Error> {
     if specs.is_empty() {
         return Ok(None);
     }
     let specs = specs.to_vec();
-    let fuel = specs.iter().any(|s| s.limits.fuel.is_some());
-    let chain = tokio::task::spawn_blocking(move || {
-        let runtime = std::sync::Arc::new(transform::Runtime::new(transform::RuntimeOptions {
-            cache_dir,
-            fuel,
-        })?);
-        transform::Chain::load(runtime, &specs)
-    })
-    .await
-    .expect("loading transforms does not panic")?;
+    let chain = tokio::task::spawn_blocking(move || transform::Chain::load(runtime, &specs))
+        .await
+        .expect("loading transforms does not panic")?;
     Ok(Some(chain))
+}
+
+/// The engine as a library: a plan from a configuration file and/or settings given in
+/// code, run with [`SfzbHost::run`] until done or until its shutdown handle is cancelled.
+pub struct SfzbHost {
+    plan: RunPlan,
+    cancel: CancellationToken,
+}
+
+/// Settings of an [`SfzbHost`]; each method takes what the `sfzb-host run` flag of the
+/// same name takes, and wins over the configuration file.
+#[derive(Default)]
+pub struct SfzbHostBuilder {
+    args: cli::RunArgs,
+}
+
+impl SfzbHost {
+    pub fn builder() -> SfzbHostBuilder {
+        SfzbHostBuilder::default()
+    }
+
+    /// Cancel it to stop: fetching stops, in-flight events are written and checkpointed.
+    pub fn shutdown_handle(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    pub fn plan(&self) -> &RunPlan {
+        &self.plan
+    }
+
+    pub async fn run(self) -> Result<RunReport, Error> {
+        run(self.plan, self.cancel).await
+    }
+}
+
+impl SfzbHostBuilder {
+    /// A `sfzb.toml` to start from (without one, `./sfzb.toml` is read when present).
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.args.config_file = Some(path.into());
+        self
+    }
+
+    pub fn instance_url(mut self, url: impl Into<String>) -> Self {
+        self.args.instance_url = Some(url.into());
+        self
+    }
+
+    pub fn pubsub_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.args.pubsub_endpoint = Some(url.into());
+        self
+    }
+
+    /// SOAP (or, with a client id, OAuth password) login.
+    pub fn username_password(
+        mut self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.args.username = Some(username.into());
+        self.args.password = Some(password.into());
+        self
+    }
+
+    /// OAuth client credentials.
+    pub fn client_credentials(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.args.client_id = Some(id.into());
+        self.args.client_secret = Some(secret.into());
+        self
+    }
+
+    pub fn channel(mut self, channel: impl Into<String>) -> Self {
+        self.args.channel = Some(channel.into());
+        self
+    }
+
+    /// `jsonl:PATH`, `delta:PATH_OR_URL` or `zerobus:catalog.schema.table`.
+    pub fn sink(mut self, sink: impl Into<String>) -> Self {
+        self.args.sink = Some(sink.into());
+        self
+    }
+
+    /// Appends a component to the chain (replacing the file's chains).
+    pub fn transform(mut self, path: impl Into<PathBuf>) -> Self {
+        self.args.transforms.paths.push(path.into());
+        self
+    }
+
+    /// A setting for a transform of the chain, by its name (the file stem).
+    pub fn transform_config(mut self, transform: &str, key: &str, value: &str) -> Self {
+        self.args
+            .transforms
+            .config
+            .push(format!("{transform}.{key}={value}"));
+        self
+    }
+
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.args.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Stop once no event arrived for this long.
+    pub fn until_idle(mut self, idle: Duration) -> Self {
+        self.args.until_idle = Some(idle.as_secs_f64());
+        self
+    }
+
+    pub fn metrics_listen(mut self, addr: std::net::SocketAddr) -> Self {
+        self.args.metrics_listen = Some(addr.to_string());
+        self
+    }
+
+    /// Validates everything (files, URLs, names, secrets) without connecting.
+    pub fn build(self) -> Result<SfzbHost, Error> {
+        Ok(SfzbHost {
+            plan: self.args.plan()?,
+            cancel: CancellationToken::new(),
+        })
+    }
 }

@@ -5,11 +5,12 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use sfzb_host::cli::{Cli, Command, LogFormat, TransformCommand};
+use sfzb_host::cli::{Cli, Command, ConfigCommand, LogFormat, TransformCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format, cli.log.as_deref());
+    let command = cli.into_command();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -17,10 +18,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {:#}", anyhow::Error::from(e.error));
+            eprintln!("error: {}", describe(&e.error));
             ExitCode::from(e.code)
         }
     }
@@ -46,31 +47,34 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
     match command {
         Command::Run(args) => {
             let plan = args.plan().map_err(sfzb_host::Error::from)?;
-            let stats = sfzb_host::run(plan, cancel).await?;
-            let active = (stats.active_ms as f64 / 1000.0).max(0.001);
-            eprintln!(
-                "{}: {} received, {} written to {}, {} dead-lettered in {:.1} s ({:.0} events/s while events flowed); checkpoint {}",
-                stats.channel,
-                stats.received,
-                stats.written,
-                stats.target,
-                stats.dead_lettered,
-                stats.elapsed_ms as f64 / 1000.0,
-                stats.received as f64 / active,
-                stats.checkpoint.as_deref().unwrap_or("none"),
-            );
-            for t in &stats.transforms {
-                eprintln!(
-                    "  transform {}: {} in, {} out, {} dropped, {} dead-lettered, {} skipped, {} restarts",
-                    t.name,
-                    t.events_in,
-                    t.events_out,
-                    t.dropped,
-                    t.dead_lettered,
-                    t.skipped,
-                    t.recycled
-                );
+            let report = sfzb_host::run(plan, cancel).await?;
+            for outcome in &report.subscriptions {
+                if let Ok(stats) = &outcome.result {
+                    summarize(&outcome.name, stats);
+                }
             }
+            report.into_result()?;
+        }
+        Command::Demo(args) => {
+            sfzb_host::demo::run(&args, cancel, &mut std::io::stdout()).await?;
+        }
+        Command::Config(ConfigCommand::Check { file, mut run }) => {
+            if file.is_some() {
+                run.config_file = file;
+            }
+            let plan = run.plan().map_err(sfzb_host::Error::from)?;
+            let text = serde_json::to_string_pretty(&plan.describe()).expect("a plan serializes");
+            println!("{text}");
+            eprintln!(
+                "{}: valid ({} subscription(s), {} org(s)).",
+                plan.source
+                    .as_ref()
+                    .map_or("flags and environment".to_string(), |p| p
+                        .display()
+                        .to_string()),
+                plan.subscriptions.len(),
+                plan.orgs.len()
+            );
         }
         Command::Transform(TransformCommand::Test { component, event }) => {
             let spec = component.spec().map_err(sfzb_host::Error::from)?;
@@ -161,6 +165,43 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The error and its causes, each cause once: our messages often quote their source already.
+fn describe(error: &sfzb_host::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn summarize(name: &str, stats: &sfzb_host::pipeline::SubscriptionStats) {
+    let active = (stats.active_ms as f64 / 1000.0).max(0.001);
+    eprintln!(
+        "{name} ({}): {} received, {} written to {}, {} dropped, {} dead-lettered in {:.1} s ({:.0} events/s while events flowed); checkpoint {}",
+        stats.channel,
+        stats.received,
+        stats.written,
+        stats.target,
+        stats.dropped,
+        stats.dead_lettered,
+        stats.elapsed_ms as f64 / 1000.0,
+        stats.received as f64 / active,
+        stats.checkpoint.as_deref().unwrap_or("none"),
+    );
+    for t in &stats.transforms {
+        eprintln!(
+            "  transform {}: {} in, {} out, {} dropped, {} dead-lettered, {} skipped, {} restarts",
+            t.name, t.events_in, t.events_out, t.dropped, t.dead_lettered, t.skipped, t.recycled
+        );
+    }
+}
+
 /// The first SIGINT/SIGTERM stops gracefully; a second exits at once (nothing past the
 /// last committed checkpoint is lost: the checkpoint only ever trails durable writes).
 async fn cancel_on_signal(cancel: CancellationToken) {
@@ -203,9 +244,8 @@ fn init_tracing(format: LogFormat, filter: Option<&str>) {
         Some(f) => EnvFilter::new(f),
         // delta-kernel logs an ERROR when probing a table that does not exist yet, which
         // sfzb-host then creates: not an error for us.
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            EnvFilter::new("info,buoyant_kernel=off,deltalake_core::writer::stats=error")
-        }),
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,buoyant_kernel=off,deltalake_core=warn")),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

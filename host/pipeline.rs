@@ -8,12 +8,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::checkpoint::{CheckpointError, CheckpointKey, FileCheckpointStore};
 use crate::event::ReplayId;
+use crate::health::Health;
 use crate::salesforce::auth::AuthError;
 use crate::salesforce::pubsub::{
     PubSubConnection, RawEvent, ReplayFallback, SourceMsg, StartPosition, SubscribeError,
@@ -35,8 +38,13 @@ pub struct SubscriptionConfig {
     pub replay: Option<StartPosition>,
     /// With no checkpoint, start from EARLIEST (true) or LATEST (false).
     pub backfill_historical: bool,
+    /// Resume from the stored checkpoint (false: always start from LATEST, as the
+    /// reference's `enable_replay_recovery = False`).
+    pub replay_recovery: bool,
     pub batch_size: u32,
     pub idle_timeout: Duration,
+    /// Consecutive idle timeouts after which the subscription counts as stuck.
+    pub max_timeouts: u32,
     pub on_invalid_replay: ReplayFallback,
     /// Transforms, in order.
     pub transforms: Vec<crate::transform::TransformSpec>,
@@ -120,12 +128,13 @@ pub async fn run_subscription(
     config: SubscriptionConfig,
     chain: Option<Chain>,
     options: RunOptions,
+    health: Arc<Health>,
     cancel: CancellationToken,
 ) -> Result<SubscriptionStats, PipelineError> {
-    let span =
-        tracing::info_span!("subscription", channel = %config.channel, target = %config.sink);
+    let span = tracing::info_span!("subscription", name = %health.name, channel = %config.channel, target = %config.sink);
     async move {
         let org_id = login(&connection, &config.channel, &cancel, options.until_idle).await?;
+        health.set_org_id(&org_id);
         let store = FileCheckpointStore::new(&options.state_dir);
         let key = CheckpointKey {
             org_id: org_id.clone(),
@@ -154,6 +163,7 @@ pub async fn run_subscription(
         subscribe.batch_size = config.batch_size;
         subscribe.idle_timeout = config.idle_timeout;
         subscribe.on_invalid_replay = config.on_invalid_replay;
+        subscribe.health = Some(health.clone());
         let subscriber = Subscriber::new(
             connection,
             subscribe,
@@ -184,6 +194,9 @@ pub async fn run_subscription(
             unflushed: None,
             last_flush: Instant::now(),
             first_batch: None,
+            health: health.clone(),
+            last_written: String::new(),
+            written_since_flush: 0,
         };
         let started = Instant::now();
         let result = stage.drive(rx, &options, &cancel).await;
@@ -249,6 +262,12 @@ fn start_position(config: &SubscriptionConfig, checkpoint: Option<ReplayId>) -> 
         tracing::info!(start = %replay, "Replay position set explicitly.");
         return replay.clone();
     }
+    if !config.replay_recovery {
+        tracing::info!(
+            "Replay recovery disabled: starting from LATEST (enable-replay-recovery = false)."
+        );
+        return StartPosition::Latest;
+    }
     match checkpoint {
         Some(id) => {
             tracing::info!(replay_id = %id, "Resuming from previous session with replay_id: {id}");
@@ -289,6 +308,10 @@ struct Stage2<'a> {
     unflushed: Option<ReplayId>,
     last_flush: Instant,
     first_batch: Option<Instant>,
+    health: Arc<Health>,
+    /// The last event written, as the reference logs it: `Account UPDATE 001…`.
+    last_written: String,
+    written_since_flush: u64,
 }
 
 impl Stage2<'_> {
@@ -324,7 +347,9 @@ impl Stage2<'_> {
                 msg = rx.recv() => match msg {
                     None => return Ok(()),
                     Some(SourceMsg::Keepalive { latest }) => {
+                        self.health.message();
                         self.stats.keepalives += 1;
+                        self.health.keepalives.store(self.stats.keepalives, Relaxed);
                         // Everything received is already written: the keepalive position is safe.
                         if self.stats.checkpoint.as_deref() != Some(&latest.to_hex()) {
                             self.unflushed = Some(latest);
@@ -332,6 +357,7 @@ impl Stage2<'_> {
                     }
                     Some(SourceMsg::Events { events, org_id, credit }) => {
                         idle_deadline = tokio::time::Instant::now() + idle;
+                        self.health.message();
                         self.handle(events, org_id).await?;
                         drop(credit);
                         if self.last_flush.elapsed() >= options.flush_interval {
@@ -353,6 +379,9 @@ impl Stage2<'_> {
         let mut letters = Vec::new();
         let last = events.last().map(|e| e.replay_id.clone());
         self.stats.received += events.len() as u64;
+        self.health
+            .in_flight
+            .fetch_add(events.len() as u64, Relaxed);
         for raw in events {
             let meta = EventMeta {
                 org_id: org_id.clone(),
@@ -465,6 +494,8 @@ impl Stage2<'_> {
                     }
                 }
             }
+            self.health
+                .event_committed_at(event.header.commit_timestamp);
             let row = Row::from_event(event, processed);
             match tables.iter_mut().find(|(t, _)| *t == routed.table) {
                 Some((_, rows)) => rows.push(row),
@@ -474,6 +505,16 @@ impl Stage2<'_> {
         for (table, rows) in &tables {
             self.sink.write(table.as_deref(), rows).await?;
             self.stats.written += rows.len() as u64;
+            self.written_since_flush += rows.len() as u64;
+        }
+        if let Some(row) = tables.last().and_then(|(_, rows)| rows.last()) {
+            let h = &row.event.header;
+            self.last_written = format!(
+                "{} {} {}",
+                h.entity_name,
+                h.change_type,
+                row.event.first_record_id()
+            );
         }
         if !letters.is_empty() {
             match self.dead_spec {
@@ -491,6 +532,12 @@ impl Stage2<'_> {
         let first = *self.first_batch.get_or_insert_with(Instant::now);
         self.stats.active_ms = first.elapsed().as_millis() as u64;
         self.stats.dead_lettered += letters.len() as u64;
+        self.health.received.store(self.stats.received, Relaxed);
+        self.health.written.store(self.stats.written, Relaxed);
+        self.health.dropped.store(self.stats.dropped, Relaxed);
+        self.health
+            .dead_lettered
+            .store(self.stats.dead_lettered, Relaxed);
         if let Some(last) = last {
             self.unflushed = Some(last);
         }
@@ -536,8 +583,23 @@ impl Stage2<'_> {
             None if self.sink.keeps_checkpoint() => {}
             None => self.store.commit(self.key, &position).await?,
         }
+        if self.written_since_flush > 0 {
+            tracing::info!(
+                replay_id = %position,
+                "Written to {}: {} events, last {}",
+                self.health.target,
+                self.written_since_flush,
+                self.last_written
+            );
+            self.written_since_flush = 0;
+        }
         tracing::debug!(replay_id = %position, written = self.stats.written, "Checkpoint committed.");
-        self.stats.checkpoint = Some(position.to_hex());
+        let hex = position.to_hex();
+        self.health.checkpointed(&hex);
+        self.stats.checkpoint = Some(hex);
+        if let Some(chain) = &self.chain {
+            self.health.set_transforms(chain.stats());
+        }
         Ok(())
     }
 }

@@ -51,6 +51,30 @@ impl Credentials {
             Credentials::Password { .. } => "password",
         }
     }
+
+    /// The flow and who logs in, secrets masked: for `config check` and logs.
+    pub fn describe(&self) -> serde_json::Value {
+        let (client_id, username) = match self {
+            Credentials::Soap { username, .. } => (None, Some(username)),
+            Credentials::ClientCredentials { client_id, .. } => (Some(client_id), None),
+            Credentials::JwtBearer {
+                client_id,
+                username,
+                ..
+            }
+            | Credentials::Password {
+                client_id,
+                username,
+                ..
+            } => (Some(client_id), Some(username)),
+        };
+        serde_json::json!({
+            "flow": self.kind(),
+            "client-id": client_id,
+            "username": username,
+            "secret": "***",
+        })
+    }
 }
 
 /// An authenticated session.

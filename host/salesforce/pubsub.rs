@@ -87,6 +87,8 @@ pub struct SubscribeOptions {
     pub batch_size: u32,
     /// Resubscribe when the server sends nothing, not even a keepalive, for this long.
     pub idle_timeout: Duration,
+    /// Told about idle timeouts and stream failures, for /healthz.
+    pub health: Option<Arc<crate::health::Health>>,
     pub on_invalid_replay: ReplayFallback,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -99,6 +101,7 @@ impl SubscribeOptions {
             start,
             batch_size: MAX_BATCH,
             idle_timeout: Duration::from_secs(300),
+            health: None,
             on_invalid_replay: ReplayFallback::Fail,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
@@ -421,6 +424,9 @@ impl Subscriber {
             let status = match end {
                 StreamEnd::Cancelled => return Ok(()),
                 StreamEnd::Idle => {
+                    if let Some(health) = &self.options.health {
+                        health.idle_timeout();
+                    }
                     tracing::warn!(
                         idle_secs = self.options.idle_timeout.as_secs(),
                         "Nothing received, not even a keepalive; resubscribing."
@@ -431,6 +437,9 @@ impl Subscriber {
             };
             let failure = classify(&status);
             let detail = format!("{}: {}", error_code(&status), status.message());
+            if let Some(health) = &self.options.health {
+                health.stream_failed(&detail);
+            }
             match failure {
                 Failure::Auth => {
                     tracing::info!(%detail, "Session expired or rejected; logging in again.");

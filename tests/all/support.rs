@@ -57,19 +57,28 @@ pub fn plan(sim: &Simulator, dir: &Path, channel: &str, extra: &[&str]) -> RunPl
         argv.extend(["--username", "u", "--password", "p"]);
     }
     argv.extend_from_slice(extra);
-    match Cli::try_parse_from(argv).expect("flags parse").command {
+    match Cli::try_parse_from(argv)
+        .expect("flags parse")
+        .into_command()
+    {
         Command::Run(args) => args.plan().expect("plan is valid"),
         _ => unreachable!(),
     }
 }
 
 pub async fn run(plan: RunPlan) -> Result<SubscriptionStats, sfzb_host::Error> {
-    tokio::time::timeout(
+    let report = tokio::time::timeout(
         Duration::from_secs(60),
         sfzb_host::run(plan, CancellationToken::new()),
     )
     .await
-    .expect("the run ends within 60 s")
+    .expect("the run ends within 60 s")?;
+    single(report)
+}
+
+/// The stats of a one-subscription run.
+pub fn single(report: sfzb_host::RunReport) -> Result<SubscriptionStats, sfzb_host::Error> {
+    report.into_result().map(|mut all| all.remove(0))
 }
 
 pub fn rows(path: &Path) -> Vec<serde_json::Value> {

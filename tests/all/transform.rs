@@ -479,5 +479,6 @@ async fn a_changed_component_is_swapped_in_between_events_and_a_bad_one_is_refus
         "nothing lost, nothing twice"
     );
     assert!(rows(&out(dir.path())).is_empty());
+    let stats = single(stats).unwrap();
     assert_eq!(stats.transforms[0].name, "t");
 }

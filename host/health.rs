@@ -1,0 +1,318 @@
+//! What each subscription is doing, as it happens: counters the pipeline bumps, the state
+//! it is in, and the judgement "healthy or stuck, and why". The periodic health report,
+//! the progress lines of a backfill, `/metrics`, `/healthz` and `/stats` all read this;
+//! nothing here feeds back into the pipeline.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::transform::TransformStats;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "error")]
+pub enum State {
+    Starting,
+    Running,
+    /// Resubscribing after a stream failure.
+    Reconnecting(String),
+    Stopped,
+    Failed(String),
+}
+
+/// Live figures of one subscription.
+#[derive(Debug)]
+pub struct Health {
+    pub name: String,
+    pub org: String,
+    pub channel: String,
+    pub target: String,
+    max_timeouts: u32,
+    idle_timeout: Duration,
+    started: Instant,
+    pub received: AtomicU64,
+    pub written: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub dropped: AtomicU64,
+    pub keepalives: AtomicU64,
+    /// Stream failures and idle timeouts that led to a resubscription.
+    pub reconnects: AtomicU64,
+    /// Events received and not yet covered by a committed checkpoint.
+    pub in_flight: AtomicU64,
+    consecutive_timeouts: AtomicU32,
+    /// Commit timestamp (ms) of the newest event handled.
+    last_commit_ms: AtomicI64,
+    /// When the server last sent anything (event or keepalive), ms since the epoch.
+    last_message_ms: AtomicI64,
+    checkpoint_ms: AtomicI64,
+    checkpoint: Mutex<Option<String>>,
+    org_id: Mutex<Option<String>>,
+    state: Mutex<State>,
+    transforms: Mutex<Vec<TransformStats>>,
+}
+
+fn now_ms() -> i64 {
+    crate::sink::row::now_ms()
+}
+
+impl Health {
+    pub fn new(
+        name: &str,
+        org: &str,
+        channel: &str,
+        target: &str,
+        idle_timeout: Duration,
+        max_timeouts: u32,
+    ) -> Health {
+        Health {
+            name: name.to_string(),
+            org: org.to_string(),
+            channel: channel.to_string(),
+            target: target.to_string(),
+            max_timeouts: max_timeouts.max(1),
+            idle_timeout,
+            started: Instant::now(),
+            received: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            keepalives: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            consecutive_timeouts: AtomicU32::new(0),
+            last_commit_ms: AtomicI64::new(0),
+            last_message_ms: AtomicI64::new(0),
+            checkpoint_ms: AtomicI64::new(0),
+            checkpoint: Mutex::new(None),
+            org_id: Mutex::new(None),
+            state: Mutex::new(State::Starting),
+            transforms: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn set_state(&self, state: State) {
+        *self.state.lock().expect("health lock") = state;
+    }
+
+    pub fn state(&self) -> State {
+        self.state.lock().expect("health lock").clone()
+    }
+
+    pub fn set_org_id(&self, org_id: &str) {
+        *self.org_id.lock().expect("health lock") = Some(org_id.to_string());
+    }
+
+    /// The server sent something: the stream is alive.
+    pub fn message(&self) {
+        self.last_message_ms.store(now_ms(), Relaxed);
+        self.consecutive_timeouts.store(0, Relaxed);
+        let mut state = self.state.lock().expect("health lock");
+        if matches!(*state, State::Starting | State::Reconnecting(_)) {
+            *state = State::Running;
+        }
+    }
+
+    pub fn event_committed_at(&self, commit_timestamp_ms: i64) {
+        self.last_commit_ms.fetch_max(commit_timestamp_ms, Relaxed);
+    }
+
+    pub fn idle_timeout(&self) {
+        self.consecutive_timeouts.fetch_add(1, Relaxed);
+        self.reconnects.fetch_add(1, Relaxed);
+    }
+
+    pub fn stream_failed(&self, detail: &str) {
+        self.reconnects.fetch_add(1, Relaxed);
+        self.set_state(State::Reconnecting(detail.to_string()));
+    }
+
+    pub fn checkpointed(&self, replay_id: &str) {
+        *self.checkpoint.lock().expect("health lock") = Some(replay_id.to_string());
+        self.checkpoint_ms.store(now_ms(), Relaxed);
+        self.in_flight.store(0, Relaxed);
+    }
+
+    pub fn set_transforms(&self, stats: Vec<TransformStats>) {
+        *self.transforms.lock().expect("health lock") = stats;
+    }
+
+    /// `None` when healthy, else why not.
+    pub fn problem(&self) -> Option<String> {
+        match self.state() {
+            State::Failed(error) => return Some(format!("failed: {error}")),
+            State::Stopped => return None,
+            _ => {}
+        }
+        let timeouts = self.consecutive_timeouts.load(Relaxed);
+        if timeouts >= self.max_timeouts {
+            return Some(format!(
+                "stuck: nothing received from Salesforce, not even a keepalive, for {timeouts} idle timeouts of {} s in a row",
+                self.idle_timeout.as_secs()
+            ));
+        }
+        let quiet_ms = now_ms() - self.last_message_ms.load(Relaxed).max(self.started_ms());
+        let limit_ms = (self.idle_timeout.as_millis() as i64) * i64::from(self.max_timeouts);
+        if quiet_ms > limit_ms {
+            let state = match self.state() {
+                State::Reconnecting(error) => format!(" (last error: {error})"),
+                _ => String::new(),
+            };
+            return Some(format!(
+                "stuck: no message from Salesforce for {} s{state}",
+                quiet_ms / 1000
+            ));
+        }
+        None
+    }
+
+    fn started_ms(&self) -> i64 {
+        now_ms() - self.started.elapsed().as_millis() as i64
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let now = now_ms();
+        let last_commit = self.last_commit_ms.load(Relaxed);
+        let checkpoint_ms = self.checkpoint_ms.load(Relaxed);
+        let received = self.received.load(Relaxed);
+        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+        let problem = self.problem();
+        Snapshot {
+            name: self.name.clone(),
+            org: self.org.clone(),
+            org_id: self.org_id.lock().expect("health lock").clone(),
+            channel: self.channel.clone(),
+            target: self.target.clone(),
+            state: self.state(),
+            running: matches!(
+                self.state(),
+                State::Starting | State::Running | State::Reconnecting(_)
+            ),
+            is_healthy: problem.is_none(),
+            problem,
+            received,
+            written: self.written.load(Relaxed),
+            dead_lettered: self.dead_lettered.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            keepalives: self.keepalives.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            queue_size: self.in_flight.load(Relaxed),
+            events_per_second: received as f64 / elapsed,
+            checkpoint: self.checkpoint.lock().expect("health lock").clone(),
+            checkpoint_age_secs: (checkpoint_ms > 0).then(|| (now - checkpoint_ms) as f64 / 1000.0),
+            lag_secs: (last_commit > 0).then(|| (now - last_commit).max(0) as f64 / 1000.0),
+            consecutive_timeouts: self.consecutive_timeouts.load(Relaxed),
+            uptime_secs: elapsed,
+            transforms: self.transforms.lock().expect("health lock").clone(),
+        }
+    }
+}
+
+/// One subscription's figures at one moment; `/stats` serves these (with the reference's
+/// `get_stats()` keys: `running`, `queue_size`, `org_id`, `is_healthy`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub name: String,
+    pub org: String,
+    pub org_id: Option<String>,
+    pub channel: String,
+    pub target: String,
+    #[serde(flatten)]
+    pub state: State,
+    pub running: bool,
+    pub is_healthy: bool,
+    pub problem: Option<String>,
+    pub received: u64,
+    pub written: u64,
+    pub dead_lettered: u64,
+    pub dropped: u64,
+    pub keepalives: u64,
+    pub reconnects: u64,
+    /// Events received and not yet behind a committed checkpoint.
+    pub queue_size: u64,
+    pub events_per_second: f64,
+    pub checkpoint: Option<String>,
+    pub checkpoint_age_secs: Option<f64>,
+    /// Now minus the commit timestamp of the newest event handled.
+    pub lag_secs: Option<f64>,
+    pub consecutive_timeouts: u32,
+    pub uptime_secs: f64,
+    pub transforms: Vec<TransformStats>,
+}
+
+impl Snapshot {
+    /// The periodic health report line.
+    pub fn log(&self, since: &Snapshot, window: Duration) {
+        let rate = (self.received - since.received) as f64 / window.as_secs_f64().max(0.001);
+        let transforms: Vec<String> = self
+            .transforms
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}: {} in/{} out/{} dropped/{} dead-lettered",
+                    t.name, t.events_in, t.events_out, t.dropped, t.dead_lettered
+                )
+            })
+            .collect();
+        tracing::info!(
+            subscription = %self.name,
+            channel = %self.channel,
+            events_per_sec = format!("{rate:.1}"),
+            received = self.received,
+            written = self.written,
+            dropped = self.dropped,
+            dead_lettered = self.dead_lettered,
+            in_flight = self.queue_size,
+            checkpoint_age_secs = self.checkpoint_age_secs.map(|s| format!("{s:.1}")).unwrap_or_else(|| "none".into()),
+            lag_secs = self.lag_secs.map(|s| format!("{s:.1}")).unwrap_or_else(|| "none".into()),
+            reconnects = self.reconnects,
+            transforms = %transforms.join("; "),
+            healthy = self.is_healthy,
+            problem = self.problem.as_deref().unwrap_or(""),
+            "Health report."
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> Health {
+        Health::new(
+            "a",
+            "default",
+            "/data/AccountChangeEvent",
+            "jsonl:-",
+            Duration::from_secs(10),
+            2,
+        )
+    }
+
+    #[test]
+    fn consecutive_idle_timeouts_make_a_subscription_stuck_until_a_message_arrives() {
+        let h = health();
+        h.message();
+        assert_eq!(h.problem(), None);
+        h.idle_timeout();
+        assert_eq!(h.problem(), None);
+        h.idle_timeout();
+        assert!(h.problem().unwrap().contains("stuck"), "{:?}", h.problem());
+        h.message();
+        assert_eq!(h.problem(), None);
+        assert_eq!(h.snapshot().reconnects, 2);
+    }
+
+    #[test]
+    fn a_failed_subscription_is_unhealthy_and_names_the_error() {
+        let h = health();
+        h.set_state(State::Failed("topic not found".into()));
+        let s = h.snapshot();
+        assert!(!s.is_healthy && !s.running);
+        assert!(s.problem.unwrap().contains("topic not found"));
+        let json = serde_json::to_value(h.snapshot()).unwrap();
+        assert_eq!(json["state"], "failed");
+        assert_eq!(json["is_healthy"], false);
+    }
+}

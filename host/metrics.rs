@@ -1,0 +1,223 @@
+//! The HTTP endpoint (`--metrics-listen`, off by default): Prometheus `/metrics`,
+//! `/healthz` (503 with the reasons when a subscription failed or is stuck) and `/stats`
+//! (JSON, with the reference's `get_stats()` keys). It only reads [`Health`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{Health, Snapshot};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for --metrics-listen: {source}")]
+pub struct MetricsError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+type Healths = Arc<Vec<Arc<Health>>>;
+
+/// Binds now (so a taken port is a startup error) and serves until `cancel`.
+pub async fn serve(
+    addr: SocketAddr,
+    healths: Vec<Arc<Health>>,
+    cancel: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), MetricsError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| MetricsError { addr, source })?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/stats", get(stats))
+        .with_state(Arc::new(healths));
+    tracing::info!(%local, "Serving /metrics, /healthz and /stats.");
+    let task = tokio::spawn(async move {
+        let shutdown = async move { cancel.cancelled().await };
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "Metrics endpoint stopped.");
+        }
+    });
+    Ok((local, task))
+}
+
+async fn healthz(State(healths): State<Healths>) -> impl IntoResponse {
+    let problems: Vec<String> = healths
+        .iter()
+        .filter_map(|h| {
+            h.problem()
+                .map(|p| format!("{} ({}): {p}", h.name, h.channel))
+        })
+        .collect();
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy\n{}\n", problems.join("\n")),
+        )
+    }
+}
+
+async fn stats(State(healths): State<Healths>) -> impl IntoResponse {
+    let subscriptions: Vec<Snapshot> = healths.iter().map(|h| h.snapshot()).collect();
+    let org_ids: Vec<&str> = subscriptions
+        .iter()
+        .filter_map(|s| s.org_id.as_deref())
+        .collect();
+    axum::Json(serde_json::json!({
+        "running": subscriptions.iter().any(|s| s.running),
+        "is_healthy": subscriptions.iter().all(|s| s.is_healthy),
+        "queue_size": subscriptions.iter().map(|s| s.queue_size).sum::<u64>(),
+        "org_id": org_ids.first(),
+        "subscriptions": subscriptions,
+    }))
+}
+
+async fn metrics(State(healths): State<Healths>) -> impl IntoResponse {
+    let mut registry = Registry::with_prefix("sfzb");
+    registry.register_collector(Box::new(Figures(
+        healths.iter().map(|h| h.snapshot()).collect(),
+    )));
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "cannot encode metrics\n".to_string(),
+        ),
+    }
+}
+
+/// The snapshots of one scrape.
+#[derive(Debug)]
+struct Figures(Vec<Snapshot>);
+
+type Labels = [(&'static str, String); 3];
+
+/// A metric: name, help, and how to read it off a snapshot.
+type Metric<T> = (&'static str, &'static str, fn(&Snapshot) -> T);
+
+fn labels(s: &Snapshot) -> Labels {
+    [
+        ("subscription", s.name.clone()),
+        ("org", s.org.clone()),
+        ("channel", s.channel.clone()),
+    ]
+}
+
+impl Collector for Figures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters: [Metric<u64>; 6] = [
+            ("events_received", "Events received from Salesforce.", |s| {
+                s.received
+            }),
+            ("events_written", "Rows written to the sink.", |s| s.written),
+            ("events_dropped", "Events a transform dropped.", |s| {
+                s.dropped
+            }),
+            (
+                "events_dead_lettered",
+                "Events sent to the dead-letter place.",
+                |s| s.dead_lettered,
+            ),
+            ("keepalives", "Keepalives received.", |s| s.keepalives),
+            (
+                "reconnects",
+                "Resubscriptions after a stream failure or idle timeout.",
+                |s| s.reconnects,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let ty = ConstCounter::new(0u64).metric_type();
+            let mut family = encoder.encode_descriptor(name, help, None, ty)?;
+            for s in &self.0 {
+                ConstCounter::new(value(s)).encode(family.encode_family(&labels(s))?)?;
+            }
+        }
+        let gauges: [Metric<f64>; 5] = [
+            (
+                "in_flight_events",
+                "Events received and not yet behind a committed checkpoint.",
+                |s| s.queue_size as f64,
+            ),
+            (
+                "checkpoint_age_seconds",
+                "Seconds since the checkpoint was last committed (-1: never).",
+                |s| s.checkpoint_age_secs.unwrap_or(-1.0),
+            ),
+            (
+                "lag_seconds",
+                "Now minus the commit timestamp of the newest event handled (-1: none yet).",
+                |s| s.lag_secs.unwrap_or(-1.0),
+            ),
+            (
+                "healthy",
+                "1 when the subscription is healthy, else 0 (see /healthz).",
+                |s| if s.is_healthy { 1.0 } else { 0.0 },
+            ),
+            ("running", "1 while the subscription runs.", |s| {
+                if s.running { 1.0 } else { 0.0 }
+            }),
+        ];
+        for (name, help, value) in gauges {
+            let ty = ConstGauge::new(0f64).metric_type();
+            let mut family = encoder.encode_descriptor(name, help, None, ty)?;
+            for s in &self.0 {
+                ConstGauge::new(value(s)).encode(family.encode_family(&labels(s))?)?;
+            }
+        }
+        let ty = ConstCounter::new(0u64).metric_type();
+        let mut family = encoder.encode_descriptor(
+            "transform_events",
+            "Events per transform and outcome.",
+            None,
+            ty,
+        )?;
+        for s in &self.0 {
+            for t in &s.transforms {
+                for (outcome, n) in [
+                    ("in", t.events_in),
+                    ("out", t.events_out),
+                    ("dropped", t.dropped),
+                    ("dead_lettered", t.dead_lettered),
+                    ("skipped", t.skipped),
+                ] {
+                    let labels = [
+                        ("subscription", s.name.clone()),
+                        ("transform", t.name.clone()),
+                        ("outcome", outcome.to_string()),
+                    ];
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
