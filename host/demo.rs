@@ -113,7 +113,10 @@ pub async fn run(
     );
     let first = table_path(dir, CHANNELS[0].1);
     let _ = writeln!(out, "Configuration used: {}", config.display());
-    let _ = writeln!(out, "Query a table with any Delta reader, e.g.:");
+    let _ = writeln!(
+        out,
+        "Query a table with any Delta reader, e.g. (after `pip install 'deltalake[pyarrow]' pandas`):"
+    );
     let _ = writeln!(
         out,
         "  python3 -c \"import deltalake; print(deltalake.DeltaTable('{}').to_pandas()[['replay_id','change_type','record_ids']].tail())\"",

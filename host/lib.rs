@@ -197,33 +197,38 @@ async fn report_health(
     cancel: CancellationToken,
 ) {
     let progress_every = Duration::from_secs(10);
+    let period = interval.map_or(progress_every, |i| i.min(progress_every));
     let mut last_report = tokio::time::Instant::now();
+    let mut last_progress = tokio::time::Instant::now();
     let mut report_base: Vec<_> = healths.iter().map(|h| h.snapshot()).collect();
     let mut progress_base = report_base.clone();
-    let mut tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now: Vec<_> = healths.iter().map(|h| h.snapshot()).collect();
-        for (s, before) in now.iter().zip(&progress_base) {
-            let done = s.received - before.received;
-            if done > 0 && s.lag_secs.is_some_and(|lag| lag > 60.0) {
-                tracing::info!(
-                    subscription = %s.name,
-                    channel = %s.channel,
-                    received = s.received,
-                    events_per_sec = format!("{:.0}", done as f64 / progress_every.as_secs_f64()),
-                    behind = %humanize(s.lag_secs.unwrap_or_default()),
-                    "Backfill progress: {} events, {} behind the newest event.",
-                    s.received,
-                    humanize(s.lag_secs.unwrap_or_default()),
-                );
+        if last_progress.elapsed() >= progress_every {
+            let window = last_progress.elapsed().as_secs_f64();
+            for (s, before) in now.iter().zip(&progress_base) {
+                let done = s.received - before.received;
+                if done > 0 && s.lag_secs.is_some_and(|lag| lag > 60.0) {
+                    let behind = humanize(s.lag_secs.unwrap_or_default());
+                    tracing::info!(
+                        subscription = %s.name,
+                        channel = %s.channel,
+                        received = s.received,
+                        events_per_sec = format!("{:.0}", done as f64 / window),
+                        behind = %behind,
+                        "Backfill progress: {} events, {behind} behind the newest event.",
+                        s.received,
+                    );
+                }
             }
+            progress_base = now.clone();
+            last_progress = tokio::time::Instant::now();
         }
-        progress_base = now.clone();
         if let Some(interval) = interval
             && last_report.elapsed() >= interval
         {

@@ -247,7 +247,9 @@ fn init_tracing(format: LogFormat, filter: Option<&str>) {
         None => EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new("info,buoyant_kernel=off,deltalake_core=warn")),
     };
+    // Escape codes only for a person at a terminal, not for files and log collectors.
     let builder = tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {

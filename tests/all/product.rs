@@ -35,7 +35,7 @@ fn the_default_action_runs_the_pipeline_from_sfzb_toml_in_the_working_directory(
         dir.path(),
         "sfzb.toml",
         &format!(
-            "until-idle = 2.0\nflush-interval-ms = 100\n\n{}\n[[subscription]]\nchannel = \"AccountChangeEvent\"\nsink = \"jsonl:out.jsonl\"\n",
+            "until-idle = 2.0\nflush-interval-ms = 100\nhealth-interval-secs = 1\n\n{}\n[[subscription]]\nchannel = \"AccountChangeEvent\"\nsink = \"jsonl:out.jsonl\"\n",
             org_section("salesforce", &pubsub, &login)
         ),
     );
@@ -64,6 +64,14 @@ fn the_default_action_runs_the_pipeline_from_sfzb_toml_in_the_working_directory(
     assert!(!phones.is_empty(), "some events carry a phone");
     assert!(phones.iter().all(|p| p == "REDACTED"), "{phones:?}");
     assert!(stderr.contains("transform mask: 300 in"), "{stderr}");
+    let report = stderr
+        .lines()
+        .find(|l| l.contains("Health report."))
+        .unwrap_or_else(|| panic!("a health report within the run: {stderr}"));
+    assert!(
+        report.contains("written=300") && report.contains("mask: 300 in"),
+        "{report}"
+    );
 }
 
 #[test]
