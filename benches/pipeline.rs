@@ -9,6 +9,8 @@
 //! the sink (default `jsonl:/dev/null`; `delta:/tmp/bench-table`, emptied first;
 //! `zerobus:main.bench.events` to the Zerobus test server of the simulator's process).
 
+// The tests' guest builder; the bench uses only its Rust components.
+#[allow(dead_code)]
 #[path = "../tests/all/guests.rs"]
 mod guests;
 

@@ -6,6 +6,8 @@
 //! - rejected: the whole event is lowered into the guest as a typed record and lifted back
 //!   (`benches/wit-record/record.wit`), including the host-side conversions both ways.
 
+// The tests' guest builder; this bench uses only its Rust components.
+#[allow(dead_code)]
 #[path = "../tests/all/guests.rs"]
 mod guests;
 

@@ -96,6 +96,17 @@ pub enum TransformCommand {
         #[arg(long)]
         event: PathBuf,
     },
+    /// Create a ready-to-build transform: the WIT, a starting transform, its build setup, a
+    /// sample event and a README; prints the commands that build and test it.
+    Init {
+        #[arg(long, value_enum)]
+        lang: Lang,
+        /// The transform's name, and its directory.
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Print the component's cost per event on the standard 30-field Account event.
     Bench {
         #[command(flatten)]
@@ -104,6 +115,13 @@ pub enum TransformCommand {
         #[arg(long, default_value_t = 20_000)]
         events: usize,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    Js,
 }
 
 #[derive(Debug, Args)]

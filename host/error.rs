@@ -21,6 +21,8 @@ pub enum Error {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
+    #[error(transparent)]
+    Scaffold(#[from] crate::scaffold::ScaffoldError),
     #[error("{failed} of {total} subscriptions failed (first: {name}: {error})")]
     Subscriptions {
         failed: usize,
@@ -38,8 +40,13 @@ impl Error {
             Error::Config(_)
             | Error::Transform(_)
             | Error::Authoring(crate::authoring::AuthoringError::Transform(_))
-            | Error::Metrics(_) => 2,
-            Error::Pipeline(_) | Error::Sim(_) | Error::Authoring(_) | Error::Demo(_) => 1,
+            | Error::Metrics(_)
+            | Error::Scaffold(crate::scaffold::ScaffoldError::Name { .. }) => 2,
+            Error::Pipeline(_)
+            | Error::Sim(_)
+            | Error::Authoring(_)
+            | Error::Demo(_)
+            | Error::Scaffold(_) => 1,
             Error::Subscriptions { error, .. } => error.exit_code(),
         }
     }

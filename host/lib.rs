@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod proto;
 pub mod salesforce;
+pub mod scaffold;
 pub mod sim;
 pub mod sink;
 pub mod transform;

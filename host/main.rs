@@ -86,6 +86,16 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
             .expect("transform test does not panic")
             .map_err(sfzb_host::Error::from)?;
         }
+        Command::Transform(TransformCommand::Init { lang, name, dir }) => {
+            let made =
+                sfzb_host::scaffold::init(lang, &name, &dir).map_err(sfzb_host::Error::from)?;
+            println!("Created {}. Build and test it:", made.dir.display());
+            println!("  cd {}", made.dir.display());
+            for command in &made.build {
+                println!("  {command}");
+            }
+            println!("  {}", made.test);
+        }
         Command::Transform(TransformCommand::Bench { component, events }) => {
             let spec = component.spec().map_err(sfzb_host::Error::from)?;
             let cache = component.cache();

@@ -64,3 +64,103 @@ fn build() -> PathBuf {
     }
     out
 }
+
+/// A Python (`python`) or JavaScript (`js`) component of `guest-transforms/`, built with
+/// componentize-py or jco when its sources changed since the last build.
+pub fn polyglot(lang: &str, name: &str) -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    static JS: OnceLock<PathBuf> = OnceLock::new();
+    let dir = match lang {
+        "python" => PYTHON.get_or_init(build_python),
+        "js" => JS.get_or_init(build_js),
+        other => panic!("no {other} guests"),
+    };
+    dir.join(format!("{name}.wasm"))
+}
+
+fn sources_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// True when `out` is missing or older than any of `inputs`.
+fn stale(out: &Path, inputs: &[PathBuf]) -> bool {
+    let Some(built) = modified(out) else {
+        return true;
+    };
+    inputs.iter().any(|i| modified(i).is_none_or(|m| m > built))
+}
+
+fn build_python() -> PathBuf {
+    let root = sources_root();
+    let out = target_dir().join("guests").join("python");
+    std::fs::create_dir_all(&out).unwrap();
+    for (module, name) in [("mask", "mask"), ("tenant_filter", "tenant-filter")] {
+        let source = root.join("guest-transforms/python").join(module);
+        let wasm = out.join(format!("{name}.wasm"));
+        if !stale(
+            &wasm,
+            &[source.join("app.py"), root.join("wit/transform.wit")],
+        ) {
+            continue;
+        }
+        let status = Command::new("componentize-py")
+            .arg("-d")
+            .arg(root.join("wit"))
+            .args(["-w", "transform", "componentize", "-p"])
+            .arg(&source)
+            .arg("app")
+            .arg("-o")
+            .arg(&wasm)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("componentize-py is needed for the Python transforms ({e}): run `pip install componentize-py==0.25.1`")
+            });
+        assert!(
+            status.success(),
+            "componentize-py failed on {}",
+            source.display()
+        );
+    }
+    out
+}
+
+fn build_js() -> PathBuf {
+    let root = sources_root().join("guest-transforms/js");
+    let out = root.join("dist");
+    let npm = |args: &[&str]| {
+        let status = Command::new("npm")
+            .args(args)
+            .current_dir(&root)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("npm is needed for the JavaScript transforms ({e}): install Node.js and npm")
+            });
+        assert!(
+            status.success(),
+            "npm {args:?} failed in {}",
+            root.display()
+        );
+    };
+    if !root.join("node_modules/.bin/jco").exists() {
+        npm(&["ci", "--no-audit", "--no-fund"]);
+    }
+    let lock = root.join("package-lock.json");
+    let wit = sources_root().join("wit/transform.wit");
+    for name in ["mask", "tenant-filter"] {
+        let inputs = [
+            root.join(format!("src/{name}.js")),
+            lock.clone(),
+            wit.clone(),
+        ];
+        if stale(&out.join(format!("{name}.wasm")), &inputs) {
+            npm(&["run", "--silent", &format!("build:{name}")]);
+        }
+    }
+    out
+}

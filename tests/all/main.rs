@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod delta;
 mod guests;
+mod polyglot;
 mod product;
 mod source;
 mod support;

@@ -1,0 +1,288 @@
+//! Python (componentize-py) and JavaScript (jco + componentize-js) transforms: the same
+//! settings and the same outputs as the Rust ones, the compile cache for their large
+//! components, and `transform init` for each language.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::guests;
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sfzb-host");
+
+/// Rows of Account, Contact and Lead events, as the jsonl sink writes them.
+fn sample(dir: &Path) -> PathBuf {
+    let (_sim, pubsub, login) = sim_process(&[
+        "--entities",
+        "Account,Contact,Lead",
+        "--events",
+        "120",
+        "--gap-every",
+        "25",
+    ]);
+    let output = host_command(dir, &pubsub, &login, "/data/ChangeEvents")
+        .args(["--sink", "jsonl:sample.jsonl", "--until-idle", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    dir.join("sample.jsonl")
+}
+
+/// `transform test` outputs, without the time each row was made.
+fn outputs(
+    component: &Path,
+    sample: &Path,
+    config: &[&str],
+    cache: &Path,
+) -> Vec<serde_json::Value> {
+    let mut command = Command::new(BIN);
+    command
+        .args(["transform", "test"])
+        .arg(component)
+        .arg("--event")
+        .arg(sample)
+        .arg("--cache-dir")
+        .arg(cache);
+    for setting in config {
+        command.args(["--config", setting]);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}: {}",
+        component.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if let Some(row) = v.get_mut("row").and_then(|r| r.as_object_mut()) {
+                row.remove("processed_timestamp");
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn python_and_javascript_transforms_give_exactly_the_rust_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample(dir.path());
+    let cache = guests::dir().join("../compile-cache");
+    let cases: [(&str, &[&str]); 6] = [
+        ("mask", &["fields=Email,*Phone,Name.LastName"]),
+        (
+            "mask",
+            &[
+                "fields=Email,*Phone,BillingAddress.City",
+                "mode=hash",
+                "salt=pepper",
+            ],
+        ),
+        ("mask", &["fields=NumberOfEmployees,AnnualRevenue,Name"]),
+        (
+            "tenant-filter",
+            &["entities=Account,Lead", "change-types=CREATE,UPDATE"],
+        ),
+        ("tenant-filter", &["field.Rating=Hot|Warm"]),
+        (
+            "tenant-filter",
+            &[
+                "change-types=GAP_UPDATE,DELETE",
+                "field.Rating=Hot",
+                "missing=keep",
+            ],
+        ),
+    ];
+    for (name, config) in cases {
+        let rust = outputs(&guests::component(name), &sample, config, &cache);
+        assert!(
+            rust.len() > 5,
+            "{name} {config:?} keeps some events: {}",
+            rust.len()
+        );
+        for lang in ["python", "js"] {
+            let other = outputs(&guests::polyglot(lang, name), &sample, config, &cache);
+            assert_eq!(other.len(), rust.len(), "{lang} {name} {config:?}");
+            for (a, b) in other.iter().zip(&rust) {
+                assert_eq!(a, b, "{lang} {name} {config:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_mask_then_javascript_filter_chain_writes_the_rows_of_the_rust_chain() {
+    let sim = start(sim_config(&["Account", "Contact"], 150)).await;
+    let chain = |mask: PathBuf, filter: PathBuf| {
+        vec![
+            "--transform".to_string(),
+            mask.display().to_string(),
+            "--transform".into(),
+            filter.display().to_string(),
+            "--transform-config".into(),
+            "mask.fields=Email,*Phone".into(),
+            "--transform-config".into(),
+            "mask.mode=hash".into(),
+            "--transform-config".into(),
+            "mask.salt=s".into(),
+            "--transform-config".into(),
+            "tenant-filter.change-types=CREATE,UPDATE".into(),
+        ]
+    };
+    let mut results = Vec::new();
+    for (mask, filter) in [
+        (
+            guests::component("mask"),
+            guests::component("tenant-filter"),
+        ),
+        (
+            guests::polyglot("python", "mask"),
+            guests::polyglot("js", "tenant-filter"),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = chain(mask, filter);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let stats = run(plan(&sim, dir.path(), "/data/ChangeEvents", &flags))
+            .await
+            .unwrap();
+        assert_eq!(stats.received, 300);
+        assert!(stats.dropped > 0, "deletes are dropped");
+        let rows: Vec<serde_json::Value> = rows(&out(dir.path()))
+            .into_iter()
+            .map(|mut r| {
+                r.as_object_mut().unwrap().remove("processed_timestamp");
+                r
+            })
+            .collect();
+        results.push((stats.written, rows));
+    }
+    sim.shutdown().await;
+    let (rust, polyglot) = (&results[0], &results[1]);
+    assert_eq!(polyglot.0, rust.0);
+    assert_eq!(polyglot.1, rust.1, "the same rows, byte for byte");
+}
+
+/// `load_ms` of each "Transform loaded." log line, with where it came from.
+fn loads(stderr: &str) -> Vec<(f64, String)> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("Transform loaded."))
+        .map(|l| {
+            let field = |key: &str| {
+                l.split(&format!("{key}=")).nth(1).map(|rest| {
+                    rest.trim_start_matches('"')
+                        .split(['"', ' '])
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+            };
+            (
+                field("load_ms").unwrap().parse().unwrap(),
+                field("from").unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_start_loads_python_and_javascript_from_the_compile_cache() {
+    let (_sim, pubsub, login) = sim_process(&["--entities", "Account", "--events", "20"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let start = || {
+        let output = host_command(dir.path(), &pubsub, &login, "/data/AccountChangeEvent")
+            .args(["--sink", "jsonl:out.jsonl", "--until-idle", "1"])
+            .arg("--transform")
+            .arg(guests::polyglot("python", "mask"))
+            .arg("--transform")
+            .arg(guests::polyglot("js", "tenant-filter"))
+            .args(["--transform-config", "mask.fields=Email"])
+            .args(["--transform-config", "tenant-filter.entities=Account"])
+            .arg("--transform-cache-dir")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        loads(&stderr)
+    };
+    let first = start();
+    let second = start();
+    assert_eq!(
+        first.iter().map(|(_, f)| f.as_str()).collect::<Vec<_>>(),
+        ["compiled", "compiled"]
+    );
+    assert_eq!(
+        second.iter().map(|(_, f)| f.as_str()).collect::<Vec<_>>(),
+        ["cache", "cache"]
+    );
+    let total = |l: &[(f64, String)]| l.iter().map(|(ms, _)| ms).sum::<f64>();
+    assert!(
+        total(&second) <= total(&first) / 10.0,
+        "second start {:.1} ms against {:.1} ms",
+        total(&second),
+        total(&first)
+    );
+}
+
+/// Runs the commands `transform init` printed, as a user would paste them.
+fn init_then_build_and_test(lang: &str, name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .args(["transform", "init", "--lang", lang, name])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let commands: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  "))
+        .collect();
+    assert!(commands[0].starts_with("cd "), "{stdout}");
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = commands.join(" && ");
+    let output = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{script}: {text}");
+    assert!(
+        text.contains(&format!("{name}: 1 in, 1 out")),
+        "the sample event went through: {text}"
+    );
+    assert!(
+        text.contains("REDACTED"),
+        "the starting transform redacts: {text}"
+    );
+}
+
+#[test]
+fn transform_init_python_then_the_printed_commands_build_and_test_it() {
+    init_then_build_and_test("python", "demo_t");
+}
+
+#[test]
+fn transform_init_js_then_the_printed_commands_build_and_test_it() {
+    init_then_build_and_test("js", "demo_j");
+}
