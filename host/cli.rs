@@ -267,6 +267,12 @@ pub struct RunArgs {
     #[arg(long, env = "SFZB_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
 
+    /// Run only this process's share of the subscriptions: I/N runs those whose (org,
+    /// channel) hashes to I of N (0-based). Give every process the same configuration and
+    /// N, and each a distinct I (a StatefulSet's pod index).
+    #[arg(long, env = "SFZB_SHARD", value_name = "I/N")]
+    pub shard: Option<String>,
+
     /// Log a health report per subscription this often, seconds; 0 turns it off [default: 300].
     #[arg(long)]
     pub health_interval_secs: Option<u64>,

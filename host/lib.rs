@@ -100,7 +100,36 @@ impl RunReport {
 /// Runs every subscription of the plan until `cancel` fires, the idle limit passes, or it
 /// fails; one failing does not stop the others. Errors before any subscription starts (a
 /// transform that does not load, a metrics port taken) fail the whole run.
-pub async fn run(plan: RunPlan, cancel: CancellationToken) -> Result<RunReport, Error> {
+pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunReport, Error> {
+    if let Some(shard) = plan.shard {
+        let total = plan.subscriptions.len();
+        let orgs = &plan.orgs;
+        plan.subscriptions
+            .retain(|s| shard.owns(&orgs[s.org], &s.config.channel));
+        let mine: Vec<&str> = plan.subscriptions.iter().map(|s| s.name.as_str()).collect();
+        tracing::info!(
+            shard = format!("{}/{}", shard.index, shard.count),
+            "Shard {}/{} runs {} of {total} subscriptions: {}.",
+            shard.index,
+            shard.count,
+            mine.len(),
+            mine.join(", ")
+        );
+        if plan.subscriptions.is_empty() {
+            // An idle member of a replica set must stay up rather than exit and be restarted.
+            match plan.options.until_idle {
+                Some(idle) => tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(idle) => {}
+                },
+                None => cancel.cancelled().await,
+            }
+            return Ok(RunReport {
+                subscriptions: Vec::new(),
+                metrics_addr: None,
+            });
+        }
+    }
     for org in &plan.orgs {
         if matches!(org.credentials, Credentials::Soap { .. }) {
             tracing::warn!(org = %org.name, "{SOAP_RETIREMENT}");

@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub until_idle: Option<f64>,
     pub metrics_listen: Option<String>,
     pub health_interval_secs: Option<u64>,
+    /// `I/N`: this process's share of the subscriptions.
+    pub shard: Option<String>,
     /// The org subscriptions use when they name none.
     pub salesforce: Option<OrgSection>,
     /// More orgs, by name: `[orgs.acme]`.

@@ -72,6 +72,42 @@ pub struct RunPlan {
     pub health_interval: Option<Duration>,
     /// The configuration file read, if any.
     pub source: Option<PathBuf>,
+    /// This process's share, when the subscriptions are split over several processes.
+    pub shard: Option<Shard>,
+}
+
+/// `I/N`: the subscriptions whose (org, channel) key hashes to `index` modulo `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    pub fn parse(text: &str) -> Result<Shard, ConfigError> {
+        let bad = || {
+            invalid(
+                "shard",
+                text,
+                "write it as I/N with 0 <= I < N, e.g. 0/3 (the pod index and the replica count)",
+            )
+        };
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let index: u32 = i.trim().parse().map_err(|_| bad())?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Stable across processes, platforms and versions (CRC-32 of the org's name in the
+    /// configuration and the channel): every process given the same configuration agrees
+    /// on who reads what. Renaming an org moves its subscriptions between shards.
+    pub fn owns(&self, org: &OrgConfig, channel: &str) -> bool {
+        let key = format!("{}\u{0}{channel}", org.name);
+        crc32fast::hash(key.as_bytes()) % self.count == self.index
+    }
 }
 
 fn invalid(
@@ -192,6 +228,7 @@ impl RunArgs {
             until_idle: self.until_idle,
             metrics_listen: self.metrics_listen.clone(),
             health_interval_secs: self.health_interval_secs,
+            shard: self.shard.clone(),
             salesforce: (!org.is_empty()).then_some(org),
             databricks: DatabricksSection {
                 workspace_url: self.databricks_workspace_url.clone(),
@@ -379,9 +416,15 @@ fn resolve(
         }
         subscriptions.push(SubscriptionPlan { name, org, config });
     }
+    let shard = flags
+        .shard
+        .or(file.shard)
+        .map(|s| Shard::parse(&s))
+        .transpose()?;
     Ok(RunPlan {
         orgs,
         subscriptions,
+        shard,
         cache_dir: cache_dir(flags.transform_cache_dir.or(file.transform_cache_dir)),
         options,
         metrics_listen,
@@ -853,6 +896,7 @@ impl RunPlan {
                 let c = &s.config;
                 json!({
                     "name": s.name,
+                    "in-this-shard": self.shard.is_none_or(|shard| shard.owns(&self.orgs[s.org], &s.config.channel)),
                     "org": self.orgs[s.org].name,
                     "channel": c.channel,
                     "sink": c.sink.to_string(),
@@ -887,6 +931,7 @@ impl RunPlan {
             "until-idle": o.until_idle.map(|d| d.as_secs_f64()),
             "metrics-listen": self.metrics_listen.map(|a| a.to_string()),
             "health-interval-secs": self.health_interval.map(|d| d.as_secs()),
+            "shard": self.shard.map(|s| format!("{}/{}", s.index, s.count)),
             "databricks": {
                 "zerobus-endpoint": (!o.zerobus.endpoint.is_empty()).then_some(&o.zerobus.endpoint),
                 "workspace-url": o.zerobus.workspace_url,
@@ -1119,6 +1164,88 @@ mod tests {
             Some(StartPosition::Custom(
                 ReplayId::from_hex("00000000000000ff").unwrap()
             ))
+        );
+    }
+
+    #[test]
+    fn shards_parse_and_split_every_subscription_to_exactly_one() {
+        for bad in ["2/2", "1", "a/2", "0/0", "-1/3"] {
+            let err = Shard::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("shard") && err.contains("I/N"), "{bad}: {err}");
+        }
+        let org = |name: &str| OrgConfig {
+            name: name.into(),
+            pubsub_endpoint: String::new(),
+            login_url: String::new(),
+            api_version: String::new(),
+            credentials: Credentials::Soap {
+                username: "u".into(),
+                password: SecretString::from("p"),
+            },
+        };
+        let shards: Vec<Shard> = (0..3)
+            .map(|i| Shard::parse(&format!("{i}/3")).unwrap())
+            .collect();
+        for org in [org("a"), org("b")] {
+            for entity in ["Account", "Contact", "Lead", "Opportunity", "Case"] {
+                let channel = format!("/data/{entity}ChangeEvent");
+                let owners = shards.iter().filter(|s| s.owns(&org, &channel)).count();
+                assert_eq!(owners, 1, "{} {channel}", org.name);
+            }
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sfzb.toml");
+        std::fs::write(
+            &file,
+            "max-in-flight = 500\nflush-interval-ms = 250\n[salesforce]\ninstance-url = \"http://127.0.0.1:1\"\nusername = \"u\"\npassword = \"p\"\n[defaults]\nbatch-size = 20\n[[subscription]]\nchannel = \"AccountChangeEvent\"\nbatch-size = 30\n",
+        )
+        .unwrap();
+        let from = |extra: &[&str]| {
+            let mut argv = vec!["sfzb-host", "--config", file.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            match crate::cli::Cli::try_parse_from(argv)
+                .unwrap()
+                .into_command()
+            {
+                crate::cli::Command::Run(args) => args.plan().unwrap(),
+                _ => unreachable!(),
+            }
+        };
+        let plan = from(&["--max-in-flight", "7"]);
+        assert_eq!(plan.options.max_in_flight, 7, "the flag wins");
+        assert_eq!(
+            plan.options.flush_interval,
+            Duration::from_millis(250),
+            "the file wins over the default"
+        );
+        assert_eq!(
+            plan.subscriptions[0].config.batch_size, 30,
+            "a subscription wins over [defaults]"
+        );
+        assert_eq!(
+            plan.subscriptions[0].config.idle_timeout,
+            Duration::from_secs(300),
+            "default"
+        );
+        assert_eq!(
+            from(&["--batch-size", "5"]).subscriptions[0]
+                .config
+                .batch_size,
+            5
+        );
+        let plan = from(&["--channel", "ContactChangeEvent"]);
+        assert_eq!(plan.subscriptions.len(), 1);
+        assert_eq!(
+            plan.subscriptions[0].config.channel,
+            "/data/ContactChangeEvent"
+        );
+        assert_eq!(
+            plan.subscriptions[0].config.batch_size, 20,
+            "--channel takes [defaults]"
         );
     }
 }

@@ -7,6 +7,7 @@ mod delta;
 mod guests;
 mod polyglot;
 mod product;
+mod shard;
 mod source;
 mod support;
 mod transform;
