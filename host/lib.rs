@@ -115,20 +115,6 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
             mine.len(),
             mine.join(", ")
         );
-        if plan.subscriptions.is_empty() {
-            // An idle member of a replica set must stay up rather than exit and be restarted.
-            match plan.options.until_idle {
-                Some(idle) => tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = tokio::time::sleep(idle) => {}
-                },
-                None => cancel.cancelled().await,
-            }
-            return Ok(RunReport {
-                subscriptions: Vec::new(),
-                metrics_addr: None,
-            });
-        }
     }
     for org in &plan.orgs {
         if matches!(org.credentials, Credentials::Soap { .. }) {
@@ -206,6 +192,17 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
             }
             (i, sub.name, result.map_err(Error::from))
         });
+    }
+    if tasks.is_empty() {
+        // A shard with nothing to read stays up (and keeps answering /healthz) rather than
+        // exit and be restarted by its supervisor.
+        match plan.options.until_idle {
+            Some(idle) => tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(idle) => {}
+            },
+            None => cancel.cancelled().await,
+        }
     }
     let mut outcomes: Vec<Option<SubscriptionOutcome>> = (0..healths.len()).map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {

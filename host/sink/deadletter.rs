@@ -11,7 +11,16 @@ use crate::sink::row::base64_bytes;
 pub enum Stage {
     Decode,
     Transform(String),
-    Sink,
+}
+
+impl Stage {
+    /// The `stage` column: `decode`, or `transform:<name>`.
+    pub fn label(&self) -> String {
+        match self {
+            Stage::Decode => "decode".to_string(),
+            Stage::Transform(name) => format!("transform:{name}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

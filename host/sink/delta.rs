@@ -491,14 +491,7 @@ fn letters_batch(
     schema: &Arc<ArrowSchema>,
     letters: &[DeadLetter],
 ) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-    let stages: Vec<String> = letters
-        .iter()
-        .map(|l| match &l.stage {
-            crate::sink::Stage::Decode => "decode".to_string(),
-            crate::sink::Stage::Transform(name) => format!("transform:{name}"),
-            crate::sink::Stage::Sink => "sink".to_string(),
-        })
-        .collect();
+    let stages: Vec<String> = letters.iter().map(|l| l.stage.label()).collect();
     batch(
         schema,
         vec![

@@ -12,7 +12,7 @@ use prost::Message;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::proto::row::DeadLetterRow;
-use crate::sink::{DeadLetter, Row, SinkError, Stage};
+use crate::sink::{DeadLetter, Row, SinkError};
 
 /// How to reach Zerobus.
 #[derive(Clone, Debug, Default)]
@@ -168,11 +168,7 @@ impl ZerobusSink {
 
 fn dead_proto(letter: &DeadLetter) -> DeadLetterRow {
     DeadLetterRow {
-        stage: Some(match &letter.stage {
-            Stage::Decode => "decode".to_string(),
-            Stage::Transform(name) => format!("transform:{name}"),
-            Stage::Sink => "sink".to_string(),
-        }),
+        stage: Some(letter.stage.label()),
         error: Some(letter.error.clone()),
         org_id: Some(letter.org_id.clone()),
         channel: Some(letter.channel.clone()),

@@ -10,69 +10,20 @@ use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sfzb-host");
 
-/// Rows of Account, Contact and Lead events, as the jsonl sink writes them.
-fn sample(dir: &Path) -> PathBuf {
-    let (_sim, pubsub, login) = sim_process(&[
-        "--entities",
-        "Account,Contact,Lead",
-        "--events",
-        "120",
-        "--gap-every",
-        "25",
-    ]);
-    let output = host_command(dir, &pubsub, &login, "/data/ChangeEvents")
-        .args(["--sink", "jsonl:sample.jsonl", "--until-idle", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    dir.join("sample.jsonl")
-}
-
-/// `transform test` outputs, without the time each row was made.
-fn outputs(
-    component: &Path,
-    sample: &Path,
-    config: &[&str],
-    cache: &Path,
-) -> Vec<serde_json::Value> {
-    let mut command = Command::new(BIN);
-    command
-        .args(["transform", "test"])
-        .arg(component)
-        .arg("--event")
-        .arg(sample)
-        .arg("--cache-dir")
-        .arg(cache);
-    for setting in config {
-        command.args(["--config", setting]);
-    }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}: {}",
-        component.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            if let Some(row) = v.get_mut("row").and_then(|r| r.as_object_mut()) {
-                row.remove("processed_timestamp");
-            }
-            v
-        })
-        .collect()
-}
-
 #[test]
 fn python_and_javascript_transforms_give_exactly_the_rust_outputs() {
     let dir = tempfile::tempdir().unwrap();
-    let sample = sample(dir.path());
+    let sample = sample_rows(
+        dir.path(),
+        &[
+            "--entities",
+            "Account,Contact,Lead",
+            "--events",
+            "120",
+            "--gap-every",
+            "25",
+        ],
+    );
     let cache = guests::dir().join("../compile-cache");
     let cases: [(&str, &[&str]); 6] = [
         ("mask", &["fields=Email,*Phone,Name.LastName"]),
@@ -100,14 +51,14 @@ fn python_and_javascript_transforms_give_exactly_the_rust_outputs() {
         ),
     ];
     for (name, config) in cases {
-        let rust = outputs(&guests::component(name), &sample, config, &cache);
+        let rust = transform_outputs(&guests::component(name), &sample, config, &cache);
         assert!(
             rust.len() > 5,
             "{name} {config:?} keeps some events: {}",
             rust.len()
         );
         for lang in ["python", "js"] {
-            let other = outputs(&guests::polyglot(lang, name), &sample, config, &cache);
+            let other = transform_outputs(&guests::polyglot(lang, name), &sample, config, &cache);
             assert_eq!(other.len(), rust.len(), "{lang} {name} {config:?}");
             for (a, b) in other.iter().zip(&rust) {
                 assert_eq!(a, b, "{lang} {name} {config:?}");

@@ -487,55 +487,26 @@ fn sigterm_stops_cleanly_and_the_next_run_resumes_without_a_gap() {
 /// what their sources do (rebuild them with the command in guest-transforms/README.md).
 #[test]
 fn the_demo_components_behave_as_their_sources() {
-    let (_sim, pubsub, login) = sim_process(&["--entities", "Account,Contact", "--events", "150"]);
     let dir = tempfile::tempdir().unwrap();
-    let output = host_command(dir.path(), &pubsub, &login, "/data/ChangeEvents")
-        .args(["--sink", "jsonl:sample.jsonl", "--until-idle", "2"])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
+    let sample = sample_rows(
+        dir.path(),
+        &["--entities", "Account,Contact", "--events", "150"],
+    );
+    let cache = guests::dir().join("../compile-cache");
     let prebuilt = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-transforms/prebuilt");
     for (name, config) in [
         ("mask", &["fields=Email,*Phone", "mode=hash", "salt=s"][..]),
         ("tenant-filter", &["change-types=CREATE,UPDATE"][..]),
     ] {
-        let outputs = |component: &Path| -> Vec<serde_json::Value> {
-            let mut command = Command::new(BIN);
-            command.args([
-                "transform",
-                "test",
-                component.to_str().unwrap(),
-                "--event",
-                "sample.jsonl",
-            ]);
-            for setting in config {
-                command.args(["--config", setting]);
-            }
-            let output = command.current_dir(dir.path()).output().unwrap();
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .map(|l| {
-                    let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    if let Some(row) = v.get_mut("row").and_then(|r| r.as_object_mut()) {
-                        row.remove("processed_timestamp");
-                    }
-                    v
-                })
-                .collect()
-        };
-        let built = outputs(&guests::component(name));
+        let built = transform_outputs(&guests::component(name), &sample, config, &cache);
         assert!(
             built.len() > 100,
             "{name} produced outputs: {}",
             built.len()
         );
+        let embedded = prebuilt.join(format!("{name}.wasm"));
         assert_eq!(
-            outputs(&prebuilt.join(format!("{name}.wasm"))),
+            transform_outputs(&embedded, &sample, config, &cache),
             built,
             "{name}"
         );

@@ -199,3 +199,57 @@ pub fn host_command(dir: &Path, pubsub: &str, login: &str, channel: &str) -> std
         .args(["--username", "u", "--password", "p", "--channel", channel]);
     command
 }
+
+/// Rows of the simulator's events (`sim_args` as for `sfzb-host sim`), as the jsonl sink
+/// writes them: `dir/sample.jsonl`.
+pub fn sample_rows(dir: &Path, sim_args: &[&str]) -> PathBuf {
+    let (_sim, pubsub, login) = sim_process(sim_args);
+    let output = host_command(dir, &pubsub, &login, "/data/ChangeEvents")
+        .args(["--sink", "jsonl:sample.jsonl", "--until-idle", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    dir.join("sample.jsonl")
+}
+
+/// What `sfzb-host transform test` prints for `component` on `sample`, without the time
+/// each row was made.
+pub fn transform_outputs(
+    component: &Path,
+    sample: &Path,
+    config: &[&str],
+    cache: &Path,
+) -> Vec<serde_json::Value> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"));
+    command
+        .args(["transform", "test"])
+        .arg(component)
+        .arg("--event")
+        .arg(sample)
+        .arg("--cache-dir")
+        .arg(cache);
+    for setting in config {
+        command.args(["--config", setting]);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}: {}",
+        component.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if let Some(row) = v.get_mut("row").and_then(|r| r.as_object_mut()) {
+                row.remove("processed_timestamp");
+            }
+            v
+        })
+        .collect()
+}
