@@ -155,21 +155,14 @@ fn run_with_a_transform_masks_and_prints_per_transform_counts() {
         text.lines().find(|l| l.contains("REDACTED")).unwrap(),
     )
     .unwrap();
-    let output = Command::new(BIN)
-        .args(["transform", "test"])
-        .arg(crate::guests::component("route"))
-        .arg("--event")
-        .arg(&sample)
-        .args(["--config", "table.Contact=contacts"])
-        .env("SFZB_CACHE_DIR", dir.path().join("cache"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let lines = crate::support::transform_outputs(
+        &crate::guests::component("route"),
+        &sample,
+        &["table.Contact=contacts"],
+        &dir.path().join("cache"),
     );
-    let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(lines.len(), 1);
+    let line = &lines[0];
     assert_eq!(line["table"], "contacts");
     assert_eq!(line["row"]["entity_name"], "Contact");
 }
