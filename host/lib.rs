@@ -129,16 +129,19 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
             None => None,
         });
     }
-    let connections = plan
-        .orgs
-        .iter()
-        .map(|org| {
-            let authenticator =
-                Authenticator::new(&org.login_url, &org.api_version, org.credentials.clone());
-            PubSubConnection::new(&org.pubsub_endpoint, authenticator)
-                .map_err(|e| Error::from(pipeline::PipelineError::from(e)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let slots = connection_slots(plan.subscriptions.iter().map(|s| s.org));
+    let mut connections = std::collections::HashMap::new();
+    for &(org_index, slot) in &slots {
+        if connections.contains_key(&(org_index, slot)) {
+            continue;
+        }
+        let org = &plan.orgs[org_index];
+        let authenticator =
+            Authenticator::new(&org.login_url, &org.api_version, org.credentials.clone());
+        let connection = PubSubConnection::new(&org.pubsub_endpoint, authenticator)
+            .map_err(|e| Error::from(pipeline::PipelineError::from(e)))?;
+        connections.insert((org_index, slot), connection);
+    }
     let healths: Vec<Arc<Health>> = plan
         .subscriptions
         .iter()
@@ -169,7 +172,7 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
     ));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (sub, chain)) in plan.subscriptions.into_iter().zip(chains).enumerate() {
-        let connection = connections[sub.org].clone();
+        let connection = connections[&slots[i]].clone();
         let health = healths[i].clone();
         let options = plan.options.clone();
         let cancel = cancel.clone();
@@ -214,6 +217,22 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
         subscriptions: outcomes.into_iter().flatten().collect(),
         metrics_addr,
     })
+}
+
+/// Salesforce allows at most this many concurrent streams on one HTTP/2 connection.
+const STREAMS_PER_CONNECTION: usize = 100;
+
+/// For each subscription (given by its org), the connection it uses: (org, n) where n
+/// counts that org's subscriptions in blocks of [`STREAMS_PER_CONNECTION`].
+fn connection_slots(orgs: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
+    let mut seen = std::collections::HashMap::<usize, usize>::new();
+    orgs.map(|org| {
+        let n = seen.entry(org).or_default();
+        let slot = (org, *n / STREAMS_PER_CONNECTION);
+        *n += 1;
+        slot
+    })
+    .collect()
 }
 
 /// Logs a health report per subscription every `interval`, and, every 10 s, progress for
@@ -446,5 +465,26 @@ impl SfzbHostBuilder {
             plan: self.args.plan()?,
             cancel: CancellationToken::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_org_with_more_than_100_subscriptions_gets_another_connection() {
+        let orgs = (0..250).map(|i| if i % 5 == 0 { 1 } else { 0 });
+        let slots = connection_slots(orgs);
+        let distinct: std::collections::BTreeSet<_> = slots.iter().copied().collect();
+        assert_eq!(
+            distinct.into_iter().collect::<Vec<_>>(),
+            [(0, 0), (0, 1), (1, 0)],
+            "200 subscriptions of org 0 on two connections, 50 of org 1 on one"
+        );
+        for slot in [(0, 0), (0, 1), (1, 0)] {
+            let n = slots.iter().filter(|s| **s == slot).count();
+            assert!(n <= STREAMS_PER_CONNECTION, "{slot:?}: {n}");
+        }
     }
 }
