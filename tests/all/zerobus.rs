@@ -237,38 +237,64 @@ mod tables {
 
     use crate::support::*;
 
-    fn flags<'a>(workspace: &'a str, zerobus: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut flags = vec![
-            "--sink",
-            "zerobus:main.sfzb.accounts",
-            "--zerobus-endpoint",
-            zerobus,
-            "--databricks-workspace-url",
-            workspace,
-            "--sql-warehouse-id",
-            "wh1",
-        ];
-        flags.extend_from_slice(extra);
-        flags
+    /// A simulated org, a Zerobus test server and a test workspace, and a run directory.
+    struct Setup {
+        sim: sfzb_host::sim::Simulator,
+        zerobus: ZerobusServerHandle,
+        workspace: WorkspaceServer,
+        dir: tempfile::TempDir,
+    }
+
+    impl Setup {
+        async fn start(events: u64) -> Setup {
+            Setup {
+                sim: start(sim_config(&["Account"], events)).await,
+                zerobus: ZerobusServerHandle::start(ZerobusFaults::default())
+                    .await
+                    .unwrap(),
+                workspace: WorkspaceServer::start().await.unwrap(),
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        /// Runs the Account channel into `main.sfzb.accounts` through warehouse `wh1`.
+        async fn run(
+            &self,
+            extra: &[&str],
+        ) -> Result<sfzb_host::pipeline::SubscriptionStats, sfzb_host::Error> {
+            let (ws, zb) = (self.workspace.url(), self.zerobus.url());
+            let mut flags = vec![
+                "--sink",
+                "zerobus:main.sfzb.accounts",
+                "--zerobus-endpoint",
+                &zb,
+                "--databricks-workspace-url",
+                &ws,
+                "--sql-warehouse-id",
+                "wh1",
+            ];
+            flags.extend_from_slice(extra);
+            run(plan(
+                &self.sim,
+                self.dir.path(),
+                "/data/AccountChangeEvent",
+                &flags,
+            ))
+            .await
+        }
+
+        async fn shutdown(self) {
+            self.workspace.shutdown();
+            self.zerobus.shutdown().await;
+            self.sim.shutdown().await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_missing_table_is_created_and_the_checkpoint_lives_next_to_it() {
-        let sim = start(sim_config(&["Account"], 100)).await;
-        let zerobus = ZerobusServerHandle::start(ZerobusFaults::default())
-            .await
-            .unwrap();
-        let workspace = WorkspaceServer::start().await.unwrap();
-        let (ws, zb) = (workspace.url(), zerobus.url());
-        let dir = tempfile::tempdir().unwrap();
-        let stats = run(plan(
-            &sim,
-            dir.path(),
-            "/data/AccountChangeEvent",
-            &flags(&ws, &zb, &[]),
-        ))
-        .await
-        .unwrap();
+        let setup = Setup::start(100).await;
+        let workspace = &setup.workspace;
+        let stats = setup.run(&[]).await.unwrap();
         assert_eq!(stats.received, 100, "a new table backfills from EARLIEST");
         let statements = workspace.workspace.statements.lock().unwrap().clone();
         let create = statements
@@ -283,32 +309,20 @@ mod tables {
         let stored: Vec<&String> = checkpoints.values().collect();
         assert_eq!(stored, [&"0000000000000064".to_string()]);
         assert!(
-            !dir.path().join("state").exists(),
+            !setup.dir.path().join("state").exists(),
             "no local checkpoint file"
         );
 
-        let again = run(plan(
-            &sim,
-            dir.path(),
-            "/data/AccountChangeEvent",
-            &flags(&ws, &zb, &[]),
-        ))
-        .await
-        .unwrap();
+        let again = setup.run(&[]).await.unwrap();
         assert_eq!(again.received, 0, "resumed from the checkpoint table");
-        assert_eq!(zerobus.rows("main.sfzb.accounts").len(), 100);
-        workspace.shutdown();
-        zerobus.shutdown().await;
-        sim.shutdown().await;
+        assert_eq!(setup.zerobus.rows("main.sfzb.accounts").len(), 100);
+        setup.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_table_the_reference_wrote_resumes_after_its_newest_row() {
-        let sim = start(sim_config(&["Account"], 100)).await;
-        let zerobus = ZerobusServerHandle::start(ZerobusFaults::default())
-            .await
-            .unwrap();
-        let workspace = WorkspaceServer::start().await.unwrap();
+        let setup = Setup::start(100).await;
+        let workspace = &setup.workspace;
         workspace
             .workspace
             .tables
@@ -321,16 +335,7 @@ mod tables {
             .lock()
             .unwrap()
             .insert("main.sfzb.accounts".into(), "000000000000003c".into());
-        let (ws, zb) = (workspace.url(), zerobus.url());
-        let dir = tempfile::tempdir().unwrap();
-        let stats = run(plan(
-            &sim,
-            dir.path(),
-            "/data/AccountChangeEvent",
-            &flags(&ws, &zb, &[]),
-        ))
-        .await
-        .unwrap();
+        let stats = setup.run(&[]).await.unwrap();
         assert_eq!(stats.received, 40, "events after replay id 60");
         assert!(
             !workspace
@@ -341,68 +346,45 @@ mod tables {
                 .iter()
                 .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS main.sfzb.accounts"))
         );
-        workspace.shutdown();
-        zerobus.shutdown().await;
-        sim.shutdown().await;
+        setup.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_or_failing_warehouse_stops_the_run_before_it_subscribes() {
-        let sim = start(sim_config(&["Account"], 10)).await;
-        let zerobus = ZerobusServerHandle::start(ZerobusFaults::default())
-            .await
-            .unwrap();
-        let workspace = WorkspaceServer::start().await.unwrap();
-        let (ws, zb) = (workspace.url(), zerobus.url());
-        let dir = tempfile::tempdir().unwrap();
+        let setup = Setup::start(10).await;
+        let workspace = &setup.workspace;
         *workspace.workspace.fault.lock().unwrap() = SqlFault::Slow;
-        let err = run(plan(
-            &sim,
-            dir.path(),
-            "/data/AccountChangeEvent",
-            &flags(&ws, &zb, &["--sql-timeout-secs", "2"]),
-        ))
-        .await
-        .unwrap_err()
-        .to_string();
+        let err = setup
+            .run(&["--sql-timeout-secs", "2"])
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("did not finish") && err.contains("wh1"),
             "{err}"
         );
         *workspace.workspace.fault.lock().unwrap() = SqlFault::Failing;
-        let err = run(plan(
-            &sim,
-            dir.path(),
-            "/data/AccountChangeEvent",
-            &flags(&ws, &zb, &[]),
-        ))
-        .await
-        .unwrap_err()
-        .to_string();
+        let err = setup.run(&[]).await.unwrap_err().to_string();
         assert!(err.contains("HTTP 500"), "{err}");
         *workspace.workspace.fault.lock().unwrap() = SqlFault::None;
-        let err = run(plan(
-            &sim,
-            dir.path(),
-            "/data/AccountChangeEvent",
-            &flags(&ws, &zb, &["--no-auto-create"]),
-        ))
-        .await
-        .unwrap_err()
-        .to_string();
+        let err = setup
+            .run(&["--no-auto-create"])
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("does not exist and auto-create is off"),
             "{err}"
         );
         assert_eq!(
-            sim.stats
+            setup
+                .sim
+                .stats
                 .subscribes
                 .load(std::sync::atomic::Ordering::Relaxed),
             0,
             "never subscribed, never from LATEST"
         );
-        workspace.shutdown();
-        zerobus.shutdown().await;
-        sim.shutdown().await;
+        setup.shutdown().await;
     }
 }
