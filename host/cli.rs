@@ -273,6 +273,22 @@ pub struct RunArgs {
     #[arg(long, env = "SFZB_SHARD", value_name = "I/N")]
     pub shard: Option<String>,
 
+    /// Fence every subscription with a Kubernetes Lease in this namespace: it reads only while
+    /// this process holds the Lease of its (org, channel), so no two processes read the same
+    /// channel. Needs a Kubernetes API (in-cluster service account, or KUBECONFIG).
+    #[arg(long, env = "SFZB_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// This process's name as a Lease holder, unique among the processes [default: the host
+    /// name, i.e. the pod name].
+    #[arg(long, env = "SFZB_LEASE_HOLDER")]
+    pub lease_holder: Option<String>,
+
+    /// How long a Lease stays held without renewal, seconds; renewals come a third of it
+    /// before expiry, and a holder that cannot renew stops reading then [default: 30].
+    #[arg(long)]
+    pub lease_duration_secs: Option<u64>,
+
     /// Log a health report per subscription this often, seconds; 0 turns it off [default: 300].
     #[arg(long)]
     pub health_interval_secs: Option<u64>,

@@ -18,6 +18,8 @@ pub enum Error {
     #[error(transparent)]
     Authoring(#[from] crate::authoring::AuthoringError),
     #[error(transparent)]
+    Fence(#[from] crate::fence::FenceError),
+    #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
@@ -41,6 +43,7 @@ impl Error {
             | Error::Transform(_)
             | Error::Authoring(crate::authoring::AuthoringError::Transform(_))
             | Error::Metrics(_)
+            | Error::Fence(_)
             | Error::Scaffold(crate::scaffold::ScaffoldError::Name { .. }) => 2,
             Error::Pipeline(_)
             | Error::Sim(_)

@@ -18,6 +18,8 @@ pub enum State {
     Running,
     /// Resubscribing after a stream failure.
     Reconnecting(String),
+    /// Not reading: another process holds this subscription's Lease (see [`crate::fence`]).
+    Standby(String),
     Stopped,
     Failed(String),
 }
@@ -93,6 +95,11 @@ impl Health {
     }
 
     pub fn set_state(&self, state: State) {
+        if state == State::Starting {
+            // Starting after a standby: silence counts from now, not from the process start.
+            self.last_message_ms.store(now_ms(), Relaxed);
+            self.consecutive_timeouts.store(0, Relaxed);
+        }
         *self.state.lock().expect("health lock") = state;
     }
 
@@ -142,7 +149,7 @@ impl Health {
     pub fn problem(&self) -> Option<String> {
         match self.state() {
             State::Failed(error) => return Some(format!("failed: {error}")),
-            State::Stopped => return None,
+            State::Stopped | State::Standby(_) => return None,
             _ => {}
         }
         let timeouts = self.consecutive_timeouts.load(Relaxed);

@@ -34,6 +34,7 @@ pub mod databricks;
 pub mod demo;
 pub mod error;
 pub mod event;
+pub mod fence;
 pub mod health;
 pub mod metrics;
 pub mod pipeline;
@@ -170,22 +171,55 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
         plan.health_interval,
         observers.clone(),
     ));
+    let fence = match &plan.lease {
+        Some(settings) => Some(fence::Fence::connect(settings.clone()).await?),
+        None => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (sub, chain)) in plan.subscriptions.into_iter().zip(chains).enumerate() {
         let connection = connections[&slots[i]].clone();
         let health = healths[i].clone();
         let options = plan.options.clone();
         let cancel = cancel.clone();
+        let org = plan.orgs[sub.org].name.clone();
+        let fence = fence.clone();
+        let runtime = runtime.clone();
         tasks.spawn(async move {
-            let result = pipeline::run_subscription(
-                connection,
-                sub.config,
-                chain,
-                options,
-                health.clone(),
-                cancel,
-            )
-            .await;
+            let mut preloaded = Some(chain);
+            let mut work = |cancel: CancellationToken| {
+                let preloaded = preloaded.take();
+                let (connection, config, options, health, runtime) = (
+                    connection.clone(),
+                    sub.config.clone(),
+                    options.clone(),
+                    health.clone(),
+                    runtime.clone(),
+                );
+                async move {
+                    // After a lost Lease the chain went with the stopped run: load it again
+                    // (from the compile cache) for the next.
+                    let chain = match (preloaded, runtime) {
+                        (Some(chain), _) => chain,
+                        (None, Some(runtime)) => {
+                            load_chain_with(runtime, &config.transforms).await?
+                        }
+                        (None, None) => None,
+                    };
+                    health.set_state(State::Starting);
+                    pipeline::run_subscription(connection, config, chain, options, health, cancel)
+                        .await
+                        .map_err(Error::from)
+                }
+            };
+            let result = match &fence {
+                None => work(cancel).await.map(Some),
+                Some(fence) => {
+                    let lease = fence::Fence::lease_name(&org, &sub.config.channel);
+                    fence
+                        .hold(&lease, &cancel, |why| health.set_state(State::Standby(why)), work)
+                        .await
+                }
+            };
             match &result {
                 Ok(_) => health.set_state(State::Stopped),
                 Err(error) => {
@@ -193,7 +227,7 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
                     health.set_state(State::Failed(error.to_string()));
                 }
             }
-            (i, sub.name, result.map_err(Error::from))
+            (i, sub.name, result)
         });
     }
     if tasks.is_empty() {
@@ -210,7 +244,9 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
     let mut outcomes: Vec<Option<SubscriptionOutcome>> = (0..healths.len()).map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
         let (i, name, result) = joined.expect("a subscription task does not panic");
-        outcomes[i] = Some(SubscriptionOutcome { name, result });
+        if let Some(result) = result.transpose() {
+            outcomes[i] = Some(SubscriptionOutcome { name, result });
+        }
     }
     observers.cancel();
     Ok(RunReport {

@@ -25,6 +25,11 @@ pub struct FileConfig {
     pub health_interval_secs: Option<u64>,
     /// `I/N`: this process's share of the subscriptions.
     pub shard: Option<String>,
+    /// Kubernetes Lease fencing: the namespace of the Leases, this process's holder name,
+    /// and how long a Lease lasts unrenewed (seconds).
+    pub lease_namespace: Option<String>,
+    pub lease_holder: Option<String>,
+    pub lease_duration_secs: Option<u64>,
     /// The org subscriptions use when they name none.
     pub salesforce: Option<OrgSection>,
     /// More orgs, by name: `[orgs.acme]`.

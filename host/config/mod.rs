@@ -11,6 +11,7 @@ use secrecy::SecretString;
 
 use crate::cli::{AuthFlow, RunArgs, SimArgs, TransformArgs};
 use crate::event::ReplayId;
+use crate::fence::LeaseSettings;
 use crate::pipeline::{RunOptions, SubscriptionConfig};
 use crate::salesforce::auth::Credentials;
 use crate::salesforce::pubsub::{ReplayFallback, StartPosition};
@@ -74,6 +75,8 @@ pub struct RunPlan {
     pub source: Option<PathBuf>,
     /// This process's share, when the subscriptions are split over several processes.
     pub shard: Option<Shard>,
+    /// Kubernetes Lease fencing, when on.
+    pub lease: Option<LeaseSettings>,
 }
 
 /// `I/N`: the subscriptions whose (org, channel) key hashes to `index` modulo `count`.
@@ -229,6 +232,9 @@ impl RunArgs {
             metrics_listen: self.metrics_listen.clone(),
             health_interval_secs: self.health_interval_secs,
             shard: self.shard.clone(),
+            lease_namespace: self.lease_namespace.clone(),
+            lease_holder: self.lease_holder.clone(),
+            lease_duration_secs: self.lease_duration_secs,
             salesforce: (!org.is_empty()).then_some(org),
             databricks: DatabricksSection {
                 workspace_url: self.databricks_workspace_url.clone(),
@@ -421,16 +427,79 @@ fn resolve(
         .or(file.shard)
         .map(|s| Shard::parse(&s))
         .transpose()?;
+    let lease = lease_settings(
+        flags.lease_namespace.or(file.lease_namespace),
+        flags.lease_holder.or(file.lease_holder),
+        flags.lease_duration_secs.or(file.lease_duration_secs),
+    )?;
     Ok(RunPlan {
         orgs,
         subscriptions,
         shard,
+        lease,
         cache_dir: cache_dir(flags.transform_cache_dir.or(file.transform_cache_dir)),
         options,
         metrics_listen,
         health_interval,
         source,
     })
+}
+
+fn lease_settings(
+    namespace: Option<String>,
+    holder: Option<String>,
+    duration_secs: Option<u64>,
+) -> Result<Option<LeaseSettings>, ConfigError> {
+    let Some(namespace) = namespace.filter(|n| !n.is_empty()) else {
+        return match (holder, duration_secs) {
+            (None, None) => Ok(None),
+            _ => Err(missing(
+                "lease-namespace",
+                "lease-holder and lease-duration-secs only apply with Lease fencing: set lease-namespace (SFZB_LEASE_NAMESPACE) too",
+            )),
+        };
+    };
+    if !is_dns_label(&namespace) {
+        return Err(invalid(
+            "lease-namespace",
+            namespace,
+            "a Kubernetes namespace: lowercase letters, digits and '-', at most 63",
+        ));
+    }
+    let holder = match holder.filter(|h| !h.is_empty()) {
+        Some(holder) => holder,
+        None => std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                missing(
+                    "lease-holder",
+                    "no HOSTNAME to name this process as a Lease holder: set lease-holder (SFZB_LEASE_HOLDER), e.g. to the pod name",
+                )
+            })?,
+    };
+    let duration_secs = duration_secs.unwrap_or(30);
+    if !(3..=3600).contains(&duration_secs) {
+        return Err(invalid(
+            "lease-duration-secs",
+            duration_secs.to_string(),
+            "between 3 and 3600 seconds; 30 suits most",
+        ));
+    }
+    Ok(Some(LeaseSettings {
+        namespace,
+        holder,
+        duration_secs,
+    }))
+}
+
+fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 fn run_options(
@@ -897,6 +966,7 @@ impl RunPlan {
                 json!({
                     "name": s.name,
                     "in-this-shard": self.shard.is_none_or(|shard| shard.owns(&self.orgs[s.org], &s.config.channel)),
+                    "lease": self.lease.as_ref().map(|_| crate::fence::Fence::lease_name(&self.orgs[s.org].name, &c.channel)),
                     "org": self.orgs[s.org].name,
                     "channel": c.channel,
                     "sink": c.sink.to_string(),
@@ -932,6 +1002,11 @@ impl RunPlan {
             "metrics-listen": self.metrics_listen.map(|a| a.to_string()),
             "health-interval-secs": self.health_interval.map(|d| d.as_secs()),
             "shard": self.shard.map(|s| format!("{}/{}", s.index, s.count)),
+            "lease": self.lease.as_ref().map(|l| serde_json::json!({
+                "namespace": l.namespace,
+                "holder": l.holder,
+                "duration-secs": l.duration_secs,
+            })),
             "databricks": {
                 "zerobus-endpoint": (!o.zerobus.endpoint.is_empty()).then_some(&o.zerobus.endpoint),
                 "workspace-url": o.zerobus.workspace_url,

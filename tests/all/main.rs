@@ -5,6 +5,8 @@ mod auth;
 mod cli;
 mod delta;
 mod guests;
+mod kube_api;
+mod lease;
 mod polyglot;
 mod product;
 mod shard;

@@ -1,0 +1,244 @@
+//! Fencing with Kubernetes Leases: with `lease-namespace` set, a subscription reads only
+//! while this process holds the Lease of its (org, channel), so two processes never read the
+//! same channel, even while a reshard or a rolling update runs old and new pods side by side
+//! (shards alone cannot promise that: two pods with different `N` both think they own it).
+//!
+//! The Lease is held through `kube-lease-manager` (server-side apply: a second holder is
+//! refused by the API server). A holder renews at `duration - grace`; if it is told it lost
+//! the Lease, or a renewal fails, it stops reading at once and finishes what it holds (flush,
+//! checkpoint), within the `grace` seconds before anyone else may take the Lease. A process
+//! that stops releases its Leases so a standby takes over without waiting for expiry.
+
+use std::future::Future;
+use std::time::Duration;
+
+use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseManagerBuilder, LeaseManagerError};
+use tokio_util::sync::CancellationToken;
+
+/// `lease-*` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseSettings {
+    pub namespace: String,
+    /// Who this process is in `holderIdentity`: the pod name in Kubernetes.
+    pub holder: String,
+    /// How long a Lease stays held without renewal.
+    pub duration_secs: u64,
+}
+
+impl LeaseSettings {
+    /// Renewals happen this long before expiry; a failed one leaves this long to stop.
+    pub fn grace_secs(&self) -> u64 {
+        (self.duration_secs / 3).max(1)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    #[error(
+        "Lease fencing is on (lease-namespace = {namespace:?}) but no Kubernetes API is configured: {reason}. In a pod, mount the service account token (automountServiceAccountToken: true); elsewhere set KUBECONFIG, or unset lease-namespace"
+    )]
+    NoCluster { namespace: String, reason: String },
+}
+
+/// A connection to the Kubernetes API and the settings of this process's Leases.
+#[derive(Clone)]
+pub struct Fence {
+    client: kube::Client,
+    settings: LeaseSettings,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// A free Lease is taken well within this; past it, another process holds it.
+const STANDBY_AFTER: Duration = Duration::from_secs(1);
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Fence {
+    /// The in-cluster service account, else `KUBECONFIG` / `~/.kube/config`.
+    pub async fn connect(settings: LeaseSettings) -> Result<Fence, FenceError> {
+        let no_cluster = |reason: String| FenceError::NoCluster {
+            namespace: settings.namespace.clone(),
+            reason,
+        };
+        // kube builds its TLS client with rustls' process default provider.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let mut config = kube::Config::infer()
+            .await
+            .map_err(|e| no_cluster(e.to_string()))?;
+        // A renewal must fail within the grace period, not be retried or left hanging past
+        // it: the holder has to notice in time to stop before the Lease expires.
+        config.default_retry = false;
+        let limit = Duration::from_secs(settings.grace_secs()).div_f32(2.0);
+        config.connect_timeout = Some(limit);
+        config.read_timeout = Some(limit);
+        config.write_timeout = Some(limit);
+        config.reset_reader_on_write = true;
+        let client = kube::Client::try_from(config).map_err(|e| no_cluster(e.to_string()))?;
+        Ok(Fence { client, settings })
+    }
+
+    pub fn settings(&self) -> &LeaseSettings {
+        &self.settings
+    }
+
+    /// The Lease of an (org, channel): a valid object name, readable, and unique per key
+    /// (the hash covers what the readable part had to drop or fold).
+    pub fn lease_name(org: &str, channel: &str) -> String {
+        let key = format!("{org}\u{0}{channel}");
+        let readable: String = format!("{org}-{}", channel.trim_start_matches('/'))
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let readable: String = readable.chars().take(40).collect();
+        let readable = readable.trim_matches('-');
+        format!("sfzb-{readable}-{:08x}", crc32fast::hash(key.as_bytes()))
+    }
+
+    async fn manager(&self, lease: &str) -> Result<LeaseManager, LeaseManagerError> {
+        LeaseManagerBuilder::new(self.client.clone(), lease)
+            .with_namespace(&self.settings.namespace)
+            .with_identity(&self.settings.holder)
+            .with_duration(self.settings.duration_secs)
+            .with_grace(self.settings.grace_secs())
+            .with_create_mode(LeaseCreateMode::AutoCreate)
+            .build()
+            .await
+    }
+
+    /// Runs `work` whenever this process holds `lease`, until `work` ends on its own or
+    /// `cancel` fires. `work` gets a token that fires when the Lease is lost; it must then
+    /// stop reading and finish cleanly, after which the Lease is sought again. `standby` is
+    /// called with a reason whenever this process waits for the Lease. Returns the outcome
+    /// of the last run of `work`, `None` if it never ran.
+    pub async fn hold<T, E, F, Fut>(
+        &self,
+        lease: &str,
+        cancel: &CancellationToken,
+        standby: impl Fn(String),
+        mut work: F,
+    ) -> Result<Option<T>, E>
+    where
+        F: FnMut(CancellationToken) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let namespace = &self.settings.namespace;
+        let mut last = None;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            standby(format!(
+                "waiting for Kubernetes Lease {namespace}/{lease}, held by another process"
+            ));
+            // A fresh manager per attempt: after an API error one may still believe it holds
+            // the Lease and never report acquiring it again.
+            let acquisition = self.acquire(lease);
+            tokio::pin!(acquisition);
+            let acquired = tokio::select! {
+                _ = cancel.cancelled() => return Ok(last),
+                acquired = &mut acquisition => acquired,
+                _ = tokio::time::sleep(STANDBY_AFTER) => {
+                    tracing::info!(lease = %lease, "Standby: Kubernetes Lease {namespace}/{lease} is held by another process; waiting for it.");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(last),
+                        acquired = &mut acquisition => acquired,
+                    }
+                }
+            };
+            let manager = match acquired {
+                Ok(manager) => manager,
+                Err(error) => {
+                    tracing::warn!(lease = %lease, %error, "Cannot take Kubernetes Lease {namespace}/{lease}; retrying in {} s.", backoff.as_secs());
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(last),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = MIN_BACKOFF;
+            tracing::info!(lease = %lease, holder = %self.settings.holder, "Holding Kubernetes Lease {namespace}/{lease}; reading.");
+            let lost = cancel.child_token();
+            let run = work(lost.clone());
+            tokio::pin!(run);
+            let outcome = tokio::select! {
+                outcome = &mut run => Some(outcome),
+                renewal = manager.changed() => {
+                    match renewal {
+                        Ok(_) => tracing::warn!(lease = %lease, "Kubernetes Lease {namespace}/{lease} was taken by another process; stopping this subscription."),
+                        Err(error) => tracing::warn!(lease = %lease, %error, "Cannot renew Kubernetes Lease {namespace}/{lease}; stopping this subscription before it expires."),
+                    }
+                    lost.cancel();
+                    None
+                }
+            };
+            let stopped_by_loss = outcome.is_none();
+            let outcome = match outcome {
+                Some(outcome) => outcome,
+                None => run.await,
+            };
+            if let Err(error) = manager.release().await {
+                tracing::warn!(lease = %lease, %error, "Could not release Kubernetes Lease {namespace}/{lease}; it expires in {} s.", self.settings.duration_secs);
+            }
+            last = Some(outcome?);
+            if !stopped_by_loss || cancel.is_cancelled() {
+                return Ok(last);
+            }
+        }
+    }
+
+    /// Waits until this process holds `lease`.
+    async fn acquire(&self, lease: &str) -> Result<LeaseManager, LeaseManagerError> {
+        let manager = self.manager(lease).await?;
+        while !manager.changed().await? {}
+        Ok(manager)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_names_are_valid_object_names_and_distinct() {
+        let names = [
+            Fence::lease_name("default", "/data/AccountChangeEvent"),
+            Fence::lease_name("default", "/data/Account_ChangeEvent"),
+            Fence::lease_name("acme", "/data/AccountChangeEvent"),
+            Fence::lease_name(
+                "an org with a very long name indeed",
+                "/event/A_Very_Long_Platform_Event_Name__e",
+            ),
+        ];
+        for name in &names {
+            assert!(name.len() <= 63, "{name}");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{name}"
+            );
+            assert!(!name.ends_with('-') && name.starts_with("sfzb-"), "{name}");
+        }
+        assert_eq!(
+            names[0],
+            Fence::lease_name("default", "/data/AccountChangeEvent")
+        );
+        let distinct: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len());
+        assert!(names[0].starts_with("sfzb-default-data-accountchangeevent-"));
+    }
+}

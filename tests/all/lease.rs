@@ -1,0 +1,252 @@
+//! Lease fencing: processes that share a configuration read each (org, channel) only while
+//! they hold its Kubernetes Lease. A standby takes over when the holder stops, and a holder
+//! whose Lease is taken stops reading. The Kubernetes API is the Lease server of
+//! `kube_api.rs` on 127.0.0.1; the sink is one Delta table, whose commits carry the
+//! checkpoint, so whoever reads resumes where the other stopped.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::kube_api::KubeApi;
+use crate::support::*;
+
+const NAMESPACE: &str = "sfzb-test";
+
+/// A host process whose log lines are collected as they come.
+struct Host {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Host {
+    fn start(dir: &Path, api: &KubeApi, pubsub: &str, login: &str, holder: &str) -> Host {
+        let mut child = host_command(dir, pubsub, login, "/data/AccountChangeEvent")
+            .args([
+                "--sink",
+                "delta:tables/account",
+                "--flush-interval-ms",
+                "100",
+            ])
+            .args(["--state-dir", &format!("state-{holder}")])
+            .args(["--lease-namespace", NAMESPACE, "--lease-holder", holder])
+            .args(["--lease-duration-secs", "3"])
+            .env("KUBECONFIG", api.kubeconfig(dir))
+            .env("SFZB_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Host { child, log }
+    }
+
+    fn said(&self, text: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Rows in the table; it counts only what was committed.
+async fn written(dir: &Path) -> Vec<u64> {
+    let table = dir.join("tables/account");
+    if !table.join("_delta_log").exists() {
+        return Vec::new();
+    }
+    delta_rows(&table)
+        .await
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect()
+}
+
+/// Every event up to the newest written is in the table exactly once.
+fn assert_once_each(replays: &[u64]) {
+    assert!(!replays.is_empty());
+    let expected: Vec<u64> = (1..=replays.len() as u64).collect();
+    assert_eq!(
+        replays,
+        &expected[..],
+        "every event from the first to the newest written, once each"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_holder_stops_and_nothing_is_read_twice() {
+    let api = KubeApi::start().await;
+    let (_sim, pubsub, login) =
+        sim_process(&["--entities", "Account", "--events", "0", "--rate", "300"]);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Host::start(dir.path(), &api, &pubsub, &login, "pod-a");
+    wait_for("pod-a to hold the Lease", || {
+        api.holders(NAMESPACE).iter().any(|(_, h)| h == "pod-a")
+    })
+    .await;
+    let b = Host::start(dir.path(), &api, &pubsub, &login, "pod-b");
+    wait_for("pod-b to wait as a standby", || b.said("Standby:") > 0).await;
+    let before = written(dir.path()).await.len();
+    wait_for("pod-a to keep writing", || a.said("Written to") >= 3).await;
+    assert_eq!(b.said("Holding Kubernetes Lease"), 0, "{}", b.log());
+    assert_eq!(b.said("Written to"), 0, "the standby reads nothing");
+    let (lease, _) = api.holders(NAMESPACE)[0].clone();
+    assert!(
+        lease.starts_with("sfzb-default-data-accountchangeevent-"),
+        "{lease}"
+    );
+
+    let a_log = a.log.clone();
+    let status = a.stop();
+    assert!(status.success(), "{}", a_log.lock().unwrap().join("\n"));
+    let by_a = written(dir.path()).await.len();
+    assert!(by_a > before, "pod-a wrote before it stopped");
+    wait_for("pod-b to take the Lease", || {
+        b.said("Holding Kubernetes Lease") > 0
+    })
+    .await;
+    wait_for("pod-b to write", || b.said("Written to") >= 3).await;
+    assert_eq!(
+        api.holders(NAMESPACE),
+        vec![(lease.clone(), "pod-b".into())]
+    );
+    let status = b.stop();
+    assert!(status.success());
+    assert!(
+        api.holders(NAMESPACE).is_empty(),
+        "a stopped holder releases its Lease"
+    );
+    let replays = written(dir.path()).await;
+    assert!(replays.len() > by_a, "pod-b went on after pod-a");
+    assert_once_each(&replays);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_lease_is_taken_stops_reading_until_it_gets_it_back() {
+    let api = KubeApi::start().await;
+    let (_sim, pubsub, login) =
+        sim_process(&["--entities", "Account", "--events", "0", "--rate", "300"]);
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(dir.path(), &api, &pubsub, &login, "pod-a");
+    wait_for("pod-a to write", || host.said("Written to") >= 2).await;
+    let (lease, _) = api.holders(NAMESPACE)[0].clone();
+
+    // Another holder takes the Lease and renews it, as a live one would.
+    let renewing = tokio_util::sync::CancellationToken::new();
+    let renewer = {
+        let (api, lease, renewing) = (api.clone(), lease.clone(), renewing.clone());
+        tokio::spawn(async move {
+            while !renewing.is_cancelled() {
+                api.give_to(NAMESPACE, &lease, "someone-else", 3);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    wait_for("pod-a to notice at its next renewal", || {
+        host.said("was taken by another process") > 0
+    })
+    .await;
+    wait_for("pod-a to wait as a standby", || host.said("Standby:") > 0).await;
+    let stopped = written(dir.path()).await.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        written(dir.path()).await.len(),
+        stopped,
+        "nothing is written without the Lease: {}",
+        host.log()
+    );
+    assert_eq!(
+        api.holders(NAMESPACE),
+        vec![(lease.clone(), "someone-else".into())]
+    );
+
+    renewing.cancel();
+    renewer.await.unwrap();
+    api.release(NAMESPACE, &lease);
+    wait_for("pod-a to take the Lease again", || {
+        host.said("Holding Kubernetes Lease") >= 2
+    })
+    .await;
+    wait_for("pod-a to write again", || {
+        let log = host.log.lock().unwrap();
+        let again = log
+            .iter()
+            .rposition(|l| l.contains("Holding Kubernetes Lease"))
+            .unwrap();
+        log[again..].iter().any(|l| l.contains("Written to"))
+    })
+    .await;
+    assert!(host.stop().success());
+    let replays = written(dir.path()).await;
+    assert!(replays.len() > stopped);
+    assert_once_each(&replays);
+}
+
+#[test]
+fn lease_fencing_without_a_kubernetes_api_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "--channel",
+            "AccountChangeEvent",
+            "--sink",
+            "jsonl:out.jsonl",
+        ])
+        .args([
+            "--instance-url",
+            "http://127.0.0.1:9",
+            "--username",
+            "u",
+            "--password",
+            "p",
+        ])
+        .args(["--lease-namespace", NAMESPACE, "--lease-holder", "pod-a"])
+        .env("KUBECONFIG", dir.path().join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no Kubernetes API is configured") && stderr.contains("KUBECONFIG"),
+        "{stderr}"
+    );
+}
