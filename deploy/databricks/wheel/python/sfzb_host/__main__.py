@@ -1,0 +1,3 @@
+from sfzb_host import main
+
+main()
