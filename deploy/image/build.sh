@@ -28,7 +28,7 @@ done
 fail() { echo "image: $*" >&2; exit 1; }
 [ -x "$binary" ] || fail "no sfzb-host binary at $binary: run 'cargo build --release' or pass --binary"
 command -v umoci >/dev/null || fail "umoci is missing: apt-get install umoci"
-command -v strip >/dev/null || fail "strip is missing: apt-get install binutils"
+command -v strip >/dev/null && command -v readelf >/dev/null || fail "strip and readelf are missing: apt-get install binutils"
 command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || fail "apt-get and dpkg-deb are needed (Debian or Ubuntu)"
 [ "$(id -u)" = 0 ] || fail "run as root (files in the image must be owned by root and by the sfzb user)"
 
@@ -47,15 +47,17 @@ mkdir -p "$work/debs" "$rootfs"
 # glibc and libgcc_s are what the binary links (rustls: no OpenSSL); the CA certificates are
 # what rustls trusts for Salesforce and Databricks.
 packages=(libc6 libgcc-s1 gcc-12-base ca-certificates)
-(cd "$work/debs" && apt-get download -q "${packages[@]}" >/dev/null) \
+(cd "$work/debs" && apt-get download -q -o APT::Sandbox::User=root "${packages[@]}" >/dev/null) \
   || fail "apt-get download ${packages[*]} failed: run 'apt-get update' first"
 for deb in "$work"/debs/*.deb; do
   dpkg-deb -x "$deb" "$rootfs"
   dpkg-deb -f "$deb" Package Version | paste -sd' ' >>"$work/packages.txt"
 done
 
-missing=$(ldd "$binary" | awk '/=> not found/ {print $1}')
-[ -z "$missing" ] || fail "the binary needs libraries the image lacks: $missing"
+for lib in $(readelf -d "$binary" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
+  [ -n "$(find "$rootfs" -name "$lib" -print -quit)" ] \
+    || fail "the binary needs $lib, which the image lacks: add its package to the list above"
+done
 
 # What update-ca-certificates would make, without running a maintainer script.
 mkdir -p "$rootfs/etc/ssl/certs"
