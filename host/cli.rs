@@ -226,6 +226,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_replay_recovery: bool,
 
+    /// Read through this Salesforce managed event subscription (its developer name) with
+    /// ManagedSubscribe: Salesforce keeps the committed position and lets one client read it
+    /// at a time, so a second process waits as a standby.
+    #[arg(long)]
+    pub managed_subscription: Option<String>,
+
     /// Events requested per stream at a time (flow control credit), 1 to 100 [default: 100].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub batch_size: Option<u32>,
@@ -466,4 +472,10 @@ pub struct SimArgs {
     /// Every Nth event of each entity is a GAP_UPDATE event.
     #[arg(long, value_name = "N")]
     pub gap_every: Option<u64>,
+
+    /// A managed event subscription for ManagedSubscribe: its developer name and topic, e.g.
+    /// Accounts=/data/AccountChangeEvent. It starts at EARLIEST, keeps the replay id its
+    /// client commits, and admits one client at a time. Repeatable.
+    #[arg(long = "managed-subscription", value_name = "NAME=TOPIC")]
+    pub managed_subscriptions: Vec<String>,
 }

@@ -116,7 +116,10 @@ impl Health {
         self.last_message_ms.store(now_ms(), Relaxed);
         self.consecutive_timeouts.store(0, Relaxed);
         let mut state = self.state.lock().expect("health lock");
-        if matches!(*state, State::Starting | State::Reconnecting(_)) {
+        if matches!(
+            *state,
+            State::Starting | State::Reconnecting(_) | State::Standby(_)
+        ) {
             *state = State::Running;
         }
     }

@@ -19,8 +19,8 @@ use crate::event::ReplayId;
 use crate::health::Health;
 use crate::salesforce::auth::AuthError;
 use crate::salesforce::pubsub::{
-    PubSubConnection, RawEvent, ReplayFallback, SourceMsg, StartPosition, SubscribeError,
-    SubscribeOptions, Subscriber,
+    ManagedOptions, PubSubConnection, RawEvent, ReplayFallback, SourceMsg, StartPosition,
+    SubscribeError, SubscribeOptions, Subscriber,
 };
 use crate::salesforce::schema::{EventMeta, SchemaCache, decode_event, encode_payload};
 use crate::sink::row::now_ms;
@@ -46,6 +46,9 @@ pub struct SubscriptionConfig {
     /// Consecutive idle timeouts after which the subscription counts as stuck.
     pub max_timeouts: u32,
     pub on_invalid_replay: ReplayFallback,
+    /// The developer name of the Salesforce managed event subscription read with
+    /// ManagedSubscribe, when not a plain Subscribe.
+    pub managed_subscription: Option<String>,
     /// Transforms, in order.
     pub transforms: Vec<crate::transform::TransformSpec>,
 }
@@ -160,6 +163,15 @@ pub async fn run_subscription(
         let (tx, rx) = mpsc::channel(8);
         let source_cancel = cancel.child_token();
         let mut subscribe = SubscribeOptions::new(config.channel.clone(), start);
+        let (durable, committed) = tokio::sync::watch::channel(None);
+        subscribe.managed =
+            config
+                .managed_subscription
+                .clone()
+                .map(|developer_name| ManagedOptions {
+                    developer_name,
+                    committed,
+                });
         subscribe.batch_size = config.batch_size;
         subscribe.idle_timeout = config.idle_timeout;
         subscribe.on_invalid_replay = config.on_invalid_replay;
@@ -197,12 +209,15 @@ pub async fn run_subscription(
             health: health.clone(),
             last_written: String::new(),
             written_since_flush: 0,
+            durable: Some(durable),
         };
         let started = Instant::now();
         let result = stage.drive(rx, &options, &cancel).await;
+        // Flushed before the source stops: a managed subscription commits this last position.
+        let flushed = stage.flush().await;
+        stage.durable = None;
         source_cancel.cancel();
         let source_result = source.await.unwrap_or(Ok(()));
-        let flushed = stage.flush().await;
         if let Some(chain) = &stage.chain {
             stage.stats.transforms = chain.stats();
         }
@@ -312,6 +327,9 @@ struct Stage2<'a> {
     /// The last event written, as the reference logs it: `Account UPDATE 001…`.
     last_written: String,
     written_since_flush: u64,
+    /// Each durable position, for a managed subscription to commit to Salesforce; dropped
+    /// once the last flush is done.
+    durable: Option<tokio::sync::watch::Sender<Option<ReplayId>>>,
 }
 
 impl Stage2<'_> {
@@ -594,6 +612,9 @@ impl Stage2<'_> {
             self.written_since_flush = 0;
         }
         tracing::debug!(replay_id = %position, written = self.stats.written, "Checkpoint committed.");
+        if let Some(durable) = &self.durable {
+            durable.send_replace(Some(position.clone()));
+        }
         let hex = position.to_hex();
         self.health.checkpointed(&hex);
         self.stats.checkpoint = Some(hex);

@@ -105,6 +105,9 @@ pub struct SubscriptionSection {
     pub idle_timeout_secs: Option<u64>,
     pub max_timeouts: Option<u32>,
     pub replay_invalid: Option<ReplayFallback>,
+    /// Read through this Salesforce managed event subscription (ManagedSubscribe) instead of
+    /// a plain subscription: Salesforce keeps the position and admits one client at a time.
+    pub managed_subscription: Option<String>,
     /// The transform chain, in order: `[[subscription.transform]]`.
     #[serde(rename = "transform")]
     pub transforms: Option<Vec<TransformSection>>,
@@ -182,7 +185,7 @@ impl SubscriptionSection {
     pub fn overlay(mut self, over: SubscriptionSection) -> SubscriptionSection {
         overlay!(self, over; name, org, channel, sink, dead_letter, replay, backfill_historical,
             enable_replay_recovery, batch_size, idle_timeout_secs, max_timeouts, replay_invalid,
-            transforms);
+            managed_subscription, transforms);
         self
     }
 }

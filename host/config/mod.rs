@@ -256,6 +256,7 @@ impl RunArgs {
             backfill_historical: self.no_backfill.then_some(false),
             enable_replay_recovery: self.no_replay_recovery.then_some(false),
             batch_size: self.batch_size,
+            managed_subscription: self.managed_subscription.clone(),
             idle_timeout_secs: self.idle_timeout_secs,
             max_timeouts: self.max_timeouts,
             replay_invalid: self.replay_invalid,
@@ -651,6 +652,7 @@ fn subscription_config(
         idle_timeout: Duration::from_secs(idle_timeout_secs),
         max_timeouts: section.max_timeouts.unwrap_or(3).max(1),
         on_invalid_replay: section.replay_invalid.unwrap_or(ReplayFallback::Fail),
+        managed_subscription: section.managed_subscription.filter(|n| !n.is_empty()),
         transforms: chain_specs(prefix, section.transforms.unwrap_or_default(), flags)?,
     })
 }
@@ -972,6 +974,7 @@ impl RunPlan {
                     "sink": c.sink.to_string(),
                     "dead-letter": c.dead_letter.as_ref().map(ToString::to_string),
                     "replay": c.replay.as_ref().map(ToString::to_string),
+                    "managed-subscription": c.managed_subscription,
                     "backfill-historical": c.backfill_historical,
                     "enable-replay-recovery": c.replay_recovery,
                     "batch-size": c.batch_size,
@@ -1123,6 +1126,21 @@ impl SimArgs {
                 end_stream_after: self.end_stream_after,
                 expire_tokens_after: self.expire_tokens_after,
             },
+            managed: self
+                .managed_subscriptions
+                .iter()
+                .map(|item| {
+                    item.split_once('=')
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .ok_or_else(|| {
+                            invalid(
+                                "managed-subscription",
+                                item,
+                                "write it as NAME=TOPIC, e.g. Accounts=/data/AccountChangeEvent",
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }

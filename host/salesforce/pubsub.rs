@@ -10,13 +10,18 @@
 //!   id → the configured fallback, never a retry of the same id; unavailable → backoff with
 //!   jitter; delivery limit → a long wait; missing topic or permission → stop, with a message.
 //! - Every resubscription resumes CUSTOM after the last event handed downstream.
+//! - With a managed subscription (ManagedSubscribe) Salesforce keeps the position instead:
+//!   the checkpoint stage publishes each durable position on a watch channel, which the
+//!   subscriber commits on the stream (CommitReplayRequest), last of all when it stops.
+//!   Salesforce admits one client per managed subscription; the others wait as standbys.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use rand::Rng;
 use secrecy::ExposeSecret;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
@@ -25,7 +30,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::event::ReplayId;
 use crate::proto::pubsub::pub_sub_client::PubSubClient;
-use crate::proto::pubsub::{FetchRequest, ReplayPreset, SchemaRequest};
+use crate::proto::pubsub::{
+    CommitReplayRequest, CommitReplayResponse, ConsumerEvent, FetchRequest, ManagedFetchRequest,
+    ReplayPreset, SchemaRequest,
+};
 use crate::salesforce::auth::{AuthError, Authenticator, Session};
 use crate::salesforce::schema::SchemaCache;
 
@@ -92,6 +100,17 @@ pub struct SubscribeOptions {
     pub on_invalid_replay: ReplayFallback,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Read through this managed subscription (ManagedSubscribe) instead of Subscribe.
+    pub managed: Option<ManagedOptions>,
+}
+
+/// A managed subscription and the durable positions to commit to it.
+#[derive(Clone, Debug)]
+pub struct ManagedOptions {
+    pub developer_name: String,
+    /// The position up to which everything is durably written; its sender's drop says no
+    /// more will come.
+    pub committed: watch::Receiver<Option<ReplayId>>,
 }
 
 impl SubscribeOptions {
@@ -105,6 +124,7 @@ impl SubscribeOptions {
             on_invalid_replay: ReplayFallback::Fail,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
+            managed: None,
         }
     }
 }
@@ -187,8 +207,14 @@ pub enum Failure {
     TopicNotFound,
     NoPermission,
     LimitExceeded,
+    /// Another client reads the managed subscription.
+    ManagedInUse,
     Transient,
 }
+
+/// Salesforce's words when another client holds a managed subscription; its status code and
+/// trailer for this are not documented.
+const MANAGED_IN_USE: &str = "active managed subscription with the same id already exists";
 
 /// Classifies a failed RPC by its `error-code` trailer, falling back to the gRPC status.
 pub fn classify(status: &Status) -> Failure {
@@ -198,7 +224,13 @@ pub fn classify(status: &Status) -> Failure {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if code.contains("replayid") {
+    if status
+        .message()
+        .to_ascii_lowercase()
+        .contains(MANAGED_IN_USE)
+    {
+        Failure::ManagedInUse
+    } else if code.contains("replayid") {
         Failure::ReplayInvalid
     } else if code.contains("auth.error")
         || code.contains("auth.refresh")
@@ -369,7 +401,71 @@ pub struct Subscriber {
     /// Where the next subscription starts: after the last event handed downstream, or the
     /// latest keepalive position.
     resume: StartPosition,
+    /// The position last committed to the managed subscription.
+    committed: Option<ReplayId>,
 }
+
+/// The request side of a stream, whichever RPC it is.
+enum Requests {
+    Plain(mpsc::Sender<FetchRequest>),
+    Managed(mpsc::Sender<ManagedFetchRequest>),
+}
+
+impl Requests {
+    /// Asks for `n` more events; false if the stream is gone.
+    async fn more(&self, n: u32) -> bool {
+        let n = n as i32;
+        match self {
+            Requests::Plain(tx) => tx
+                .send(FetchRequest {
+                    num_requested: n,
+                    ..Default::default()
+                })
+                .await
+                .is_ok(),
+            Requests::Managed(tx) => tx
+                .send(ManagedFetchRequest {
+                    num_requested: n,
+                    ..Default::default()
+                })
+                .await
+                .is_ok(),
+        }
+    }
+
+    /// Commits `position` to a managed subscription; false if the stream is gone.
+    async fn commit(&self, position: &ReplayId) -> bool {
+        match self {
+            Requests::Plain(_) => true,
+            Requests::Managed(tx) => tx
+                .send(ManagedFetchRequest {
+                    commit_replay_id_request: Some(CommitReplayRequest {
+                        commit_request_id: uuid::Uuid::new_v4().to_string(),
+                        replay_id: position.as_bytes().clone(),
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .is_ok(),
+        }
+    }
+}
+
+/// A response, whichever RPC it came by.
+struct Fetched {
+    events: Vec<ConsumerEvent>,
+    latest_replay_id: bytes::Bytes,
+    pending_num_requested: i32,
+    commit: Option<CommitReplayResponse>,
+}
+
+type Inbound = std::pin::Pin<Box<dyn Stream<Item = Result<Fetched, Status>> + Send>>;
+
+/// The longest wait between two tries of a managed subscription another client reads.
+const STANDBY_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The longest a stopping managed subscriber waits for the last durable position.
+const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(30);
 
 enum StreamEnd {
     Cancelled,
@@ -395,6 +491,7 @@ impl Subscriber {
             out,
             cancel,
             resume,
+            committed: None,
         }
     }
 
@@ -416,7 +513,14 @@ impl Subscriber {
                     Err(source) => return Err(SubscribeError::Auth { channel, source }),
                 }
             }
-            tracing::info!(start = %self.resume, batch_size = self.options.batch_size, "Starting subscription to {channel}.");
+            match &self.options.managed {
+                None => {
+                    tracing::info!(start = %self.resume, batch_size = self.options.batch_size, "Starting subscription to {channel}.")
+                }
+                Some(managed) => {
+                    tracing::info!(managed_subscription = %managed.developer_name, batch_size = self.options.batch_size, "Starting managed subscription {} to {channel}; Salesforce keeps its position.", managed.developer_name)
+                }
+            }
             let (end, delivered) = self.stream_once().await;
             if delivered {
                 delay = self.options.backoff_initial;
@@ -491,6 +595,27 @@ impl Subscriber {
                         return Ok(());
                     }
                 }
+                Failure::ManagedInUse => {
+                    let name = self
+                        .options
+                        .managed
+                        .as_ref()
+                        .map(|m| m.developer_name.as_str())
+                        .unwrap_or_default();
+                    let reason = format!("managed subscription {name} is read by another client");
+                    // A standby retries often enough to take over soon after the reader stops.
+                    delay = delay.min(STANDBY_RETRY_MAX);
+                    tracing::info!(
+                        retry_in_ms = delay.as_millis() as u64,
+                        "Standby: {reason}; trying again."
+                    );
+                    if let Some(health) = &self.options.health {
+                        health.set_state(crate::health::State::Standby(reason));
+                    }
+                    if self.sleep(&mut delay).await {
+                        return Ok(());
+                    }
+                }
                 Failure::Transient => {
                     tracing::warn!(%detail, retry_in_ms = delay.as_millis() as u64, "Stream failed; resubscribing after backoff.");
                     if self.sleep(&mut delay).await {
@@ -527,57 +652,63 @@ impl Subscriber {
             _ = self.cancel.cancelled() => return (StreamEnd::Cancelled, false),
             n = acquire_up_to(&self.capacity, batch) => *held = n,
         }
-        let (preset, replay_id) = self.resume.preset();
-        let (requests, request_rx) = mpsc::channel::<FetchRequest>(4);
-        let first = FetchRequest {
-            topic_name: self.options.topic.clone(),
-            replay_preset: preset as i32,
-            replay_id,
-            num_requested: *held as i32,
-            auth_refresh: String::new(),
-        };
-        if requests.send(first).await.is_err() {
-            return (
-                StreamEnd::Failed(Status::internal("request channel closed")),
-                false,
-            );
-        }
         let mut client = self.connection.client.clone();
-        let stream = tokio::select! {
+        let opened = tokio::select! {
             _ = self.cancel.cancelled() => return (StreamEnd::Cancelled, false),
-            r = client.subscribe(tokio_stream::wrappers::ReceiverStream::new(request_rx)) => r,
+            opened = self.open(&mut client, *held) => opened,
         };
-        let mut inbound = match stream {
-            Ok(response) => response.into_inner(),
+        let (requests, mut inbound) = match opened {
+            Ok(opened) => opened,
             Err(status) => return (StreamEnd::Failed(status), false),
         };
+        let mut committed = self.options.managed.as_ref().map(|m| m.committed.clone());
+        if let Some(position) = committed
+            .as_mut()
+            .and_then(|c| c.borrow_and_update().clone())
+            && self.committed.as_ref() != Some(&position)
+            && requests.commit(&position).await
+        {
+            self.committed = Some(position);
+        }
         let org_id: Arc<str> = self.connection.org_id().unwrap_or_default().into();
         let low_water = batch / 2;
         loop {
             let want_more = *held <= low_water;
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => return (StreamEnd::Cancelled, delivered),
+                _ = self.cancel.cancelled() => {
+                    if let Some(committed) = committed {
+                        self.final_commit(&requests, &mut inbound, committed).await;
+                    }
+                    return (StreamEnd::Cancelled, delivered);
+                }
                 n = acquire_up_to(&self.capacity, batch - *held), if want_more => {
                     *held += n;
-                    let request = FetchRequest { num_requested: n as i32, ..Default::default() };
-                    if requests.send(request).await.is_err() {
+                    if !requests.more(n).await {
                         return (StreamEnd::Failed(Status::unavailable("request stream closed")), delivered);
                     }
                 }
-                message = tokio::time::timeout(self.options.idle_timeout, inbound.message()) => {
+                Some(position) = durable(&mut committed) => {
+                    if self.committed.as_ref() != Some(&position) && requests.commit(&position).await {
+                        self.committed = Some(position);
+                    }
+                }
+                message = tokio::time::timeout(self.options.idle_timeout, inbound.next()) => {
                     let response = match message {
                         Err(_) => return (StreamEnd::Idle, delivered),
-                        Ok(Err(status)) => return (StreamEnd::Failed(status), delivered),
-                        Ok(Ok(None)) => return (StreamEnd::Failed(Status::unavailable("the server closed the stream")), delivered),
-                        Ok(Ok(Some(response))) => response,
+                        Ok(Some(Err(status))) => return (StreamEnd::Failed(status), delivered),
+                        Ok(None) => return (StreamEnd::Failed(Status::unavailable("the server closed the stream")), delivered),
+                        Ok(Some(Ok(response))) => response,
                     };
+                    if let Some(commit) = &response.commit {
+                        log_commit(commit);
+                    }
                     let received = response.events.len() as u32;
                     let pending = u32::try_from(response.pending_num_requested).unwrap_or(0);
                     let events: Vec<RawEvent> = response
                         .events
                         .into_iter()
-                        .filter_map(|e| {
+                        .filter_map(|e: ConsumerEvent| {
                             let event = e.event?;
                             Some(RawEvent {
                                 replay_id: ReplayId::new(e.replay_id),
@@ -595,7 +726,7 @@ impl Subscriber {
                         *held = pending;
                     }
                     if events.is_empty() {
-                        if !response.latest_replay_id.is_empty() {
+                        if response.commit.is_none() && !response.latest_replay_id.is_empty() {
                             let latest = ReplayId::new(response.latest_replay_id);
                             tracing::debug!(latest = %latest, "Keepalive.");
                             self.resume = StartPosition::Custom(latest.clone());
@@ -624,6 +755,98 @@ impl Subscriber {
         }
     }
 
+    /// Opens a Subscribe stream from the resume position, or a ManagedSubscribe stream, asking
+    /// for `credit` events.
+    async fn open(&self, client: &mut Client, credit: u32) -> Result<(Requests, Inbound), Status> {
+        let credit = credit as i32;
+        match &self.options.managed {
+            None => {
+                let (preset, replay_id) = self.resume.preset();
+                let (requests, outbound) = opening(FetchRequest {
+                    topic_name: self.options.topic.clone(),
+                    replay_preset: preset as i32,
+                    replay_id,
+                    num_requested: credit,
+                    auth_refresh: String::new(),
+                });
+                let inbound = client.subscribe(outbound).await?.into_inner().map(|r| {
+                    r.map(|r| Fetched {
+                        events: r.events,
+                        latest_replay_id: r.latest_replay_id,
+                        pending_num_requested: r.pending_num_requested,
+                        commit: None,
+                    })
+                });
+                Ok((Requests::Plain(requests), Box::pin(inbound)))
+            }
+            Some(managed) => {
+                let (requests, outbound) = opening(ManagedFetchRequest {
+                    developer_name: managed.developer_name.clone(),
+                    num_requested: credit,
+                    ..Default::default()
+                });
+                let inbound = client
+                    .managed_subscribe(outbound)
+                    .await?
+                    .into_inner()
+                    .map(|r| {
+                        r.map(|r| Fetched {
+                            events: r.events,
+                            latest_replay_id: r.latest_replay_id,
+                            pending_num_requested: r.pending_num_requested,
+                            commit: r.commit_response,
+                        })
+                    });
+                Ok((Requests::Managed(requests), Box::pin(inbound)))
+            }
+        }
+    }
+
+    /// A stopping managed subscriber: waits (no longer fetching) until the pipeline has made
+    /// its last position durable, commits it, and waits for Salesforce to confirm, so the
+    /// next client starts right after it.
+    async fn final_commit(
+        &mut self,
+        requests: &Requests,
+        inbound: &mut Inbound,
+        mut committed: watch::Receiver<Option<ReplayId>>,
+    ) {
+        let waited = tokio::time::timeout(FINAL_COMMIT_WAIT, async {
+            while committed.changed().await.is_ok() {}
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(
+                "The pipeline did not finish within {} s; committing what is durable so far.",
+                FINAL_COMMIT_WAIT.as_secs()
+            );
+        }
+        let Some(position) = committed.borrow().clone() else {
+            return;
+        };
+        if self.committed.as_ref() == Some(&position) || !requests.commit(&position).await {
+            return;
+        }
+        let confirmed = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(response)) = inbound.next().await {
+                if let Some(commit) = response.commit {
+                    log_commit(&commit);
+                    if commit.replay_id == position.as_bytes() {
+                        return true;
+                    }
+                }
+            }
+            false
+        })
+        .await;
+        if confirmed == Ok(true) {
+            tracing::info!(replay_id = %position, "Committed the last durable position to the managed subscription.");
+            self.committed = Some(position);
+        } else {
+            tracing::warn!(replay_id = %position, "Salesforce did not confirm the last commit; the next client may receive some events again.");
+        }
+    }
+
     /// Fetches and caches the writer schema of every event whose schema is not cached yet.
     async fn ensure_schemas(&self, client: &mut Client, events: &[RawEvent]) -> Result<(), Status> {
         for event in events {
@@ -647,6 +870,41 @@ impl Subscriber {
             }
         }
         Ok(())
+    }
+}
+
+/// The request side of a new stream with its first request queued, and what the RPC sends.
+fn opening<T>(first: T) -> (mpsc::Sender<T>, tokio_stream::wrappers::ReceiverStream<T>) {
+    let (requests, outbound) = mpsc::channel(4);
+    requests
+        .try_send(first)
+        .unwrap_or_else(|_| unreachable!("a new channel has room"));
+    (
+        requests,
+        tokio_stream::wrappers::ReceiverStream::new(outbound),
+    )
+}
+
+/// The next durable position to commit, when there is a managed subscription whose pipeline
+/// still runs; pending forever otherwise.
+async fn durable(committed: &mut Option<watch::Receiver<Option<ReplayId>>>) -> Option<ReplayId> {
+    let Some(rx) = committed else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        // The pipeline ended; the stream is stopping, and commits its last position then.
+        return std::future::pending().await;
+    }
+    rx.borrow_and_update().clone()
+}
+
+fn log_commit(commit: &CommitReplayResponse) {
+    let replay_id = hex::encode(&commit.replay_id);
+    match &commit.error {
+        Some(error) => {
+            tracing::warn!(%replay_id, error = %error.msg, "Salesforce refused to commit the managed subscription's position; events after it may come again.")
+        }
+        None => tracing::debug!(%replay_id, "Committed to the managed subscription."),
     }
 }
 
@@ -689,6 +947,16 @@ mod tests {
         let mut metadata = tonic::metadata::MetadataMap::new();
         metadata.insert("error-code", error_code.parse().unwrap());
         Status::with_metadata(code, "x", metadata)
+    }
+
+    #[test]
+    fn a_managed_subscription_in_use_is_recognised_by_salesforces_words() {
+        let status = Status::failed_precondition(crate::sim::pubsub::MANAGED_IN_USE);
+        assert_eq!(classify(&status), Failure::ManagedInUse);
+        assert_eq!(
+            classify(&Status::failed_precondition("something else")),
+            Failure::Transient
+        );
     }
 
     #[test]

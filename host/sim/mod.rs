@@ -29,6 +29,8 @@ pub enum SimError {
     UnknownEntity(String),
     #[error("bundled schema failed to load: {0}")]
     Schema(#[from] crate::salesforce::schema::SchemaError),
+    #[error("managed subscription: {0}")]
+    Managed(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -56,6 +58,8 @@ pub struct SimConfig {
     pub token_ttl: Option<Duration>,
     pub event_faults: EventFaults,
     pub stream_faults: StreamFaults,
+    /// Managed event subscriptions: (developer name, topic).
+    pub managed: Vec<(String, String)>,
 }
 
 impl Default for SimConfig {
@@ -77,6 +81,7 @@ impl Default for SimConfig {
             token_ttl: None,
             event_faults: EventFaults::default(),
             stream_faults: StreamFaults::default(),
+            managed: Vec::new(),
         }
     }
 }
@@ -131,13 +136,17 @@ impl Simulator {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
 
-        let service = Arc::new(PubSubService::new(
-            bus.clone(),
-            tokens.clone(),
-            config.org_id.clone(),
-            config.keepalive,
-            config.stream_faults.clone(),
-        ));
+        let service = Arc::new(
+            PubSubService::new(
+                bus.clone(),
+                tokens.clone(),
+                config.org_id.clone(),
+                config.keepalive,
+                config.stream_faults.clone(),
+                &config.managed,
+            )
+            .map_err(|status| SimError::Managed(status.message().to_string()))?,
+        );
         let stats = service.stats.clone();
         let grpc = tonic::transport::Server::builder()
             .add_service(PubSubServer::new(service).max_decoding_message_size(16 << 20))

@@ -1,10 +1,13 @@
 //! The simulated Pub/Sub API: the real `eventbus.v1.PubSub` service over gRPC, with
 //! Salesforce's flow control (`num_requested` credit, `pending_num_requested`), keepalives,
-//! replay presets, error codes in the `error-code` trailer, and injectable faults.
+//! replay presets, error codes in the `error-code` trailer, and injectable faults. Managed
+//! subscriptions (ManagedSubscribe) keep their committed replay id here, and admit one
+//! active client each, as Salesforce does.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
@@ -16,9 +19,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::pubsub::pub_sub_server::PubSub;
 use crate::proto::pubsub::{
-    ConsumerEvent, FetchRequest, FetchResponse, ManagedFetchRequest, ManagedFetchResponse,
-    ProducerEvent, PublishRequest, PublishResponse, PublishResult, ReplayPreset, SchemaInfo,
-    SchemaRequest, TopicInfo, TopicRequest,
+    CommitReplayRequest, CommitReplayResponse, ConsumerEvent, FetchRequest, FetchResponse,
+    ManagedFetchRequest, ManagedFetchResponse, ProducerEvent, PublishRequest, PublishResponse,
+    PublishResult, ReplayPreset, SchemaInfo, SchemaRequest, TopicInfo, TopicRequest,
 };
 use crate::salesforce::schema::{EventMeta, decode_event};
 use crate::sim::bus::{Bus, parse_replay_id, replay_id};
@@ -34,6 +37,18 @@ pub mod codes {
         "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.validation.failed";
     pub const TOPIC_NOT_FOUND: &str = "sfdc.platform.eventbus.grpc.topic.not.found";
     pub const UNAVAILABLE: &str = "sfdc.platform.eventbus.grpc.service.unavailable";
+}
+
+/// What Salesforce says to a second client of an active managed subscription (its gRPC status
+/// and trailer for this are not documented; clients recognise the message).
+pub const MANAGED_IN_USE: &str = "An active managed subscription with the same ID already exists. If a previous subscription with the same ID was stopped, there can be a delay before it expires. Try subscribing again later.";
+
+/// A managed subscription: a topic, and the replay id its client last committed.
+#[derive(Debug)]
+struct Managed {
+    topic: Option<u16>,
+    committed: Option<u64>,
+    active: bool,
 }
 
 /// Salesforce delivers at most this many events per FetchResponse.
@@ -67,6 +82,8 @@ pub struct PubSubService {
     pub keepalive: Duration,
     pub faults: StreamFaults,
     tokens_expired: AtomicBool,
+    /// By developer name.
+    managed: Mutex<HashMap<String, Managed>>,
 }
 
 impl PubSubService {
@@ -76,8 +93,9 @@ impl PubSubService {
         org_id: String,
         keepalive: Duration,
         faults: StreamFaults,
-    ) -> Self {
-        PubSubService {
+        managed: &[(String, String)],
+    ) -> Result<Self, Status> {
+        let mut service = PubSubService {
             bus,
             stats: Arc::default(),
             tokens,
@@ -85,7 +103,22 @@ impl PubSubService {
             keepalive,
             faults,
             tokens_expired: AtomicBool::new(false),
+            managed: Mutex::default(),
+        };
+        let mut subscriptions = HashMap::new();
+        for (name, topic) in managed {
+            let topic = service.topic(topic)?;
+            subscriptions.insert(
+                name.clone(),
+                Managed {
+                    topic,
+                    committed: None,
+                    active: false,
+                },
+            );
         }
+        service.managed = Mutex::new(subscriptions);
+        Ok(service)
     }
 
     /// The token the call carries, after checking it and the tenant against this org.
@@ -204,24 +237,21 @@ impl PubSub for Arc<PubSubService> {
                 seq + 1
             }
         };
-        let (tx, rx) = mpsc::channel(4);
-        let service = self.clone();
-        let pending = i64::from(first.num_requested.clamp(0, MAX_BATCH as i32));
-        self.stats.subscribes.fetch_add(1, Ordering::Relaxed);
-        self.stats.max_pending.fetch_max(pending, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let stream = Subscription {
-                service,
-                token,
-                entity,
-                cursor,
-                pending,
-                delivered: 0,
-                rpc_id: uuid::Uuid::new_v4().to_string(),
-            };
-            stream.run(inbound, tx).await;
+        let inbound = inbound.map(|r| {
+            r.map(|r| Ask {
+                num_requested: r.num_requested,
+                commit: None,
+            })
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let replies = self.start(token, entity, cursor, first.num_requested, inbound, None);
+        Ok(Response::new(Box::pin(replies.map(|r| {
+            r.map(|r| FetchResponse {
+                events: r.events,
+                latest_replay_id: r.latest_replay_id,
+                rpc_id: r.rpc_id,
+                pending_num_requested: r.pending_num_requested,
+            })
+        }))))
     }
 
     async fn get_schema(
@@ -285,15 +315,154 @@ impl PubSub for Arc<PubSubService> {
 
     async fn managed_subscribe(
         &self,
-        _request: Request<Streaming<ManagedFetchRequest>>,
+        request: Request<Streaming<ManagedFetchRequest>>,
     ) -> Result<Response<Self::ManagedSubscribeStream>, Status> {
-        Err(Status::unimplemented(
-            "ManagedSubscribe is not simulated; use Subscribe.",
-        ))
+        let token = self.authorize(request.metadata())?;
+        let mut inbound = request.into_inner();
+        let Some(first) = inbound.message().await? else {
+            return Err(Status::invalid_argument(
+                "the stream ended before the first ManagedFetchRequest",
+            ));
+        };
+        let name = if first.developer_name.is_empty() {
+            first.subscription_id.clone()
+        } else {
+            first.developer_name.clone()
+        };
+        let (entity, cursor) = {
+            let mut managed = self.managed.lock().expect("managed lock");
+            let Some(subscription) = managed.get_mut(&name) else {
+                return Err(Status::not_found(format!(
+                    "Managed event subscription {name} not found. Create it (ManagedEventSubscription) before subscribing."
+                )));
+            };
+            if subscription.active {
+                return Err(Status::failed_precondition(MANAGED_IN_USE));
+            }
+            subscription.active = true;
+            let cursor = match subscription.committed {
+                Some(seq) => seq + 1,
+                None => self.bus.first(),
+            };
+            (subscription.topic, cursor)
+        };
+        let inbound = inbound.map(|r| {
+            r.map(|r| Ask {
+                num_requested: r.num_requested,
+                commit: r.commit_replay_id_request,
+            })
+        });
+        let replies = self.start(
+            token,
+            entity,
+            cursor,
+            first.num_requested,
+            inbound,
+            Some(name),
+        );
+        Ok(Response::new(Box::pin(replies.map(|r| {
+            r.map(|r| ManagedFetchResponse {
+                events: r.events,
+                latest_replay_id: r.latest_replay_id,
+                rpc_id: r.rpc_id,
+                pending_num_requested: r.pending_num_requested,
+                commit_response: r.commit,
+            })
+        }))))
+    }
+}
+
+/// What a client sends on a subscription stream, whichever RPC it came by.
+struct Ask {
+    num_requested: i32,
+    commit: Option<CommitReplayRequest>,
+}
+
+/// What a subscription stream sends back, whichever RPC.
+struct Reply {
+    events: Vec<ConsumerEvent>,
+    latest_replay_id: bytes::Bytes,
+    rpc_id: String,
+    pending_num_requested: i32,
+    commit: Option<CommitReplayResponse>,
+}
+
+/// Marks a managed subscription inactive when its stream ends, however it ends.
+struct Active {
+    service: Arc<PubSubService>,
+    name: String,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(m) = self
+            .service
+            .managed
+            .lock()
+            .expect("managed lock")
+            .get_mut(&self.name)
+        {
+            m.active = false;
+        }
     }
 }
 
 impl PubSubService {
+    /// Serves a subscription stream from `cursor` on a task; its replies, as a stream.
+    fn start(
+        self: &Arc<Self>,
+        token: String,
+        entity: Option<u16>,
+        cursor: u64,
+        num_requested: i32,
+        inbound: impl Stream<Item = Result<Ask, Status>> + Send + Unpin + 'static,
+        managed: Option<String>,
+    ) -> ReceiverStream<Result<Reply, Status>> {
+        let (tx, rx) = mpsc::channel(4);
+        let pending = i64::from(num_requested.clamp(0, MAX_BATCH as i32));
+        self.stats.subscribes.fetch_add(1, Ordering::Relaxed);
+        self.stats.max_pending.fetch_max(pending, Ordering::Relaxed);
+        let active = managed.map(|name| Active {
+            service: self.clone(),
+            name,
+        });
+        let stream = Subscription {
+            service: self.clone(),
+            token,
+            entity,
+            cursor,
+            pending,
+            delivered: 0,
+            rpc_id: uuid::Uuid::new_v4().to_string(),
+            active,
+        };
+        tokio::spawn(stream.run(inbound, tx));
+        ReceiverStream::new(rx)
+    }
+
+    /// Records a managed subscription's commit; the reply for it.
+    fn commit(&self, name: &str, request: CommitReplayRequest) -> CommitReplayResponse {
+        let started = std::time::Instant::now();
+        let error = match parse_replay_id(&request.replay_id) {
+            Some(seq) if seq <= self.bus.head() => {
+                if let Some(m) = self.managed.lock().expect("managed lock").get_mut(name) {
+                    m.committed = Some(seq);
+                }
+                None
+            }
+            _ => Some(crate::proto::pubsub::Error {
+                code: crate::proto::pubsub::ErrorCode::Commit as i32,
+                msg: "The replay ID is invalid or was never issued.".into(),
+            }),
+        };
+        CommitReplayResponse {
+            commit_request_id: request.commit_request_id,
+            replay_id: request.replay_id,
+            error,
+            process_time: started.elapsed().as_millis() as i64,
+        }
+    }
+
     fn publish_batch(&self, request: PublishRequest) -> Result<PublishResponse, Status> {
         let Some(entity) = self.topic(&request.topic_name)? else {
             return Err(Status::invalid_argument(
@@ -370,13 +539,15 @@ struct Subscription {
     pending: i64,
     delivered: u64,
     rpc_id: String,
+    /// Held while the stream of a managed subscription lives.
+    active: Option<Active>,
 }
 
 impl Subscription {
     async fn run(
         mut self,
-        mut inbound: Streaming<FetchRequest>,
-        tx: mpsc::Sender<Result<FetchResponse, Status>>,
+        mut inbound: impl Stream<Item = Result<Ask, Status>> + Unpin,
+        tx: mpsc::Sender<Result<Reply, Status>>,
     ) {
         let mut head = self.service.bus.watch_head();
         let mut keepalive = tokio::time::interval(self.service.keepalive);
@@ -426,11 +597,12 @@ impl Subscription {
                             .last()
                             .map(|e| e.replay_id.clone())
                             .unwrap_or_default();
-                        let response = FetchResponse {
+                        let response = Reply {
                             events,
                             latest_replay_id: latest,
                             rpc_id: self.rpc_id.clone(),
                             pending_num_requested: self.pending as i32,
+                            commit: None,
                         };
                         if tx.send(Ok(response)).await.is_err() {
                             return;
@@ -452,20 +624,33 @@ impl Subscription {
                 }
             }
             tokio::select! {
-                request = inbound.message() => match request {
-                    Ok(Some(request)) => {
+                request = inbound.next() => match request {
+                    Some(Ok(request)) => {
                         self.pending += i64::from(request.num_requested.clamp(0, MAX_BATCH as i32));
                         self.service.stats.max_pending.fetch_max(self.pending, Ordering::Relaxed);
+                        if let (Some(commit), Some(active)) = (request.commit, &self.active) {
+                            let response = Reply {
+                                events: Vec::new(),
+                                latest_replay_id: Default::default(),
+                                rpc_id: self.rpc_id.clone(),
+                                pending_num_requested: self.pending as i32,
+                                commit: Some(self.service.commit(&active.name, commit)),
+                            };
+                            if tx.send(Ok(response)).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                     _ => return,
                 },
                 changed = head.changed() => if changed.is_err() { return },
                 _ = keepalive.tick() => {
-                    let response = FetchResponse {
+                    let response = Reply {
                         events: Vec::new(),
                         latest_replay_id: replay_id(self.cursor.saturating_sub(1)),
                         rpc_id: self.rpc_id.clone(),
                         pending_num_requested: self.pending as i32,
+                        commit: None,
                     };
                     if tx.send(Ok(response)).await.is_err() {
                         return;

@@ -4,84 +4,30 @@
 //! `kube_api.rs` on 127.0.0.1; the sink is one Delta table, whose commits carry the
 //! checkpoint, so whoever reads resumes where the other stopped.
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::kube_api::KubeApi;
 use crate::support::*;
 
 const NAMESPACE: &str = "sfzb-test";
 
-/// A host process whose log lines are collected as they come.
-struct Host {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Host {
-    fn start(dir: &Path, api: &KubeApi, pubsub: &str, login: &str, holder: &str) -> Host {
-        let mut child = host_command(dir, pubsub, login, "/data/AccountChangeEvent")
-            .args([
-                "--sink",
-                "delta:tables/account",
-                "--flush-interval-ms",
-                "100",
-            ])
-            .args(["--state-dir", &format!("state-{holder}")])
-            .args(["--lease-namespace", NAMESPACE, "--lease-holder", holder])
-            .args(["--lease-duration-secs", "3"])
-            .env("KUBECONFIG", api.kubeconfig(dir))
-            .env("SFZB_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Host { child, log }
-    }
-
-    fn said(&self, text: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(text))
-            .count()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGTERM, and the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// `sfzb-host run` reading AccountChangeEvent into the shared Delta table, fenced by a Lease.
+fn host(dir: &Path, api: &KubeApi, pubsub: &str, login: &str, holder: &str) -> Logged {
+    let mut command = host_command(dir, pubsub, login, "/data/AccountChangeEvent");
+    command
+        .args([
+            "--sink",
+            "delta:tables/account",
+            "--flush-interval-ms",
+            "100",
+        ])
+        .args(["--state-dir", &format!("state-{holder}")])
+        .args(["--lease-namespace", NAMESPACE, "--lease-holder", holder])
+        .args(["--lease-duration-secs", "3"])
+        .env("KUBECONFIG", api.kubeconfig(dir));
+    Logged::spawn(command)
 }
 
 /// Rows in the table; it counts only what was committed.
@@ -114,12 +60,12 @@ async fn a_standby_takes_over_when_the_holder_stops_and_nothing_is_read_twice() 
     let (_sim, pubsub, login) =
         sim_process(&["--entities", "Account", "--events", "0", "--rate", "300"]);
     let dir = tempfile::tempdir().unwrap();
-    let a = Host::start(dir.path(), &api, &pubsub, &login, "pod-a");
+    let a = host(dir.path(), &api, &pubsub, &login, "pod-a");
     wait_for("pod-a to hold the Lease", || {
         api.holders(NAMESPACE).iter().any(|(_, h)| h == "pod-a")
     })
     .await;
-    let b = Host::start(dir.path(), &api, &pubsub, &login, "pod-b");
+    let b = host(dir.path(), &api, &pubsub, &login, "pod-b");
     wait_for("pod-b to wait as a standby", || b.said("Standby:") > 0).await;
     let before = written(dir.path()).await.len();
     wait_for("pod-a to keep writing", || a.said("Written to") >= 3).await;
@@ -131,9 +77,8 @@ async fn a_standby_takes_over_when_the_holder_stops_and_nothing_is_read_twice() 
         "{lease}"
     );
 
-    let a_log = a.log.clone();
-    let status = a.stop();
-    assert!(status.success(), "{}", a_log.lock().unwrap().join("\n"));
+    let (status, a_log) = a.stop();
+    assert!(status.success(), "{a_log}");
     let by_a = written(dir.path()).await.len();
     assert!(by_a > before, "pod-a wrote before it stopped");
     wait_for("pod-b to take the Lease", || {
@@ -145,8 +90,8 @@ async fn a_standby_takes_over_when_the_holder_stops_and_nothing_is_read_twice() 
         api.holders(NAMESPACE),
         vec![(lease.clone(), "pod-b".into())]
     );
-    let status = b.stop();
-    assert!(status.success());
+    let (status, b_log) = b.stop();
+    assert!(status.success(), "{b_log}");
     assert!(
         api.holders(NAMESPACE).is_empty(),
         "a stopped holder releases its Lease"
@@ -162,7 +107,7 @@ async fn a_holder_whose_lease_is_taken_stops_reading_until_it_gets_it_back() {
     let (_sim, pubsub, login) =
         sim_process(&["--entities", "Account", "--events", "0", "--rate", "300"]);
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(dir.path(), &api, &pubsub, &login, "pod-a");
+    let host = host(dir.path(), &api, &pubsub, &login, "pod-a");
     wait_for("pod-a to write", || host.said("Written to") >= 2).await;
     let (lease, _) = api.holders(NAMESPACE)[0].clone();
 
@@ -203,15 +148,11 @@ async fn a_holder_whose_lease_is_taken_stops_reading_until_it_gets_it_back() {
     })
     .await;
     wait_for("pod-a to write again", || {
-        let log = host.log.lock().unwrap();
-        let again = log
-            .iter()
-            .rposition(|l| l.contains("Holding Kubernetes Lease"))
-            .unwrap();
-        log[again..].iter().any(|l| l.contains("Written to"))
+        host.said_after("Holding Kubernetes Lease", "Written to")
     })
     .await;
-    assert!(host.stop().success());
+    let (status, log) = host.stop();
+    assert!(status.success(), "{log}");
     let replays = written(dir.path()).await;
     assert!(replays.len() > stopped);
     assert_once_each(&replays);

@@ -7,6 +7,7 @@ mod delta;
 mod guests;
 mod kube_api;
 mod lease;
+mod managed;
 mod polyglot;
 mod product;
 mod shard;

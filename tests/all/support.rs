@@ -253,3 +253,85 @@ pub fn transform_outputs(
         })
         .collect()
 }
+
+/// A process whose stderr lines are collected as they come; killed when dropped.
+pub struct Logged {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Logged {
+    pub fn spawn(mut command: std::process::Command) -> Logged {
+        let mut child = command
+            .env("SFZB_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in reader.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Logged {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// How many lines so far contain `text`.
+    pub fn said(&self, text: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
+    /// Whether a line with `then` came after the last line with `first`.
+    pub fn said_after(&self, first: &str, then: &str) -> bool {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .rposition(|l| l.contains(first))
+            .is_some_and(|i| lines[i..].iter().any(|l| l.contains(then)))
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM; the exit status and the whole log.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        (status, self.log())
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `done` until it holds; fails the test after 30 s.
+pub async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
