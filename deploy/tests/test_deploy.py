@@ -372,22 +372,23 @@ def decode(payload, writer, reader):
 
 def test_flattening_reads_every_payload_with_its_own_schema_resolved_to_the_newest(binary, tmp_path):
     """What pipelines/flatten.py does with from_avro, done with fastavro on rows sfzb-host
-    wrote: a schema change halfway, and a mask that rewrote fields. The rows are the jsonl
-    sink's, the same columns and values as the Delta and Zerobus sinks' (payload in base64)."""
+    wrote: two objects in one table (/data/ChangeEvents), a schema change halfway, and a mask
+    that rewrote fields. The rows are the jsonl sink's, the same columns and values as the
+    Delta and Zerobus sinks' (payload in base64)."""
     sys.path.insert(0, str(BUNDLE / "pipelines"))
-    from sfzb_flatten import newest_schema, writer_schemas
+    from sfzb_flatten import flat_table, newest_schema, writer_schemas
 
     sim = subprocess.Popen(
-        [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account",
-         "--events", "200", "--schema-change-at", "101"],
+        [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account,Contact",
+         "--events", "100", "--schema-change-at", "101"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
         urls = [sim.stdout.readline().split(":", 1)[1].strip() for _ in range(2)]
         run([
             binary, "run", "--pubsub-endpoint", urls[0], "--instance-url", urls[1],
-            "--username", "u", "--password", "p", "--channel", "/data/AccountChangeEvent",
-            "--sink", "jsonl:account.jsonl", "--until-idle", "2", "--state-dir", "state",
+            "--username", "u", "--password", "p", "--channel", "/data/ChangeEvents",
+            "--sink", "jsonl:changes.jsonl", "--until-idle", "2", "--state-dir", "state",
             "--transform", REPO / "guest-transforms/prebuilt/mask.wasm",
             "--transform-config", "mask.fields=Phone", "--transform-config", "mask.mode=redact",
         ], cwd=tmp_path)
@@ -395,29 +396,35 @@ def test_flattening_reads_every_payload_with_its_own_schema_resolved_to_the_newe
         sim.kill()
         sim.wait()
 
-    rows = [json.loads(line) for line in (tmp_path / "account.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "changes.jsonl").read_text().splitlines()]
     assert len(rows) == 200
-    keys = [(r["timestamp"], r["replay_id"], r["schema_id"], r["schema_json"]) for r in rows]
-    schemas = writer_schemas(keys)
-    assert len(schemas) == 2, "the schema changed once"
-    newest_id, newest = newest_schema(keys)
-    last = max(rows, key=lambda r: int(r["replay_id"], 16))
-    assert newest_id == last["schema_id"]
-    added = {f["name"] for f in json.loads(newest)["fields"]} - {
-        f["name"] for f in json.loads(next(s for i, s in schemas if i != newest_id))["fields"]
-    }
-    assert len(added) == 1
-    (added,) = added
+    keys = [
+        (r["entity_name"], r["timestamp"], r["replay_id"], r["schema_id"], r["schema_json"])
+        for r in rows
+    ]
+    assert flat_table("main.s.changes:Contact") == ("main.s.changes", "Contact", "changes_contact_flat")
+    assert flat_table("main.s.account_events") == ("main.s.account_events", None, "account_events_flat")
 
     masked = 0
-    for row in rows:
-        record = decode(base64.b64decode(row["payload_binary"]), row["schema_json"], newest)
-        expected = json.loads(row["record_data_json"])
-        for field, value in expected.items():
-            if field != "ChangeEventHeader":
-                assert record[field] == value, (row["replay_id"], field)
-        if row["schema_id"] != newest_id:
-            assert record[added] is None, "a field the writer lacked reads as null"
-        assert record["ChangeEventHeader"]["changeType"] == row["change_type"]
-        masked += record.get("Phone") == "REDACTED"
+    for entity in ("Account", "Contact"):
+        mine = [r for r in rows if r["entity_name"] == entity]
+        schemas = writer_schemas(keys, entity)
+        assert len(schemas) == 2, f"{entity}: the schema changed once"
+        newest_id, newest = newest_schema(keys, entity)
+        assert newest_id == max(mine, key=lambda r: int(r["replay_id"], 16))["schema_id"]
+        older = next(s for i, s in schemas if i != newest_id)
+        (added,) = {f["name"] for f in json.loads(newest)["fields"]} - {
+            f["name"] for f in json.loads(older)["fields"]
+        }
+        for row in mine:
+            record = decode(base64.b64decode(row["payload_binary"]), row["schema_json"], newest)
+            expected = json.loads(row["record_data_json"])
+            for field, value in expected.items():
+                if field != "ChangeEventHeader":
+                    assert record[field] == value, (row["replay_id"], field)
+            if row["schema_id"] != newest_id:
+                assert record[added] is None, "a field the writer lacked reads as null"
+            assert record["ChangeEventHeader"]["entityName"] == entity
+            assert record["ChangeEventHeader"]["changeType"] == row["change_type"]
+            masked += record.get("Phone") == "REDACTED"
     assert masked > 0, "the payload carries the masked values, not the originals"

@@ -10,20 +10,36 @@ payload with the newest schema only, which misreads payloads written before a fi
 """
 
 
-def newest_schema(rows):
-    """The schema of the newest event, from (timestamp, replay_id, schema_id, schema_json) rows.
+def of_entity(rows, entity):
+    """The rows of one Salesforce object, from (entity_name, timestamp, replay_id, schema_id,
+    schema_json) rows; all of them when `entity` is None."""
+    return [r for r in rows if entity is None or r[0] == entity]
 
-    replay_id is hex of Salesforce's big-endian counter, so it orders events with equal
-    commit timestamps. Returns None for a table with no payloads yet.
-    """
+
+def newest_schema(rows, entity=None):
+    """The schema of the newest event (of `entity`): (schema_id, schema_json), or None for no
+    payloads yet. replay_id is hex of Salesforce's big-endian counter, so it orders events
+    with equal commit timestamps."""
     newest = max(
-        (r for r in rows if r[3]),
-        key=lambda r: (r[0], len(r[1]), r[1]),
+        (r for r in of_entity(rows, entity) if r[4]),
+        key=lambda r: (r[1], len(r[2]), r[2]),
         default=None,
     )
-    return None if newest is None else (newest[2], newest[3])
+    return None if newest is None else (newest[3], newest[4])
 
 
-def writer_schemas(rows):
-    """Every distinct (schema_id, schema_json), in a stable order."""
-    return sorted({(r[2], r[3]) for r in rows if r[2] and r[3]})
+def writer_schemas(rows, entity=None):
+    """Every distinct (schema_id, schema_json) of `entity`, in a stable order."""
+    return sorted({(r[3], r[4]) for r in of_entity(rows, entity) if r[3] and r[4]})
+
+
+def flat_table(source):
+    """`catalog.schema.table` or `catalog.schema.table:Entity` → (table, entity or None, the
+    flattened table's name). A table that holds several objects (`/data/ChangeEvents`, or
+    routed by a transform) flattens one object per entry, since each object has its own
+    columns."""
+    table, _, entity = source.partition(":")
+    name = table.split(".")[-1]
+    if entity:
+        return table, entity, f"{name}_{entity.lower()}_flat"
+    return table, None, f"{name}_flat"
