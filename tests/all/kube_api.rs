@@ -2,16 +2,19 @@
 //! POST and PATCH with the API server's rules that fencing relies on. A server-side apply
 //! (`application/apply-patch+yaml`) that changes a field another field manager owns is
 //! refused with 409 Conflict; a strategic merge patch takes the fields it sets, and a null
-//! removes one. Errors are `Status` objects, as the API server sends them.
+//! removes one. Errors are `Status` objects, as the API server sends them. It can be taken
+//! down (every request 503) to show what a holder does when it cannot renew.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -30,20 +33,28 @@ type Leases = Arc<Mutex<HashMap<(String, String), Lease>>>;
 pub struct KubeApi {
     pub addr: SocketAddr,
     leases: Leases,
+    down: Arc<AtomicBool>,
 }
 
 impl KubeApi {
     pub async fn start() -> KubeApi {
         let leases = Leases::default();
+        let down = Arc::new(AtomicBool::new(false));
         let base = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases";
         let app = Router::new()
             .route(base, post(create))
             .route(&format!("{base}/{{name}}"), get(read).patch(patch))
-            .with_state(leases.clone());
+            .with_state(leases.clone())
+            .layer(axum::middleware::from_fn_with_state(down.clone(), outage));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        KubeApi { addr, leases }
+        KubeApi { addr, leases, down }
+    }
+
+    /// While down, every request gets 503, as an API server that is unreachable or failing.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 
     /// A kubeconfig that points at this server, for `KUBECONFIG`.
@@ -118,6 +129,17 @@ fn now() -> String {
         .round(jiff::Unit::Microsecond)
         .unwrap()
         .to_string()
+}
+
+async fn outage(State(down): State<Arc<AtomicBool>>, request: Request, next: Next) -> Response {
+    if down.load(Ordering::SeqCst) {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the API server is down".into(),
+        );
+    }
+    next.run(request).await
 }
 
 fn status(code: StatusCode, reason: &str, message: String) -> Response {

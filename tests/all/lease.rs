@@ -158,6 +158,39 @@ async fn a_holder_whose_lease_is_taken_stops_reading_until_it_gets_it_back() {
     assert_once_each(&replays);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_cannot_renew_stops_reading_before_its_lease_expires() {
+    let api = KubeApi::start().await;
+    let (_sim, pubsub, login) =
+        sim_process(&["--entities", "Account", "--events", "0", "--rate", "300"]);
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path(), &api, &pubsub, &login, "pod-a");
+    wait_for("pod-a to write", || host.said("Written to") >= 2).await;
+
+    api.set_down(true);
+    wait_for("pod-a to fail a renewal", || {
+        host.said("Cannot renew Kubernetes Lease") > 0
+    })
+    .await;
+    // Stopped within the grace period: what it wrote no longer grows while it cannot renew.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped = written(dir.path()).await.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(written(dir.path()).await.len(), stopped, "{}", host.log());
+
+    api.set_down(false);
+    wait_for("pod-a to hold the Lease again and write", || {
+        host.said_after("Holding Kubernetes Lease", "Written to")
+            && host.said("Holding Kubernetes Lease") >= 2
+    })
+    .await;
+    let (status, log) = host.stop();
+    assert!(status.success(), "{log}");
+    let replays = written(dir.path()).await;
+    assert!(replays.len() > stopped);
+    assert_once_each(&replays);
+}
+
 #[test]
 fn lease_fencing_without_a_kubernetes_api_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
