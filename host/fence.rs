@@ -6,14 +6,17 @@
 //! The Lease is held through `kube-lease-manager` (server-side apply: a second holder is
 //! refused by the API server). A holder renews at `duration - grace`; if it is told it lost
 //! the Lease, or a renewal fails, it stops reading at once and finishes what it holds (flush,
-//! checkpoint), within the `grace` seconds before anyone else may take the Lease. A process
-//! that stops releases its Leases so a standby takes over without waiting for expiry.
+//! checkpoint), within the `grace` seconds before anyone else may take the Lease, or is
+//! abandoned. A process that stops releases its Leases; a standby, which looks again when
+//! the Lease it saw would expire, takes over within `duration` seconds.
 
 use std::future::Future;
 use std::time::Duration;
 
 use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
+
+use crate::health::{Health, State};
 
 /// `lease-*` settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +38,10 @@ impl LeaseSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
     #[error(
+        "the Kubernetes API refused Lease {lease}: {reason}. The service account needs get, create and patch on leases (coordination.k8s.io) in that namespace (deploy/kubernetes/components/lease), and the namespace must exist"
+    )]
+    Refused { lease: String, reason: String },
+    #[error(
         "Lease fencing is on (lease-namespace = {namespace:?}) but no Kubernetes API is configured: {reason}. In a pod, mount the service account token (automountServiceAccountToken: true); elsewhere set KUBECONFIG, or unset lease-namespace"
     )]
     NoCluster { namespace: String, reason: String },
@@ -45,6 +52,9 @@ pub enum FenceError {
 pub struct Fence {
     client: kube::Client,
     settings: LeaseSettings,
+    /// `holder` and a suffix of this process: a restarted pod of the same name must not be
+    /// taken for the holder while the old process may still be writing.
+    identity: String,
 }
 
 impl std::fmt::Debug for Fence {
@@ -55,7 +65,8 @@ impl std::fmt::Debug for Fence {
     }
 }
 
-/// A free Lease is taken well within this; past it, another process holds it.
+/// A free Lease is taken well within this; past it, another process most likely holds it
+/// (or the API is slow, which the retry log lines then tell).
 const STANDBY_AFTER: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -83,17 +94,23 @@ impl Fence {
         config.write_timeout = Some(limit);
         config.reset_reader_on_write = true;
         let client = kube::Client::try_from(config).map_err(|e| no_cluster(e.to_string()))?;
-        Ok(Fence { client, settings })
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let identity = format!("{}-{}", settings.holder, &suffix[..8]);
+        Ok(Fence {
+            client,
+            settings,
+            identity,
+        })
     }
 
     pub fn settings(&self) -> &LeaseSettings {
         &self.settings
     }
 
-    /// The Lease of an (org, channel): a valid object name, readable, and unique per key
-    /// (the hash covers what the readable part had to drop or fold).
-    pub fn lease_name(org: &str, channel: &str) -> String {
-        let key = format!("{org}\u{0}{channel}");
+    /// The Lease of an (org, channel, target): a valid object name, readable, and unique per
+    /// key (the hash covers the target and what the readable part had to drop or fold).
+    pub fn lease_name(org: &str, channel: &str, target: &str) -> String {
+        let key = format!("{org}\u{0}{channel}\u{0}{target}");
         let readable: String = format!("{org}-{}", channel.trim_start_matches('/'))
             .chars()
             .map(|c| {
@@ -112,7 +129,7 @@ impl Fence {
     async fn manager(&self, lease: &str) -> Result<LeaseManager, LeaseManagerError> {
         LeaseManagerBuilder::new(self.client.clone(), lease)
             .with_namespace(&self.settings.namespace)
-            .with_identity(&self.settings.holder)
+            .with_identity(&self.identity)
             .with_duration(self.settings.duration_secs)
             .with_grace(self.settings.grace_secs())
             .with_create_mode(LeaseCreateMode::AutoCreate)
@@ -122,27 +139,29 @@ impl Fence {
 
     /// Runs `work` whenever this process holds `lease`, until `work` ends on its own or
     /// `cancel` fires. `work` gets a token that fires when the Lease is lost; it must then
-    /// stop reading and finish cleanly, after which the Lease is sought again. `standby` is
-    /// called with a reason whenever this process waits for the Lease. Returns the outcome
-    /// of the last run of `work`, `None` if it never ran.
+    /// stop reading and finish within the grace period (else it is abandoned, as after a
+    /// crash: what it had not checkpointed is read again), after which the Lease is sought
+    /// again. `health` says whether this process waits for another holder or cannot reach
+    /// the API. Returns the outcome of the last run of `work`, `None` if it never ran.
     pub async fn hold<T, E, F, Fut>(
         &self,
         lease: &str,
         cancel: &CancellationToken,
-        standby: impl Fn(String),
+        health: &Health,
         mut work: F,
     ) -> Result<Option<T>, E>
     where
         F: FnMut(CancellationToken) -> Fut,
         Fut: Future<Output = Result<T, E>>,
+        E: From<FenceError> + std::fmt::Display,
     {
         let namespace = &self.settings.namespace;
         let mut last = None;
         let mut backoff = MIN_BACKOFF;
         loop {
-            standby(format!(
+            health.set_state(State::Standby(format!(
                 "waiting for Kubernetes Lease {namespace}/{lease}, held by another process"
-            ));
+            )));
             // A fresh manager per attempt: after an API error one may still believe it holds
             // the Lease and never report acquiring it again.
             let acquisition = self.acquire(lease);
@@ -160,42 +179,64 @@ impl Fence {
             };
             let manager = match acquired {
                 Ok(manager) => manager,
+                Err(error) if refused(&error) => {
+                    return Err(E::from(FenceError::Refused {
+                        lease: format!("{namespace}/{lease}"),
+                        reason: error.to_string(),
+                    }));
+                }
                 Err(error) => {
                     tracing::warn!(lease = %lease, %error, "Cannot take Kubernetes Lease {namespace}/{lease}; retrying in {} s.", backoff.as_secs());
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(last),
-                        _ = tokio::time::sleep(backoff) => {}
+                    health.set_state(State::Reconnecting(format!(
+                        "cannot take Kubernetes Lease {namespace}/{lease}: {error}"
+                    )));
+                    if sleep_or_cancel(&mut backoff, cancel).await {
+                        return Ok(last);
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };
-            backoff = MIN_BACKOFF;
-            tracing::info!(lease = %lease, holder = %self.settings.holder, "Holding Kubernetes Lease {namespace}/{lease}; reading.");
+            tracing::info!(lease = %lease, holder = %self.identity, "Holding Kubernetes Lease {namespace}/{lease}; reading.");
             let lost = cancel.child_token();
             let run = work(lost.clone());
             tokio::pin!(run);
-            let outcome = tokio::select! {
-                outcome = &mut run => Some(outcome),
+            let (outcome, renewal_failed) = tokio::select! {
+                outcome = &mut run => (Some(outcome), false),
                 renewal = manager.changed() => {
-                    match renewal {
+                    match &renewal {
                         Ok(_) => tracing::warn!(lease = %lease, "Kubernetes Lease {namespace}/{lease} was taken by another process; stopping this subscription."),
                         Err(error) => tracing::warn!(lease = %lease, %error, "Cannot renew Kubernetes Lease {namespace}/{lease}; stopping this subscription before it expires."),
                     }
                     lost.cancel();
-                    None
+                    let grace = Duration::from_secs(self.settings.grace_secs());
+                    match tokio::time::timeout(grace, &mut run).await {
+                        Ok(outcome) => (Some(outcome), renewal.is_err()),
+                        Err(_) => {
+                            tracing::warn!(lease = %lease, "The subscription did not stop within the Lease's grace period ({} s); abandoned: what it had not checkpointed is read again.", grace.as_secs());
+                            (None, renewal.is_err())
+                        }
+                    }
                 }
             };
-            let stopped_by_loss = outcome.is_none();
-            let outcome = match outcome {
-                Some(outcome) => outcome,
-                None => run.await,
-            };
+            let stopped_by_loss = lost.is_cancelled() && !cancel.is_cancelled();
             if let Err(error) = manager.release().await {
                 tracing::warn!(lease = %lease, %error, "Could not release Kubernetes Lease {namespace}/{lease}; it expires in {} s.", self.settings.duration_secs);
             }
-            last = Some(outcome?);
-            if !stopped_by_loss || cancel.is_cancelled() {
+            if !stopped_by_loss {
+                return match outcome {
+                    Some(outcome) => outcome.map(Some),
+                    None => Ok(last),
+                };
+            }
+            match outcome {
+                Some(Ok(stats)) => last = Some(stats),
+                Some(Err(error)) => {
+                    tracing::warn!(lease = %lease, %error, "The subscription stopped with an error after losing its Lease; it starts again once the Lease is held.")
+                }
+                None => {}
+            }
+            // A Lease lost to a failing API: do not restart the whole pipeline at once.
+            if renewal_failed && sleep_or_cancel(&mut backoff, cancel).await {
                 return Ok(last);
             }
         }
@@ -209,6 +250,21 @@ impl Fence {
     }
 }
 
+/// Errors no retry mends: no permission, or no such namespace.
+fn refused(error: &LeaseManagerError) -> bool {
+    matches!(error, LeaseManagerError::KubeError(kube::Error::Api(status)) if matches!(status.code, 401 | 403 | 404))
+}
+
+/// Sleeps for `backoff` and doubles it (to the maximum); true if cancelled meanwhile.
+async fn sleep_or_cancel(backoff: &mut Duration, cancel: &CancellationToken) -> bool {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(wait) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,12 +272,14 @@ mod tests {
     #[test]
     fn lease_names_are_valid_object_names_and_distinct() {
         let names = [
-            Fence::lease_name("default", "/data/AccountChangeEvent"),
-            Fence::lease_name("default", "/data/Account_ChangeEvent"),
-            Fence::lease_name("acme", "/data/AccountChangeEvent"),
+            Fence::lease_name("default", "/data/AccountChangeEvent", "delta:a"),
+            Fence::lease_name("default", "/data/Account_ChangeEvent", "delta:a"),
+            Fence::lease_name("acme", "/data/AccountChangeEvent", "delta:a"),
+            Fence::lease_name("default", "/data/AccountChangeEvent", "delta:b"),
             Fence::lease_name(
                 "an org with a very long name indeed",
                 "/event/A_Very_Long_Platform_Event_Name__e",
+                "zerobus:main.s.t",
             ),
         ];
         for name in &names {

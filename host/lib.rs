@@ -143,6 +143,10 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
             .map_err(|e| Error::from(pipeline::PipelineError::from(e)))?;
         connections.insert((org_index, slot), connection);
     }
+    let fence = match &plan.lease {
+        Some(settings) => Some(fence::Fence::connect(settings.clone()).await?),
+        None => None,
+    };
     let healths: Vec<Arc<Health>> = plan
         .subscriptions
         .iter()
@@ -171,10 +175,6 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
         plan.health_interval,
         observers.clone(),
     ));
-    let fence = match &plan.lease {
-        Some(settings) => Some(fence::Fence::connect(settings.clone()).await?),
-        None => None,
-    };
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (sub, chain)) in plan.subscriptions.into_iter().zip(chains).enumerate() {
         let connection = connections[&slots[i]].clone();
@@ -214,10 +214,12 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
             let result = match &fence {
                 None => work(cancel).await.map(Some),
                 Some(fence) => {
-                    let lease = fence::Fence::lease_name(&org, &sub.config.channel);
-                    fence
-                        .hold(&lease, &cancel, |why| health.set_state(State::Standby(why)), work)
-                        .await
+                    let lease = fence::Fence::lease_name(
+                        &org,
+                        &sub.config.channel,
+                        &sub.config.sink.to_string(),
+                    );
+                    fence.hold(&lease, &cancel, &health, work).await
                 }
             };
             match &result {

@@ -160,7 +160,7 @@ pub async fn run_subscription(
         let start = start_position(&config, checkpoint);
         let schemas = Arc::new(SchemaCache::default());
         let capacity = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, mut rx) = mpsc::channel(8);
         let source_cancel = cancel.child_token();
         let mut subscribe = SubscribeOptions::new(config.channel.clone(), start);
         let (durable, committed) = tokio::sync::watch::channel(None);
@@ -212,12 +212,13 @@ pub async fn run_subscription(
             durable: Some(durable),
         };
         let started = Instant::now();
-        let result = stage.drive(rx, &options, &cancel).await;
-        // Flushed before the source stops: a managed subscription commits this last position.
-        let flushed = stage.flush().await;
-        stage.durable = None;
+        let result = stage.drive(&mut rx, &options, &cancel).await;
         source_cancel.cancel();
+        let flushed = stage.flush().await;
+        // The sign a stopping managed source waits for: the last position is durable.
+        stage.durable = None;
         let source_result = source.await.unwrap_or(Ok(()));
+        drop(rx);
         if let Some(chain) = &stage.chain {
             stage.stats.transforms = chain.stats();
         }
@@ -335,7 +336,7 @@ struct Stage2<'a> {
 impl Stage2<'_> {
     async fn drive(
         &mut self,
-        mut rx: mpsc::Receiver<SourceMsg>,
+        rx: &mut mpsc::Receiver<SourceMsg>,
         options: &RunOptions,
         cancel: &CancellationToken,
     ) -> Result<(), PipelineError> {

@@ -677,9 +677,7 @@ impl Subscriber {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
-                    if let Some(committed) = committed {
-                        self.final_commit(&requests, &mut inbound, committed).await;
-                    }
+                    self.stop(&requests, &mut inbound, committed).await;
                     return (StreamEnd::Cancelled, delivered);
                 }
                 n = acquire_up_to(&self.capacity, batch - *held), if want_more => {
@@ -702,6 +700,10 @@ impl Subscriber {
                     };
                     if let Some(commit) = &response.commit {
                         log_commit(commit);
+                        if response.events.is_empty() {
+                            // A reply to a commit, not to a fetch: no credit changes hands.
+                            continue;
+                        }
                     }
                     let received = response.events.len() as u32;
                     let pending = u32::try_from(response.pending_num_requested).unwrap_or(0);
@@ -726,11 +728,12 @@ impl Subscriber {
                         *held = pending;
                     }
                     if events.is_empty() {
-                        if response.commit.is_none() && !response.latest_replay_id.is_empty() {
+                        if !response.latest_replay_id.is_empty() {
                             let latest = ReplayId::new(response.latest_replay_id);
                             tracing::debug!(latest = %latest, "Keepalive.");
                             self.resume = StartPosition::Custom(latest.clone());
-                            if self.out.send(SourceMsg::Keepalive { latest }).await.is_err() {
+                            if !self.deliver(SourceMsg::Keepalive { latest }).await {
+                                self.stop(&requests, &mut inbound, committed).await;
                                 return (StreamEnd::Cancelled, delivered);
                             }
                         }
@@ -743,7 +746,8 @@ impl Subscriber {
                     let last = events.last().map(|e| e.replay_id.clone());
                     let credit = Credit { pool: self.capacity.clone(), permits: permits as usize };
                     let msg = SourceMsg::Events { events, org_id: org_id.clone(), credit };
-                    if self.out.send(msg).await.is_err() {
+                    if !self.deliver(msg).await {
+                        self.stop(&requests, &mut inbound, committed).await;
                         return (StreamEnd::Cancelled, delivered);
                     }
                     delivered = true;
@@ -802,15 +806,27 @@ impl Subscriber {
         }
     }
 
-    /// A stopping managed subscriber: waits (no longer fetching) until the pipeline has made
-    /// its last position durable, commits it, and waits for Salesforce to confirm, so the
-    /// next client starts right after it.
-    async fn final_commit(
+    /// Hands `msg` downstream; false once the subscription is stopping (cancelled, or
+    /// nobody receives any more).
+    async fn deliver(&self, msg: SourceMsg) -> bool {
+        tokio::select! {
+            sent = self.out.send(msg) => sent.is_ok(),
+            _ = self.cancel.cancelled() => false,
+        }
+    }
+
+    /// A stopping stream; for a managed subscription, waits (no longer fetching) until the
+    /// pipeline has made its last position durable, commits it, and waits for Salesforce to
+    /// confirm, so the next client starts right after it.
+    async fn stop(
         &mut self,
         requests: &Requests,
         inbound: &mut Inbound,
-        mut committed: watch::Receiver<Option<ReplayId>>,
+        committed: Option<watch::Receiver<Option<ReplayId>>>,
     ) {
+        let Some(mut committed) = committed else {
+            return;
+        };
         let waited = tokio::time::timeout(FINAL_COMMIT_WAIT, async {
             while committed.changed().await.is_ok() {}
         })
@@ -824,22 +840,9 @@ impl Subscriber {
         let Some(position) = committed.borrow().clone() else {
             return;
         };
-        if self.committed.as_ref() == Some(&position) || !requests.commit(&position).await {
-            return;
-        }
-        let confirmed = tokio::time::timeout(Duration::from_secs(5), async {
-            while let Some(Ok(response)) = inbound.next().await {
-                if let Some(commit) = response.commit {
-                    log_commit(&commit);
-                    if commit.replay_id == position.as_bytes() {
-                        return true;
-                    }
-                }
-            }
-            false
-        })
-        .await;
-        if confirmed == Ok(true) {
+        let confirmed = self.committed.as_ref() == Some(&position)
+            || (requests.commit(&position).await && confirmation(inbound, &position).await);
+        if confirmed {
             tracing::info!(replay_id = %position, "Committed the last durable position to the managed subscription.");
             self.committed = Some(position);
         } else {
@@ -871,6 +874,23 @@ impl Subscriber {
         }
         Ok(())
     }
+}
+
+/// Whether Salesforce confirms the commit of `position` within a few seconds.
+async fn confirmation(inbound: &mut Inbound, position: &ReplayId) -> bool {
+    let confirmed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(response)) = inbound.next().await {
+            if let Some(commit) = response.commit {
+                log_commit(&commit);
+                if commit.replay_id == position.as_bytes() {
+                    return commit.error.is_none();
+                }
+            }
+        }
+        false
+    })
+    .await;
+    confirmed == Ok(true)
 }
 
 /// The request side of a new stream with its first request queued, and what the RPC sends.

@@ -2,12 +2,12 @@
 //! POST and PATCH with the API server's rules that fencing relies on. A server-side apply
 //! (`application/apply-patch+yaml`) that changes a field another field manager owns is
 //! refused with 409 Conflict; a strategic merge patch takes the fields it sets, and a null
-//! removes one. Errors are `Status` objects, as the API server sends them. It can be taken
-//! down (every request 503) to show what a holder does when it cannot renew.
+//! removes one. Errors are `Status` objects, as the API server sends them. It can be made to
+//! fail every request (503 as an outage, 403 as missing RBAC).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -33,28 +33,36 @@ type Leases = Arc<Mutex<HashMap<(String, String), Lease>>>;
 pub struct KubeApi {
     pub addr: SocketAddr,
     leases: Leases,
-    down: Arc<AtomicBool>,
+    failing: Arc<AtomicU16>,
 }
 
 impl KubeApi {
     pub async fn start() -> KubeApi {
         let leases = Leases::default();
-        let down = Arc::new(AtomicBool::new(false));
+        let failing = Arc::new(AtomicU16::new(0));
         let base = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases";
         let app = Router::new()
             .route(base, post(create))
             .route(&format!("{base}/{{name}}"), get(read).patch(patch))
             .with_state(leases.clone())
-            .layer(axum::middleware::from_fn_with_state(down.clone(), outage));
+            .layer(axum::middleware::from_fn_with_state(
+                failing.clone(),
+                outage,
+            ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        KubeApi { addr, leases, down }
+        KubeApi {
+            addr,
+            leases,
+            failing,
+        }
     }
 
-    /// While down, every request gets 503, as an API server that is unreachable or failing.
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
+    /// Every request gets this status from now on (`None`: served again).
+    pub fn fail_with(&self, status: Option<StatusCode>) {
+        self.failing
+            .store(status.map_or(0, |s| s.as_u16()), Ordering::SeqCst);
     }
 
     /// A kubeconfig that points at this server, for `KUBECONFIG`.
@@ -131,15 +139,20 @@ fn now() -> String {
         .to_string()
 }
 
-async fn outage(State(down): State<Arc<AtomicBool>>, request: Request, next: Next) -> Response {
-    if down.load(Ordering::SeqCst) {
-        return status(
-            StatusCode::SERVICE_UNAVAILABLE,
+async fn outage(State(failing): State<Arc<AtomicU16>>, request: Request, next: Next) -> Response {
+    match failing.load(Ordering::SeqCst) {
+        403 => status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "leases.coordination.k8s.io is forbidden: User \"system:serviceaccount:sfzb-test:default\" cannot get resource \"leases\"".into(),
+        ),
+        0 => next.run(request).await,
+        code => status(
+            StatusCode::from_u16(code).unwrap(),
             "ServiceUnavailable",
-            "the API server is down".into(),
-        );
+            "the API server is failing".into(),
+        ),
     }
-    next.run(request).await
 }
 
 fn status(code: StatusCode, reason: &str, message: String) -> Response {
