@@ -46,7 +46,7 @@ mkdir -p "$work/debs" "$rootfs"
 
 # glibc and libgcc_s are what the binary links (rustls: no OpenSSL); the CA certificates are
 # what rustls trusts for Salesforce and Databricks.
-packages=(libc6 libgcc-s1 gcc-12-base ca-certificates)
+packages=(libc6 libgcc-s1 ca-certificates)
 (cd "$work/debs" && apt-get download -q -o APT::Sandbox::User=root "${packages[@]}" >/dev/null) \
   || fail "apt-get download ${packages[*]} failed: run 'apt-get update' first"
 for deb in "$work"/debs/*.deb; do
@@ -86,14 +86,21 @@ chmod 1777 "$rootfs/tmp"
 chown "$uid:$uid" "$rootfs/var/lib/sfzb"
 find "$rootfs" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
-rm -rf "$out"
+# The image must run as it is: the program interpreter, glibc, the user.
+chroot --userspec="$uid:$uid" "$rootfs" /usr/local/bin/sfzb-host --version >/dev/null \
+  || fail "the binary does not run inside the image's rootfs (wrong Debian release?)"
+
+if [ -e "$out" ]; then
+  [ -f "$out/oci-layout" ] || fail "$out exists and is not an OCI image layout; not overwriting it"
+  rm -rf "$out"
+fi
 mkdir -p "$(dirname "$out")"
 umoci init --layout "$out"
 umoci new --image "$out:$tag"
 umoci insert --image "$out:$tag" --history.created "$created" \
   --history.created_by "deploy/image/build.sh" "$rootfs" /
 umoci config --image "$out:$tag" --created "$created" --history.created "$created" \
-  --author "sfzb-host" --os linux --architecture amd64 \
+  --author "sfzb-host" --os linux --architecture "$(dpkg --print-architecture)" \
   --config.user "$uid:$uid" \
   --config.entrypoint /usr/local/bin/sfzb-host --config.cmd run \
   --config.workingdir /var/lib/sfzb \

@@ -95,6 +95,7 @@ def test_probes_use_the_metrics_endpoint_and_shutdown_outlasts_a_flush():
     statefulset, main, env = container(kustomize(K8S / "overlays/example"))
     port = int(env["SFZB_METRICS_LISTEN"]["value"].rsplit(":", 1)[1])
     assert [p["containerPort"] for p in main["ports"] if p["name"] == "metrics"] == [port]
+    assert "args" not in main and "command" not in main, "the image's entrypoint and command run"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert main[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     pod = statefulset["spec"]["template"]["spec"]
@@ -120,7 +121,7 @@ def test_lease_fencing_comes_with_its_rbac_and_only_with_the_component():
     (role,) = find(example, "Role")
     (rule,) = role["rules"]
     assert rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"]
-    assert {"get", "create", "patch"} <= set(rule["verbs"])
+    assert sorted(rule["verbs"]) == ["create", "get", "patch"], "what Lease fencing uses, no more"
     (binding,) = find(example, "RoleBinding")
     assert binding["subjects"][0]["name"] == statefulset["spec"]["template"]["spec"]["serviceAccountName"]
 
@@ -180,6 +181,7 @@ def test_image_runs_the_binary_as_a_non_root_user(image, binary, tmp_path):
     assert entry["annotations"]["org.opencontainers.image.ref.name"] == "test"
     config = json.loads(blob(image, manifest["config"]["digest"]))
     assert config["config"]["Entrypoint"] == ["/usr/local/bin/sfzb-host"]
+    assert config["config"]["Cmd"] == ["run"], "the StatefulSet relies on it"
     assert config["config"]["User"] == "65532:65532"
     assert config["os"] == "linux" and config["architecture"] == "amd64"
 
