@@ -229,6 +229,14 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
                     health.set_state(State::Failed(error.to_string()));
                 }
             }
+            // A standby that never held its Lease read nothing: say so rather than leave it out.
+            let result = result.map(|stats| {
+                stats.unwrap_or_else(|| SubscriptionStats {
+                    channel: sub.config.channel.clone(),
+                    target: sub.config.sink.to_string(),
+                    ..SubscriptionStats::default()
+                })
+            });
             (i, sub.name, result)
         });
     }
@@ -246,9 +254,7 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
     let mut outcomes: Vec<Option<SubscriptionOutcome>> = (0..healths.len()).map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
         let (i, name, result) = joined.expect("a subscription task does not panic");
-        if let Some(result) = result.transpose() {
-            outcomes[i] = Some(SubscriptionOutcome { name, result });
-        }
+        outcomes[i] = Some(SubscriptionOutcome { name, result });
     }
     observers.cancel();
     Ok(RunReport {
