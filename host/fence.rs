@@ -293,7 +293,7 @@ mod tests {
         }
         assert_eq!(
             names[0],
-            Fence::lease_name("default", "/data/AccountChangeEvent")
+            Fence::lease_name("default", "/data/AccountChangeEvent", "delta:a")
         );
         let distinct: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(distinct.len(), names.len());
