@@ -4,7 +4,6 @@
 //! `kube_api.rs` on 127.0.0.1; the sink is one Delta table, whose commits carry the
 //! checkpoint, so whoever reads resumes where the other stopped.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,34 +12,59 @@ use crate::support::*;
 
 const NAMESPACE: &str = "sfzb-test";
 
-/// `sfzb-host run` reading AccountChangeEvent into the shared Delta table, fenced by a Lease.
-fn host(dir: &Path, api: &KubeApi, pubsub: &str, login: &str, holder: &str) -> Logged {
-    let mut command = host_command(dir, pubsub, login, "/data/AccountChangeEvent");
-    command
-        .args([
-            "--sink",
-            "delta:tables/account",
-            "--flush-interval-ms",
-            "100",
-        ])
-        .args(["--state-dir", &format!("state-{holder}")])
-        .args(["--lease-namespace", NAMESPACE, "--lease-holder", holder])
-        .args(["--lease-duration-secs", "3"])
-        .env("KUBECONFIG", api.kubeconfig(dir));
-    Logged::spawn(command)
+/// A Lease API, a simulator publishing Account changes at 300/s, and a directory whose Delta
+/// table the hosts share.
+struct Setup {
+    api: KubeApi,
+    _sim: Process,
+    pubsub: String,
+    login: String,
+    dir: tempfile::TempDir,
 }
 
-/// Rows in the table; it counts only what was committed.
-async fn written(dir: &Path) -> Vec<u64> {
-    let table = dir.join("tables/account");
-    if !table.join("_delta_log").exists() {
-        return Vec::new();
+impl Setup {
+    async fn new() -> Setup {
+        let (sim, pubsub, login) =
+            sim_process(&["--entities", "Account", "--events", "0", "--rate", "300"]);
+        Setup {
+            api: KubeApi::start().await,
+            _sim: sim,
+            pubsub,
+            login,
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
-    delta_rows(&table)
-        .await
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect()
+
+    /// `sfzb-host run` reading AccountChangeEvent into the shared table, fenced by a Lease.
+    fn host(&self, holder: &str) -> Logged {
+        let dir = self.dir.path();
+        let mut command = host_command(dir, &self.pubsub, &self.login, "/data/AccountChangeEvent");
+        command
+            .args([
+                "--sink",
+                "delta:tables/account",
+                "--flush-interval-ms",
+                "100",
+            ])
+            .args(["--state-dir", &format!("state-{holder}")])
+            .args(["--lease-namespace", NAMESPACE, "--lease-holder", holder])
+            .args(["--lease-duration-secs", "3"])
+            .env("KUBECONFIG", self.api.kubeconfig(dir));
+        Logged::spawn(command)
+    }
+
+    /// Rows in the table; it counts only what was committed.
+    async fn written(&self) -> Vec<u64> {
+        let table = self.dir.path().join("tables/account");
+        if !table.join("_delta_log").exists() {
+            return Vec::new();
+        }
+        delta_rows(&table)
+            .await
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
 }
 
 /// Every event up to the newest written is in the table exactly once.
@@ -56,20 +80,18 @@ fn assert_once_each(replays: &[u64]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_when_the_holder_stops_and_nothing_is_read_twice() {
-    let api = KubeApi::start().await;
-    let (_sim, pubsub, login) =
-        sim_process(&["--entities", "Account", "--events", "0", "--rate", "300"]);
-    let dir = tempfile::tempdir().unwrap();
-    let a = host(dir.path(), &api, &pubsub, &login, "pod-a");
+    let setup = Setup::new().await;
+    let api = &setup.api;
+    let a = setup.host("pod-a");
     wait_for("pod-a to hold the Lease", || {
         api.holders(NAMESPACE)
             .iter()
             .any(|(_, h)| h.starts_with("pod-a-"))
     })
     .await;
-    let b = host(dir.path(), &api, &pubsub, &login, "pod-b");
+    let b = setup.host("pod-b");
     wait_for("pod-b to wait as a standby", || b.said("Standby:") > 0).await;
-    let before = written(dir.path()).await.len();
+    let before = setup.written().await.len();
     wait_for("pod-a to keep writing", || a.said("Written to") >= 3).await;
     assert_eq!(b.said("Holding Kubernetes Lease"), 0, "{}", b.log());
     assert_eq!(b.said("Written to"), 0, "the standby reads nothing");
@@ -81,7 +103,7 @@ async fn a_standby_takes_over_when_the_holder_stops_and_nothing_is_read_twice() 
 
     let (status, a_log) = a.stop();
     assert!(status.success(), "{a_log}");
-    let by_a = written(dir.path()).await.len();
+    let by_a = setup.written().await.len();
     assert!(by_a > before, "pod-a wrote before it stopped");
     wait_for("pod-b to take the Lease", || {
         b.said("Holding Kubernetes Lease") > 0
@@ -98,18 +120,16 @@ async fn a_standby_takes_over_when_the_holder_stops_and_nothing_is_read_twice() 
         api.holders(NAMESPACE).is_empty(),
         "a stopped holder releases its Lease"
     );
-    let replays = written(dir.path()).await;
+    let replays = setup.written().await;
     assert!(replays.len() > by_a, "pod-b went on after pod-a");
     assert_once_each(&replays);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_whose_lease_is_taken_stops_reading_until_it_gets_it_back() {
-    let api = KubeApi::start().await;
-    let (_sim, pubsub, login) =
-        sim_process(&["--entities", "Account", "--events", "0", "--rate", "300"]);
-    let dir = tempfile::tempdir().unwrap();
-    let host = host(dir.path(), &api, &pubsub, &login, "pod-a");
+    let setup = Setup::new().await;
+    let api = &setup.api;
+    let host = setup.host("pod-a");
     wait_for("pod-a to write", || host.said("Written to") >= 2).await;
     let (lease, _) = api.holders(NAMESPACE)[0].clone();
 
@@ -132,10 +152,10 @@ async fn a_holder_whose_lease_is_taken_stops_reading_until_it_gets_it_back() {
         host.said_after("was taken by another process", "Standby:")
     })
     .await;
-    let stopped = written(dir.path()).await.len();
+    let stopped = setup.written().await.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        written(dir.path()).await.len(),
+        setup.written().await.len(),
         stopped,
         "nothing is written without the Lease: {}",
         host.log()
@@ -158,18 +178,16 @@ async fn a_holder_whose_lease_is_taken_stops_reading_until_it_gets_it_back() {
     .await;
     let (status, log) = host.stop();
     assert!(status.success(), "{log}");
-    let replays = written(dir.path()).await;
+    let replays = setup.written().await;
     assert!(replays.len() > stopped);
     assert_once_each(&replays);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_cannot_renew_stops_reading_until_it_holds_the_lease_again() {
-    let api = KubeApi::start().await;
-    let (_sim, pubsub, login) =
-        sim_process(&["--entities", "Account", "--events", "0", "--rate", "300"]);
-    let dir = tempfile::tempdir().unwrap();
-    let host = host(dir.path(), &api, &pubsub, &login, "pod-a");
+    let setup = Setup::new().await;
+    let api = &setup.api;
+    let host = setup.host("pod-a");
     wait_for("pod-a to write", || host.said("Written to") >= 2).await;
 
     api.fail_with(Some(axum::http::StatusCode::SERVICE_UNAVAILABLE));
@@ -179,9 +197,9 @@ async fn a_holder_that_cannot_renew_stops_reading_until_it_holds_the_lease_again
     .await;
     // Stopped within the grace period: what it wrote no longer grows while it cannot renew.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let stopped = written(dir.path()).await.len();
+    let stopped = setup.written().await.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(written(dir.path()).await.len(), stopped, "{}", host.log());
+    assert_eq!(setup.written().await.len(), stopped, "{}", host.log());
 
     api.fail_with(None);
     wait_for("pod-a to hold the Lease again and write", || {
@@ -191,24 +209,22 @@ async fn a_holder_that_cannot_renew_stops_reading_until_it_holds_the_lease_again
     .await;
     let (status, log) = host.stop();
     assert!(status.success(), "{log}");
-    let replays = written(dir.path()).await;
+    let replays = setup.written().await;
     assert!(replays.len() > stopped);
     assert_once_each(&replays);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_the_api_forbids_fails_the_subscription_with_the_rbac_it_needs() {
-    let api = KubeApi::start().await;
-    api.fail_with(Some(axum::http::StatusCode::FORBIDDEN));
-    let (_sim, pubsub, login) = sim_process(&["--entities", "Account", "--events", "10"]);
-    let dir = tempfile::tempdir().unwrap();
-    let (status, log) = host(dir.path(), &api, &pubsub, &login, "pod-a").wait();
+    let setup = Setup::new().await;
+    setup.api.fail_with(Some(axum::http::StatusCode::FORBIDDEN));
+    let (status, log) = setup.host("pod-a").wait();
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(
         log.contains("refused Lease") && log.contains("get, create and patch on leases"),
         "{log}"
     );
-    assert!(written(dir.path()).await.is_empty());
+    assert!(setup.written().await.is_empty());
 }
 
 #[test]
