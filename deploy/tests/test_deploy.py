@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -256,6 +257,15 @@ def test_wheel_entry_point_runs_sfzb_host_in_a_fresh_venv(wheel, binary, tmp_pat
     failed = subprocess.run([python, "-c", call, "--no-such-flag"], capture_output=True, text=True)
     assert failed.returncode != 0
     assert "sfzb-host exited with code 2" in failed.stderr
+
+    # A cancelled task: SIGTERM reaches sfzb-host, which stops cleanly, and so does the task.
+    served = subprocess.Popen(
+        [python, "-c", call, "sim", "--port", "0", "--login-port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert served.stdout.readline().startswith("Pub/Sub API:"), "sfzb-host sim is up"
+    served.send_signal(signal.SIGTERM)
+    assert served.wait(timeout=20) == 0
 
 
 # The Databricks bundle
