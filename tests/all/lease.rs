@@ -53,6 +53,21 @@ impl Setup {
         Logged::spawn(command)
     }
 
+    /// `host` holds its Lease again and writes; once it stops, the table holds every event
+    /// once, more than the `stopped` rows it had when the Lease was lost.
+    async fn resumes_with_every_event_once(&self, host: Logged, stopped: usize) {
+        wait_for("the holder to hold its Lease again and write", || {
+            host.said("Holding Kubernetes Lease") >= 2
+                && host.said_after("Holding Kubernetes Lease", "Written to")
+        })
+        .await;
+        let (status, log) = host.stop();
+        assert!(status.success(), "{log}");
+        let replays = self.written().await;
+        assert!(replays.len() > stopped, "it wrote again");
+        assert_once_each(&replays);
+    }
+
     /// Rows in the table; it counts only what was committed.
     async fn written(&self) -> Vec<u64> {
         let table = self.dir.path().join("tables/account");
@@ -168,19 +183,7 @@ async fn a_holder_whose_lease_is_taken_stops_reading_until_it_gets_it_back() {
     renewing.cancel();
     renewer.await.unwrap();
     api.release(NAMESPACE, &lease);
-    wait_for("pod-a to take the Lease again", || {
-        host.said("Holding Kubernetes Lease") >= 2
-    })
-    .await;
-    wait_for("pod-a to write again", || {
-        host.said_after("Holding Kubernetes Lease", "Written to")
-    })
-    .await;
-    let (status, log) = host.stop();
-    assert!(status.success(), "{log}");
-    let replays = setup.written().await;
-    assert!(replays.len() > stopped);
-    assert_once_each(&replays);
+    setup.resumes_with_every_event_once(host, stopped).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,16 +205,7 @@ async fn a_holder_that_cannot_renew_stops_reading_until_it_holds_the_lease_again
     assert_eq!(setup.written().await.len(), stopped, "{}", host.log());
 
     api.fail_with(None);
-    wait_for("pod-a to hold the Lease again and write", || {
-        host.said_after("Holding Kubernetes Lease", "Written to")
-            && host.said("Holding Kubernetes Lease") >= 2
-    })
-    .await;
-    let (status, log) = host.stop();
-    assert!(status.success(), "{log}");
-    let replays = setup.written().await;
-    assert!(replays.len() > stopped);
-    assert_once_each(&replays);
+    setup.resumes_with_every_event_once(host, stopped).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
