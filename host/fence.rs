@@ -103,10 +103,6 @@ impl Fence {
         })
     }
 
-    pub fn settings(&self) -> &LeaseSettings {
-        &self.settings
-    }
-
     /// The Lease of an (org, channel, target): a valid object name, readable, and unique per
     /// key (the hash covers the target and what the readable part had to drop or fold).
     pub fn lease_name(org: &str, channel: &str, target: &str) -> String {

@@ -217,8 +217,9 @@ pub async fn run_subscription(
         let flushed = stage.flush().await;
         // The sign a stopping managed source waits for: the last position is durable.
         stage.durable = None;
+        // rx lives until here: a source that is still delivering never sees a closed channel
+        // and skips its final commit.
         let source_result = source.await.unwrap_or(Ok(()));
-        drop(rx);
         if let Some(chain) = &stage.chain {
             stage.stats.transforms = chain.stats();
         }

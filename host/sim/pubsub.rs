@@ -237,21 +237,8 @@ impl PubSub for Arc<PubSubService> {
                 seq + 1
             }
         };
-        let inbound = inbound.map(|r| {
-            r.map(|r| Ask {
-                num_requested: r.num_requested,
-                commit: None,
-            })
-        });
         let replies = self.start(token, entity, cursor, first.num_requested, inbound, None);
-        Ok(Response::new(Box::pin(replies.map(|r| {
-            r.map(|r| FetchResponse {
-                events: r.events,
-                latest_replay_id: r.latest_replay_id,
-                rpc_id: r.rpc_id,
-                pending_num_requested: r.pending_num_requested,
-            })
-        }))))
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn get_schema(
@@ -346,12 +333,6 @@ impl PubSub for Arc<PubSubService> {
             };
             (subscription.topic, cursor)
         };
-        let inbound = inbound.map(|r| {
-            r.map(|r| Ask {
-                num_requested: r.num_requested,
-                commit: r.commit_replay_id_request,
-            })
-        });
         let replies = self.start(
             token,
             entity,
@@ -360,15 +341,7 @@ impl PubSub for Arc<PubSubService> {
             inbound,
             Some(name),
         );
-        Ok(Response::new(Box::pin(replies.map(|r| {
-            r.map(|r| ManagedFetchResponse {
-                events: r.events,
-                latest_replay_id: r.latest_replay_id,
-                rpc_id: r.rpc_id,
-                pending_num_requested: r.pending_num_requested,
-                commit_response: r.commit,
-            })
-        }))))
+        Ok(Response::new(Box::pin(replies)))
     }
 }
 
@@ -385,6 +358,47 @@ struct Reply {
     rpc_id: String,
     pending_num_requested: i32,
     commit: Option<CommitReplayResponse>,
+}
+
+impl From<FetchRequest> for Ask {
+    fn from(r: FetchRequest) -> Ask {
+        Ask {
+            num_requested: r.num_requested,
+            commit: None,
+        }
+    }
+}
+
+impl From<ManagedFetchRequest> for Ask {
+    fn from(r: ManagedFetchRequest) -> Ask {
+        Ask {
+            num_requested: r.num_requested,
+            commit: r.commit_replay_id_request,
+        }
+    }
+}
+
+impl From<Reply> for FetchResponse {
+    fn from(r: Reply) -> FetchResponse {
+        FetchResponse {
+            events: r.events,
+            latest_replay_id: r.latest_replay_id,
+            rpc_id: r.rpc_id,
+            pending_num_requested: r.pending_num_requested,
+        }
+    }
+}
+
+impl From<Reply> for ManagedFetchResponse {
+    fn from(r: Reply) -> ManagedFetchResponse {
+        ManagedFetchResponse {
+            events: r.events,
+            latest_replay_id: r.latest_replay_id,
+            rpc_id: r.rpc_id,
+            pending_num_requested: r.pending_num_requested,
+            commit_response: r.commit,
+        }
+    }
 }
 
 /// Marks a managed subscription inactive when its stream ends, however it ends.
@@ -408,16 +422,22 @@ impl Drop for Active {
 }
 
 impl PubSubService {
-    /// Serves a subscription stream from `cursor` on a task; its replies, as a stream.
-    fn start(
+    /// Serves a subscription stream from `cursor` on a task, whichever RPC it came by; its
+    /// replies, as that RPC's responses.
+    fn start<Req, Resp>(
         self: &Arc<Self>,
         token: String,
         entity: Option<u16>,
         cursor: u64,
         num_requested: i32,
-        inbound: impl Stream<Item = Result<Ask, Status>> + Send + Unpin + 'static,
+        inbound: Streaming<Req>,
         managed: Option<String>,
-    ) -> ReceiverStream<Result<Reply, Status>> {
+    ) -> impl Stream<Item = Result<Resp, Status>> + Send + 'static
+    where
+        Req: Into<Ask> + Send + 'static,
+        Resp: From<Reply>,
+    {
+        let inbound = inbound.map(|r| r.map(Into::into));
         let (tx, rx) = mpsc::channel(4);
         let pending = i64::from(num_requested.clamp(0, MAX_BATCH as i32));
         self.stats.subscribes.fetch_add(1, Ordering::Relaxed);
@@ -437,7 +457,7 @@ impl PubSubService {
             active,
         };
         tokio::spawn(stream.run(inbound, tx));
-        ReceiverStream::new(rx)
+        ReceiverStream::new(rx).map(|r| r.map(Resp::from))
     }
 
     /// Records a managed subscription's commit; the reply for it.
