@@ -64,6 +64,7 @@ fn main() {
         config: vec![("fields".into(), fields.into())],
         on_error: OnError::DeadLetter,
         limits: Limits::default(),
+        allow_tables: vec![],
     };
     let mut chain = Chain::load(runtime, &[spec]).unwrap();
     chain.run(vec![standard.clone(); 200]);

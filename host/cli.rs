@@ -299,6 +299,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub health_interval_secs: Option<u64>,
 
+    /// /healthz reports a subscription whose received events wait longer than this for
+    /// their checkpoint (a sink that stopped acknowledging), seconds [default: 120].
+    #[arg(long)]
+    pub max_checkpoint_lag_secs: Option<u64>,
+
+    /// After SIGTERM, stop waiting for subscriptions to flush after this long and exit
+    /// non-zero; their checkpoints stay behind the data, never ahead. Keep it below the
+    /// orchestrator's grace period (the manifests give 120), seconds [default: 90].
+    #[arg(long)]
+    pub shutdown_timeout_secs: Option<u64>,
+
     /// Zerobus endpoint for zerobus: sinks, e.g. https://<workspace-id>.zerobus.<region>.cloud.databricks.com.
     #[arg(long, env = "DATABRICKS_ZEROBUS_ENDPOINT")]
     pub zerobus_endpoint: Option<String>,
@@ -329,8 +340,9 @@ pub struct RunArgs {
     pub no_auto_create: bool,
 
     /// Record batches (of up to --batch-size rows) sent to Zerobus and not yet acknowledged,
-    /// per table: bounds memory (~1.5 MB a batch of Account rows) and the duplicates a crash
-    /// can leave [default: 16].
+    /// per table: bounds memory (~1.5 MB a batch of Account rows) [default: 16]. After a
+    /// crash, the rows acknowledged since the last checkpoint come again too: up to a flush
+    /// interval's worth of events plus --max-in-flight.
     #[arg(long)]
     pub zerobus_max_inflight: Option<usize>,
 
@@ -464,6 +476,11 @@ pub struct SimArgs {
     /// Fault: serve a corrupt payload for the events at these bus positions (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "POS")]
     pub corrupt_at: Vec<u64>,
+
+    /// Fault: serve the events at these bus positions as a ConsumerEvent with a replay id
+    /// and no event (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "POS")]
+    pub empty_at: Vec<u64>,
 
     /// Fault: from this bus position on, events use a changed schema (one more field).
     #[arg(long, value_name = "POS")]

@@ -226,7 +226,7 @@ impl SqlClient {
 
     /// Whether the table exists. A failure other than "not found" is an error.
     pub async fn table_exists(&mut self, table: &str) -> Result<bool, SqlError> {
-        let statement = format!("DESCRIBE TABLE {table}");
+        let statement = format!("DESCRIBE TABLE {}", ident(table));
         match self.execute(&statement).await? {
             Outcome::Rows(_) => Ok(true),
             Outcome::Error { code, message }
@@ -253,7 +253,7 @@ impl SqlClient {
 /// generated partition column: Zerobus cannot write tables that have one.
 pub fn create_table_sql(table: &str) -> String {
     format!(
-        "CREATE TABLE IF NOT EXISTS {table} (\n\
+        "CREATE TABLE IF NOT EXISTS {} (\n\
   event_id STRING COMMENT 'Unique Salesforce event identifier',\n\
   schema_id STRING COMMENT 'Event schema version from Salesforce',\n\
   replay_id STRING COMMENT 'Event position for replay functionality (hex)',\n\
@@ -275,7 +275,8 @@ TBLPROPERTIES (\n\
   'delta.enableRowTracking' = 'false',\n\
   'delta.autoOptimize.optimizeWrite' = 'true',\n\
   'delta.autoOptimize.autoCompact' = 'true'\n\
-) COMMENT 'Real-time Salesforce Change Data Capture events'"
+) COMMENT 'Real-time Salesforce Change Data Capture events'",
+        ident(table)
     )
 }
 
@@ -285,6 +286,16 @@ pub fn checkpoint_table(target: &str) -> String {
         Some((prefix, _)) => format!("{prefix}.sfzb_checkpoints"),
         None => "sfzb_checkpoints".to_string(),
     }
+}
+
+/// A table name as a SQL identifier: each part of `catalog.schema.table` in backticks
+/// (a backtick inside is doubled), so no name can change a statement.
+pub fn ident(table: &str) -> String {
+    table
+        .split('.')
+        .map(|part| format!("`{}`", part.replace('`', "``")))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A SQL string literal.
@@ -299,7 +310,9 @@ mod tests {
     #[test]
     fn ddl_and_names() {
         let ddl = create_table_sql("main.sfzb.accounts");
-        assert!(ddl.starts_with("CREATE TABLE IF NOT EXISTS main.sfzb.accounts ("));
+        assert!(ddl.starts_with("CREATE TABLE IF NOT EXISTS `main`.`sfzb`.`accounts` ("));
+        assert_eq!(ident("main.s.t"), "`main`.`s`.`t`");
+        assert_eq!(ident("a`b"), "`a``b`");
         assert!(ddl.contains("'delta.enableRowTracking' = 'false'"));
         assert_eq!(ddl.matches(" COMMENT '").count(), 17);
         assert_eq!(

@@ -318,9 +318,9 @@ impl ChangeEvent {
         self.header.record_ids.first().map_or("", String::as_str)
     }
 
-    /// The record as JSON: `ChangeEventHeader` (bitmaps decoded to field names) followed by
-    /// every field in schema order, nulls included, so a JSON schema inferred from any row
-    /// has every column.
+    /// The record as the reference library writes `record_data_json`: every data field in
+    /// schema order, nulls included (so a JSON schema inferred from any row has every
+    /// column), `ChangeEventHeader` excluded: the header has its own columns.
     pub fn record_json(&self) -> String {
         serde_json::to_string(&RecordJson(self))
             .expect("serializing an in-memory event cannot fail")
@@ -332,33 +332,10 @@ struct RecordJson<'a>(&'a ChangeEvent);
 impl Serialize for RecordJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let event = self.0;
-        let mut map = s.serialize_map(Some(event.fields.len() + 1))?;
-        map.serialize_entry("ChangeEventHeader", &HeaderJson(&event.header))?;
+        let mut map = s.serialize_map(Some(event.fields.len()))?;
         for field in &event.fields {
             map.serialize_entry(&*field.name, &field.value)?;
         }
-        map.end()
-    }
-}
-
-struct HeaderJson<'a>(&'a ChangeEventHeader);
-
-impl Serialize for HeaderJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let h = self.0;
-        let mut map = s.serialize_map(Some(12))?;
-        map.serialize_entry("entityName", &h.entity_name)?;
-        map.serialize_entry("recordIds", &h.record_ids)?;
-        map.serialize_entry("changeType", h.change_type.as_str())?;
-        map.serialize_entry("changeOrigin", &h.change_origin)?;
-        map.serialize_entry("transactionKey", &h.transaction_key)?;
-        map.serialize_entry("sequenceNumber", &h.sequence_number)?;
-        map.serialize_entry("commitTimestamp", &h.commit_timestamp)?;
-        map.serialize_entry("commitNumber", &h.commit_number)?;
-        map.serialize_entry("commitUser", &h.commit_user)?;
-        map.serialize_entry("nulledFields", &h.nulled_fields)?;
-        map.serialize_entry("diffFields", &h.diff_fields)?;
-        map.serialize_entry("changedFields", &h.changed_fields)?;
         map.end()
     }
 }

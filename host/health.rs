@@ -24,6 +24,9 @@ pub enum State {
     Failed(String),
 }
 
+/// `max-checkpoint-lag-secs` unless configured.
+pub const DEFAULT_MAX_CHECKPOINT_LAG: Duration = Duration::from_secs(120);
+
 /// Live figures of one subscription.
 #[derive(Debug)]
 pub struct Health {
@@ -44,11 +47,17 @@ pub struct Health {
     /// Events received and not yet covered by a committed checkpoint.
     pub in_flight: AtomicU64,
     consecutive_timeouts: AtomicU32,
+    /// A Subscribe stream has opened at least once.
+    subscribed: std::sync::atomic::AtomicBool,
     /// Commit timestamp (ms) of the newest event handled.
     last_commit_ms: AtomicI64,
     /// When the server last sent anything (event or keepalive), ms since the epoch.
     last_message_ms: AtomicI64,
     checkpoint_ms: AtomicI64,
+    /// When the oldest event not yet behind a checkpoint arrived (0: none is).
+    pending_since_ms: AtomicI64,
+    /// Past this, events received and not checkpointed make the subscription unhealthy.
+    max_checkpoint_lag: Duration,
     checkpoint: Mutex<Option<String>>,
     org_id: Mutex<Option<String>>,
     state: Mutex<State>,
@@ -84,13 +93,29 @@ impl Health {
             reconnects: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             consecutive_timeouts: AtomicU32::new(0),
+            subscribed: std::sync::atomic::AtomicBool::new(false),
             last_commit_ms: AtomicI64::new(0),
             last_message_ms: AtomicI64::new(0),
             checkpoint_ms: AtomicI64::new(0),
+            pending_since_ms: AtomicI64::new(0),
+            max_checkpoint_lag: DEFAULT_MAX_CHECKPOINT_LAG,
             checkpoint: Mutex::new(None),
             org_id: Mutex::new(None),
             state: Mutex::new(State::Starting),
             transforms: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How long events may wait for their checkpoint before `/healthz` reports it.
+    pub fn with_max_checkpoint_lag(mut self, limit: Duration) -> Self {
+        self.max_checkpoint_lag = limit;
+        self
+    }
+
+    /// `n` events arrived and wait for the sink and the checkpoint.
+    pub fn events_received(&self, n: u64) {
+        if self.in_flight.fetch_add(n, Relaxed) == 0 {
+            self.pending_since_ms.store(now_ms(), Relaxed);
         }
     }
 
@@ -109,6 +134,15 @@ impl Health {
 
     pub fn set_org_id(&self, org_id: &str) {
         *self.org_id.lock().expect("health lock") = Some(org_id.to_string());
+    }
+
+    /// The Pub/Sub API accepted a Subscribe stream.
+    pub fn stream_opened(&self) {
+        self.subscribed.store(true, Relaxed);
+    }
+
+    pub fn has_subscribed(&self) -> bool {
+        self.subscribed.load(Relaxed)
     }
 
     /// The server sent something: the stream is alive.
@@ -142,6 +176,7 @@ impl Health {
         *self.checkpoint.lock().expect("health lock") = Some(replay_id.to_string());
         self.checkpoint_ms.store(now_ms(), Relaxed);
         self.in_flight.store(0, Relaxed);
+        self.pending_since_ms.store(0, Relaxed);
     }
 
     pub fn set_transforms(&self, stats: Vec<TransformStats>) {
@@ -154,6 +189,16 @@ impl Health {
             State::Failed(error) => return Some(format!("failed: {error}")),
             State::Stopped | State::Standby(_) => return None,
             _ => {}
+        }
+        let pending_since = self.pending_since_ms.load(Relaxed);
+        let waiting_ms = now_ms() - pending_since;
+        if pending_since > 0 && waiting_ms >= self.max_checkpoint_lag.as_millis() as i64 {
+            return Some(format!(
+                "stalled: {} events received and not checkpointed for {} s (max-checkpoint-lag-secs = {}); the sink is not making them durable",
+                self.in_flight.load(Relaxed),
+                waiting_ms / 1000,
+                self.max_checkpoint_lag.as_secs()
+            ));
         }
         let timeouts = self.consecutive_timeouts.load(Relaxed);
         if timeouts >= self.max_timeouts {
@@ -312,6 +357,21 @@ mod tests {
         h.message();
         assert_eq!(h.problem(), None);
         assert_eq!(h.snapshot().reconnects, 2);
+    }
+
+    #[test]
+    fn events_waiting_for_their_checkpoint_past_the_limit_are_unhealthy() {
+        let h = health().with_max_checkpoint_lag(Duration::ZERO);
+        h.message();
+        assert_eq!(h.problem(), None, "nothing pending");
+        h.events_received(5);
+        let problem = h.problem().expect("stalled");
+        assert!(
+            problem.contains("5 events") && problem.contains("max-checkpoint-lag-secs"),
+            "{problem}"
+        );
+        h.checkpointed("0a");
+        assert_eq!(h.problem(), None, "checkpointed");
     }
 
     #[test]

@@ -151,14 +151,17 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
         .subscriptions
         .iter()
         .map(|s| {
-            Arc::new(Health::new(
-                &s.name,
-                &plan.orgs[s.org].name,
-                &s.config.channel,
-                &s.config.sink.to_string(),
-                s.config.idle_timeout,
-                s.config.max_timeouts,
-            ))
+            Arc::new(
+                Health::new(
+                    &s.name,
+                    &plan.orgs[s.org].name,
+                    &s.config.channel,
+                    &s.config.sink.to_string(),
+                    s.config.idle_timeout,
+                    s.config.max_timeouts,
+                )
+                .with_max_checkpoint_lag(plan.max_checkpoint_lag),
+            )
         })
         .collect();
     let observers = cancel.child_token();
@@ -176,7 +179,12 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
         observers.clone(),
     ));
     let mut tasks = tokio::task::JoinSet::new();
+    // Which subscription each task runs, for a task that panics and returns nothing.
+    let mut names = std::collections::HashMap::new();
     for (i, (sub, chain)) in plan.subscriptions.into_iter().zip(chains).enumerate() {
+        let name = sub.name.clone();
+        let channel = sub.config.channel.clone();
+        let others = healths.len() > 1;
         let connection = connections[&slots[i]].clone();
         let health = healths[i].clone();
         let options = plan.options.clone();
@@ -184,7 +192,7 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
         let org = plan.orgs[sub.org].name.clone();
         let fence = fence.clone();
         let runtime = runtime.clone();
-        tasks.spawn(async move {
+        let handle = tasks.spawn(async move {
             let mut preloaded = Some(chain);
             let mut work = |cancel: CancellationToken| {
                 let preloaded = preloaded.take();
@@ -225,7 +233,11 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
             match &result {
                 Ok(_) => health.set_state(State::Stopped),
                 Err(error) => {
-                    tracing::error!(subscription = %sub.name, %error, "Subscription failed; the others keep running.");
+                    if others {
+                        tracing::error!(subscription = %sub.name, %error, "Subscription failed; the others keep running.");
+                    } else {
+                        tracing::error!(subscription = %sub.name, %error, "Subscription failed.");
+                    }
                     health.set_state(State::Failed(error.to_string()));
                 }
             }
@@ -239,6 +251,7 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
             });
             (i, sub.name, result)
         });
+        names.insert(handle.id(), (i, name, channel));
     }
     if tasks.is_empty() {
         // A shard with nothing to read stays up (and keeps answering /healthz) rather than
@@ -252,8 +265,49 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
         }
     }
     let mut outcomes: Vec<Option<SubscriptionOutcome>> = (0..healths.len()).map(|_| None).collect();
-    while let Some(joined) = tasks.join_next().await {
-        let (i, name, result) = joined.expect("a subscription task does not panic");
+    // A stop has a deadline: past it, subscriptions still flushing are abandoned. Their
+    // checkpoints only ever follow durable writes, so they stay behind the data.
+    let shutdown_timeout = plan.shutdown_timeout;
+    let deadline = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(shutdown_timeout).await;
+    };
+    tokio::pin!(deadline);
+    let mut abandoned = false;
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next_with_id() => match joined {
+                Some(joined) => joined,
+                None => break,
+            },
+            _ = &mut deadline, if !abandoned => {
+                abandoned = true;
+                tracing::error!(timeout_secs = shutdown_timeout.as_secs(), unfinished = tasks.len(), "Subscriptions did not stop within the shutdown timeout; abandoning them. Their checkpoints stay behind what was written.");
+                tasks.abort_all();
+                continue;
+            }
+        };
+        let (i, name, result) = match joined {
+            Ok((_, done)) => done,
+            Err(e) => {
+                let (i, name, channel) = names.remove(&e.id()).expect("every task is named");
+                let error = if e.is_cancelled() {
+                    pipeline::PipelineError::ShutdownTimeout {
+                        channel,
+                        timeout_secs: shutdown_timeout.as_secs(),
+                    }
+                } else {
+                    pipeline::PipelineError::Panicked {
+                        channel,
+                        task: "subscription",
+                        message: pipeline::panic_message(e),
+                    }
+                };
+                tracing::error!(subscription = %name, %error, "Subscription failed.");
+                healths[i].set_state(State::Failed(error.to_string()));
+                (i, name, Err(error.into()))
+            }
+        };
         outcomes[i] = Some(SubscriptionOutcome { name, result });
     }
     observers.cancel();

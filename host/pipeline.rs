@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::checkpoint::{CheckpointError, CheckpointKey, FileCheckpointStore};
 use crate::event::ReplayId;
-use crate::health::Health;
+use crate::health::{Health, State};
 use crate::salesforce::auth::AuthError;
 use crate::salesforce::pubsub::{
     ManagedOptions, PubSubConnection, RawEvent, ReplayFallback, SourceMsg, StartPosition,
@@ -122,6 +122,38 @@ pub enum PipelineError {
     TransformStop(String, String),
     #[error("Databricks: {0}")]
     Sql(#[from] crate::databricks::SqlError),
+    #[error(
+        "never subscribed to {channel} within the idle limit ({idle_secs} s, --until-idle): {reason}"
+    )]
+    NeverSubscribed {
+        channel: String,
+        idle_secs: f64,
+        reason: String,
+    },
+    #[error(
+        "{channel} did not stop within the shutdown timeout ({timeout_secs} s, shutdown-timeout-secs); its checkpoint stays behind what was written, and the next start replays from there"
+    )]
+    ShutdownTimeout { channel: String, timeout_secs: u64 },
+    #[error(
+        "the {task} of {channel} panicked: {message}; the subscription stops, the others go on"
+    )]
+    Panicked {
+        channel: String,
+        task: &'static str,
+        message: String,
+    },
+}
+
+/// A panic's message, for [`PipelineError::Panicked`].
+pub fn panic_message(error: tokio::task::JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into()),
+        Err(error) => error.to_string(),
+    }
 }
 
 /// Runs one subscription until cancelled, idle (with `until_idle`), or failed. `chain` is
@@ -155,6 +187,8 @@ pub async fn run_subscription(
         let checkpoint = match &mut databricks {
             Some(databricks) => databricks.stored.take(),
             None if sink.keeps_checkpoint() => sink.checkpoint(),
+            // An explicit start needs no checkpoint, so one that is unreadable can be passed by.
+            None if config.replay.is_some() => None,
             None => store.load(&key).await?,
         };
         let start = start_position(&config, checkpoint);
@@ -195,7 +229,10 @@ pub async fn run_subscription(
             zerobus: &options.zerobus,
             databricks,
             dead: None,
-            chain: chain.filter(|c| !c.is_empty()),
+            chain: chain.filter(|c| !c.is_empty()).map(|mut chain| {
+                chain.set_home(config.sink.home_schema());
+                chain
+            }),
             store: &store,
             key: &key,
             stats: SubscriptionStats {
@@ -219,7 +256,14 @@ pub async fn run_subscription(
         stage.durable = None;
         // rx lives until here: a source that is still delivering never sees a closed channel
         // and skips its final commit.
-        let source_result = source.await.unwrap_or(Ok(()));
+        let source_result = match source.await {
+            Ok(result) => result.map_err(PipelineError::from),
+            Err(e) => Err(PipelineError::Panicked {
+                channel: config.channel.clone(),
+                task: "source",
+                message: panic_message(e),
+            }),
+        };
         if let Some(chain) = &stage.chain {
             stage.stats.transforms = chain.stats();
         }
@@ -353,6 +397,19 @@ impl Stage2<'_> {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(idle_deadline) => {
+                    // Idle time counts only once the stream is up: a run that never
+                    // subscribed (an unreachable endpoint) has not succeeded.
+                    if !self.health.has_subscribed() {
+                        let reason = match self.health.state() {
+                            State::Reconnecting(detail) | State::Failed(detail) => detail,
+                            _ => "the Pub/Sub API sent nothing".to_string(),
+                        };
+                        return Err(PipelineError::NeverSubscribed {
+                            channel: self.channel.to_string(),
+                            idle_secs: idle.as_secs_f64(),
+                            reason,
+                        });
+                    }
                     tracing::info!(idle_secs = idle.as_secs_f64(), "No event for the idle limit; stopping (--until-idle).");
                     return Ok(());
                 }
@@ -398,10 +455,9 @@ impl Stage2<'_> {
         let mut decoded = Vec::with_capacity(events.len());
         let mut letters = Vec::new();
         let last = events.last().map(|e| e.replay_id.clone());
+        let batch: Vec<ReplayId> = events.iter().map(|e| e.replay_id.clone()).collect();
         self.stats.received += events.len() as u64;
-        self.health
-            .in_flight
-            .fetch_add(events.len() as u64, Relaxed);
+        self.health.events_received(events.len() as u64);
         for raw in events {
             let meta = EventMeta {
                 org_id: org_id.clone(),
@@ -413,10 +469,14 @@ impl Stage2<'_> {
                 Some(schema) => {
                     decode_event(&schema, meta, raw.payload.clone()).map_err(|e| e.to_string())
                 }
-                None => Err(format!(
-                    "schema {} could not be fetched or parsed",
-                    raw.schema_id
-                )),
+                None if raw.schema_id.is_empty() && raw.payload.is_empty() => Err(
+                    "the Pub/Sub API delivered this position without an event (no schema, no payload)"
+                        .to_string(),
+                ),
+                None => Err(match self.schemas.failure(&raw.schema_id) {
+                    Some(reason) => format!("schema {} cannot be used: {reason}", raw.schema_id),
+                    None => format!("schema {} could not be fetched", raw.schema_id),
+                }),
             };
             match result {
                 Ok(event) => {
@@ -453,7 +513,11 @@ impl Stage2<'_> {
                     (chain, output)
                 })
                 .await
-                .expect("the transform chain does not panic");
+                .map_err(|e| PipelineError::Panicked {
+                    channel: self.channel.to_string(),
+                    task: "transform chain",
+                    message: panic_message(e),
+                })?;
                 self.chain = Some(chain);
                 output
             }
@@ -548,6 +612,10 @@ impl Stage2<'_> {
                     }
                 }
             }
+        }
+        self.sink.processed(&batch);
+        if let Some(dead) = self.dead.as_mut() {
+            dead.processed(&batch);
         }
         let first = *self.first_batch.get_or_insert_with(Instant::now);
         self.stats.active_ms = first.elapsed().as_millis() as u64;
@@ -709,13 +777,15 @@ impl Databricks {
         key: &CheckpointKey,
         auto_create: bool,
     ) -> Result<Databricks, PipelineError> {
-        use crate::databricks::{SqlClient, SqlError, checkpoint_table, create_table_sql, quote};
+        use crate::databricks::{
+            SqlClient, SqlError, checkpoint_table, create_table_sql, ident, quote,
+        };
         let mut client = SqlClient::new(settings.clone());
         let existed = client.table_exists(table).await?;
         if !existed {
             if !auto_create {
                 return Err(SqlError::Failed {
-                    statement: format!("DESCRIBE TABLE {table}"),
+                    statement: format!("DESCRIBE TABLE {}", ident(table)),
                     message: format!("table {table} does not exist and auto-create is off; create it (see the README's DDL) or drop --no-auto-create"),
                 }
                 .into());
@@ -724,7 +794,7 @@ impl Databricks {
             client.run(&create_table_sql(table)).await?;
             tracing::info!(table, "Successfully created table: {table}");
         }
-        let checkpoints = checkpoint_table(table);
+        let checkpoints = ident(&checkpoint_table(table));
         client
             .run(&format!(
                 "CREATE TABLE IF NOT EXISTS {checkpoints} (org_id STRING, channel STRING, target STRING, replay_id STRING, updated_at BIGINT) USING DELTA COMMENT 'sfzb-host replay checkpoints'"
@@ -742,7 +812,8 @@ impl Databricks {
         if stored.is_none() && existed {
             let rows = client
                 .run(&format!(
-                    "SELECT replay_id FROM {table} WHERE org_id = {} ORDER BY timestamp DESC, replay_id DESC LIMIT 1",
+                    "SELECT replay_id FROM {} WHERE org_id = {} ORDER BY timestamp DESC, replay_id DESC LIMIT 1",
+                    ident(table),
                     quote(&key.org_id)
                 ))
                 .await?;

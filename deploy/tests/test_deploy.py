@@ -94,7 +94,13 @@ def test_every_pod_takes_its_shard_of_as_many_as_there_are_replicas():
 
 def test_probes_use_the_metrics_endpoint_and_shutdown_outlasts_a_flush():
     statefulset, main, env = container(kustomize(K8S / "overlays/example"))
-    port = int(env["SFZB_METRICS_LISTEN"]["value"].rsplit(":", 1)[1])
+    host, port = env["SFZB_METRICS_LISTEN"]["value"].rsplit(":", 1)
+    port = int(port)
+    # Bound to the pod's address (the downward API), not every interface.
+    assert host == "$(POD_IP)"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    names = [e["name"] for e in main["env"]]
+    assert names.index("POD_IP") < names.index("SFZB_METRICS_LISTEN"), "defined before use"
     assert [p["containerPort"] for p in main["ports"] if p["name"] == "metrics"] == [port]
     assert "args" not in main and "command" not in main, "the image's entrypoint and command run"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -147,11 +153,16 @@ def test_the_example_overlay_config_is_one_sfzb_host_accepts(binary):
         "SFZB_SHARD": "1/3",
         "SFZB_LEASE_NAMESPACE": "salesforce-ingest",
         "SFZB_LEASE_HOLDER": "sfzb-host-1",
-        **{k: env[k]["value"] for k in ("SFZB_METRICS_LISTEN", "SFZB_STATE_DIR", "SFZB_LOG_FORMAT")},
+        # As the kubelet expands it, with the pod's address.
+        **{
+            k: env[k]["value"].replace("$(POD_IP)", "10.1.2.3")
+            for k in ("SFZB_METRICS_LISTEN", "SFZB_STATE_DIR", "SFZB_LOG_FORMAT")
+        },
         **SECRETS,
     }
     plan = config_check(binary, [K8S / "overlays/example/sfzb.toml"], pod_env)
     assert plan["shard"] == "1/3"
+    assert plan["metrics-listen"] == "10.1.2.3:9464"
     assert plan["lease"]["namespace"] == "salesforce-ingest"
     assert len(plan["subscriptions"]) == 4
     assert all(s["lease"].startswith("sfzb-default-") for s in plan["subscriptions"])

@@ -23,6 +23,10 @@ pub struct FileConfig {
     pub until_idle: Option<f64>,
     pub metrics_listen: Option<String>,
     pub health_interval_secs: Option<u64>,
+    /// Events waiting longer than this for their checkpoint make /healthz fail.
+    pub max_checkpoint_lag_secs: Option<u64>,
+    /// How long a stop waits for subscriptions to flush before exiting non-zero.
+    pub shutdown_timeout_secs: Option<u64>,
     /// `I/N`: this process's share of the subscriptions.
     pub shard: Option<String>,
     /// Kubernetes Lease fencing: the namespace of the Leases, this process's holder name,
@@ -124,6 +128,20 @@ pub struct TransformSection {
     pub timeout_ms: Option<u64>,
     pub fuel: Option<u64>,
     pub recycle_after: Option<u64>,
+    /// Bytes of values `set` may put into one event [default: 1048576].
+    pub max_added_bytes: Option<usize>,
+    /// Outputs (and copies) per input event [default: 100].
+    pub max_outputs: Option<usize>,
+    /// MiB of one batch's outputs held before they are written [default: 64].
+    pub max_batch_output_mib: Option<usize>,
+    /// Distinct tables the transform may route to in one subscription [default: 100].
+    pub max_tables: Option<usize>,
+    /// Guest log lines per second; the rest are counted in one summary line [default: 100].
+    pub max_log_lines_per_sec: Option<u32>,
+    /// Qualified tables it may route to beyond the subscription's own catalog and schema
+    /// (`hr.payroll.*`).
+    #[serde(default)]
+    pub allow_tables: Vec<String>,
     /// Passed to the transform's `init`; values may be strings, numbers or booleans.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
@@ -273,12 +291,26 @@ impl Secret {
     }
 }
 
-/// A transform setting's value as the transform receives it (text).
-pub fn setting_text(value: &toml::Value) -> String {
+/// A transform setting's value as the transform receives it (text). Any setting may be a
+/// secret, so it may also come from `{ env = "VAR" }` or `{ file = "PATH" }`; `key` names
+/// it in errors, which never carry the value.
+pub fn setting_text(key: &str, value: &toml::Value) -> Result<String, super::ConfigError> {
     match value {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Array(items) => items.iter().map(setting_text).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Array(items) => Ok(items
+            .iter()
+            .map(|item| setting_text(key, item))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(",")),
+        toml::Value::Table(table) => match Secret::deserialize(table.clone()) {
+            Ok(secret @ (Secret::Env { .. } | Secret::File { .. })) => secret.resolve(key),
+            _ => Err(super::ConfigError::Invalid {
+                key: key.to_string(),
+                value: "a table".into(),
+                fix: "give text, a number, a boolean, a list, { env = \"VAR\" } or { file = \"PATH\" }".into(),
+            }),
+        },
+        other => Ok(other.to_string()),
     }
 }
 

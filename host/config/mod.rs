@@ -71,6 +71,10 @@ pub struct RunPlan {
     pub metrics_listen: Option<SocketAddr>,
     /// How often each subscription logs a health report; `None` = never.
     pub health_interval: Option<Duration>,
+    /// Events waiting longer than this for their checkpoint make a subscription unhealthy.
+    pub max_checkpoint_lag: Duration,
+    /// How long a stop waits for the subscriptions before giving up on them.
+    pub shutdown_timeout: Duration,
     /// The configuration file read, if any.
     pub source: Option<PathBuf>,
     /// This process's share, when the subscriptions are split over several processes.
@@ -78,6 +82,9 @@ pub struct RunPlan {
     /// Kubernetes Lease fencing, when on.
     pub lease: Option<LeaseSettings>,
 }
+
+/// `shutdown-timeout-secs` unless configured: below the 120 s grace period of the manifests.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 90;
 
 /// `I/N`: the subscriptions whose (org, channel) key hashes to `index` modulo `count`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,7 +139,8 @@ fn missing(key: impl Into<String>, fix: impl Into<String>) -> ConfigError {
     }
 }
 
-fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+/// An http(s) URL; `example` is one the error offers for this setting.
+fn check_url(key: &str, url: &str, example: &str) -> Result<(), ConfigError> {
     let ok = url.split_once("://").is_some_and(|(scheme, rest)| {
         matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.starts_with('/')
     });
@@ -142,7 +150,7 @@ fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
         Err(invalid(
             key,
             url,
-            "give a URL such as https://login.salesforce.com (http:// only for the simulator)",
+            format!("give a URL such as {example} (http:// only for a local test server)"),
         ))
     }
 }
@@ -231,6 +239,8 @@ impl RunArgs {
             until_idle: self.until_idle,
             metrics_listen: self.metrics_listen.clone(),
             health_interval_secs: self.health_interval_secs,
+            max_checkpoint_lag_secs: self.max_checkpoint_lag_secs,
+            shutdown_timeout_secs: self.shutdown_timeout_secs,
             shard: self.shard.clone(),
             lease_namespace: self.lease_namespace.clone(),
             lease_holder: self.lease_holder.clone(),
@@ -421,6 +431,20 @@ fn resolve(
                 "another subscription reads this channel from this org; give each a distinct name and sink, or remove one",
             ));
         }
+        // One checkpoint per (org, channel, target): two readers of it would skip each
+        // other's events.
+        if let Some(other) = subscriptions.iter().find(|s| {
+            s.org == org && s.config.channel == config.channel && s.config.sink == config.sink
+        }) {
+            return Err(invalid(
+                format!("{prefix}sink"),
+                config.sink.to_string(),
+                format!(
+                    "subscription {} already reads {} from org {org_name} into this sink; they would share one checkpoint and skip each other's events: give each its own sink, or remove one",
+                    other.name, config.channel
+                ),
+            ));
+        }
         subscriptions.push(SubscriptionPlan { name, org, config });
     }
     let shard = flags
@@ -442,6 +466,19 @@ fn resolve(
         options,
         metrics_listen,
         health_interval,
+        max_checkpoint_lag: flags
+            .max_checkpoint_lag_secs
+            .or(file.max_checkpoint_lag_secs)
+            .map_or(
+                crate::health::DEFAULT_MAX_CHECKPOINT_LAG,
+                Duration::from_secs,
+            ),
+        shutdown_timeout: Duration::from_secs(
+            flags
+                .shutdown_timeout_secs
+                .or(file.shutdown_timeout_secs)
+                .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
+        ),
         source,
     })
 }
@@ -530,7 +567,11 @@ fn run_options(
         ));
     }
     if let Some(endpoint) = &databricks.zerobus_endpoint {
-        check_url("zerobus-endpoint", endpoint)?;
+        check_url(
+            "zerobus-endpoint",
+            endpoint,
+            "https://<workspace-id>.zerobus.<region>.cloud.databricks.com",
+        )?;
     }
     let client_secret = databricks
         .client_secret
@@ -542,7 +583,11 @@ fn run_options(
         .transpose()?;
     let sql = match (&databricks.sql_warehouse_id, &databricks.workspace_url) {
         (Some(warehouse), Some(workspace)) => {
-            check_url("databricks-workspace-url", workspace)?;
+            check_url(
+                "databricks-workspace-url",
+                workspace,
+                "https://<workspace>.cloud.databricks.com",
+            )?;
             Some(crate::databricks::SqlSettings {
                 workspace_url: workspace.clone(),
                 warehouse_id: warehouse.clone(),
@@ -673,7 +718,11 @@ fn org_config(name: &str, org: OrgSection, prefix: &str) -> Result<OrgConfig, Co
         (None, None, Some(port)) => format!("https://api.pubsub.salesforce.com:{port}"),
         (None, None, None) => crate::salesforce::pubsub::DEFAULT_ENDPOINT.to_string(),
     };
-    check_url(&key("pubsub-endpoint"), &pubsub_endpoint)?;
+    check_url(
+        &key("pubsub-endpoint"),
+        &pubsub_endpoint,
+        "https://api.pubsub.salesforce.com:7443",
+    )?;
     let login_url = org.instance_url.clone().ok_or_else(|| {
         missing(
             key("instance-url"),
@@ -684,7 +733,11 @@ fn org_config(name: &str, org: OrgSection, prefix: &str) -> Result<OrgConfig, Co
             },
         )
     })?;
-    check_url(&key("instance-url"), &login_url)?;
+    check_url(
+        &key("instance-url"),
+        &login_url,
+        "https://login.salesforce.com",
+    )?;
     let login_url = login_url.trim_end_matches('/').to_string();
     Ok(OrgConfig {
         name: name.to_string(),
@@ -827,6 +880,7 @@ fn chain_specs(
 ) -> Result<Vec<TransformSpec>, ConfigError> {
     let key = |k: &str| format!("{prefix}{k}");
     let mut specs: Vec<TransformSpec> = Vec::new();
+    let defaults = Limits::default();
     for section in sections {
         let path = section.path;
         if !path.is_file() {
@@ -850,8 +904,11 @@ fn chain_specs(
             config: section
                 .config
                 .iter()
-                .map(|(k, v)| (k.clone(), file::setting_text(v)))
-                .collect(),
+                .map(|(k, v)| {
+                    let text = file::setting_text(&key(&format!("transform.config.{k}")), v)?;
+                    Ok((k.clone(), text))
+                })
+                .collect::<Result<_, ConfigError>>()?,
             on_error: section.on_error.unwrap_or_default(),
             limits: Limits {
                 memory_bytes: flags
@@ -871,9 +928,19 @@ fn chain_specs(
                 recycle_after: flags
                     .transform_recycle_after
                     .or(section.recycle_after)
-                    .unwrap_or(100_000)
+                    .unwrap_or(defaults.recycle_after)
                     .max(1),
+                max_added_bytes: section.max_added_bytes.unwrap_or(defaults.max_added_bytes),
+                max_outputs: section.max_outputs.unwrap_or(defaults.max_outputs).max(1),
+                max_batch_output_bytes: section
+                    .max_batch_output_mib
+                    .map_or(defaults.max_batch_output_bytes, |mib| mib.max(1) << 20),
+                max_tables: section.max_tables.unwrap_or(defaults.max_tables),
+                max_log_lines_per_sec: section
+                    .max_log_lines_per_sec
+                    .unwrap_or(defaults.max_log_lines_per_sec),
             },
+            allow_tables: section.allow_tables,
         });
     }
     let chain = specs
@@ -885,19 +952,21 @@ fn chain_specs(
         let parsed = item
             .split_once('=')
             .and_then(|(k, v)| k.split_once('.').map(|(n, k)| (n, k, v)));
+        // A setting may be a secret: errors name it by NAME.KEY only, never its value.
+        let named = item.split_once('=').map_or("(no =)", |(k, _)| k);
         let Some((name, setting, value)) =
             parsed.filter(|(n, k, _)| !n.is_empty() && !k.is_empty())
         else {
             return Err(invalid(
                 "transform-config",
-                item,
+                named,
                 "write it as NAME.KEY=VALUE, e.g. mask.fields=Email,Phone",
             ));
         };
         let spec = specs.iter_mut().find(|s| s.name == name).ok_or_else(|| {
             invalid(
                 "transform-config",
-                item,
+                named,
                 format!("no transform named {name} in the chain (transforms: {chain})"),
             )
         })?;
@@ -985,11 +1054,18 @@ impl RunPlan {
                         "name": t.name,
                         "path": t.path.display().to_string(),
                         "on-error": t.on_error,
-                        "config": t.config.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                        // Any setting may be a secret: keys only.
+                        "config": t.config.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
                         "memory-mib": t.limits.memory_bytes >> 20,
                         "timeout-ms": t.limits.timeout.as_millis() as u64,
                         "fuel": t.limits.fuel,
                         "recycle-after": t.limits.recycle_after,
+                        "max-added-bytes": t.limits.max_added_bytes,
+                        "max-outputs": t.limits.max_outputs,
+                        "max-batch-output-mib": t.limits.max_batch_output_bytes >> 20,
+                        "max-tables": t.limits.max_tables,
+                        "max-log-lines-per-sec": t.limits.max_log_lines_per_sec,
+                        "allow-tables": t.allow_tables,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -1004,6 +1080,8 @@ impl RunPlan {
             "until-idle": o.until_idle.map(|d| d.as_secs_f64()),
             "metrics-listen": self.metrics_listen.map(|a| a.to_string()),
             "health-interval-secs": self.health_interval.map(|d| d.as_secs()),
+            "max-checkpoint-lag-secs": self.max_checkpoint_lag.as_secs(),
+            "shutdown-timeout-secs": self.shutdown_timeout.as_secs(),
             "shard": self.shard.map(|s| format!("{}/{}", s.index, s.count)),
             "lease": self.lease.as_ref().map(|l| serde_json::json!({
                 "namespace": l.namespace,
@@ -1061,6 +1139,7 @@ impl crate::cli::ComponentArgs {
                 fuel: self.fuel,
                 ..Limits::default()
             },
+            allow_tables: Vec::new(),
         })
     }
 
@@ -1119,6 +1198,7 @@ impl SimArgs {
             token_ttl: self.token_ttl_secs.map(Duration::from_secs),
             event_faults: crate::sim::bus::EventFaults {
                 corrupt_at: self.corrupt_at.clone(),
+                empty_at: self.empty_at.clone(),
                 schema_change_at: self.schema_change_at,
                 gap_every: self.gap_every,
             },
@@ -1227,8 +1307,16 @@ mod tests {
             err.contains("replay") && err.contains("zz") && err.contains("earliest"),
             "{err}"
         );
-        let cases: [(&[&str], &[&str]); 5] = [
+        let cases: [(&[&str], &[&str]); 7] = [
             (&["--sink", "out.jsonl"], &["sink", "jsonl:PATH"]),
+            (
+                &["--sink", "zerobus:main.s.t; DROP TABLE x --"],
+                &["catalog.schema.table"],
+            ),
+            (
+                &["--sink", "zerobus:main.s.t", "--zerobus-endpoint", "zb:443"],
+                &["zerobus-endpoint", "zerobus.<region>.cloud.databricks.com"],
+            ),
             (
                 &["--sink", "delta:s3://bucket/t"],
                 &["not built into this binary"],

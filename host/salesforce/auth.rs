@@ -89,7 +89,7 @@ pub struct Session {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("Salesforce rejected the {flow} login ({code}): {message}. {hint}")]
+    #[error("Salesforce rejected the {flow} login ({code}): {}. {hint}", .message.trim_end_matches('.'))]
     Rejected {
         flow: &'static str,
         code: String,
@@ -339,8 +339,31 @@ async fn send(request: reqwest::RequestBuilder, url: &str) -> Result<(u16, Strin
     Ok((status, body))
 }
 
+/// An error body as far as it may be logged: its first 300 characters, with every run that
+/// could be a credential (24 or more token characters: an access token, a session id, a
+/// signed assertion) replaced by `[redacted]`.
 fn truncate(body: &str) -> String {
-    body.chars().take(300).collect()
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "._~+/=!-".contains(c);
+    let mut out = String::new();
+    let mut run = String::new();
+    let end_run = |run: &mut String, out: &mut String| {
+        if run.len() >= 24 {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in body.chars().take(300) {
+        if token_char(c) {
+            run.push(c);
+        } else {
+            end_run(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    end_run(&mut run, &mut out);
+    out
 }
 
 /// `scheme://host[:port]` of a URL.
@@ -426,6 +449,34 @@ pub(crate) fn xml_element(body: &str, local: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_bodies_lose_anything_that_could_be_a_credential() {
+        let token = "00D5g000004X9Zz!AQ4AQFwzQ3y7M_9aQexample";
+        let body = format!(r#"{{"error":"server_error","detail":"bad {token}"}}"#);
+        let logged = truncate(&body);
+        assert!(!logged.contains(token), "{logged}");
+        assert!(
+            logged.contains("server_error") && logged.contains("[redacted]"),
+            "{logged}"
+        );
+        assert_eq!(truncate(&"x".repeat(1000)), "[redacted]");
+    }
+
+    #[test]
+    fn a_rejection_ends_in_one_period() {
+        let e = AuthError::Rejected {
+            flow: "SOAP",
+            code: "INVALID_LOGIN".into(),
+            message: "Invalid username, password, security token; or user locked out.".into(),
+            hint: "Check the credentials.",
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("locked out. Check") && !text.contains(".."),
+            "{text}"
+        );
+    }
 
     #[test]
     fn elements_are_found_by_name_and_unescaped() {

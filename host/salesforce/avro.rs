@@ -54,8 +54,9 @@ pub enum AvroError {
     Unsupported(String),
 }
 
-/// Items an array or map may declare per block before we refuse it (a corrupt count must
-/// not make us allocate gigabytes).
+/// Array and map items one payload may declare, over all its blocks, before we refuse it:
+/// items of a zero-size type (null) cost no bytes, so neither a corrupt count nor a run of
+/// many blocks may make us allocate or loop without bound.
 const MAX_ITEMS: i64 = 1 << 20;
 const MAX_DEPTH: usize = 32;
 
@@ -279,11 +280,17 @@ pub fn write_long(value: i64, out: &mut Vec<u8>) {
 pub struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
+    /// Array and map items this payload may still declare.
+    items_left: i64,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(data: &'a [u8]) -> Self {
-        Reader { data, pos: 0 }
+        Reader {
+            data,
+            pos: 0,
+            items_left: MAX_ITEMS,
+        }
     }
 
     pub fn position(&self) -> usize {
@@ -372,12 +379,13 @@ impl<'a> Reader<'a> {
         }
         let count = count
             .checked_abs()
-            .filter(|c| *c <= MAX_ITEMS)
+            .filter(|c| *c <= self.items_left)
             .ok_or(AvroError::Invalid {
                 what: "block count",
                 value: count,
                 offset,
             })?;
+        self.items_left -= count;
         Ok(count as usize)
     }
 
@@ -536,6 +544,13 @@ mod tests {
         }
         bytes.push(v as u8);
         assert!(Reader::new(&bytes).strings(&plan).is_err());
+        // So must a million blocks of a million nulls each, in a few megabytes.
+        let mut blocks = Vec::new();
+        for _ in 0..1_000_000 {
+            write_long(1 << 20, &mut blocks);
+        }
+        write_long(0, &mut blocks);
+        assert!(Reader::new(&blocks).strings(&plan).is_err());
         assert!(
             Reader::new(&[0xfe, 0xff, 0xff, 0xff, 0x0f, b'a'])
                 .string()

@@ -11,61 +11,72 @@
 use crate::event::FieldNames;
 
 /// Field names for one bitmap list, top-level fields first, then compound children,
-/// each in bit order.
+/// each in position order and each once. The work and the output are bounded by the
+/// schema's field count, whatever the header holds: a bit past the last field is not even
+/// expanded, so a megabyte of `f`s costs a scan, not a list of millions of positions.
 pub fn decode(bitmaps: &[String], names: &FieldNames) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in bitmaps.iter().filter(|e| !e.contains('-')) {
-        for bit in set_bits(entry) {
-            if let Some(name) = names.top.get(bit) {
-                out.push(name.to_string());
+    let mut top = vec![false; names.top.len()];
+    let mut children: Vec<Vec<bool>> = names
+        .children
+        .iter()
+        .map(|c| vec![false; c.as_ref().map_or(0, Vec::len)])
+        .collect();
+    for entry in bitmaps {
+        match entry.split_once('-') {
+            None => mark(entry, &mut top),
+            Some((position, bitmap)) => {
+                if let Some(set) = position
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|p| children.get_mut(p))
+                {
+                    mark(bitmap, set);
+                }
             }
         }
     }
-    for entry in bitmaps {
-        let Some((position, bitmap)) = entry.split_once('-') else {
-            continue;
-        };
-        let Ok(position) = position.trim().parse::<usize>() else {
-            continue;
-        };
-        let (Some(parent), Some(Some(children))) =
-            (names.top.get(position), names.children.get(position))
-        else {
-            continue;
-        };
-        for bit in set_bits(bitmap) {
-            if let Some(child) = children.get(bit) {
-                out.push(format!("{parent}.{child}"));
-            }
-        }
+    let mut out: Vec<String> = top
+        .iter()
+        .zip(&names.top)
+        .filter(|(set, _)| **set)
+        .map(|(_, name)| name.to_string())
+        .collect();
+    for ((set, parent), names) in children.iter().zip(&names.top).zip(&names.children) {
+        let Some(names) = names else { continue };
+        out.extend(
+            set.iter()
+                .zip(names)
+                .filter(|(set, _)| **set)
+                .map(|(_, child)| format!("{parent}.{child}")),
+        );
     }
     out
 }
 
-/// Positions of the set bits of a `0x…` hex bitmap, lowest first. The last hex digit holds
-/// bits 0–3. Any length and either case; an entry with a non-hex digit yields nothing.
-fn set_bits(bitmap: &str) -> Vec<usize> {
+/// Marks in `set` the positions whose bits a `0x…` hex bitmap sets (the last hex digit
+/// holds bits 0–3; any length and either case). Bits past `set` are ignored; an entry with a
+/// non-hex digit marks nothing.
+fn mark(bitmap: &str, set: &mut [bool]) {
     let bitmap = bitmap.trim();
     let digits = bitmap
         .strip_prefix("0x")
         .or_else(|| bitmap.strip_prefix("0X"))
         .unwrap_or(bitmap);
-    let mut nibbles = Vec::with_capacity(digits.len());
-    for c in digits.chars().rev() {
-        match c.to_digit(16) {
-            Some(n) => nibbles.push(n),
-            None => return Vec::new(),
-        }
+    if !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return;
     }
-    let mut bits = Vec::new();
-    for (i, nibble) in nibbles.into_iter().enumerate() {
+    let needed = set.len().div_ceil(4);
+    for (i, c) in digits.chars().rev().take(needed).enumerate() {
+        let nibble = c.to_digit(16).unwrap_or(0);
         for b in 0..4 {
-            if nibble & (1 << b) != 0 {
-                bits.push(i * 4 + b);
+            if nibble & (1 << b) != 0
+                && let Some(slot) = set.get_mut(i * 4 + b)
+            {
+                *slot = true;
             }
         }
     }
-    bits
 }
 
 #[cfg(test)]
@@ -152,6 +163,15 @@ mod tests {
             decode(&strings(&["0x000a"]), &names),
             decode(&strings(&["0XA"]), &names)
         );
+    }
+
+    #[test]
+    fn a_huge_or_repeated_bitmap_names_each_field_once() {
+        let names = account();
+        let huge = format!("0x{}", "f".repeat(4 << 20));
+        let repeated = vec![huge; 8];
+        let got = decode(&repeated, &names);
+        assert_eq!(got.len(), names.top.len(), "every top-level field, once");
     }
 
     #[test]

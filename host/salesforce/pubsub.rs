@@ -661,6 +661,9 @@ impl Subscriber {
             Ok(opened) => opened,
             Err(status) => return (StreamEnd::Failed(status), false),
         };
+        if let Some(health) = &self.options.health {
+            health.stream_opened();
+        }
         let mut committed = self.options.managed.as_ref().map(|m| m.committed.clone());
         if let Some(position) = committed
             .as_mut()
@@ -710,14 +713,16 @@ impl Subscriber {
                     let events: Vec<RawEvent> = response
                         .events
                         .into_iter()
-                        .filter_map(|e: ConsumerEvent| {
-                            let event = e.event?;
-                            Some(RawEvent {
+                        .map(|e: ConsumerEvent| {
+                            // One without its event still holds a position: it goes on (and is
+                            // dead-lettered as empty) rather than vanish behind the checkpoint.
+                            let event = e.event.unwrap_or_default();
+                            RawEvent {
                                 replay_id: ReplayId::new(e.replay_id),
                                 event_id: event.id,
                                 schema_id: event.schema_id,
                                 payload: event.payload,
-                            })
+                            }
                         })
                         .collect();
                     let permits = received.min(*held);
@@ -853,7 +858,12 @@ impl Subscriber {
     /// Fetches and caches the writer schema of every event whose schema is not cached yet.
     async fn ensure_schemas(&self, client: &mut Client, events: &[RawEvent]) -> Result<(), Status> {
         for event in events {
-            if self.schemas.get(&event.schema_id).is_some() {
+            // Known, known to be unusable (asking again per event would only repeat the
+            // answer), or an event that came without one.
+            if event.schema_id.is_empty()
+                || self.schemas.get(&event.schema_id).is_some()
+                || self.schemas.failure(&event.schema_id).is_some()
+            {
                 continue;
             }
             let info = client
@@ -866,7 +876,7 @@ impl Subscriber {
                 Ok(_) => {
                     tracing::info!(schema_id = %event.schema_id, "Fetched schema.")
                 }
-                // Events of this schema are dead-lettered by the decoder, which finds it missing.
+                // Remembered: events of this schema are dead-lettered with the reason.
                 Err(error) => {
                     tracing::error!(schema_id = %event.schema_id, %error, "Schema cannot be used.")
                 }

@@ -48,6 +48,8 @@ pub struct WriterSchema {
 #[derive(Default)]
 pub struct SchemaCache {
     schemas: RwLock<HashMap<String, Arc<WriterSchema>>>,
+    /// Schemas that could not be parsed, with the reason: fetched once, not per event.
+    failures: RwLock<HashMap<String, String>>,
 }
 
 impl SchemaCache {
@@ -64,9 +66,27 @@ impl SchemaCache {
         if let Some(schema) = self.get(id) {
             return Ok(schema);
         }
-        let schema = Arc::new(parse_schema(id, json)?);
+        let schema = match parse_schema(id, json) {
+            Ok(schema) => Arc::new(schema),
+            Err(error) => {
+                self.failures
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string(), error.to_string());
+                return Err(error);
+            }
+        };
         let mut map = self.schemas.write().unwrap_or_else(|e| e.into_inner());
         Ok(map.entry(id.to_string()).or_insert(schema).clone())
+    }
+
+    /// Why the schema `id` cannot be used, if it was fetched and failed to parse.
+    pub fn failure(&self, id: &str) -> Option<String> {
+        self.failures
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -336,6 +356,17 @@ mod tests {
     use super::*;
 
     const ACCOUNT: &str = include_str!("../sim/schemas/AccountChangeEvent.avsc");
+
+    #[test]
+    fn an_unusable_schema_is_remembered_with_its_reason() {
+        let cache = SchemaCache::default();
+        assert!(cache.insert("bad", "{ not json").is_err());
+        assert!(cache.get("bad").is_none());
+        let reason = cache.failure("bad").expect("the failure is kept");
+        assert!(!reason.is_empty());
+        assert!(cache.insert("acct", ACCOUNT).is_ok());
+        assert_eq!(cache.failure("acct"), None);
+    }
     const CONTACT: &str = include_str!("../sim/schemas/ContactChangeEvent.avsc");
 
     #[test]

@@ -20,6 +20,8 @@ pub struct EventFaults {
     pub schema_change_at: Option<u64>,
     /// Every Nth event of each entity is a gap event.
     pub gap_every: Option<u64>,
+    /// Bus positions served as a `ConsumerEvent` that holds a replay id and no event.
+    pub empty_at: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -50,6 +52,8 @@ pub struct BusEvent {
     pub event_id: String,
     pub schema_id: String,
     pub payload: Bytes,
+    /// Served without its event (a fault).
+    pub empty: bool,
 }
 
 pub struct Bus {
@@ -228,6 +232,7 @@ impl Bus {
             event_id: generated.event_id,
             schema_id: generated.schema_id,
             payload: generated.payload,
+            empty: self.faults.empty_at.contains(&seq),
         }
     }
 }

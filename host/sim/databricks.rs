@@ -45,9 +45,11 @@ fn quoted(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn word_after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+/// The identifier after `marker`, unquoted: `` `main`.`s`.`t` `` → `main.s.t`.
+fn word_after(text: &str, marker: &str) -> Option<String> {
     text.split_once(marker)
         .and_then(|(_, rest)| rest.split_whitespace().next())
+        .map(|word| word.replace('`', ""))
 }
 
 impl Workspace {
@@ -60,7 +62,7 @@ impl Workspace {
         let failed = |code: &str, message: String| serde_json::json!({"status": {"state": "FAILED", "error": {"error_code": code, "message": message}}});
         let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(table) = word_after(statement, "DESCRIBE TABLE ") {
-            return if tables.contains(table) {
+            return if tables.contains(&table) {
                 ok(vec![])
             } else {
                 failed(
@@ -70,7 +72,7 @@ impl Workspace {
             };
         }
         if let Some(table) = word_after(statement, "CREATE TABLE IF NOT EXISTS ") {
-            tables.insert(table.to_string());
+            tables.insert(table);
             return ok(vec![]);
         }
         if statement.starts_with("MERGE INTO ") {
@@ -87,7 +89,7 @@ impl Workspace {
             return ok(vec![]);
         }
         if let Some(table) = word_after(statement, "SELECT replay_id FROM ") {
-            if !tables.contains(table) {
+            if !tables.contains(&table) {
                 return failed(
                     "TABLE_OR_VIEW_NOT_FOUND",
                     format!("[TABLE_OR_VIEW_NOT_FOUND] The table {table} cannot be found."),
@@ -104,7 +106,7 @@ impl Workspace {
                 self.reference_rows
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .get(table)
+                    .get(&table)
                     .cloned()
             };
             return ok(found.into_iter().map(|r| vec![r]).collect());

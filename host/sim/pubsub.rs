@@ -600,7 +600,7 @@ impl Subscription {
                         .into_iter()
                         .take(allowed)
                         .map(|e| ConsumerEvent {
-                            event: Some(ProducerEvent {
+                            event: (!e.empty).then(|| ProducerEvent {
                                 id: e.event_id,
                                 schema_id: e.schema_id,
                                 payload: e.payload,

@@ -36,6 +36,8 @@ pub struct ZerobusFaults {
     /// Refuse (INVALID_ARGUMENT, which the SDK does not retry) any batch holding a row
     /// with this replay id, while `rejecting` is on.
     pub reject_replay_id: Option<String>,
+    /// Refuse (UNAUTHENTICATED) a stream without `authorization: Bearer <this>`.
+    pub require_token: Option<String>,
 }
 
 /// What the server received: per table, `(event_id, replay_id)` of every row, in order.
@@ -68,6 +70,15 @@ impl Zerobus for Service {
         &self,
         request: Request<Streaming<EphemeralStreamRequest>>,
     ) -> Result<Response<Self::EphemeralStreamStream>, Status> {
+        if let Some(token) = &self.0.faults.require_token {
+            let sent = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if sent != Some(format!("Bearer {token}").as_str()) {
+                return Err(Status::unauthenticated("a valid bearer token is required"));
+            }
+        }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let service = self.clone();

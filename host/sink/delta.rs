@@ -1,31 +1,41 @@
-//! Local Delta Lake tables (`delta:PATH_OR_URL`), exactly once.
+//! Local Delta Lake tables (`delta:PATH_OR_URL`), exactly once in every table a
+//! subscription writes: the main table, routed sibling tables, and the dead-letter table
+//! (`<table>_dead_letter`).
 //!
-//! Rows are buffered per table and committed on `flush`. Each commit carries, atomically
-//! with its data, a Delta application transaction (`txn`, app id = org + channel) whose
-//! version counts flushes, and commit metadata `sfzb.replay_id` = the position it covers. On
-//! start the table itself says where to resume, so a crash at any point loses nothing and
-//! writes nothing twice:
+//! Rows are buffered per table and committed on `flush`: the siblings first, the main table
+//! last. Every commit carries, atomically with its data, a Delta application transaction
+//! (`txn`, app id = org + channel) whose version counts flushes and is never reused, and
+//! commit metadata `sfzb.replay_id` = the position the flush covers. The main table's commit
+//! is the checkpoint. It also records the siblings this writer has ever committed to
+//! (`sfzb.tables`) and the sibling rows it knows are ahead of it (`sfzb.held`).
 //!
-//! - crash before the commit: nothing of the flush is in the table, the checkpoint is the
-//!   previous one, the events come again;
-//! - crash after it: data and checkpoint are both there.
+//! A crash between a sibling's commit and the main table's leaves rows in the sibling for
+//! events the checkpoint does not cover; they come again on restart. On open, every known
+//! sibling is opened and its commits of ours with a flush counter above the main table's
+//! are read back: the replay ids of their rows are *held*. A held event's rows are skipped
+//! when it comes again (in that table only), and the id is released once its event has been
+//! processed again. Held ids not yet released travel in every main commit, so a second crash
+//! before they come again forgets none. This is by event identity, not by order: replay ids
+//! are opaque, and the flush position is often not a row of the sibling at all.
 //!
-//! Routed tables and the dead-letter table (`<table>_dead_letter`) commit first in a flush,
-//! the main table last. A routed table whose last flush is newer than the main table's (a
-//! crash between the two) skips the rows it already holds when they come again: up to and
-//! including its own recorded replay id.
+//! A sibling is added to `sfzb.tables` by a main commit of its own (no data, no txn) before
+//! its first data commit, so a crash can never leave a sibling the main table does not name.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use deltalake::arrow::array::{ArrayRef, BinaryBuilder, Int64Builder, ListBuilder, StringBuilder};
+use deltalake::arrow::array::{
+    ArrayRef, AsArray, BinaryBuilder, Int64Builder, ListBuilder, StringBuilder,
+};
 use deltalake::arrow::datatypes::Schema as ArrowSchema;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, ArrayType, DataType, StructField, Transaction};
+use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
 use futures::StreamExt;
 use url::Url;
 
@@ -34,6 +44,8 @@ use crate::sink::{DeadLetter, Row, SinkError};
 
 const REPLAY_KEY: &str = "sfzb.replay_id";
 const APP_KEY: &str = "sfzb.app_id";
+const TABLES_KEY: &str = "sfzb.tables";
+const HELD_KEY: &str = "sfzb.held";
 
 fn error(target: &Url, e: impl std::fmt::Display) -> SinkError {
     SinkError::Delta {
@@ -135,18 +147,17 @@ fn columns(kind: Kind) -> Vec<StructField> {
     }
 }
 
+/// Sibling table → replay ids of rows it already holds for events the checkpoint does not cover.
+type Held = BTreeMap<String, BTreeSet<String>>;
+
 struct Table {
     url: Url,
     table: DeltaTable,
     writer: RecordBatchWriter,
     schema: Arc<ArrowSchema>,
     buffered: usize,
-    /// The replay id of the last row buffered since the last commit.
-    last: Option<String>,
-    /// Flush counter and replay id of the newest commit of ours.
-    committed: Option<(i64, String)>,
-    /// Rows up to and including this replay id are already in the table (see module doc).
-    skip_until: Option<String>,
+    /// Our application transaction's version here: the last flush this table took part in.
+    txn: Option<i64>,
 }
 
 impl Table {
@@ -172,7 +183,10 @@ impl Table {
                 .map_err(|e| error(&url, e))?;
             tracing::info!(table = %url, "Created Delta table.");
         }
-        let committed = committed(&table, app_id)
+        let txn = table
+            .snapshot()
+            .map_err(|e| error(&url, e))?
+            .transaction_version(table.log_store().as_ref(), app_id)
             .await
             .map_err(|e| error(&url, e))?;
         let writer = RecordBatchWriter::for_table(&table).map_err(|e| error(&url, e))?;
@@ -183,18 +197,11 @@ impl Table {
             writer,
             schema,
             buffered: 0,
-            last: None,
-            committed,
-            skip_until: None,
+            txn,
         })
     }
 
-    async fn write(
-        &mut self,
-        batch: RecordBatch,
-        rows: usize,
-        last: Option<String>,
-    ) -> Result<(), SinkError> {
+    async fn write(&mut self, batch: RecordBatch, rows: usize) -> Result<(), SinkError> {
         if rows == 0 {
             return Ok(());
         }
@@ -203,44 +210,32 @@ impl Table {
             .await
             .map_err(|e| error(&self.url, e))?;
         self.buffered += rows;
-        if last.is_some() {
-            self.last = last;
-        }
         Ok(())
     }
 
-    /// Commits what is buffered (or, with `force`, an empty commit that only moves the
-    /// checkpoint) as flush `version` covering events up to `position`.
+    /// One commit: the buffered rows (with `data`; without, none: an intent commit leaves
+    /// them buffered), our transaction at `txn`, and `metadata`.
     async fn commit(
         &mut self,
         app_id: &str,
-        version: i64,
-        position: &str,
-        force: bool,
+        txn: i64,
+        metadata: serde_json::Map<String, serde_json::Value>,
+        data: bool,
     ) -> Result<(), SinkError> {
-        if self.buffered == 0 && !force {
-            return Ok(());
-        }
-        let adds: Vec<Action> = self
-            .writer
-            .flush()
-            .await
-            .map_err(|e| error(&self.url, e))?
-            .into_iter()
-            .map(Action::Add)
-            .collect();
+        let adds: Vec<Action> = if data {
+            self.writer
+                .flush()
+                .await
+                .map_err(|e| error(&self.url, e))?
+                .into_iter()
+                .map(Action::Add)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(app_id, version))
-            .with_metadata([
-                (
-                    REPLAY_KEY.to_string(),
-                    serde_json::Value::String(position.to_string()),
-                ),
-                (
-                    APP_KEY.to_string(),
-                    serde_json::Value::String(app_id.to_string()),
-                ),
-            ]);
+            .with_application_transaction(Transaction::new(app_id, txn))
+            .with_metadata(metadata);
         let snapshot = self.table.snapshot().map_err(|e| error(&self.url, e))?;
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
@@ -253,34 +248,127 @@ impl Table {
             .await
             .map_err(|e| error(&self.url, e))?;
         self.table.state = Some(finalized.snapshot());
-        self.committed = Some((version, position.to_string()));
-        self.buffered = 0;
-        self.last = None;
+        self.txn = Some(txn);
+        if data {
+            self.buffered = 0;
+        }
         Ok(())
     }
 }
 
-/// The newest commit of `app_id`: its flush counter and the replay id it covers.
-async fn committed(
+/// The replay ids of the rows that our commits with a flush counter above `after` put
+/// in `table`, read back from the commits' own files.
+async fn rows_after(
     table: &DeltaTable,
     app_id: &str,
-) -> Result<Option<(i64, String)>, DeltaTableError> {
+    after: i64,
+) -> Result<BTreeSet<String>, String> {
+    let mut files = Vec::new();
+    let log = table.log_store();
+    let Some(latest) = table.version() else {
+        return Ok(BTreeSet::new());
+    };
+    for version in (0..=latest).rev() {
+        let Some(entry) = log
+            .read_commit_entry(version)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            break;
+        };
+        let (mut ours, mut adds) = (None, Vec::new());
+        for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let action: serde_json::Value = serde_json::from_slice(line)
+                .map_err(|e| format!("commit {version} is not JSON: {e}"))?;
+            if let Some(txn) = action.get("txn")
+                && txn.get("appId").and_then(|a| a.as_str()) == Some(app_id)
+            {
+                ours = txn.get("version").and_then(|v| v.as_i64());
+            }
+            if let Some(path) = action.pointer("/add/path").and_then(|p| p.as_str()) {
+                adds.push(path.to_string());
+            }
+        }
+        match ours {
+            Some(flush) if flush > after => files.extend(adds),
+            // Flush counters only grow: everything older is covered by the checkpoint.
+            Some(_) => break,
+            None => {}
+        }
+    }
+    let store = table.object_store();
+    let mut ids = BTreeSet::new();
+    for file in files {
+        let location = deltalake::Path::from_url_path(&file).map_err(|e| e.to_string())?;
+        let bytes = store
+            .get_opts(&location, Default::default())
+            .await
+            .map_err(|e| format!("{file}: {e}"))?
+            .bytes()
+            .await
+            .map_err(|e| format!("{file}: {e}"))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| e.to_string())?;
+        let column = builder
+            .schema()
+            .index_of("replay_id")
+            .map_err(|e| format!("{file}: {e}"))?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [column]);
+        for batch in builder
+            .with_projection(mask)
+            .build()
+            .map_err(|e| e.to_string())?
+        {
+            let batch = batch.map_err(|e| e.to_string())?;
+            let replays = deltalake::arrow::compute::cast(
+                batch.column(0),
+                &deltalake::arrow::datatypes::DataType::Utf8,
+            )
+            .map_err(|e| e.to_string())?;
+            let replays = replays.as_string::<i32>();
+            ids.extend(replays.iter().flatten().map(str::to_string));
+        }
+    }
+    Ok(ids)
+}
+
+/// What the newest commits of ours in the main table record.
+#[derive(Debug, Default)]
+struct Recorded {
+    /// Flush counter and replay id of the checkpoint.
+    checkpoint: Option<(i64, String)>,
+    tables: BTreeSet<String>,
+    held: Held,
+}
+
+async fn recorded(table: &DeltaTable, app_id: &str) -> Result<Recorded, DeltaTableError> {
+    let mut out = Recorded::default();
     let Some(version) = table
         .snapshot()?
         .transaction_version(table.log_store().as_ref(), app_id)
         .await?
     else {
-        return Ok(None);
+        return Ok(out);
     };
+    let mut newest = true;
     let mut history = table.history(None);
     while let Some(info) = history.next().await {
         let info = info?;
-        // Several subscriptions may write one table: take this writer's newest commit.
+        // Several subscriptions may write one table: take this writer's newest commits.
         if info.info.get(APP_KEY).and_then(|v| v.as_str()) != Some(app_id) {
             continue;
         }
+        if std::mem::take(&mut newest) {
+            let field = |key| info.info.get(key).cloned().unwrap_or_default();
+            out.tables = serde_json::from_value(field(TABLES_KEY)).unwrap_or_default();
+            out.held = serde_json::from_value(field(HELD_KEY)).unwrap_or_default();
+        }
+        // Version 0 is an intent commit made before the first flush: no checkpoint yet.
+        if version == 0 {
+            return Ok(out);
+        }
         if let Some(replay) = info.info.get(REPLAY_KEY).and_then(|v| v.as_str()) {
-            return Ok(Some((version, replay.to_string())));
+            out.checkpoint = Some((version, replay.to_string()));
+            return Ok(out);
         }
     }
     Err(DeltaTableError::Generic(format!(
@@ -294,36 +382,59 @@ pub struct DeltaSink {
     app_id: String,
     main: Table,
     others: HashMap<String, Table>,
-    /// The highest flush counter seen in any of our tables.
+    /// The siblings the main table names (`sfzb.tables`).
+    known: BTreeSet<String>,
+    /// The highest flush counter seen in any of our tables; the next flush is one above.
     version: i64,
-    /// The main table's position at start: where to resume.
+    /// The main table's flush counter at open: sibling commits above it are not covered.
+    start_version: i64,
+    /// The checkpoint: the position of the newest main commit.
+    position: Option<String>,
+    /// Where the table said to resume at open.
     resume: Option<ReplayId>,
+    held: Held,
+    /// `held` as the newest main commit records it (what an intent commit repeats).
+    committed_held: Held,
 }
 
 impl DeltaSink {
-    /// Opens (or creates) the table. `app_id` identifies the writer (org and channel).
+    /// Opens (or creates) the table and every sibling it names. `app_id` identifies the
+    /// writer (org and channel).
     pub async fn open(target: &str, app_id: String) -> Result<DeltaSink, SinkError> {
         let url = table_url(target).map_err(|detail| SinkError::Delta {
             target: target.to_string(),
             detail,
         })?;
         let main = Table::open(url.clone(), Kind::Rows, &app_id).await?;
-        let (version, resume) = match &main.committed {
-            Some((version, replay)) => {
-                let id = ReplayId::from_hex(replay)
-                    .map_err(|e| error(&url, format!("{REPLAY_KEY} {replay:?}: {e}")))?;
-                (*version, Some(id))
-            }
-            None => (0, None),
+        let recorded = recorded(&main.table, &app_id)
+            .await
+            .map_err(|e| error(&url, e))?;
+        let (version, position) = recorded.checkpoint.unzip();
+        let version = version.unwrap_or(0);
+        let resume = match &position {
+            Some(replay) => Some(
+                ReplayId::from_hex(replay)
+                    .map_err(|e| error(&url, format!("{REPLAY_KEY} {replay:?}: {e}")))?,
+            ),
+            None => None,
         };
-        Ok(DeltaSink {
+        let mut sink = DeltaSink {
             url,
             app_id,
             main,
             others: HashMap::new(),
+            known: recorded.tables.clone(),
             version,
+            start_version: version,
+            position,
             resume,
-        })
+            committed_held: recorded.held.clone(),
+            held: recorded.held,
+        };
+        for name in &recorded.tables {
+            sink.open_sibling(name).await?;
+        }
+        Ok(sink)
     }
 
     /// Where the table's own checkpoint says to resume.
@@ -331,80 +442,132 @@ impl DeltaSink {
         self.resume.clone()
     }
 
-    async fn other(&mut self, name: &str, kind: Kind) -> Result<&mut Table, SinkError> {
-        if !self.others.contains_key(name) {
-            let mut table = Table::open(sibling(&self.url, name), kind, &self.app_id).await?;
-            let main_version = self.main.committed.as_ref().map_or(0, |(v, _)| *v);
-            if let Some((version, replay)) = &table.committed {
-                if *version > main_version {
-                    tracing::info!(table = %table.url, replay_id = %replay, "Table is ahead of the checkpoint; skipping the rows it already holds.");
-                    table.skip_until = Some(replay.clone());
-                }
-                self.version = self.version.max(*version);
+    fn dead_letter_name(&self) -> String {
+        format!("{}_dead_letter", last_segment(&self.url))
+    }
+
+    /// Opens a sibling and holds the rows it has past the checkpoint.
+    async fn open_sibling(&mut self, name: &str) -> Result<(), SinkError> {
+        let kind = if name == self.dead_letter_name() {
+            Kind::DeadLetters
+        } else {
+            Kind::Rows
+        };
+        let table = Table::open(sibling(&self.url, name), kind, &self.app_id).await?;
+        if let Some(txn) = table.txn {
+            self.version = self.version.max(txn);
+            if txn > self.start_version {
+                let ids = rows_after(&table.table, &self.app_id, self.start_version)
+                    .await
+                    .map_err(|e| error(&table.url, e))?;
+                tracing::info!(table = %table.url, rows = ids.len(), "Table holds rows past the checkpoint; skipping them when their events come again.");
+                self.held.entry(name.to_string()).or_default().extend(ids);
             }
-            self.others.insert(name.to_string(), table);
         }
-        Ok(self.others.get_mut(name).expect("inserted above"))
+        self.others.insert(name.to_string(), table);
+        Ok(())
+    }
+
+    /// A sibling, opened on first use, and what it already holds.
+    async fn other(
+        &mut self,
+        name: &str,
+    ) -> Result<(&mut Table, Option<&BTreeSet<String>>), SinkError> {
+        if !self.others.contains_key(name) {
+            self.open_sibling(name).await?;
+        }
+        let table = self.others.get_mut(name).expect("opened above");
+        Ok((table, self.held.get(name)))
     }
 
     pub async fn write(&mut self, table: Option<&str>, rows: &[Row]) -> Result<(), SinkError> {
-        match table {
-            None => {
-                let batch =
-                    rows_batch(&self.main.schema, rows).map_err(|e| error(&self.main.url, e))?;
-                self.main
-                    .write(batch, rows.len(), rows.last().map(|r| r.replay_id.clone()))
-                    .await
-            }
-            Some(name) => {
-                let target = self.other(name, Kind::Rows).await?;
-                let rows = skip_held(target, rows, |r| &r.replay_id);
-                let batch = rows_batch(&target.schema, rows).map_err(|e| error(&target.url, e))?;
-                target
-                    .write(batch, rows.len(), rows.last().map(|r| r.replay_id.clone()))
-                    .await
-            }
-        }
+        let (target, held) = match table {
+            None => (&mut self.main, None),
+            Some(name) => self.other(name).await?,
+        };
+        let rows: Vec<&Row> = rows
+            .iter()
+            .filter(|r| held.is_none_or(|h| !h.contains(&r.replay_id)))
+            .collect();
+        let batch = rows_batch(&target.schema, &rows).map_err(|e| error(&target.url, e))?;
+        target.write(batch, rows.len()).await
     }
 
     pub async fn write_dead_letters(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
-        let name = format!("{}_dead_letter", last_segment(&self.url));
-        let target = self.other(&name, Kind::DeadLetters).await?;
-        let letters = skip_held(target, letters, |l| &l.replay_id);
-        let batch = letters_batch(&target.schema, letters).map_err(|e| error(&target.url, e))?;
-        target
-            .write(
-                batch,
-                letters.len(),
-                letters.last().map(|l| l.replay_id.clone()),
-            )
-            .await
+        let name = self.dead_letter_name();
+        let (target, held) = self.other(&name).await?;
+        let letters: Vec<&DeadLetter> = letters
+            .iter()
+            .filter(|l| held.is_none_or(|h| !h.contains(&l.replay_id)))
+            .collect();
+        let batch = letters_batch(&target.schema, &letters).map_err(|e| error(&target.url, e))?;
+        target.write(batch, letters.len()).await
     }
 
-    /// Commits every table that has rows, the main table last (always, to record `position`).
+    /// These events have been processed again (written, routed, dead-lettered or dropped):
+    /// rows held for them have served their purpose.
+    pub fn processed(&mut self, replay_ids: &[ReplayId]) {
+        if self.held.is_empty() {
+            return;
+        }
+        for id in replay_ids.iter().map(ReplayId::to_hex) {
+            self.held.values_mut().for_each(|h| {
+                h.remove(&id);
+            });
+        }
+        self.held.retain(|_, h| !h.is_empty());
+    }
+
+    fn metadata(&self, held: &Held) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut metadata = serde_json::Map::new();
+        metadata.insert(APP_KEY.into(), Value::String(self.app_id.clone()));
+        if let Some(position) = &self.position {
+            metadata.insert(REPLAY_KEY.into(), Value::String(position.clone()));
+        }
+        if !self.known.is_empty() {
+            metadata.insert(TABLES_KEY.into(), serde_json::json!(self.known));
+        }
+        if !held.is_empty() {
+            metadata.insert(HELD_KEY.into(), serde_json::json!(held));
+        }
+        metadata
+    }
+
+    /// Commits every sibling that has rows, then the main table (always, to record
+    /// `position`). A sibling's first commit is preceded by a main commit that names it.
     pub async fn flush(&mut self, position: &ReplayId) -> Result<(), SinkError> {
+        let new: Vec<String> = self
+            .others
+            .iter()
+            .filter(|(name, t)| t.buffered > 0 && !self.known.contains(*name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !new.is_empty() {
+            self.known.extend(new);
+            // Still the last checkpoint and the held ids it had: this commit moves nothing.
+            let metadata = self.metadata(&self.committed_held);
+            let txn = self.main.txn.unwrap_or(0);
+            self.main.commit(&self.app_id, txn, metadata, false).await?;
+        }
         let version = self.version + 1;
         let hex = position.to_hex();
-        for table in self.others.values_mut() {
-            table.commit(&self.app_id, version, &hex, false).await?;
+        let mut sibling = serde_json::Map::new();
+        sibling.insert(APP_KEY.into(), self.app_id.clone().into());
+        sibling.insert(REPLAY_KEY.into(), hex.clone().into());
+        for table in self.others.values_mut().filter(|t| t.buffered > 0) {
+            table
+                .commit(&self.app_id, version, sibling.clone(), true)
+                .await?;
         }
-        self.main.commit(&self.app_id, version, &hex, true).await?;
+        self.position = Some(hex);
+        let metadata = self.metadata(&self.held);
+        self.main
+            .commit(&self.app_id, version, metadata, true)
+            .await?;
         self.version = version;
+        self.committed_held = self.held.clone();
         Ok(())
-    }
-}
-
-/// The rows not yet held by a table that is ahead of the checkpoint.
-fn skip_held<'a, T>(table: &mut Table, items: &'a [T], replay: impl Fn(&T) -> &String) -> &'a [T] {
-    let Some(until) = table.skip_until.clone() else {
-        return items;
-    };
-    match items.iter().position(|i| *replay(i) == until) {
-        Some(i) => {
-            table.skip_until = None;
-            &items[i + 1..]
-        }
-        None => &[],
     }
 }
 
@@ -462,7 +625,7 @@ fn batch(
 
 fn rows_batch(
     schema: &Arc<ArrowSchema>,
-    rows: &[Row],
+    rows: &[&Row],
 ) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
     batch(
         schema,
@@ -470,8 +633,8 @@ fn rows_batch(
             strings(rows.iter().map(|r| r.event.event_id.as_str())),
             strings(rows.iter().map(|r| r.schema().id.as_str())),
             strings(rows.iter().map(|r| r.replay_id.as_str())),
-            longs(rows.iter().map(Row::timestamp)),
-            strings(rows.iter().map(Row::change_type)),
+            longs(rows.iter().map(|r| r.timestamp())),
+            strings(rows.iter().map(|r| r.change_type())),
             strings(rows.iter().map(|r| r.event.header.entity_name.as_str())),
             strings(rows.iter().map(|r| r.event.header.change_origin.as_str())),
             lists(rows.iter().map(|r| &r.event.header.record_ids)),
@@ -489,7 +652,7 @@ fn rows_batch(
 
 fn letters_batch(
     schema: &Arc<ArrowSchema>,
-    letters: &[DeadLetter],
+    letters: &[&DeadLetter],
 ) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
     let stages: Vec<String> = letters.iter().map(|l| l.stage.label()).collect();
     batch(

@@ -10,8 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use crate::sink::{JsonlTarget, SinkError};
 
 enum Output {
+    /// Written with blocking `std::fs` calls: tokio's `File` reports a failed background
+    /// write only on the next operation, so a full disk would pass one flush unnoticed.
     File {
-        file: tokio::fs::File,
+        file: std::sync::Arc<std::fs::File>,
         regular: bool,
     },
     Stdout(tokio::io::Stdout),
@@ -48,7 +50,10 @@ impl JsonlSink {
                 if regular {
                     drop_torn_line(&mut file).await.map_err(io)?;
                 }
-                Output::File { file, regular }
+                Output::File {
+                    file: std::sync::Arc::new(file.into_std().await),
+                    regular,
+                }
             }
         };
         Ok(JsonlSink {
@@ -79,12 +84,15 @@ impl JsonlSink {
             self.buffer.push(b'\n');
         }
         let result = match &mut self.out {
-            Output::File { file: f, .. } => {
-                async {
-                    f.write_all(&self.buffer).await?;
-                    f.flush().await
-                }
+            Output::File { file, .. } => {
+                let (file, buffer) = (file.clone(), std::mem::take(&mut self.buffer));
+                let (result, buffer) = tokio::task::spawn_blocking(move || {
+                    (std::io::Write::write_all(&mut &*file, &buffer), buffer)
+                })
                 .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                self.buffer = buffer;
+                result
             }
             Output::Stdout(s) => {
                 async {
@@ -114,10 +122,14 @@ impl JsonlSink {
             regular: true,
         } = &mut self.out
         {
-            file.sync_data().await.map_err(|source| SinkError::Io {
-                target: self.name(),
-                source,
-            })?;
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+                .map_err(|source| SinkError::Io {
+                    target: self.name(),
+                    source,
+                })?;
         }
         Ok(())
     }

@@ -72,6 +72,10 @@ pub enum SinkSpecError {
         "sink {0:?} names no path; write it as delta:PATH or jsonl:PATH (jsonl:- for standard output)"
     )]
     NoPath(String),
+    #[error(
+        "Zerobus table {0:?} is not catalog.schema.table with each part letters, digits and _ (not starting with a digit)"
+    )]
+    BadTable(String),
 }
 
 impl std::str::FromStr for SinkSpec {
@@ -90,11 +94,27 @@ impl std::str::FromStr for SinkSpec {
                 path => JsonlTarget::File(PathBuf::from(path)),
             })),
             "delta" => Ok(SinkSpec::Delta(rest.to_string())),
-            "zerobus" => Ok(SinkSpec::Zerobus(rest.to_string())),
+            "zerobus" => {
+                let qualified = rest.split('.').count() == 3;
+                if !qualified || !crate::transform::engine::valid_table_name(rest) {
+                    return Err(SinkSpecError::BadTable(rest.to_string()));
+                }
+                Ok(SinkSpec::Zerobus(rest.to_string()))
+            }
             _ => Err(SinkSpecError::UnknownKind {
                 kind: kind.to_string(),
                 spec: spec.to_string(),
             }),
+        }
+    }
+}
+
+impl SinkSpec {
+    /// The `catalog.schema` of a Zerobus target: where its routed tables may go.
+    pub fn home_schema(&self) -> Option<String> {
+        match self {
+            SinkSpec::Zerobus(table) => table.rsplit_once('.').map(|(home, _)| home.to_string()),
+            SinkSpec::Jsonl(_) | SinkSpec::Delta(_) => None,
         }
     }
 }
@@ -173,6 +193,14 @@ impl Sink {
         }
     }
 
+    /// Says that these events (every one of a batch, however it ended) have been processed
+    /// and their rows handed to `write`: the Delta sink stops holding rows for them.
+    pub fn processed(&mut self, replay_ids: &[ReplayId]) {
+        if let Sink::Delta(s) = self {
+            s.processed(replay_ids);
+        }
+    }
+
     /// Makes everything written so far, to every table, durable, covering events up to
     /// `position` (recorded with the data by sinks that keep their checkpoint).
     pub async fn flush(&mut self, position: &ReplayId) -> Result<(), SinkError> {
@@ -213,5 +241,18 @@ mod tests {
                 .contains("known kinds")
         );
         assert!("jsonl:".parse::<SinkSpec>().is_err());
+        assert_eq!(
+            "zerobus:main.sales.accounts".parse::<SinkSpec>().unwrap(),
+            SinkSpec::Zerobus("main.sales.accounts".into())
+        );
+        for bad in [
+            "zerobus:main.s.t; DROP TABLE x --",
+            "zerobus:accounts",
+            "zerobus:a.b.c.d",
+            "zerobus:main.s.`t`",
+        ] {
+            let err = bad.parse::<SinkSpec>().unwrap_err().to_string();
+            assert!(err.contains("catalog.schema.table"), "{bad}: {err}");
+        }
     }
 }

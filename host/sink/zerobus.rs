@@ -2,8 +2,10 @@
 //! one SDK stream per table, rows as protobuf (`proto/sfzb_row.proto`), and `flush` waiting
 //! for the server's durability acknowledgements. The SDK recovers failed streams and resends
 //! unacknowledged records itself; the checkpoint moves only after `flush` returns, so
-//! delivery is at least once and duplicates after a crash are bounded by what was in flight
-//! (each row's `event_id` identifies them).
+//! delivery is at least once. After a crash, what comes again is every row acknowledged since
+//! the last checkpoint commit plus what was in flight: at most a flush interval's worth of
+//! events (flush interval × rate) plus `max-in-flight` (each row's `event_id` identifies
+//! them).
 
 use std::collections::HashMap;
 
@@ -18,7 +20,7 @@ use crate::sink::{DeadLetter, Row, SinkError};
 #[derive(Clone, Debug, Default)]
 pub struct ZerobusSettings {
     /// `https://<workspace-id>.zerobus.<region>.cloud.databricks.com`, or `http://host:port`
-    /// for a local test server (plaintext, no authentication).
+    /// for a local test server (plaintext; authenticated when credentials are set).
     pub endpoint: String,
     /// The workspace URL, for the OAuth token (`{workspace}/oidc/v1/token`).
     pub workspace_url: Option<String>,
@@ -27,6 +29,12 @@ pub struct ZerobusSettings {
     pub client_secret: Option<SecretString>,
     /// Most record batches sent and not yet acknowledged, per stream.
     pub max_inflight: usize,
+}
+
+impl ZerobusSettings {
+    fn has_credentials(&self) -> bool {
+        self.client_id.is_some() && self.client_secret.is_some()
+    }
 }
 
 fn error(table: &str, e: impl std::fmt::Display) -> SinkError {
@@ -63,19 +71,22 @@ impl ZerobusSink {
             ));
         }
         let mut builder = ZerobusSdk::builder().endpoint(settings.endpoint.clone());
-        if settings.endpoint.starts_with("http://") {
+        let plaintext = settings.endpoint.starts_with("http://");
+        if plaintext {
             builder = builder.no_tls();
-        } else {
+        }
+        // Credentials given are always used, plaintext or not: a local test server may
+        // check them too. Only a plaintext endpoint may go without.
+        if settings.has_credentials() {
             let workspace = settings.workspace_url.clone().ok_or_else(|| {
                 error(table, "no Databricks workspace URL for the OAuth token: set --databricks-workspace-url or DATABRICKS_HOST")
             })?;
-            if settings.client_id.is_none() || settings.client_secret.is_none() {
-                return Err(error(
-                    table,
-                    "no service principal: set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET",
-                ));
-            }
             builder = builder.unity_catalog_url(workspace);
+        } else if !plaintext {
+            return Err(error(
+                table,
+                "no service principal: set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET",
+            ));
         }
         let sdk = builder.build().map_err(|e| error(table, e))?;
         Ok(ZerobusSink {
@@ -106,7 +117,7 @@ impl ZerobusSink {
                 .compiled_proto(descriptor(message))
                 .max_inflight_requests(self.settings.max_inflight.max(1));
             builder = match (&self.settings.client_id, &self.settings.client_secret) {
-                (Some(id), Some(secret)) if !self.settings.endpoint.starts_with("http://") => {
+                (Some(id), Some(secret)) => {
                     builder.oauth(id.clone(), secret.expose_secret().to_string())
                 }
                 _ => builder.no_auth(),

@@ -46,6 +46,9 @@ pub struct TransformSpec {
     pub config: Vec<(String, String)>,
     pub on_error: OnError,
     pub limits: Limits,
+    /// `allow-tables`: qualified tables (`catalog.schema.table`, `*` at the end matches any
+    /// rest) the transform may route to beyond the subscription's own catalog and schema.
+    pub allow_tables: Vec<String>,
 }
 
 /// Counts for one transform.
@@ -69,6 +72,10 @@ struct Loaded {
     pre: TransformPre<State>,
     instance: Option<Instance>,
     stats: TransformStats,
+    /// Bytes of this batch's outputs so far (`max-batch-output-mib`).
+    batch_bytes: usize,
+    /// The distinct tables it has routed to in this subscription (`max-tables`).
+    tables: std::collections::HashSet<String>,
 }
 
 /// An event the chain could not pass, with what is needed to dead-letter it: the event's
@@ -103,6 +110,9 @@ pub struct ChainOutput {
 pub struct Chain {
     runtime: Arc<Runtime>,
     transforms: Vec<Loaded>,
+    /// The subscription's own `catalog.schema` (Zerobus targets): qualified routes inside it
+    /// need no allow-list.
+    home: Option<String>,
 }
 
 impl Chain {
@@ -132,12 +142,20 @@ impl Chain {
                 name,
                 pre,
                 instance: Some(instance),
+                batch_bytes: 0,
+                tables: Default::default(),
             });
         }
         Ok(Chain {
             runtime,
             transforms,
+            home: None,
         })
+    }
+
+    /// The `catalog.schema` the subscription writes to, for routes that name a full table.
+    pub fn set_home(&mut self, home: Option<String>) {
+        self.home = home;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,10 +167,12 @@ impl Chain {
     pub fn reload(&self) -> Result<Chain, TransformError> {
         let specs: Vec<TransformSpec> = self.transforms.iter().map(|t| t.spec.clone()).collect();
         let mut fresh = Chain::load(self.runtime.clone(), &specs)?;
+        fresh.home = self.home.clone();
         for (new, old) in fresh.transforms.iter_mut().zip(&self.transforms) {
             let recycled = new.stats.recycled;
             new.stats = old.stats.clone();
             new.stats.recycled += recycled + 1;
+            new.tables = old.tables.clone();
         }
         Ok(fresh)
     }
@@ -172,12 +192,13 @@ impl Chain {
     /// Runs every event through the chain.
     pub fn run(&mut self, events: Vec<ChangeEvent>) -> ChainOutput {
         let mut out = ChainOutput::default();
+        self.transforms.iter_mut().for_each(|t| t.batch_bytes = 0);
         for event in events {
             let mut current = vec![Routed { table: None, event }];
             for transform in &mut self.transforms {
                 let mut next = Vec::with_capacity(current.len());
                 for Routed { table, event } in current {
-                    match transform.process(&self.runtime, event) {
+                    match transform.process(&self.runtime, self.home.as_deref(), event) {
                         Step::Out(outputs) => {
                             next.extend(outputs.into_iter().map(|(t, event)| Routed {
                                 table: t.or_else(|| table.clone()),
@@ -208,7 +229,7 @@ enum Step {
 }
 
 impl Loaded {
-    fn process(&mut self, runtime: &Runtime, event: ChangeEvent) -> Step {
+    fn process(&mut self, runtime: &Runtime, home: Option<&str>, event: ChangeEvent) -> Step {
         self.stats.events_in += 1;
         let failed = |error: String, event: &ChangeEvent| Failed {
             transform: self.spec.name.clone(),
@@ -237,6 +258,7 @@ impl Loaded {
                 Err(e) => Err(CallFailure::Trap(format!("could not be restarted: {e}"))),
             },
         };
+        let result = result.and_then(|(outputs, bytes)| self.admit(home, outputs, bytes));
         match result {
             Ok(outputs) => {
                 self.stats.events_out += outputs.len() as u64;
@@ -269,6 +291,48 @@ impl Loaded {
         }
     }
 
+    /// Checks the outputs of one call against the batch's byte budget, the table limit and
+    /// where routes may go; counts them in only when all pass.
+    fn admit(
+        &mut self,
+        home: Option<&str>,
+        outputs: Vec<(Option<String>, ChangeEvent)>,
+        bytes: usize,
+    ) -> Result<Vec<(Option<String>, ChangeEvent)>, CallFailure> {
+        let limits = &self.spec.limits;
+        if self.batch_bytes + bytes > limits.max_batch_output_bytes {
+            return Err(CallFailure::Invalid(format!(
+                "exceeded max-batch-output-mib: this batch's outputs would pass {} MiB",
+                limits.max_batch_output_bytes >> 20
+            )));
+        }
+        let mut new = Vec::new();
+        for table in outputs.iter().filter_map(|(t, _)| t.as_deref()) {
+            if self.tables.contains(table) || new.iter().any(|n| n == table) {
+                continue;
+            }
+            if table.contains('.') && !route_allowed(table, home, &self.spec.allow_tables) {
+                return Err(CallFailure::Invalid(format!(
+                    "routed to {table}, outside {}; list it in the transform's allow-tables to permit it",
+                    home.map_or_else(
+                        || "the subscription's own tables".to_string(),
+                        |h| format!("{h}.*")
+                    )
+                )));
+            }
+            new.push(table.to_string());
+        }
+        if self.tables.len() + new.len() > limits.max_tables {
+            return Err(CallFailure::Invalid(format!(
+                "exceeded max-tables: routing to {} would make more than {} distinct tables in this subscription",
+                new[0], limits.max_tables
+            )));
+        }
+        self.tables.extend(new);
+        self.batch_bytes += bytes;
+        Ok(outputs)
+    }
+
     fn recycle_if_due(&mut self) {
         let due = self.instance.as_ref().is_some_and(|i| {
             i.events() >= self.spec.limits.recycle_after
@@ -281,9 +345,42 @@ impl Loaded {
     }
 }
 
+/// Whether a route to the qualified `table` is allowed: inside the subscription's own
+/// `catalog.schema`, or matched by an `allow-tables` entry (exact, or a prefix ending in `*`).
+fn route_allowed(table: &str, home: Option<&str>, allow: &[String]) -> bool {
+    let inside = home.is_some_and(|home| {
+        table
+            .rsplit_once('.')
+            .is_some_and(|(schema, _)| schema == home)
+    });
+    inside
+        || allow.iter().any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => table.starts_with(prefix),
+            None => table == pattern,
+        })
+}
+
 /// A transform's name from its file: `path/to/tenant-filter.wasm` → `tenant-filter`.
 pub fn name_from_path(path: &std::path::Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "transform".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_stay_home_unless_allowed() {
+        let home = Some("main.sales");
+        assert!(route_allowed("main.sales.emea", home, &[]));
+        assert!(!route_allowed("hr.payroll.salaries", home, &[]));
+        assert!(!route_allowed("main.sales_x.t", home, &[]));
+        assert!(!route_allowed("main.sales.emea", None, &[]));
+        let allow = ["hr.payroll.*".to_string(), "ops.audit.log".to_string()];
+        assert!(route_allowed("hr.payroll.salaries", home, &allow));
+        assert!(route_allowed("ops.audit.log", None, &allow));
+        assert!(!route_allowed("ops.audit.log2", None, &allow));
+    }
 }

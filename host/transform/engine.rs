@@ -13,7 +13,7 @@ use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::event::{self, ChangeEvent};
-use crate::transform::limits::{EpochTicker, Limits, MemoryCap};
+use crate::transform::limits::{EpochTicker, Limits, LogBudget, MemoryCap};
 
 wasmtime::component::bindgen!({
     path: "wit",
@@ -60,12 +60,49 @@ impl TransformError {
     }
 }
 
-/// Per-store state: WASI (denied), the resource table holding events, the memory cap.
+/// Per-store state: WASI (denied), the resource table holding events, the memory cap, and
+/// what the current call has made the host hold.
 pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     memory: MemoryCap,
     name: Arc<str>,
+    limits: Limits,
+    log: LogBudget,
+    /// Bytes `set` put into events during the current call.
+    added_bytes: usize,
+    /// Events in the resource table: the one handed over and the guest's copies, including
+    /// any it keeps across calls.
+    live: usize,
+    /// The host-side limit that stopped the current call, for its error message.
+    limit_hit: Option<String>,
+}
+
+impl State {
+    /// Stops the call: a host-side limit was reached. The message names the limit's key.
+    fn exceeded(&mut self, message: String) -> wasmtime::Error {
+        let error = wasmtime::Error::msg(message.clone());
+        self.limit_hit = Some(message);
+        error
+    }
+
+    fn start_call(&mut self) {
+        self.added_bytes = 0;
+        self.limit_hit = None;
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        if let Some(n) = self.log.take_suppressed() {
+            let transform = &*self.name;
+            tracing::warn!(
+                transform,
+                suppressed = n,
+                "Transform {transform}: {n} log lines held back (max-log-lines-per-sec)."
+            );
+        }
+    }
 }
 
 impl WasiView for State {
@@ -82,6 +119,19 @@ const MAX_LOG_BYTES: usize = 1024;
 
 impl sfzb::transform::host::Host for State {
     fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
+        let (admitted, held_back) = self.log.admit();
+        if let Some(n) = held_back {
+            let transform = &*self.name;
+            tracing::warn!(
+                transform,
+                suppressed = n,
+                "Transform {transform}: {n} log lines held back in the last second (max-log-lines-per-sec = {}).",
+                self.limits.max_log_lines_per_sec
+            );
+        }
+        if !admitted {
+            return Ok(());
+        }
         if message.len() > MAX_LOG_BYTES {
             let mut cut = MAX_LOG_BYTES;
             while !message.is_char_boundary(cut) {
@@ -200,6 +250,18 @@ impl sfzb::transform::types::HostEvent for State {
         name: String,
         value: WitValue,
     ) -> wasmtime::Result<Result<(), String>> {
+        self.added_bytes += match &value {
+            WitValue::Text(t) => t.len(),
+            WitValue::Bytes(b) => b.len(),
+            _ => 8,
+        };
+        if self.added_bytes > self.limits.max_added_bytes {
+            let message = format!(
+                "exceeded max-added-bytes: its set values on one event passed {} bytes",
+                self.limits.max_added_bytes
+            );
+            return Err(self.exceeded(message));
+        }
         let by = self.name.clone();
         let event = self.table.get_mut(&this)?;
         Ok(if event.set(&name, from_wit(value), &by) {
@@ -225,12 +287,21 @@ impl sfzb::transform::types::HostEvent for State {
         &mut self,
         this: Resource<ChangeEvent>,
     ) -> wasmtime::Result<Resource<ChangeEvent>> {
+        if self.live >= self.limits.max_outputs {
+            let message = format!(
+                "exceeded max-outputs: more than {} outputs of one event",
+                self.limits.max_outputs
+            );
+            return Err(self.exceeded(message));
+        }
         let copy = self.table.get(&this)?.clone();
+        self.live += 1;
         Ok(self.table.push(copy)?)
     }
 
     fn drop(&mut self, rep: Resource<ChangeEvent>) -> wasmtime::Result<()> {
         self.table.delete(rep)?;
+        self.live -= 1;
         Ok(())
     }
 }
@@ -371,6 +442,11 @@ impl Runtime {
             table: ResourceTable::new(),
             memory: MemoryCap::new(limits.memory_bytes),
             name: name.clone(),
+            limits: *limits,
+            log: LogBudget::new(limits.max_log_lines_per_sec),
+            added_bytes: 0,
+            live: 0,
+            limit_hit: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
@@ -439,6 +515,9 @@ impl std::fmt::Display for CallFailure {
 }
 
 fn describe_trap(error: &wasmtime::Error, store: &Store<State>, limits: &Limits) -> String {
+    if let Some(limit) = &store.data().limit_hit {
+        return limit.clone();
+    }
     if store.data().memory.refused {
         return format!(
             "exceeded its memory limit of {} MiB",
@@ -477,18 +556,21 @@ impl Instance {
         self.store.data().memory.current
     }
 
-    /// Runs `process` on one event; on success, the events to pass on with their tables.
+    /// Runs `process` on one event; on success, the events to pass on with their tables and
+    /// an estimate of the bytes they hold.
     pub fn process(
         &mut self,
         event: ChangeEvent,
         limits: &Limits,
-    ) -> Result<Vec<(Option<String>, ChangeEvent)>, CallFailure> {
-        let handle = self
-            .store
-            .data_mut()
+    ) -> Result<(Vec<(Option<String>, ChangeEvent)>, usize), CallFailure> {
+        let size = event.payload.len();
+        let state = self.store.data_mut();
+        state.start_call();
+        let handle = state
             .table
             .push(event)
             .map_err(|e| CallFailure::Trap(format!("cannot hand the event over: {e}")))?;
+        state.live += 1;
         self.store.set_epoch_deadline(limits.deadline_ticks());
         if let Some(fuel) = limits.fuel {
             self.store
@@ -501,28 +583,42 @@ impl Instance {
             Ok(Err(message)) => return Err(CallFailure::Guest(message)),
             Err(e) => return Err(CallFailure::Trap(describe_trap(&e, &self.store, limits))),
         };
+        // Every output leaves the resource table, even when the result is refused below.
+        let state = self.store.data_mut();
         let mut out = Vec::with_capacity(outputs.len());
+        let mut owned = true;
         for output in outputs {
-            let event = self
-                .store
-                .data_mut()
-                .table
-                .delete(output.event)
-                .map_err(|_| {
-                    CallFailure::Invalid(
-                        "an output names an event it does not own (returned twice?)".into(),
-                    )
-                })?;
-            if let Some(table) = &output.table
-                && !valid_table_name(table)
-            {
-                return Err(CallFailure::Invalid(format!(
-                    "table {table:?} is not a valid table name (letters, digits and _, optionally catalog.schema.table)"
-                )));
+            match state.table.delete(output.event) {
+                Ok(event) => {
+                    state.live -= 1;
+                    out.push((output.table, event));
+                }
+                Err(_) => owned = false,
             }
-            out.push((output.table, event));
         }
-        Ok(out)
+        if !owned {
+            return Err(CallFailure::Invalid(
+                "an output names an event it does not own (returned twice?)".into(),
+            ));
+        }
+        if out.len() > limits.max_outputs {
+            return Err(CallFailure::Invalid(format!(
+                "exceeded max-outputs: {} outputs of one event, more than {}",
+                out.len(),
+                limits.max_outputs
+            )));
+        }
+        if let Some(table) = out
+            .iter()
+            .filter_map(|(t, _)| t.as_deref())
+            .find(|t| !valid_table_name(t))
+        {
+            return Err(CallFailure::Invalid(format!(
+                "table {table:?} is not a valid table name (letters, digits and _, optionally catalog.schema.table)"
+            )));
+        }
+        let bytes = out.len() * (size + state.added_bytes);
+        Ok((out, bytes))
     }
 }
 

@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod delta;
+mod faults;
 mod guests;
 mod kube_api;
 mod lease;

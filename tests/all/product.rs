@@ -79,7 +79,25 @@ fn bad_configuration_files_exit_2_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let org = org_section("salesforce", "http://127.0.0.1:9", "http://127.0.0.1:9");
     let sub = "[[subscription]]\nchannel = \"AccountChangeEvent\"\n";
-    let cases: [(&str, String, &[&str]); 7] = [
+    let cases: [(&str, String, &[&str]); 9] = [
+        (
+            "two readers of one checkpoint",
+            format!(
+                "{org}\n{sub}sink = \"jsonl:out.jsonl\"\nname = \"a\"\n{sub}sink = \"jsonl:out.jsonl\"\nname = \"b\"\n"
+            ),
+            &[
+                "subscription[1].sink",
+                "already reads",
+                "share one checkpoint",
+            ],
+        ),
+        (
+            "a transform setting with no value source",
+            format!(
+                "{org}\n{sub}\n[[subscription.transform]]\npath = \"bad.toml\"\nconfig = {{ salt = {{ vault = \"x\" }} }}\n"
+            ),
+            &["transform.config.salt", "{ env = "],
+        ),
         (
             "missing channel",
             format!("{org}\n[[subscription]]\nsink = \"jsonl:out.jsonl\"\n"),
@@ -168,7 +186,7 @@ batch-size = 50
 [[defaults.transform]]
 path = "mask.wasm"
 on-error = "skip"
-config = {{ fields = ["Email", "Phone"], mode = "hash", salt = "s" }}
+config = {{ fields = ["Email", "Phone"], mode = "hash", salt = {{ env = "MASK_SALT" }} }}
 
 [[subscription]]
 channel = "AccountChangeEvent"
@@ -194,6 +212,7 @@ sink = "delta:tables/acme_accounts"
     let output = Command::new(BIN)
         .args(["config", "check", file.to_str().unwrap()])
         .env("ACME_SECRET", "AcmeSecretValue")
+        .env("MASK_SALT", "SaltSecretValue")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -202,7 +221,9 @@ sink = "delta:tables/acme_accounts"
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(!stdout.contains("Hunter2Secret") && !stdout.contains("AcmeSecretValue"));
+    for secret in ["Hunter2Secret", "AcmeSecretValue", "SaltSecretValue"] {
+        assert!(!stdout.contains(secret), "{secret} printed: {stdout}");
+    }
     let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let subs = plan["subscriptions"].as_array().unwrap();
     let names: Vec<&str> = subs.iter().map(|s| s["name"].as_str().unwrap()).collect();
@@ -218,7 +239,11 @@ sink = "delta:tables/acme_accounts"
     assert_eq!(subs[0]["batch-size"], 50);
     let mask = &subs[1]["transforms"][0];
     assert_eq!(mask["on-error"], "skip");
-    assert_eq!(mask["config"]["fields"], "Email,Phone");
+    // Any transform setting may be a secret: the plan names them, never shows them.
+    assert_eq!(
+        mask["config"],
+        serde_json::json!(["fields", "mode", "salt"])
+    );
     let sink = subs[0]["sink"].as_str().unwrap();
     assert!(
         sink.starts_with("delta:")
@@ -232,6 +257,7 @@ sink = "delta:tables/acme_accounts"
     let output = Command::new(BIN)
         .args(["config", "check", file.to_str().unwrap()])
         .env_remove("ACME_SECRET")
+        .env("MASK_SALT", "SaltSecretValue")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
@@ -277,14 +303,6 @@ async fn the_demo_exits_0_prints_its_summary_and_writes_readable_tables() {
         let rows = delta_rows(&demo.join("tables").join(table)).await;
         assert_eq!(rows.len() as u64, written, "{table}");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn get(url: &str) -> (u16, String) {

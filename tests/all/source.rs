@@ -23,9 +23,9 @@ async fn delivers_every_event_in_replay_order_with_decoded_fields() {
         assert_eq!(row["org_id"], sim.org_id.as_str());
         let record: serde_json::Value =
             serde_json::from_str(row["record_data_json"].as_str().unwrap()).unwrap();
-        assert_eq!(
-            record["ChangeEventHeader"]["changeType"],
-            row["change_type"]
+        assert!(
+            record.get("ChangeEventHeader").is_none() && record.get("Name").is_some(),
+            "the data fields as the reference writes them, header excluded: {record}"
         );
         if row["change_type"] == "UPDATE" {
             let changed = row["changed_fields"].as_array().unwrap();
@@ -160,10 +160,7 @@ async fn change_events_channel_mixes_entities_and_survives_a_schema_change() {
             "{}",
             replay(row)
         );
-        assert_eq!(
-            record["ChangeEventHeader"]["entityName"],
-            row["entity_name"]
-        );
+        assert!(record.get("ChangeEventHeader").is_none(), "{record}");
     }
     assert!(
         rows.iter().any(|r| r["entity_name"] == "Contact")

@@ -30,11 +30,11 @@ pub fn plan(sim: &Simulator, dir: &Path, channel: &str, extra: &[&str]) -> RunPl
     let state = dir.join("state").display().to_string();
     let pubsub = sim.pubsub_url();
     let login = sim.login_url();
-    let mut argv: Vec<&str> = vec![
-        "sfzb-host",
-        "run",
-        "--pubsub-endpoint",
-        &pubsub,
+    let mut argv: Vec<&str> = vec!["sfzb-host", "run"];
+    if !extra.contains(&"--pubsub-endpoint") {
+        argv.extend(["--pubsub-endpoint", &pubsub]);
+    }
+    argv.extend([
         "--instance-url",
         &login,
         "--channel",
@@ -43,7 +43,7 @@ pub fn plan(sim: &Simulator, dir: &Path, channel: &str, extra: &[&str]) -> RunPl
         &state,
         "--flush-interval-ms",
         "50",
-    ];
+    ]);
     if !extra.contains(&"--sink") {
         argv.extend(["--sink", &sink]);
     }
@@ -111,6 +111,19 @@ pub fn positions(entity: u64, entities: u64, rounds: u64) -> Vec<u64> {
 /// `(event_id, replay_id)` of every row in a Delta table, read with delta-rs' log reader and
 /// the parquet crate (not through our sink).
 pub async fn delta_rows(path: &Path) -> Vec<(String, u64)> {
+    delta_rows_with(path, None)
+        .await
+        .into_iter()
+        .map(|(id, replay, _)| (id, replay))
+        .collect()
+}
+
+/// `(event_id, replay_id, column)` of every row in a Delta table, by replay id; `column`
+/// is `None` when not asked for.
+pub async fn delta_rows_with(
+    path: &Path,
+    column: Option<&str>,
+) -> Vec<(String, u64, Option<String>)> {
     use deltalake::arrow::array::AsArray;
     use deltalake::arrow::datatypes::DataType;
     use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -128,21 +141,28 @@ pub async fn delta_rows(path: &Path) -> Vec<(String, u64)> {
             .unwrap();
         for batch in reader {
             let batch = batch.unwrap();
-            let column = |name: &str| {
+            let strings = |name: &str| {
                 deltalake::arrow::compute::cast(
                     batch.column_by_name(name).unwrap(),
                     &DataType::Utf8,
                 )
                 .unwrap()
             };
-            let (ids, replays) = (column("event_id"), column("replay_id"));
+            let (ids, replays) = (strings("event_id"), strings("replay_id"));
+            let extra = column.map(strings);
             for i in 0..batch.num_rows() {
                 let replay = u64::from_str_radix(replays.as_string::<i32>().value(i), 16).unwrap();
-                out.push((ids.as_string::<i32>().value(i).to_string(), replay));
+                out.push((
+                    ids.as_string::<i32>().value(i).to_string(),
+                    replay,
+                    extra
+                        .as_ref()
+                        .map(|c| c.as_string::<i32>().value(i).to_string()),
+                ));
             }
         }
     }
-    out.sort_by_key(|(_, r)| *r);
+    out.sort_by_key(|(_, r, _)| *r);
     out
 }
 
@@ -312,6 +332,26 @@ impl Logged {
         self.wait()
     }
 
+    /// Waits for the process to end; the exit status, the whole log, and the process's peak
+    /// resident memory in MiB (`VmHWM`, read from /proc until it exits).
+    pub fn wait_with_peak_rss(mut self) -> (std::process::ExitStatus, String, u64) {
+        let status = format!("/proc/{}/status", self.child.id());
+        let mut peak_kib = 0;
+        while self.child.try_wait().unwrap().is_none() {
+            if let Ok(text) = std::fs::read_to_string(&status)
+                && let Some(kib) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak_kib = peak_kib.max(kib);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (status, log) = self.wait();
+        (status, log, peak_kib / 1024)
+    }
+
     /// Waits for the process to end; the exit status and the whole log.
     pub fn wait(mut self) -> (std::process::ExitStatus, String) {
         let status = self.child.wait().unwrap();
@@ -327,6 +367,15 @@ impl Drop for Logged {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A port nothing listens on at the moment (for a server configured by address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `done` until it holds; fails the test after 30 s.

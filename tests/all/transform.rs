@@ -381,6 +381,7 @@ fn a_component_needing_an_unknown_import_fails_at_load_naming_it() {
         config: vec![],
         on_error: Default::default(),
         limits: Default::default(),
+        allow_tables: vec![],
     };
     let err = sfzb_host::transform::Chain::load(runtime, &[spec])
         .err()

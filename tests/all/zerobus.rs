@@ -56,6 +56,47 @@ async fn every_event_arrives_and_a_closed_stream_is_recovered() {
     sim.shutdown().await;
 }
 
+/// A plaintext (`http://`) Zerobus endpoint that checks its bearer token: with a client id
+/// and secret given, the SDK fetches a token from the workspace's OIDC endpoint and sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_used_on_a_plaintext_endpoint_too() {
+    let sim = start(sim_config(&["Account"], 50)).await;
+    let workspace = sfzb_host::sim::databricks::WorkspaceServer::start()
+        .await
+        .unwrap();
+    let zerobus = ZerobusServerHandle::start(ZerobusFaults {
+        require_token: Some("sim-databricks-token".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (endpoint, workspace_url) = (zerobus.url(), workspace.url());
+    let stats = run(plan(
+        &sim,
+        dir.path(),
+        "/data/AccountChangeEvent",
+        &[
+            "--sink",
+            "zerobus:main.sfzb.accounts",
+            "--zerobus-endpoint",
+            &endpoint,
+            "--databricks-workspace-url",
+            &workspace_url,
+            "--databricks-client-id",
+            "sp",
+            "--databricks-client-secret",
+            "sp-secret",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(stats.written, 50);
+    assert_eq!(zerobus.rows("main.sfzb.accounts").len(), 50);
+    zerobus.shutdown().await;
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_record_stops_the_run_without_passing_it_and_a_retry_delivers_it() {
     let sim = start(sim_config(&["Account"], 300)).await;
@@ -299,7 +340,7 @@ mod tables {
         let statements = workspace.workspace.statements.lock().unwrap().clone();
         let create = statements
             .iter()
-            .find(|s| s.starts_with("CREATE TABLE IF NOT EXISTS main.sfzb.accounts"))
+            .find(|s| s.starts_with("CREATE TABLE IF NOT EXISTS `main`.`sfzb`.`accounts`"))
             .expect("the table was created");
         assert!(
             create.contains("'delta.enableRowTracking' = 'false'")
@@ -344,7 +385,7 @@ mod tables {
                 .lock()
                 .unwrap()
                 .iter()
-                .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS main.sfzb.accounts"))
+                .any(|s| s.starts_with("CREATE TABLE IF NOT EXISTS `main`.`sfzb`.`accounts`"))
         );
         setup.shutdown().await;
     }

@@ -2,7 +2,12 @@
 //!
 //! Config: `mode=trap|loop|alloc|error|malformed|bad-table|fanout` and `every=N` (misbehave on
 //! every Nth event, pass the others through; default 1). `fanout` returns the event twice;
-//! no mode at all is an error on every event. Other settings are ignored, so it can stand in
+//! no mode at all is an error on every event.
+//!
+//! Hostile modes, each inside the memory and time limits, aimed at the host's memory, logs
+//! and files: `set-bomb` (sets 20 fields to 8 MiB strings), `fanout-bomb` (2,000 copies),
+//! `stash` (keeps 50 copies of every event across calls), `log-flood` (3,000 log lines),
+//! `table-flood` (a new table for every event), `escape` (routes to `hr.payroll.salaries`). Other settings are ignored, so it can stand in
 //! for another transform in reload tests.
 
 use std::cell::{Cell, RefCell};
@@ -18,6 +23,7 @@ thread_local! {
     static MODE: RefCell<String> = RefCell::new(String::new());
     static EVERY: Cell<u64> = const { Cell::new(1) };
     static SEEN: Cell<u64> = const { Cell::new(0) };
+    static STASH: RefCell<Vec<Event>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Guest for Faulty {
@@ -71,6 +77,35 @@ impl Guest for Faulty {
                 let copy = event.duplicate();
                 Ok(vec![Output { event, table: None }, Output { event: copy, table: None }])
             }
+            "set-bomb" => {
+                let big = "x".repeat(8 << 20);
+                for name in event.field_names().into_iter().take(20) {
+                    event.set(&name, &Value::Text(big.clone()))?;
+                }
+                Ok(vec![Output { event, table: None }])
+            }
+            "fanout-bomb" => {
+                let mut out: Vec<Output> = (0..2000)
+                    .map(|_| Output { event: event.duplicate(), table: None })
+                    .collect();
+                out.push(Output { event, table: None });
+                Ok(out)
+            }
+            "stash" => {
+                STASH.with(|s| s.borrow_mut().extend((0..50).map(|_| event.duplicate())));
+                Ok(vec![Output { event, table: None }])
+            }
+            "log-flood" => {
+                for i in 0..3000 {
+                    log(Level::Error, &format!("flood line {i} of event {}", event.replay_id()));
+                }
+                Ok(vec![Output { event, table: None }])
+            }
+            "table-flood" => {
+                let table = format!("t_{}", event.replay_id());
+                Ok(vec![Output { event, table: Some(table) }])
+            }
+            "escape" => Ok(vec![Output { event, table: Some("hr.payroll.salaries".into()) }]),
             other => Err(format!("unknown mode {other}")),
         }
     }
