@@ -167,26 +167,9 @@ async fn a_full_disk_fails_the_write_and_moves_no_checkpoint() {
         "{err:#}"
     );
     let checkpoints = dir.path().join("state/checkpoints");
-    let files: Vec<_> = walk(&checkpoints);
+    let files: Vec<_> = files_under(&checkpoints);
     assert!(files.is_empty(), "no checkpoint written: {files:?}");
     sim.shutdown().await;
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .flat_map(|e| {
-            let path = e.path();
-            if path.is_dir() {
-                walk(&path)
-            } else {
-                vec![path]
-            }
-        })
-        .collect()
 }
 
 /// A `ConsumerEvent` that holds a position and no event is dead-lettered with the reason,
@@ -305,7 +288,7 @@ async fn a_stalled_sink_is_unhealthy_and_a_stop_has_a_deadline() {
         "{err}"
     );
     assert!(
-        walk(&dir.path().join("state")).is_empty(),
+        files_under(&dir.path().join("state")).is_empty(),
         "no checkpoint: nothing was acknowledged"
     );
     zerobus.shutdown().await;

@@ -369,6 +369,24 @@ impl Drop for Logged {
     }
 }
 
+/// Every file below `dir` (none when it does not exist).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                files_under(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
+}
+
 /// A port nothing listens on at the moment (for a server configured by address).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

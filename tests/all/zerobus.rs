@@ -198,8 +198,10 @@ async fn routed_rows_and_dead_letters_get_their_own_tables() {
 }
 
 /// The host in its own process, killed with SIGKILL at random points and restarted, writing
-/// to a Zerobus test server: every event arrives; duplicates are only what was in flight
-/// since the last checkpoint at each kill.
+/// to a Zerobus test server: every event arrives, and what comes twice is no more than the
+/// true bound: at each kill, the rows the server already held past the checkpoint (written
+/// and acknowledged since the last checkpoint commit: a flush interval's worth) plus what
+/// was in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_nothing_and_bounds_duplicates() {
     use rand::{Rng, SeedableRng};
@@ -238,14 +240,31 @@ async fn sigkill_at_random_points_loses_nothing_and_bounds_duplicates() {
             .stderr(Stdio::null());
         command
     };
+    // The checkpoint the killed process left: the position every later row is past.
+    let checkpoint = || -> u64 {
+        let files = files_under(&dir.path().join(".sfzb-state"));
+        files.first().map_or(0, |file| {
+            let stored: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+            u64::from_str_radix(stored["replay_id"].as_str().unwrap(), 16).unwrap()
+        })
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut progress = Vec::new();
+    let mut past_checkpoint = Vec::new();
     for _ in 0..KILLS {
         let mut child = host("30").spawn().unwrap();
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1000))).await;
         child.kill().unwrap();
         child.wait().unwrap();
-        progress.push(zerobus.rows("main.sfzb.accounts").len());
+        let rows = zerobus.rows("main.sfzb.accounts");
+        let at = checkpoint();
+        past_checkpoint.push(
+            rows.iter()
+                .filter(|(_, r)| u64::from_str_radix(r, 16).unwrap() > at)
+                .count(),
+        );
+        progress.push(rows.len());
     }
     let mut last = host("3");
     let status = tokio::task::spawn_blocking(move || last.status().unwrap())
@@ -260,14 +279,14 @@ async fn sigkill_at_random_points_loses_nothing_and_bounds_duplicates() {
     let unique: HashSet<&String> = rows.iter().map(|(id, _)| id).collect();
     assert_eq!(unique.len() as u64, EVENTS, "every event arrived");
     let duplicates = rows.len() - unique.len();
-    // Per kill: at most the events fetched since the last checkpoint (the in-flight credit)
-    // plus what 50 ms of writing can add before the next checkpoint.
-    let bound = KILLS * (MAX_IN_FLIGHT + 2_000);
+    let bound = past_checkpoint.iter().sum::<usize>() + KILLS * MAX_IN_FLIGHT;
+    println!(
+        "{duplicates} duplicates after {KILLS} kills; rows past the checkpoint at each kill {past_checkpoint:?} (bound {bound})"
+    );
     assert!(
         duplicates <= bound,
-        "{duplicates} duplicates exceed {bound}"
+        "{duplicates} duplicates exceed {bound}: rows past each kill's checkpoint {past_checkpoint:?} plus {MAX_IN_FLIGHT} in flight per kill"
     );
-    println!("{duplicates} duplicates after {KILLS} kills (bound {bound})");
     zerobus.shutdown().await;
     sim.shutdown().await;
 }
