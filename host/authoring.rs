@@ -10,12 +10,12 @@ use std::time::Instant;
 
 use base64::Engine;
 
+use crate::clock::now_ms;
 use crate::event::{ChangeEvent, ReplayId};
 use crate::salesforce::schema::{
     EventMeta, WriterSchema, decode_event, encode_payload, parse_schema,
 };
 use crate::sink::Row;
-use crate::sink::row::now_ms;
 use crate::transform::engine::LoadedFrom;
 use crate::transform::{Chain, Runtime, RuntimeOptions, TransformSpec};
 

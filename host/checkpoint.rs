@@ -148,7 +148,7 @@ impl FileCheckpointStore {
             org_id: key.org_id.clone(),
             channel: key.channel.clone(),
             target: key.target.clone(),
-            updated_at_ms: crate::sink::row::now_ms(),
+            updated_at_ms: crate::clock::now_ms(),
         };
         let body = serde_json::to_vec_pretty(&stored).expect("a checkpoint always serializes");
         write_atomically(&path, &body).await

@@ -18,9 +18,9 @@ pub enum Error {
     #[error(transparent)]
     Authoring(#[from] crate::authoring::AuthoringError),
     #[error(transparent)]
-    Fence(#[from] crate::fence::FenceError),
+    Fence(#[from] crate::lease::FenceError),
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] crate::http::MetricsError),
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
     #[error(transparent)]

@@ -65,7 +65,7 @@ pub struct Health {
 }
 
 fn now_ms() -> i64 {
-    crate::sink::row::now_ms()
+    crate::clock::now_ms()
 }
 
 impl Health {

@@ -4,6 +4,25 @@
 //! [`transform`] → [`sink`] → [`checkpoint`], wired per subscription by [`pipeline`]; this
 //! module runs the subscriptions of a plan side by side, each isolated from the others.
 //!
+//! Where each concept lives:
+//!
+//! | concept | module |
+//! |---|---|
+//! | logins, session refresh | [`salesforce::auth`] |
+//! | Pub/Sub streams, flow control (credit), keepalives, reconnects, managed subscriptions | [`salesforce::pubsub`] |
+//! | writer schemas, decoding | [`salesforce::schema`], [`salesforce::avro`] |
+//! | header field bitmaps | [`salesforce::bitmap`] |
+//! | the decoded event, replay ids | [`event`] |
+//! | Wasm engine, host functions, sandbox limits, the chain | [`transform`] (`engine`, `limits`, `chain`) |
+//! | rows, sinks, dead letters | [`sink`] (`row`, `jsonl`, `delta`, `zerobus`, `deadletter`) |
+//! | local checkpoints | [`checkpoint`] |
+//! | Databricks tables and the checkpoint table (SQL Statement API) | [`sql`] |
+//! | configuration, flags | [`config`], [`cli`] |
+//! | health figures; the `/metrics` `/healthz` `/stats` server | [`health`], [`http`] |
+//! | Kubernetes Lease fencing | [`lease`] |
+//! | simulated Salesforce, Zerobus and Databricks servers | [`sim`] |
+//! | `transform test`/`bench`, `transform init`, `demo` | [`authoring`], [`scaffold`], [`demo`] |
+//!
 //! From Rust, build a plan with [`SfzbHost::builder`] (or load `sfzb.toml` with
 //! [`config`]) and run it:
 //!
@@ -29,20 +48,21 @@
 pub mod authoring;
 pub mod checkpoint;
 pub mod cli;
+pub mod clock;
 pub mod config;
-pub mod databricks;
 pub mod demo;
 pub mod error;
 pub mod event;
-pub mod fence;
 pub mod health;
-pub mod metrics;
+pub mod http;
+pub mod lease;
 pub mod pipeline;
 pub mod proto;
 pub mod salesforce;
 pub mod scaffold;
 pub mod sim;
 pub mod sink;
+pub mod sql;
 pub mod transform;
 
 use std::path::PathBuf;
@@ -144,7 +164,7 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
         connections.insert((org_index, slot), connection);
     }
     let fence = match &plan.lease {
-        Some(settings) => Some(fence::Fence::connect(settings.clone()).await?),
+        Some(settings) => Some(lease::Fence::connect(settings.clone()).await?),
         None => None,
     };
     let healths: Vec<Arc<Health>> = plan
@@ -167,7 +187,7 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
     let observers = cancel.child_token();
     let metrics_addr = match plan.metrics_listen {
         Some(addr) => Some(
-            metrics::serve(addr, healths.clone(), observers.clone())
+            http::serve(addr, healths.clone(), observers.clone())
                 .await?
                 .0,
         ),
@@ -222,7 +242,7 @@ pub async fn run(mut plan: RunPlan, cancel: CancellationToken) -> Result<RunRepo
             let result = match &fence {
                 None => work(cancel).await.map(Some),
                 Some(fence) => {
-                    let lease = fence::Fence::lease_name(
+                    let lease = lease::Fence::lease_name(
                         &org,
                         &sub.config.channel,
                         &sub.config.sink.to_string(),

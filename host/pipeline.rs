@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::checkpoint::{CheckpointError, CheckpointKey, FileCheckpointStore};
+use crate::clock::now_ms;
 use crate::event::ReplayId;
 use crate::health::{Health, State};
 use crate::salesforce::auth::AuthError;
@@ -23,7 +24,6 @@ use crate::salesforce::pubsub::{
     SubscribeError, SubscribeOptions, Subscriber,
 };
 use crate::salesforce::schema::{EventMeta, SchemaCache, decode_event, encode_payload};
-use crate::sink::row::now_ms;
 use crate::sink::{DeadLetter, Row, Sink, SinkError, SinkSpec, Stage};
 use crate::transform::{Chain, ChainOutput, Failed, TransformStats};
 
@@ -65,7 +65,7 @@ pub struct RunOptions {
     pub max_in_flight: usize,
     pub zerobus: crate::sink::zerobus::ZerobusSettings,
     /// The SQL warehouse for Zerobus targets: table management and the checkpoint table.
-    pub sql: Option<crate::databricks::SqlSettings>,
+    pub sql: Option<crate::sql::SqlSettings>,
     /// Create a missing Zerobus target table.
     pub auto_create_table: bool,
 }
@@ -121,7 +121,7 @@ pub enum PipelineError {
     )]
     TransformStop(String, String),
     #[error("Databricks: {0}")]
-    Sql(#[from] crate::databricks::SqlError),
+    Sql(#[from] crate::sql::SqlError),
     #[error(
         "never subscribed to {channel} within the idle limit ({idle_secs} s, --until-idle): {reason}"
     )]
@@ -455,7 +455,14 @@ impl Stage2<'_> {
         let mut decoded = Vec::with_capacity(events.len());
         let mut letters = Vec::new();
         let last = events.last().map(|e| e.replay_id.clone());
-        let batch: Vec<ReplayId> = events.iter().map(|e| e.replay_id.clone()).collect();
+        // Only a Delta sink (main or dead-letter) may hold rows from before a crash, and
+        // needs to hear which events came again.
+        let holding = matches!(self.sink, Sink::Delta(_))
+            || matches!(self.dead_spec, Some(SinkSpec::Delta(_)));
+        let batch: Vec<ReplayId> = match holding {
+            true => events.iter().map(|e| e.replay_id.clone()).collect(),
+            false => Vec::new(),
+        };
         self.stats.received += events.len() as u64;
         self.health.events_received(events.len() as u64);
         for raw in events {
@@ -613,9 +620,11 @@ impl Stage2<'_> {
                 }
             }
         }
-        self.sink.processed(&batch);
-        if let Some(dead) = self.dead.as_mut() {
-            dead.processed(&batch);
+        if holding {
+            self.sink.processed(&batch);
+            if let Some(dead) = self.dead.as_mut() {
+                dead.processed(&batch);
+            }
         }
         let first = *self.first_batch.get_or_insert_with(Instant::now);
         self.stats.active_ms = first.elapsed().as_millis() as u64;
@@ -760,7 +769,7 @@ fn spawn_reload_watcher(paths: Vec<PathBuf>, cancel: CancellationToken) -> mpsc:
 
 /// A Zerobus target's table and its checkpoint table, through the SQL warehouse.
 struct Databricks {
-    client: crate::databricks::SqlClient,
+    client: crate::sql::SqlClient,
     checkpoints: String,
     /// The checkpoint found at start.
     stored: Option<ReplayId>,
@@ -772,14 +781,12 @@ impl Databricks {
     /// wrote) its newest row. Any SQL failure or timeout stops the run: it is never read as
     /// "missing" or "empty", so a slow warehouse cannot send the subscription to LATEST.
     async fn prepare(
-        settings: &crate::databricks::SqlSettings,
+        settings: &crate::sql::SqlSettings,
         table: &str,
         key: &CheckpointKey,
         auto_create: bool,
     ) -> Result<Databricks, PipelineError> {
-        use crate::databricks::{
-            SqlClient, SqlError, checkpoint_table, create_table_sql, ident, quote,
-        };
+        use crate::sql::{SqlClient, SqlError, checkpoint_table, create_table_sql, ident, quote};
         let mut client = SqlClient::new(settings.clone());
         let existed = client.table_exists(table).await?;
         if !existed {
@@ -834,7 +841,7 @@ impl Databricks {
         key: &CheckpointKey,
         position: &ReplayId,
     ) -> Result<(), PipelineError> {
-        use crate::databricks::quote;
+        use crate::sql::quote;
         let statement = format!(
             "MERGE INTO {cp} AS t USING (SELECT {org} AS org_id, {channel} AS channel, {target} AS target, {replay} AS replay_id, {now} AS updated_at) AS s \
              ON t.org_id = s.org_id AND t.channel = s.channel AND t.target = s.target \

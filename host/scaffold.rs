@@ -118,7 +118,7 @@ fn sample_event() -> String {
         .and_then(Result::ok)
         .expect("the simulator's Account schema is built in");
     let event = crate::sim::generator::standard_account_event(&entity);
-    let row = crate::sink::Row::from_event(event, crate::sink::row::now_ms());
+    let row = crate::sink::Row::from_event(event, crate::clock::now_ms());
     serde_json::to_string_pretty(&row).expect("a row serializes") + "\n"
 }
 

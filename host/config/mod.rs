@@ -11,7 +11,7 @@ use secrecy::SecretString;
 
 use crate::cli::{AuthFlow, RunArgs, SimArgs, TransformArgs};
 use crate::event::ReplayId;
-use crate::fence::LeaseSettings;
+use crate::lease::LeaseSettings;
 use crate::pipeline::{RunOptions, SubscriptionConfig};
 use crate::salesforce::auth::Credentials;
 use crate::salesforce::pubsub::{ReplayFallback, StartPosition};
@@ -588,7 +588,7 @@ fn run_options(
                 workspace,
                 "https://<workspace>.cloud.databricks.com",
             )?;
-            Some(crate::databricks::SqlSettings {
+            Some(crate::sql::SqlSettings {
                 workspace_url: workspace.clone(),
                 warehouse_id: warehouse.clone(),
                 client_id: databricks.client_id.clone(),
@@ -1037,7 +1037,7 @@ impl RunPlan {
                 json!({
                     "name": s.name,
                     "in-this-shard": self.shard.is_none_or(|shard| shard.owns(&self.orgs[s.org], &s.config.channel)),
-                    "lease": self.lease.as_ref().map(|_| crate::fence::Fence::lease_name(&self.orgs[s.org].name, &c.channel, &c.sink.to_string())),
+                    "lease": self.lease.as_ref().map(|_| crate::lease::Fence::lease_name(&self.orgs[s.org].name, &c.channel, &c.sink.to_string())),
                     "org": self.orgs[s.org].name,
                     "channel": c.channel,
                     "sink": c.sink.to_string(),

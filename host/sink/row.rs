@@ -1,8 +1,6 @@
 //! The row every sink writes: the reference library's 16-column table schema, column for
 //! column, so tables it wrote and tables we write are read the same way.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine;
 use serde::Serialize;
 
@@ -43,13 +41,6 @@ pub struct Row {
 
 pub(crate) fn base64_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 impl Row {
