@@ -155,10 +155,6 @@ impl FileCheckpointStore {
     }
 }
 
-/// Write, flush and fsync a temporary file, rename it over `path`, fsync the directory;
-/// every step's error is checked. Blocking `std::fs` on purpose: tokio's `File` reports a
-/// failed background write only on the *next* operation, so `write_all` + `sync_all`
-/// there can succeed on a full disk and leave an empty file to rename into place.
 fn parse_replay(path: &Path, stored: &Stored) -> Result<ReplayId, CheckpointError> {
     ReplayId::from_hex(&stored.replay_id).map_err(|e| CheckpointError::Corrupt {
         path: path.to_path_buf(),
@@ -166,6 +162,10 @@ fn parse_replay(path: &Path, stored: &Stored) -> Result<ReplayId, CheckpointErro
     })
 }
 
+/// Write, flush and fsync a temporary file, rename it over `path`, fsync the directory;
+/// every step's error is checked. Blocking `std::fs` on purpose: tokio's `File` reports a
+/// failed background write only on the *next* operation, so `write_all` + `sync_all`
+/// there can succeed on a full disk and leave an empty file to rename into place.
 async fn write_atomically(path: &Path, body: &[u8]) -> Result<(), CheckpointError> {
     let (path, body) = (path.to_path_buf(), body.to_vec());
     tokio::task::spawn_blocking(move || write_atomically_blocking(&path, &body))

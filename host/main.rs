@@ -18,13 +18,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(command)) {
+    let code = match runtime.block_on(dispatch(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", describe(&e.error));
             ExitCode::from(e.code)
         }
-    }
+    };
+    // A blocking write stuck on a dead disk or a stalled pipe must not hold the exit: the
+    // checkpoints never passed what it was writing.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }
 
 struct Failed {

@@ -27,6 +27,10 @@ use crate::salesforce::schema::{EventMeta, SchemaCache, decode_event, encode_pay
 use crate::sink::{DeadLetter, Row, Sink, SinkError, SinkSpec, Stage};
 use crate::transform::{Chain, ChainOutput, Failed, TransformStats};
 
+/// Flush before the flush interval once the rows written since the last flush hold this
+/// much: the Delta sink buffers them in memory until its commit.
+const MAX_UNFLUSHED_BYTES: usize = 64 << 20;
+
 /// How one subscription runs.
 #[derive(Clone, Debug)]
 pub struct SubscriptionConfig {
@@ -246,12 +250,19 @@ pub async fn run_subscription(
             health: health.clone(),
             last_written: String::new(),
             written_since_flush: 0,
+            unflushed_bytes: 0,
             durable: Some(durable),
         };
         let started = Instant::now();
         let result = stage.drive(&mut rx, &options, &cancel).await;
         source_cancel.cancel();
-        let flushed = stage.flush().await;
+        // After a failure mid-batch, part of that batch may be buffered: committing it would
+        // move no checkpoint yet write rows that the restart writes again. Nothing is lost by
+        // not flushing: the checkpoint stays where it was.
+        let flushed = match &result {
+            Ok(()) => stage.flush().await,
+            Err(_) => Ok(()),
+        };
         // The sign a stopping managed source waits for: the last position is durable.
         stage.durable = None;
         // rx lives until here: a source that is still delivering never sees a closed channel
@@ -373,6 +384,8 @@ struct Stage2<'a> {
     /// The last event written, as the reference logs it: `Account UPDATE 001…`.
     last_written: String,
     written_since_flush: u64,
+    /// Bytes of the rows written since the last flush, which a sink may hold in memory.
+    unflushed_bytes: usize,
     /// Each durable position, for a managed subscription to commit to Salesforce; dropped
     /// once the last flush is done.
     durable: Option<tokio::sync::watch::Sender<Option<ReplayId>>>,
@@ -437,7 +450,9 @@ impl Stage2<'_> {
                         self.health.message();
                         self.handle(events, org_id).await?;
                         drop(credit);
-                        if self.last_flush.elapsed() >= options.flush_interval {
+                        if self.last_flush.elapsed() >= options.flush_interval
+                            || self.unflushed_bytes >= MAX_UNFLUSHED_BYTES
+                        {
                             self.flush().await?;
                         }
                     }
@@ -556,6 +571,24 @@ impl Stage2<'_> {
         let mut tables: Vec<(Option<String>, Vec<Row>)> = Vec::new();
         for routed in output.routed {
             let mut event = routed.event;
+            let table = match self.sink.route(routed.table) {
+                Ok(table) => table,
+                Err(error) => {
+                    tracing::error!(replay_id = %event.replay_id, %error, "Event routed where it cannot go; dead-lettered.");
+                    letters.push(DeadLetter {
+                        stage: Stage::Transform("route".into()),
+                        error,
+                        org_id: event.org_id.to_string(),
+                        channel: event.channel.to_string(),
+                        replay_id: event.replay_id.to_hex(),
+                        event_id: event.event_id.clone(),
+                        schema_id: event.schema.id.clone(),
+                        payload: event.payload.to_vec(),
+                        dead_lettered_at: processed,
+                    });
+                    continue;
+                }
+            };
             if let Some(by) = event.modified_by.clone() {
                 let encoded = self
                     .schemas
@@ -588,9 +621,11 @@ impl Stage2<'_> {
             self.health
                 .event_committed_at(event.header.commit_timestamp);
             let row = Row::from_event(event, processed);
-            match tables.iter_mut().find(|(t, _)| *t == routed.table) {
+            self.unflushed_bytes +=
+                row.event.payload.len() + row.record_data_json.len() + row.schema().json.len();
+            match tables.iter_mut().find(|(t, _)| *t == table) {
                 Some((_, rows)) => rows.push(row),
-                None => tables.push((routed.table, vec![row])),
+                None => tables.push((table, vec![row])),
             }
         }
         for (table, rows) in &tables {
@@ -667,6 +702,7 @@ impl Stage2<'_> {
 
     async fn flush(&mut self) -> Result<(), PipelineError> {
         self.last_flush = Instant::now();
+        self.unflushed_bytes = 0;
         let Some(position) = self.unflushed.take() else {
             return Ok(());
         };

@@ -457,6 +457,23 @@ fn resolve(
         flags.lease_holder.or(file.lease_holder),
         flags.lease_duration_secs.or(file.lease_duration_secs),
     )?;
+    let max_checkpoint_lag = flags
+        .max_checkpoint_lag_secs
+        .or(file.max_checkpoint_lag_secs)
+        .map_or(
+            crate::health::DEFAULT_MAX_CHECKPOINT_LAG,
+            Duration::from_secs,
+        );
+    if max_checkpoint_lag <= options.flush_interval {
+        return Err(invalid(
+            "max-checkpoint-lag-secs",
+            max_checkpoint_lag.as_secs().to_string(),
+            format!(
+                "checkpoints move once per flush-interval-ms ({} ms): give a longer lag, or every subscription reads as stalled",
+                options.flush_interval.as_millis()
+            ),
+        ));
+    }
     Ok(RunPlan {
         orgs,
         subscriptions,
@@ -466,13 +483,7 @@ fn resolve(
         options,
         metrics_listen,
         health_interval,
-        max_checkpoint_lag: flags
-            .max_checkpoint_lag_secs
-            .or(file.max_checkpoint_lag_secs)
-            .map_or(
-                crate::health::DEFAULT_MAX_CHECKPOINT_LAG,
-                Duration::from_secs,
-            ),
+        max_checkpoint_lag,
         shutdown_timeout: Duration::from_secs(
             flags
                 .shutdown_timeout_secs

@@ -40,7 +40,7 @@ use futures::StreamExt;
 use url::Url;
 
 use crate::event::ReplayId;
-use crate::sink::{DeadLetter, Row, SinkError};
+use crate::sink::{DeadLetter, RouteKind, Row, SinkError};
 
 const REPLAY_KEY: &str = "sfzb.replay_id";
 const APP_KEY: &str = "sfzb.app_id";
@@ -358,9 +358,8 @@ async fn recorded(table: &DeltaTable, app_id: &str) -> Result<Recorded, DeltaTab
             continue;
         }
         if std::mem::take(&mut newest) {
-            let field = |key| info.info.get(key).cloned().unwrap_or_default();
-            out.tables = serde_json::from_value(field(TABLES_KEY)).unwrap_or_default();
-            out.held = serde_json::from_value(field(HELD_KEY)).unwrap_or_default();
+            out.tables = metadata(&info.info, TABLES_KEY)?;
+            out.held = metadata(&info.info, HELD_KEY)?;
         }
         // Version 0 is an intent commit made before the first flush: no checkpoint yet.
         if version == 0 {
@@ -374,6 +373,20 @@ async fn recorded(table: &DeltaTable, app_id: &str) -> Result<Recorded, DeltaTab
     Err(DeltaTableError::Generic(format!(
         "transaction {app_id} has no {REPLAY_KEY} in the table history"
     )))
+}
+
+/// A key of our commit metadata: absent is empty; present and unreadable is an error, never
+/// read as empty (that would forget held rows).
+fn metadata<T: serde::de::DeserializeOwned + Default>(
+    info: &std::collections::HashMap<String, serde_json::Value>,
+    key: &str,
+) -> Result<T, DeltaTableError> {
+    match info.get(key) {
+        None => Ok(T::default()),
+        Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
+            DeltaTableError::Generic(format!("commit metadata {key} is not readable: {e}"))
+        }),
+    }
 }
 
 /// The Delta sink: the main table, routed sibling tables, and the dead-letter table.
@@ -440,6 +453,17 @@ impl DeltaSink {
     /// Where the table's own checkpoint says to resume.
     pub fn checkpoint(&self) -> Option<ReplayId> {
         self.resume.clone()
+    }
+
+    /// A route to the main table's own name, or to its dead-letter table's.
+    pub fn route_kind(&self, table: &str) -> RouteKind {
+        if table == last_segment(&self.url) {
+            RouteKind::Own
+        } else if table == self.dead_letter_name() {
+            RouteKind::DeadLetter
+        } else {
+            RouteKind::Other
+        }
     }
 
     fn dead_letter_name(&self) -> String {

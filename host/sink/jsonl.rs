@@ -7,7 +7,7 @@ use std::io::SeekFrom;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::sink::{JsonlTarget, SinkError};
+use crate::sink::{JsonlTarget, RouteKind, SinkError};
 
 enum Output {
     /// Written with blocking `std::fs` calls: tokio's `File` reports a failed background
@@ -172,6 +172,25 @@ impl JsonlTables {
         match sink {
             Some(sink) => sink.write(items).await,
             None => self.main.write(items).await,
+        }
+    }
+
+    /// A route to the file's own stem, or to its dead-letter file's; standard streams have
+    /// no siblings.
+    pub fn route_kind(&self, table: &str) -> RouteKind {
+        let JsonlTarget::File(path) = &self.target else {
+            return RouteKind::Other;
+        };
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if table == stem {
+            RouteKind::Own
+        } else if table == format!("{stem}_dead_letter") {
+            RouteKind::DeadLetter
+        } else {
+            RouteKind::Other
         }
     }
 

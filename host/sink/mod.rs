@@ -42,6 +42,16 @@ impl SinkError {
     }
 }
 
+/// What a routed table name is to a sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// The sink's own table.
+    Own,
+    /// The sink's dead-letter table.
+    DeadLetter,
+    Other,
+}
+
 /// A sink as named on the command line or in the config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SinkSpec {
@@ -172,6 +182,26 @@ impl Sink {
         match self {
             Sink::Jsonl(_) | Sink::Zerobus(_) => None,
             Sink::Delta(s) => s.checkpoint(),
+        }
+    }
+
+    /// Where a transform's route goes: a route naming the sink's own table is that table
+    /// (`None`); one naming its dead-letter table is refused, with the reason.
+    pub fn route(&self, table: Option<String>) -> Result<Option<String>, String> {
+        let Some(table) = table else {
+            return Ok(None);
+        };
+        let kind = match self {
+            Sink::Jsonl(s) => s.route_kind(&table),
+            Sink::Delta(s) => s.route_kind(&table),
+            Sink::Zerobus(s) => s.route_kind(&table),
+        };
+        match kind {
+            RouteKind::Own => Ok(None),
+            RouteKind::DeadLetter => Err(format!(
+                "routed to {table}, the dead-letter table; route events to a table of their own"
+            )),
+            RouteKind::Other => Ok(Some(table)),
         }
     }
 

@@ -14,7 +14,7 @@ use prost::Message;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::proto::row::DeadLetterRow;
-use crate::sink::{DeadLetter, Row, SinkError};
+use crate::sink::{DeadLetter, RouteKind, Row, SinkError};
 
 /// How to reach Zerobus.
 #[derive(Clone, Debug, Default)]
@@ -95,6 +95,18 @@ impl ZerobusSink {
             table: table.to_string(),
             streams: HashMap::new(),
         })
+    }
+
+    /// A route to the main table, or to its dead-letter table.
+    pub fn route_kind(&self, table: &str) -> RouteKind {
+        let table = self.qualify(table);
+        if table == self.table {
+            RouteKind::Own
+        } else if table == format!("{}_dead_letter", self.table) {
+            RouteKind::DeadLetter
+        } else {
+            RouteKind::Other
+        }
     }
 
     /// An unqualified routed table lives in the main table's catalog and schema.

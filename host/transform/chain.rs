@@ -12,7 +12,7 @@ use crate::event::{ChangeEvent, ReplayId};
 use crate::transform::engine::{
     CallFailure, Instance, LoadedFrom, Runtime, State, TransformError, TransformPre,
 };
-use crate::transform::limits::Limits;
+use crate::transform::limits::{Limits, LogBudget};
 
 /// What to do with an event a transform fails on.
 #[derive(
@@ -76,6 +76,8 @@ struct Loaded {
     batch_bytes: usize,
     /// The distinct tables it has routed to in this subscription (`max-tables`).
     tables: std::collections::HashSet<String>,
+    /// Its guest log budget, kept across instances.
+    log: Arc<std::sync::Mutex<LogBudget>>,
 }
 
 /// An event the chain could not pass, with what is needed to dead-letter it: the event's
@@ -125,7 +127,10 @@ impl Chain {
             let (component, from) = runtime.component(&spec.path)?;
             let name: Arc<str> = Arc::from(spec.name.as_str());
             let pre = runtime.prepare(&spec.name, &component)?;
-            let instance = runtime.instantiate(&name, &pre, &spec.limits, &spec.config)?;
+            let log = Arc::new(std::sync::Mutex::new(LogBudget::new(
+                spec.limits.max_log_lines_per_sec,
+            )));
+            let instance = runtime.instantiate(&name, &pre, &spec.limits, &spec.config, &log)?;
             tracing::info!(
                 transform = %spec.name,
                 path = %spec.path.display(),
@@ -144,6 +149,7 @@ impl Chain {
                 instance: Some(instance),
                 batch_bytes: 0,
                 tables: Default::default(),
+                log,
             });
         }
         Ok(Chain {
@@ -241,6 +247,16 @@ impl Loaded {
             schema_id: event.schema.id.clone(),
             payload: event.payload.clone(),
         };
+        // A guest that keeps events across calls gets a fresh instance before it pins more.
+        if self
+            .instance
+            .as_ref()
+            .is_some_and(|i| i.holds_too_much(event.payload.len(), &self.spec.limits))
+        {
+            tracing::warn!(transform = %self.spec.name, "Transform keeps events across calls; replacing its instance.");
+            self.instance = None;
+            self.stats.recycled += 1;
+        }
         let identity = failed(String::new(), &event);
         let backup = (self.spec.on_error == OnError::Skip).then(|| event.clone());
         let result = match self.instance.as_mut() {
@@ -250,6 +266,7 @@ impl Loaded {
                 &self.pre,
                 &self.spec.limits,
                 &self.spec.config,
+                &self.log,
             ) {
                 Ok(instance) => self
                     .instance

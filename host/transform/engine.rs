@@ -68,12 +68,17 @@ pub struct State {
     memory: MemoryCap,
     name: Arc<str>,
     limits: Limits,
-    log: LogBudget,
+    /// Shared by every instance of the transform, so a guest that traps cannot reset it.
+    log: Arc<std::sync::Mutex<LogBudget>>,
     /// Bytes `set` put into events during the current call.
     added_bytes: usize,
-    /// Events in the resource table: the one handed over and the guest's copies, including
-    /// any it keeps across calls.
-    live: usize,
+    /// The bytes each event in the resource table holds (by handle): the one handed over
+    /// and the guest's copies, including any it keeps across calls.
+    held: std::collections::HashMap<u32, usize>,
+    /// Their sum: host memory the guest pins, bounded by its own memory limit.
+    held_bytes: usize,
+    /// The replay id of the event of the current call: outputs must be it or its copies.
+    current: Option<crate::event::ReplayId>,
     /// The host-side limit that stopped the current call, for its error message.
     limit_hit: Option<String>,
 }
@@ -90,11 +95,37 @@ impl State {
         self.added_bytes = 0;
         self.limit_hit = None;
     }
+
+    /// Counts `bytes` more against the event `rep`; past the guest's memory limit, stops
+    /// the call.
+    fn hold(&mut self, rep: u32, bytes: usize) -> wasmtime::Result<()> {
+        *self.held.entry(rep).or_default() += bytes;
+        self.held_bytes += bytes;
+        if self.held_bytes > self.limits.memory_bytes {
+            let message = format!(
+                "exceeded memory-mib: the events it holds in the host passed {} MiB",
+                self.limits.memory_bytes >> 20
+            );
+            return Err(self.exceeded(message));
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, rep: u32) {
+        if let Some(bytes) = self.held.remove(&rep) {
+            self.held_bytes -= bytes;
+        }
+    }
 }
 
 impl Drop for State {
     fn drop(&mut self) {
-        if let Some(n) = self.log.take_suppressed() {
+        let held_back = self
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_suppressed();
+        if let Some(n) = held_back {
             let transform = &*self.name;
             tracing::warn!(
                 transform,
@@ -119,7 +150,7 @@ const MAX_LOG_BYTES: usize = 1024;
 
 impl sfzb::transform::host::Host for State {
     fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
-        let (admitted, held_back) = self.log.admit();
+        let (admitted, held_back) = self.log.lock().unwrap_or_else(|e| e.into_inner()).admit();
         if let Some(n) = held_back {
             let transform = &*self.name;
             tracing::warn!(
@@ -250,11 +281,12 @@ impl sfzb::transform::types::HostEvent for State {
         name: String,
         value: WitValue,
     ) -> wasmtime::Result<Result<(), String>> {
-        self.added_bytes += match &value {
+        let size = match &value {
             WitValue::Text(t) => t.len(),
             WitValue::Bytes(b) => b.len(),
             _ => 8,
         };
+        self.added_bytes += size;
         if self.added_bytes > self.limits.max_added_bytes {
             let message = format!(
                 "exceeded max-added-bytes: its set values on one event passed {} bytes",
@@ -262,6 +294,7 @@ impl sfzb::transform::types::HostEvent for State {
             );
             return Err(self.exceeded(message));
         }
+        self.hold(this.rep(), size)?;
         let by = self.name.clone();
         let event = self.table.get_mut(&this)?;
         Ok(if event.set(&name, from_wit(value), &by) {
@@ -287,7 +320,7 @@ impl sfzb::transform::types::HostEvent for State {
         &mut self,
         this: Resource<ChangeEvent>,
     ) -> wasmtime::Result<Resource<ChangeEvent>> {
-        if self.live >= self.limits.max_outputs {
+        if self.held.len() >= self.limits.max_outputs {
             let message = format!(
                 "exceeded max-outputs: more than {} outputs of one event",
                 self.limits.max_outputs
@@ -295,13 +328,16 @@ impl sfzb::transform::types::HostEvent for State {
             return Err(self.exceeded(message));
         }
         let copy = self.table.get(&this)?.clone();
-        self.live += 1;
-        Ok(self.table.push(copy)?)
+        let bytes = self.held.get(&this.rep()).copied().unwrap_or_default();
+        let handle = self.table.push(copy)?;
+        self.hold(handle.rep(), bytes)?;
+        Ok(handle)
     }
 
     fn drop(&mut self, rep: Resource<ChangeEvent>) -> wasmtime::Result<()> {
+        let handle = rep.rep();
         self.table.delete(rep)?;
-        self.live -= 1;
+        self.release(handle);
         Ok(())
     }
 }
@@ -428,6 +464,7 @@ impl Runtime {
         pre: &TransformPre<State>,
         limits: &Limits,
         config: &[(String, String)],
+        log: &Arc<std::sync::Mutex<LogBudget>>,
     ) -> Result<Instance, TransformError> {
         let start = |e: wasmtime::Error| TransformError::Start {
             name: name.to_string(),
@@ -443,9 +480,11 @@ impl Runtime {
             memory: MemoryCap::new(limits.memory_bytes),
             name: name.clone(),
             limits: *limits,
-            log: LogBudget::new(limits.max_log_lines_per_sec),
+            log: log.clone(),
             added_bytes: 0,
-            live: 0,
+            held: Default::default(),
+            held_bytes: 0,
+            current: None,
             limit_hit: None,
         };
         let mut store = Store::new(&self.engine, state);
@@ -556,6 +595,14 @@ impl Instance {
         self.store.data().memory.current
     }
 
+    /// Whether the events it kept from earlier calls leave no room for one of `bytes` more
+    /// (by count or by size): then it is replaced before the next call rather than fail it.
+    pub fn holds_too_much(&self, bytes: usize, limits: &Limits) -> bool {
+        let state = self.store.data();
+        state.held.len() + 1 >= limits.max_outputs
+            || state.held_bytes + bytes > limits.memory_bytes / 2
+    }
+
     /// Runs `process` on one event; on success, the events to pass on with their tables and
     /// an estimate of the bytes they hold.
     pub fn process(
@@ -566,11 +613,13 @@ impl Instance {
         let size = event.payload.len();
         let state = self.store.data_mut();
         state.start_call();
+        state.current = Some(event.replay_id.clone());
         let handle = state
             .table
             .push(event)
             .map_err(|e| CallFailure::Trap(format!("cannot hand the event over: {e}")))?;
-        state.live += 1;
+        state.held.insert(handle.rep(), size);
+        state.held_bytes += size;
         self.store.set_epoch_deadline(limits.deadline_ticks());
         if let Some(fuel) = limits.fuel {
             self.store
@@ -588,9 +637,10 @@ impl Instance {
         let mut out = Vec::with_capacity(outputs.len());
         let mut owned = true;
         for output in outputs {
+            let rep = output.event.rep();
             match state.table.delete(output.event) {
                 Ok(event) => {
-                    state.live -= 1;
+                    state.release(rep);
                     out.push((output.table, event));
                 }
                 Err(_) => owned = false,
@@ -599,6 +649,16 @@ impl Instance {
         if !owned {
             return Err(CallFailure::Invalid(
                 "an output names an event it does not own (returned twice?)".into(),
+            ));
+        }
+        // An event kept from an earlier call would write rows for a position outside this
+        // batch, past or behind the checkpoint.
+        if out
+            .iter()
+            .any(|(_, e)| Some(&e.replay_id) != state.current.as_ref())
+        {
+            return Err(CallFailure::Invalid(
+                "an output is an event it kept from an earlier call; return only the event it was given or its copies".into(),
             ));
         }
         if out.len() > limits.max_outputs {

@@ -206,11 +206,16 @@ fn sigkill_soak_keeps_routed_and_dead_letter_tables_exactly_once() {
         child.kill().unwrap();
         child.wait().unwrap();
         progress.push(count(table.clone()) + count(lake.join("warm_events")));
-        // Bounded in time: a machine too slow for the whole soak still checks what it got.
-        if started.elapsed() > Duration::from_secs(120) {
+        // Bounded in time: a machine far too slow stops early, and fails below.
+        if started.elapsed() > Duration::from_secs(300) {
             break;
         }
     }
+    assert!(
+        progress.len() >= 20,
+        "at least 20 kills: {}",
+        progress.len()
+    );
     assert!(
         progress
             .iter()

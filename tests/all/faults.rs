@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use crate::support::*;
 
-/// A host process reading `events` Account events through the `faulty` guest in `mode`,
-/// writing `out/rows.jsonl` under `dir`.
+/// A host process reading Account events through the `faulty` guest in `mode`, writing
+/// `out/rows.jsonl` under `dir`.
 fn hostile_run(
     dir: &std::path::Path,
     pubsub: &str,
@@ -13,13 +13,32 @@ fn hostile_run(
     mode: &str,
     extra: &[&str],
 ) -> Logged {
+    chain_run(
+        dir,
+        pubsub,
+        login,
+        "faulty",
+        &format!("faulty.mode={mode}"),
+        extra,
+    )
+}
+
+/// A host process reading Account events through one example `component` with one setting,
+/// writing `out/rows.jsonl` under `dir`.
+fn chain_run(
+    dir: &std::path::Path,
+    pubsub: &str,
+    login: &str,
+    component: &str,
+    setting: &str,
+    extra: &[&str],
+) -> Logged {
     let mut command = host_command(dir, pubsub, login, "/data/AccountChangeEvent");
     command
         .args(["--sink", "jsonl:out/rows.jsonl", "--until-idle", "2"])
         .arg("--transform")
-        .arg(crate::guests::component("faulty"))
-        .arg("--transform-config")
-        .arg(format!("faulty.mode={mode}"))
+        .arg(crate::guests::component(component))
+        .args(["--transform-config", setting])
         .args(extra)
         .env("SFZB_CACHE_DIR", dir.join("cache"))
         .stdout(std::process::Stdio::null());
@@ -39,10 +58,11 @@ fn replays_in(dir: &std::path::Path, keep: impl Fn(&str) -> bool) -> Vec<u64> {
     out
 }
 
-/// Guests that stay inside 64 MiB and 100 ms yet aim at the host: 20 × 8 MiB `set`s per
-/// event, 2,000 copies per event, copies stashed across calls, a new table per event. The
-/// host's peak RSS stays bounded, every affected event is dead-lettered naming the limit,
-/// and every other event is written: each event exactly once, in one place or the other.
+/// Guests that stay inside 64 MiB and 100 ms yet aim at the host: 20 × 512 KiB `set`s per
+/// event, 2,000 copies per event, copies stashed across calls, every event kept, a new table
+/// per event. The host's peak RSS stays bounded, every affected event is dead-lettered
+/// naming the limit (a guest keeping events gets a fresh instance instead), and every other
+/// event is written: each event exactly once, in one place or the other.
 #[test]
 fn a_hostile_guest_cannot_drive_the_host_out_of_memory_or_files() {
     const EVENTS: u64 = 300;
@@ -53,6 +73,7 @@ fn a_hostile_guest_cannot_drive_the_host_out_of_memory_or_files() {
         ("set-bomb", "max-added-bytes", Some(EVENTS)),
         ("fanout-bomb", "max-outputs", Some(EVENTS)),
         ("stash", "max-outputs", None),
+        ("hoard", "", Some(0)),
         ("table-flood", "max-tables", Some(EVENTS - 100)),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -77,6 +98,9 @@ fn a_hostile_guest_cannot_drive_the_host_out_of_memory_or_files() {
         all.dedup();
         assert_eq!(all.len(), distinct.len(), "{mode}: no event twice");
         assert_eq!(distinct, (1..=EVENTS).collect(), "{mode}: every event once");
+        if mode == "hoard" {
+            assert!(log.contains("keeps events across calls"), "{mode}: {log}");
+        }
         let files = std::fs::read_dir(&out).unwrap().count();
         assert!(
             files <= 102,
@@ -91,7 +115,9 @@ fn a_hostile_guest_cannot_drive_the_host_out_of_memory_or_files() {
 fn a_guest_log_flood_is_rate_limited_with_a_count() {
     let (_sim, pubsub, login) = sim_process(&["--entities", "Account", "--events", "200"]);
     let dir = tempfile::tempdir().unwrap();
-    let (status, log) = hostile_run(dir.path(), &pubsub, &login, "log-flood", &[]).wait();
+    // A generous call deadline: 3,000 log calls on a loaded machine must not time out.
+    let slow = ["--transform-timeout-ms", "5000"];
+    let (status, log) = hostile_run(dir.path(), &pubsub, &login, "log-flood", &slow).wait();
     assert!(status.success(), "{log}");
     let flood = log.lines().filter(|l| l.contains("flood line")).count();
     // Written: at most 100 a second over a run of a few seconds; offered: 600,000.
@@ -169,6 +195,31 @@ async fn a_full_disk_fails_the_write_and_moves_no_checkpoint() {
     let checkpoints = dir.path().join("state/checkpoints");
     let files: Vec<_> = files_under(&checkpoints);
     assert!(files.is_empty(), "no checkpoint written: {files:?}");
+    sim.shutdown().await;
+}
+
+/// The checkpoint's disk is full (its temporary file is `/dev/full`): the commit fails with
+/// the reason, and no empty or partial checkpoint is renamed into place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_checkpoint_fails_the_commit_and_keeps_no_torn_file() {
+    use sfzb_host::checkpoint::{CheckpointKey, FileCheckpointStore};
+    let sim = start(sim_config(&["Account"], 50)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("jsonl:{}", out(dir.path()).display());
+    let store = FileCheckpointStore::new(dir.path().join("state"));
+    let path = store.path(&CheckpointKey {
+        org_id: sim.org_id.clone(),
+        channel: "/data/AccountChangeEvent".into(),
+        target: sink.clone(),
+    });
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/dev/full", path.with_extension("json.tmp")).unwrap();
+    let err = run(plan(&sim, dir.path(), "/data/AccountChangeEvent", &["--sink", &sink]))
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("cannot write checkpoint"), "{text}");
+    assert!(!path.exists(), "no checkpoint renamed into place");
     sim.shutdown().await;
 }
 
@@ -293,4 +344,41 @@ async fn a_stalled_sink_is_unhealthy_and_a_stop_has_a_deadline() {
     );
     zerobus.shutdown().await;
     sim.shutdown().await;
+}
+
+/// A route naming the sink's own table writes there; one naming its dead-letter table is
+/// dead-lettered with the reason (it would mix rows into the dead letters' table).
+#[test]
+fn routes_to_the_sinks_own_tables_are_resolved() {
+    let (_sim, pubsub, login) = sim_process(&["--entities", "Account", "--events", "20"]);
+    let own = tempfile::tempdir().unwrap();
+    let (status, log) = chain_run(
+        own.path(),
+        &pubsub,
+        &login,
+        "route",
+        "route.default=rows",
+        &[],
+    )
+    .wait();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        replays_in(&own.path().join("out"), |_| true),
+        (1..=20).collect::<Vec<_>>()
+    );
+
+    let dead = tempfile::tempdir().unwrap();
+    let setting = "route.default=rows_dead_letter";
+    let (status, log) = chain_run(dead.path(), &pubsub, &login, "route", setting, &[]).wait();
+    assert!(status.success(), "{log}");
+    let letters = rows(&dead.path().join("out/rows_dead_letter.jsonl"));
+    assert_eq!(letters.len(), 20);
+    assert!(
+        letters.iter().all(|l| l["error"]
+            .as_str()
+            .unwrap()
+            .contains("the dead-letter table")),
+        "{}",
+        letters[0]
+    );
 }

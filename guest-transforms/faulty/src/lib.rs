@@ -5,8 +5,9 @@
 //! no mode at all is an error on every event.
 //!
 //! Hostile modes, each inside the memory and time limits, aimed at the host's memory, logs
-//! and files: `set-bomb` (sets 20 fields to 8 MiB strings), `fanout-bomb` (2,000 copies),
-//! `stash` (keeps 50 copies of every event across calls), `log-flood` (3,000 log lines),
+//! and files: `set-bomb` (sets 20 fields to 512 KiB strings: 10 MiB an event, no one value
+//! over 1 MiB), `fanout-bomb` (2,000 copies), `stash` (keeps 50 copies of every event across
+//! calls), `hoard` (keeps every event it is given, returns a copy), `log-flood` (3,000 lines),
 //! `table-flood` (a new table for every event), `escape` (routes to `hr.payroll.salaries`). Other settings are ignored, so it can stand in
 //! for another transform in reload tests.
 
@@ -78,7 +79,7 @@ impl Guest for Faulty {
                 Ok(vec![Output { event, table: None }, Output { event: copy, table: None }])
             }
             "set-bomb" => {
-                let big = "x".repeat(8 << 20);
+                let big = "x".repeat(512 << 10);
                 for name in event.field_names().into_iter().take(20) {
                     event.set(&name, &Value::Text(big.clone()))?;
                 }
@@ -90,6 +91,11 @@ impl Guest for Faulty {
                     .collect();
                 out.push(Output { event, table: None });
                 Ok(out)
+            }
+            "hoard" => {
+                let copy = event.duplicate();
+                STASH.with(|s| s.borrow_mut().push(event));
+                Ok(vec![Output { event: copy, table: None }])
             }
             "stash" => {
                 STASH.with(|s| s.borrow_mut().extend((0..50).map(|_| event.duplicate())));
