@@ -214,9 +214,14 @@ async fn a_full_disk_under_the_checkpoint_fails_the_commit_and_keeps_no_torn_fil
     });
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink("/dev/full", path.with_extension("json.tmp")).unwrap();
-    let err = run(plan(&sim, dir.path(), "/data/AccountChangeEvent", &["--sink", &sink]))
-        .await
-        .unwrap_err();
+    let err = run(plan(
+        &sim,
+        dir.path(),
+        "/data/AccountChangeEvent",
+        &["--sink", &sink],
+    ))
+    .await
+    .unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("cannot write checkpoint"), "{text}");
     assert!(!path.exists(), "no checkpoint renamed into place");
