@@ -77,6 +77,12 @@ impl Tokens {
         }
     }
 
+    /// Every token issued and not revoked, for tests that look for them where they must
+    /// not be.
+    pub fn issued(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// How many tokens were issued, logins and refreshes together.
     pub fn issued_count(&self) -> u64 {
         self.counter.load(std::sync::atomic::Ordering::Relaxed)
