@@ -575,17 +575,12 @@ impl Stage2<'_> {
                 Ok(table) => table,
                 Err(error) => {
                     tracing::error!(replay_id = %event.replay_id, %error, "Event routed where it cannot go; dead-lettered.");
-                    letters.push(DeadLetter {
-                        stage: Stage::Transform("route".into()),
+                    letters.push(DeadLetter::of_event(
+                        Stage::Transform("route".into()),
                         error,
-                        org_id: event.org_id.to_string(),
-                        channel: event.channel.to_string(),
-                        replay_id: event.replay_id.to_hex(),
-                        event_id: event.event_id.clone(),
-                        schema_id: event.schema.id.clone(),
-                        payload: event.payload.to_vec(),
-                        dead_lettered_at: processed,
-                    });
+                        &event,
+                        processed,
+                    ));
                     continue;
                 }
             };
@@ -603,17 +598,12 @@ impl Stage2<'_> {
                     Ok(payload) => event.payload = payload,
                     Err(error) => {
                         tracing::error!(replay_id = %event.replay_id, %error, "Transformed event does not fit its schema; dead-lettered.");
-                        letters.push(DeadLetter {
-                            stage: Stage::Transform(by.to_string()),
+                        letters.push(DeadLetter::of_event(
+                            Stage::Transform(by.to_string()),
                             error,
-                            org_id: event.org_id.to_string(),
-                            channel: event.channel.to_string(),
-                            replay_id: event.replay_id.to_hex(),
-                            event_id: event.event_id.clone(),
-                            schema_id: event.schema.id.clone(),
-                            payload: event.payload.to_vec(),
-                            dead_lettered_at: processed,
-                        });
+                            &event,
+                            processed,
+                        ));
                         continue;
                     }
                 }

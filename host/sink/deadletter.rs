@@ -38,3 +38,26 @@ pub struct DeadLetter {
     /// When it was dead-lettered, milliseconds since the epoch.
     pub dead_lettered_at: i64,
 }
+
+impl DeadLetter {
+    /// A decoded event that cannot be written (`stage` says where it failed), with the
+    /// payload it has now.
+    pub fn of_event(
+        stage: Stage,
+        error: String,
+        event: &crate::event::ChangeEvent,
+        at: i64,
+    ) -> DeadLetter {
+        DeadLetter {
+            stage,
+            error,
+            org_id: event.org_id.to_string(),
+            channel: event.channel.to_string(),
+            replay_id: event.replay_id.to_hex(),
+            event_id: event.event_id.clone(),
+            schema_id: event.schema.id.clone(),
+            payload: event.payload.to_vec(),
+            dead_lettered_at: at,
+        }
+    }
+}
