@@ -568,11 +568,15 @@ impl DeltaSink {
             .map(|(name, _)| name.clone())
             .collect();
         if !new.is_empty() {
+            let before = self.known.clone();
             self.known.extend(new);
             // Still the last checkpoint and the held ids it had: this commit moves nothing.
             let metadata = self.metadata(&self.committed_held);
             let txn = self.main.txn.unwrap_or(0);
-            self.main.commit(&self.app_id, txn, metadata, false).await?;
+            if let Err(e) = self.main.commit(&self.app_id, txn, metadata, false).await {
+                self.known = before;
+                return Err(e);
+            }
         }
         let version = self.version + 1;
         let hex = position.to_hex();
@@ -584,12 +588,19 @@ impl DeltaSink {
                 .commit(&self.app_id, version, sibling.clone(), true)
                 .await?;
         }
-        self.position = Some(hex);
-        let metadata = self.metadata(&self.held);
-        self.main
-            .commit(&self.app_id, version, metadata, true)
-            .await?;
+        // This counter is used now, whatever happens next; the position only once the main
+        // commit is in (a failed flush leaves it as the table has it).
         self.version = version;
+        let previous = self.position.replace(hex);
+        let metadata = self.metadata(&self.held);
+        if let Err(e) = self
+            .main
+            .commit(&self.app_id, version, metadata, true)
+            .await
+        {
+            self.position = previous;
+            return Err(e);
+        }
         self.committed_held = self.held.clone();
         Ok(())
     }
