@@ -34,7 +34,7 @@ fn main() {
         .map(|seq| {
             generate(
                 &entity,
-                &entity.schema.event,
+                &entity.schema,
                 1,
                 Position { index: seq, seq },
                 false,
@@ -73,7 +73,7 @@ fn main() {
     let avg_payload = events.iter().map(|e| e.payload.len()).sum::<usize>() / events.len();
     println!(
         "decode (Account, {} fields, {avg_payload} B payload): {decode_us:.2} µs/event",
-        entity.schema.event.names.top.len()
+        entity.schema.names.top.len()
     );
     println!(
         "row + JSON line ({} B/row):                    {row_us:.2} µs/event",

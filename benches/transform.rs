@@ -13,10 +13,11 @@ mod guests;
 
 use std::time::Instant;
 
+use sfzb_host::config::file::TransformSection;
 use sfzb_host::event::Value;
 use sfzb_host::sim::catalog::Entity;
 use sfzb_host::sim::generator::standard_account_event;
-use sfzb_host::transform::{Chain, Limits, OnError, Runtime, RuntimeOptions, TransformSpec};
+use sfzb_host::transform::{Chain, OnError, Runtime, RuntimeOptions, TransformSpec};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 
@@ -63,7 +64,7 @@ fn main() {
         path: guests::component("mask"),
         config: vec![("fields".into(), fields.into())],
         on_error: OnError::DeadLetter,
-        limits: Limits::default(),
+        limits: TransformSection::default().limits(),
         allow_tables: vec![],
     };
     let mut chain = Chain::load(runtime, &[spec]).unwrap();

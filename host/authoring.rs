@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use base64::Engine;
 
+use crate::cli::ComponentArgs;
 use crate::clock::now_ms;
+use crate::event::EventSchema;
 use crate::event::{ChangeEvent, ReplayId};
-use crate::salesforce::schema::{
-    EventMeta, WriterSchema, decode_event, encode_payload, parse_schema,
-};
+use crate::salesforce::schema::{EventMeta, decode_event, parse_schema};
 use crate::sink::Row;
 use crate::transform::engine::LoadedFrom;
 use crate::transform::{Chain, Runtime, RuntimeOptions, TransformSpec};
@@ -54,12 +54,12 @@ struct SampleRow {
 }
 
 /// Reads sample events: rows as the jsonl sink writes them, one per line or one JSON object.
-pub fn read_events(path: &Path) -> Result<Vec<(Arc<WriterSchema>, ChangeEvent)>, AuthoringError> {
+pub fn read_events(path: &Path) -> Result<Vec<ChangeEvent>, AuthoringError> {
     let text = std::fs::read_to_string(path).map_err(|source| AuthoringError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut schemas: HashMap<String, Arc<WriterSchema>> = HashMap::new();
+    let mut schemas: HashMap<String, Arc<EventSchema>> = HashMap::new();
     let trimmed = text.trim_start();
     let documents: Vec<(usize, &str)> =
         if trimmed.starts_with('{') && serde_json::from_str::<serde_json::Value>(trimmed).is_ok() {
@@ -102,7 +102,7 @@ pub fn read_events(path: &Path) -> Result<Vec<(Arc<WriterSchema>, ChangeEvent)>,
             event_id: row.event_id,
         };
         let event = decode_event(&schema, meta, payload.into()).map_err(|e| bad(e.to_string()))?;
-        events.push((schema, event));
+        events.push(event);
     }
     Ok(events)
 }
@@ -131,7 +131,7 @@ pub fn test(
 ) -> Result<(), AuthoringError> {
     let events = read_events(events_path)?;
     let (mut chain, _, _) = load(spec, cache_dir)?;
-    for (schema, event) in events {
+    for event in events {
         let result = chain.run(vec![event]);
         for failed in result.failed.iter().chain(result.stop.iter()) {
             let letter = serde_json::json!({"dead_letter": {"transform": failed.transform, "error": failed.error, "replay_id": failed.replay_id.to_hex()}});
@@ -139,15 +139,10 @@ pub fn test(
         }
         for routed in result.routed {
             let mut event = routed.event;
-            if event.modified_by.is_some() {
-                match encode_payload(&schema, &event) {
-                    Ok(payload) => event.payload = payload,
-                    Err(e) => {
-                        let letter = serde_json::json!({"dead_letter": {"transform": spec.name, "error": format!("set a value that does not fit the schema: {e}"), "replay_id": event.replay_id.to_hex()}});
-                        writeln!(out, "{letter}")?;
-                        continue;
-                    }
-                }
+            if let Err((by, error)) = event.reencode() {
+                let letter = serde_json::json!({"dead_letter": {"transform": by.as_ref(), "error": error, "replay_id": event.replay_id.to_hex()}});
+                writeln!(out, "{letter}")?;
+                continue;
             }
             let line =
                 serde_json::json!({"table": routed.table, "row": Row::from_event(event, now_ms())});
@@ -165,10 +160,50 @@ pub fn test(
 /// What `bench` measured.
 #[derive(Clone, Debug)]
 pub struct BenchReport {
+    /// The transform's name.
+    pub name: String,
     pub load_ms: f64,
     pub loaded_from: LoadedFrom,
     pub events: usize,
     pub us_per_event: f64,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let from = match self.loaded_from {
+            LoadedFrom::Cache => "from the compile cache",
+            LoadedFrom::Compiled => "compiled",
+        };
+        write!(
+            f,
+            "{}: loaded in {:.1} ms ({from}), {:.2} µs/event over {} standard 30-field Account events",
+            self.name, self.load_ms, self.us_per_event, self.events
+        )
+    }
+}
+
+/// `transform test`: the component of `args` on the events of `events`, off the async
+/// workers (compiling takes seconds), its outputs on standard output.
+pub async fn test_command(args: &ComponentArgs, events: PathBuf) -> Result<(), crate::Error> {
+    let spec = args.spec()?;
+    let cache = args.cache();
+    tokio::task::spawn_blocking(move || test(&spec, &events, cache, &mut std::io::stdout().lock()))
+        .await
+        .expect("transform test does not panic")?;
+    Ok(())
+}
+
+/// `transform bench`: the component of `args` timed on `events` events.
+pub async fn bench_command(
+    args: &ComponentArgs,
+    events: usize,
+) -> Result<BenchReport, crate::Error> {
+    let spec = args.spec()?;
+    let cache = args.cache();
+    let report = tokio::task::spawn_blocking(move || bench(&spec, events, cache))
+        .await
+        .expect("transform bench does not panic")?;
+    Ok(report)
 }
 
 /// Times the component on the standard 30-field Account event.
@@ -195,6 +230,7 @@ pub fn bench(
         drop(output);
     }
     Ok(BenchReport {
+        name: spec.name.clone(),
         load_ms,
         loaded_from,
         events: done,

@@ -138,7 +138,7 @@ fn config_text(sim: &Simulator) -> String {
     let mut text = format!(
         r#"# Written by `sfzb-host demo`. The simulated org it points at lived inside the demo
 # process; for a real org, set instance-url (and drop pubsub-endpoint) and put the
-# password in the environment: password = {{ env = "SALESFORCE_PASSWORD" }}.
+# connected app's secret in the environment: client-secret = {{ env = "SALESFORCE_CLIENT_SECRET" }}.
 state-dir = "state"
 until-idle = 2.0
 health-interval-secs = 0
@@ -146,8 +146,8 @@ health-interval-secs = 0
 [salesforce]
 instance-url = "{login}"
 pubsub-endpoint = "{pubsub}"
-username = "demo@example.com"
-password = "demo"
+client-id = "demo-connected-app"
+client-secret = "demo"
 
 [defaults]
 backfill-historical = true

@@ -35,6 +35,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error and its causes, each cause once: our messages often quote their source
+    /// already.
+    pub fn describe(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    }
+
     /// 2 for configuration errors (fix the settings), 1 for failures at run time.
     pub fn exit_code(&self) -> u8 {
         match self {

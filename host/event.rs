@@ -228,6 +228,9 @@ pub struct EventSchema {
     pub json_literal: Box<serde_json::value::RawValue>,
     pub avro: apache_avro::Schema,
     pub names: FieldNames,
+    /// The compiled decoder (and encoder): a plan per field in schema order, the first
+    /// `ChangeEventHeader`. An event carries its schema, so it can always be re-encoded.
+    pub(crate) plans: Vec<(Arc<str>, crate::salesforce::avro::Plan)>,
 }
 
 /// A decoded change event.
@@ -239,7 +242,7 @@ pub struct ChangeEvent {
     pub event_id: String,
     pub schema: Arc<EventSchema>,
     /// The Avro payload exactly as received (until a transform changes a field, after which
-    /// the pipeline re-encodes it).
+    /// the pipeline re-encodes it with [`ChangeEvent::encode`]).
     pub payload: Bytes,
     /// How many leading bytes of `payload` encode `ChangeEventHeader`.
     pub header_len: usize,

@@ -3,11 +3,12 @@
 //! the progress lines of a backfill, `/metrics`, `/healthz` and `/stats` all read this;
 //! nothing here feeds back into the pipeline.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::transform::TransformStats;
 
@@ -23,9 +24,6 @@ pub enum State {
     Stopped,
     Failed(String),
 }
-
-/// `max-checkpoint-lag-secs` unless configured.
-pub const DEFAULT_MAX_CHECKPOINT_LAG: Duration = Duration::from_secs(120);
 
 /// Live figures of one subscription.
 #[derive(Debug)]
@@ -98,7 +96,8 @@ impl Health {
             last_message_ms: AtomicI64::new(0),
             checkpoint_ms: AtomicI64::new(0),
             pending_since_ms: AtomicI64::new(0),
-            max_checkpoint_lag: DEFAULT_MAX_CHECKPOINT_LAG,
+            // No stall is reported until the run gives its `max-checkpoint-lag-secs`.
+            max_checkpoint_lag: Duration::MAX,
             checkpoint: Mutex::new(None),
             org_id: Mutex::new(None),
             state: Mutex::new(State::Starting),
@@ -192,7 +191,8 @@ impl Health {
         }
         let pending_since = self.pending_since_ms.load(Relaxed);
         let waiting_ms = now_ms() - pending_since;
-        if pending_since > 0 && waiting_ms >= self.max_checkpoint_lag.as_millis() as i64 {
+        let limit_ms = i64::try_from(self.max_checkpoint_lag.as_millis()).unwrap_or(i64::MAX);
+        if pending_since > 0 && waiting_ms >= limit_ms {
             return Some(format!(
                 "stalled: {} events received and not checkpointed for {} s (max-checkpoint-lag-secs = {}); the sink is not making them durable",
                 self.in_flight.load(Relaxed),
@@ -327,6 +327,68 @@ impl Snapshot {
             problem = self.problem.as_deref().unwrap_or(""),
             "Health report."
         );
+    }
+}
+
+/// Logs a health report per subscription every `interval`, and, every 10 s, progress for
+/// subscriptions that are catching up (a backfill): done, rate, and how far behind.
+pub async fn report(
+    healths: Vec<Arc<Health>>,
+    interval: Option<Duration>,
+    cancel: CancellationToken,
+) {
+    let progress_every = Duration::from_secs(10);
+    let period = interval.map_or(progress_every, |i| i.min(progress_every));
+    let mut last_report = tokio::time::Instant::now();
+    let mut last_progress = tokio::time::Instant::now();
+    let mut report_base: Vec<_> = healths.iter().map(|h| h.snapshot()).collect();
+    let mut progress_base = report_base.clone();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now: Vec<_> = healths.iter().map(|h| h.snapshot()).collect();
+        if last_progress.elapsed() >= progress_every {
+            let window = last_progress.elapsed().as_secs_f64();
+            for (s, before) in now.iter().zip(&progress_base) {
+                let done = s.received - before.received;
+                if done > 0 && s.lag_secs.is_some_and(|lag| lag > 60.0) {
+                    let behind = humanize(s.lag_secs.unwrap_or_default());
+                    tracing::info!(
+                        subscription = %s.name,
+                        channel = %s.channel,
+                        received = s.received,
+                        events_per_sec = format!("{:.0}", done as f64 / window),
+                        behind = %behind,
+                        "Backfill progress: {} events, {behind} behind the newest event.",
+                        s.received,
+                    );
+                }
+            }
+            progress_base = now.clone();
+            last_progress = tokio::time::Instant::now();
+        }
+        if let Some(interval) = interval
+            && last_report.elapsed() >= interval
+        {
+            let window = last_report.elapsed();
+            for (s, before) in now.iter().zip(&report_base) {
+                s.log(before, window);
+            }
+            report_base = now;
+            last_report = tokio::time::Instant::now();
+        }
+    }
+}
+
+fn humanize(secs: f64) -> String {
+    let secs = secs as u64;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
     }
 }
 

@@ -10,6 +10,7 @@
 //! abandoned. A process that stops releases its Leases; a standby, which looks again when
 //! the Lease it saw would expire, takes over within `duration` seconds.
 
+use crate::backoff::Backoff;
 use std::future::Future;
 use std::time::Duration;
 
@@ -68,8 +69,6 @@ impl std::fmt::Debug for Fence {
 /// A free Lease is taken well within this; past it, another process most likely holds it
 /// (or the API is slow, which the retry log lines then tell).
 const STANDBY_AFTER: Duration = Duration::from_secs(1);
-const MIN_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Fence {
     /// The in-cluster service account, else `KUBECONFIG` / `~/.kube/config`.
@@ -153,7 +152,7 @@ impl Fence {
     {
         let namespace = &self.settings.namespace;
         let mut last = None;
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
             health.set_state(State::Standby(format!(
                 "waiting for Kubernetes Lease {namespace}/{lease}, held by another process"
@@ -182,11 +181,11 @@ impl Fence {
                     }));
                 }
                 Err(error) => {
-                    tracing::warn!(lease = %lease, %error, "Cannot take Kubernetes Lease {namespace}/{lease}; retrying in {} s.", backoff.as_secs());
+                    tracing::warn!(lease = %lease, %error, "Cannot take Kubernetes Lease {namespace}/{lease}; retrying in about {} s.", backoff.delay().as_secs());
                     health.set_state(State::Reconnecting(format!(
                         "cannot take Kubernetes Lease {namespace}/{lease}: {error}"
                     )));
-                    if sleep_or_cancel(&mut backoff, cancel).await {
+                    if backoff.wait(cancel).await {
                         return Ok(last);
                     }
                     continue;
@@ -232,7 +231,7 @@ impl Fence {
                 None => {}
             }
             // A Lease lost to a failing API: do not restart the whole pipeline at once.
-            if renewal_failed && sleep_or_cancel(&mut backoff, cancel).await {
+            if renewal_failed && backoff.wait(cancel).await {
                 return Ok(last);
             }
         }
@@ -249,16 +248,6 @@ impl Fence {
 /// Errors no retry mends: no permission, or no such namespace.
 fn refused(error: &LeaseManagerError) -> bool {
     matches!(error, LeaseManagerError::KubeError(kube::Error::Api(status)) if matches!(status.code, 401 | 403 | 404))
-}
-
-/// Sleeps for `backoff` and doubles it (to the maximum); true if cancelled meanwhile.
-async fn sleep_or_cancel(backoff: &mut Duration, cancel: &CancellationToken) -> bool {
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    tokio::select! {
-        _ = cancel.cancelled() => true,
-        _ = tokio::time::sleep(wait) => false,
-    }
 }
 
 #[cfg(test)]

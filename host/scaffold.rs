@@ -33,6 +33,18 @@ pub struct Scaffold {
     pub test: String,
 }
 
+/// What `transform init` prints: where it is, and the commands that build and test it.
+impl std::fmt::Display for Scaffold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "Created {}. Build and test it:", self.dir.display())?;
+        writeln!(f, "  cd {}", self.dir.display())?;
+        for command in &self.build {
+            writeln!(f, "  {command}")?;
+        }
+        writeln!(f, "  {}", self.test)
+    }
+}
+
 fn write(path: &Path, text: &str) -> Result<(), ScaffoldError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| ScaffoldError::Write {

@@ -252,31 +252,15 @@ impl SqlClient {
 /// The reference's table, with column comments and the properties Zerobus needs. No
 /// generated partition column: Zerobus cannot write tables that have one.
 pub fn create_table_sql(table: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {} (\n\
-  event_id STRING COMMENT 'Unique Salesforce event identifier',\n\
-  schema_id STRING COMMENT 'Event schema version from Salesforce',\n\
-  replay_id STRING COMMENT 'Event position for replay functionality (hex)',\n\
-  timestamp BIGINT COMMENT 'Event commit timestamp in milliseconds',\n\
-  change_type STRING COMMENT 'Type of change: CREATE, UPDATE, DELETE, UNDELETE, GAP_*',\n\
-  entity_name STRING COMMENT 'Salesforce object name (Account, Contact, etc.)',\n\
-  change_origin STRING COMMENT 'Source of the change (API, UI, etc.)',\n\
-  record_ids ARRAY<STRING> COMMENT 'List of affected Salesforce record IDs',\n\
-  changed_fields ARRAY<STRING> COMMENT 'List of field names that were modified',\n\
-  nulled_fields ARRAY<STRING> COMMENT 'List of field names that were set to null',\n\
-  diff_fields ARRAY<STRING> COMMENT 'List of field names with differences',\n\
-  record_data_json STRING COMMENT 'Complete record data serialized as JSON',\n\
-  payload_binary BINARY COMMENT 'Raw Avro binary payload for schema-based parsing',\n\
-  schema_json STRING COMMENT 'Avro schema JSON string for parsing binary payload',\n\
-  org_id STRING COMMENT 'Salesforce organization ID',\n\
-  processed_timestamp BIGINT COMMENT 'When this event was processed by our pipeline'\n\
-) USING DELTA\n\
-TBLPROPERTIES (\n\
-  'delta.enableRowTracking' = 'false',\n\
-  'delta.autoOptimize.optimizeWrite' = 'true',\n\
-  'delta.autoOptimize.autoCompact' = 'true'\n\
-) COMMENT 'Real-time Salesforce Change Data Capture events'",
-        ident(table)
+    crate::sink::columns::create_table(
+        &ident(table),
+        &crate::sink::columns::ROW,
+        &[
+            ("delta.enableRowTracking", "false"),
+            ("delta.autoOptimize.optimizeWrite", "true"),
+            ("delta.autoOptimize.autoCompact", "true"),
+        ],
+        "Real-time Salesforce Change Data Capture events",
     )
 }
 

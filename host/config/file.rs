@@ -12,46 +12,80 @@ use crate::cli::AuthFlow;
 use crate::salesforce::pubsub::ReplayFallback;
 use crate::transform::OnError;
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
-    pub state_dir: Option<PathBuf>,
-    pub transform_cache_dir: Option<PathBuf>,
-    pub flush_interval_ms: Option<u64>,
-    pub max_in_flight: Option<usize>,
-    /// Seconds.
-    pub until_idle: Option<f64>,
-    pub metrics_listen: Option<String>,
-    pub health_interval_secs: Option<u64>,
-    /// Events waiting longer than this for their checkpoint make /healthz fail.
-    pub max_checkpoint_lag_secs: Option<u64>,
-    /// How long a stop waits for subscriptions to flush before exiting non-zero.
-    pub shutdown_timeout_secs: Option<u64>,
-    /// `I/N`: this process's share of the subscriptions.
-    pub shard: Option<String>,
-    /// Kubernetes Lease fencing: the namespace of the Leases, this process's holder name,
-    /// and how long a Lease lasts unrenewed (seconds).
-    pub lease_namespace: Option<String>,
-    pub lease_holder: Option<String>,
-    pub lease_duration_secs: Option<u64>,
-    /// The org subscriptions use when they name none.
-    pub salesforce: Option<OrgSection>,
-    /// More orgs, by name: `[orgs.acme]`.
-    #[serde(default)]
-    pub orgs: BTreeMap<String, OrgSection>,
-    #[serde(default)]
-    pub databricks: DatabricksSection,
-    /// Settings every `[[subscription]]` inherits.
-    #[serde(default)]
-    pub defaults: SubscriptionSection,
-    #[serde(default, rename = "subscription")]
-    pub subscriptions: Vec<SubscriptionSection>,
+use super::settings::settings;
+
+settings! {
+    /// The file's top level: run-wide settings, and the sections.
+    pub struct FileConfig in "top level" {
+        /// Directory for checkpoints.
+        state_dir: PathBuf = ".sfzb-state", flag "state-dir", env "SFZB_STATE_DIR";
+        /// Where compiled components are cached; defaults to $XDG_CACHE_HOME/sfzb-host or
+        /// ~/.cache/sfzb-host.
+        transform_cache_dir: PathBuf, flag "transform-cache-dir", env "SFZB_CACHE_DIR";
+        /// Flush the sink and commit the checkpoint at least this often while events flow,
+        /// milliseconds.
+        flush_interval_ms: u64 = 1000u64, flag "flush-interval-ms";
+        /// Events held in memory per subscription between fetch and write; fetching waits
+        /// for room.
+        max_in_flight: usize = 1000usize, flag "max-in-flight";
+        /// Exit 0 once no event arrived for this many seconds (keepalives do not count);
+        /// idle time counts once the subscription is streaming: a run that never
+        /// subscribed (an unreachable endpoint) exits 1 with the reason.
+        [arg(value_name = "SECS")]
+        until_idle: f64, flag "until-idle";
+        /// Serve /metrics (Prometheus), /healthz and /stats on this address, e.g.
+        /// 127.0.0.1:9464.
+        metrics_listen: String, flag "metrics-listen", env "SFZB_METRICS_LISTEN";
+        /// Log a health report per subscription this often, seconds; 0 turns it off.
+        health_interval_secs: u64 = 300u64, flag "health-interval-secs";
+        /// /healthz reports a subscription whose received events wait longer than this for
+        /// their checkpoint (a sink that stopped acknowledging), seconds; must exceed
+        /// flush-interval-ms.
+        max_checkpoint_lag_secs: u64 = 120u64, flag "max-checkpoint-lag-secs";
+        /// After SIGTERM, stop waiting for subscriptions to flush after this long and exit
+        /// non-zero; their checkpoints stay behind the data, never ahead. Keep it below the
+        /// orchestrator's grace period (the manifests give 120), seconds.
+        shutdown_timeout_secs: u64 = 90u64, flag "shutdown-timeout-secs";
+        /// Run only this process's share of the subscriptions: I/N runs those whose (org,
+        /// channel) hashes to I of N (0-based). Give every process the same configuration
+        /// and N, and each a distinct I (a StatefulSet's pod index).
+        [arg(value_name = "I/N")]
+        shard: String, flag "shard", env "SFZB_SHARD";
+        /// Fence every subscription with a Kubernetes Lease in this namespace: it reads only
+        /// while this process holds the Lease of its (org, channel), so no two processes
+        /// read the same channel. Needs a Kubernetes API (in-cluster service account, or
+        /// KUBECONFIG).
+        lease_namespace: String, flag "lease-namespace", env "SFZB_LEASE_NAMESPACE";
+        /// This process's name as a Lease holder, unique among the processes; defaults to
+        /// the host name, i.e. the pod name.
+        lease_holder: String, flag "lease-holder", env "SFZB_LEASE_HOLDER";
+        /// How long a Lease stays held without renewal, seconds; renewals come a third of it
+        /// before expiry, and a holder that cannot renew stops reading then.
+        lease_duration_secs: u64 = 30u64, flag "lease-duration-secs";
+    }
+    sections {
+        /// The org subscriptions use when they name none.
+        [serde(default)]
+        salesforce: Option<OrgSection>;
+        /// More orgs, by name: `[orgs.acme]`.
+        [serde(default)]
+        orgs: BTreeMap<String, OrgSection>;
+        /// Zerobus and the SQL warehouse.
+        [serde(default)]
+        databricks: DatabricksSection;
+        /// Settings every `[[subscription]]` inherits.
+        [serde(default)]
+        defaults: SubscriptionSection;
+        /// One per channel and target.
+        [serde(default, rename = "subscription")]
+        subscriptions: Vec<SubscriptionSection>;
+    }
 }
 
 /// A secret: inline (`password = "…"`), from an environment variable
 /// (`password = { env = "ACME_PASSWORD" }`) or from a file (`password = { file = "…" }`,
 /// trailing newline dropped), so none has to be on a command line.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum Secret {
     Value(String),
@@ -59,152 +93,201 @@ pub enum Secret {
     File { file: PathBuf },
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct OrgSection {
-    pub instance_url: Option<String>,
-    pub pubsub_endpoint: Option<String>,
-    /// The reference's way to name the endpoint: host and port, TLS.
-    pub grpc_host: Option<String>,
-    pub grpc_port: Option<u16>,
-    pub api_version: Option<String>,
-    pub auth: Option<AuthFlow>,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<Secret>,
-    pub jwt_key_file: Option<PathBuf>,
-    pub jwt_audience: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct DatabricksSection {
-    pub workspace_url: Option<String>,
-    pub zerobus_endpoint: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<Secret>,
-    pub sql_warehouse_id: Option<String>,
-    pub sql_timeout_secs: Option<u64>,
-    pub auto_create_table: Option<bool>,
-    pub zerobus_max_inflight: Option<usize>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct SubscriptionSection {
-    /// Names the subscription in logs, metrics and /healthz; defaults to the channel's
-    /// last part (`AccountChangeEvent`), with the org when several orgs read one channel.
-    pub name: Option<String>,
-    pub org: Option<String>,
-    pub channel: Option<String>,
-    pub sink: Option<String>,
-    pub dead_letter: Option<String>,
-    pub replay: Option<String>,
-    pub backfill_historical: Option<bool>,
-    pub enable_replay_recovery: Option<bool>,
-    pub batch_size: Option<u32>,
-    /// The reference calls it `timeout_seconds`.
-    #[serde(alias = "timeout-seconds")]
-    pub idle_timeout_secs: Option<u64>,
-    pub max_timeouts: Option<u32>,
-    pub replay_invalid: Option<ReplayFallback>,
-    /// Read through this Salesforce managed event subscription (ManagedSubscribe) instead of
-    /// a plain subscription: Salesforce keeps the position and admits one client at a time.
-    pub managed_subscription: Option<String>,
-    /// The transform chain, in order: `[[subscription.transform]]`.
-    #[serde(rename = "transform")]
-    pub transforms: Option<Vec<TransformSection>>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct TransformSection {
-    pub path: PathBuf,
-    /// Defaults to the file stem.
-    pub name: Option<String>,
-    pub on_error: Option<OnError>,
-    pub memory_mib: Option<usize>,
-    pub timeout_ms: Option<u64>,
-    pub fuel: Option<u64>,
-    pub recycle_after: Option<u64>,
-    /// Bytes of values `set` may put into one event [default: 1048576].
-    pub max_added_bytes: Option<usize>,
-    /// Outputs (and copies) per input event [default: 100].
-    pub max_outputs: Option<usize>,
-    /// MiB of one batch's outputs held before they are written [default: 64].
-    pub max_batch_output_mib: Option<usize>,
-    /// Distinct tables the transform may route to in one subscription [default: 100].
-    pub max_tables: Option<usize>,
-    /// Guest log lines per second; the rest are counted in one summary line [default: 100].
-    pub max_log_lines_per_sec: Option<u32>,
-    /// Qualified tables it may route to beyond the subscription's own catalog and schema
-    /// (`hr.payroll.*`).
-    #[serde(default)]
-    pub allow_tables: Vec<String>,
-    /// Passed to the transform's `init`; values may be strings, numbers or booleans.
-    #[serde(default)]
-    pub config: BTreeMap<String, toml::Value>,
-}
-
-/// Later wins: each field of `over` that is set replaces the one in `base`.
-macro_rules! overlay {
-    ($base:ident, $over:ident; $($field:ident),+ $(,)?) => {
-        $( if $over.$field.is_some() { $base.$field = $over.$field; } )+
-    };
-}
-
-impl OrgSection {
-    pub fn overlay(mut self, over: OrgSection) -> OrgSection {
-        overlay!(self, over; instance_url, pubsub_endpoint, grpc_host, grpc_port, api_version,
-            auth, username, password, client_id, client_secret, jwt_key_file, jwt_audience);
-        self
-    }
-
-    pub fn is_empty(&self) -> bool {
-        let OrgSection {
-            instance_url,
-            pubsub_endpoint,
-            grpc_host,
-            grpc_port,
-            api_version,
-            auth,
-            username,
-            password,
-            client_id,
-            client_secret,
-            jwt_key_file,
-            jwt_audience,
-        } = self;
-        instance_url.is_none()
-            && pubsub_endpoint.is_none()
-            && grpc_host.is_none()
-            && grpc_port.is_none()
-            && api_version.is_none()
-            && auth.is_none()
-            && username.is_none()
-            && password.is_none()
-            && client_id.is_none()
-            && client_secret.is_none()
-            && jwt_key_file.is_none()
-            && jwt_audience.is_none()
+/// Never the value: settings end up in `{:?}` output.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Value(_) => f.write_str("Secret(***)"),
+            Secret::Env { env } => write!(f, "Secret(env {env})"),
+            Secret::File { file } => write!(f, "Secret(file {})", file.display()),
+        }
     }
 }
 
-impl DatabricksSection {
-    pub fn overlay(mut self, over: DatabricksSection) -> DatabricksSection {
-        overlay!(self, over; workspace_url, zerobus_endpoint, client_id, client_secret,
-            sql_warehouse_id, sql_timeout_secs, auto_create_table, zerobus_max_inflight);
-        self
+/// A flag or environment variable gives the value itself.
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret::Value(s.to_string()))
     }
 }
 
-impl SubscriptionSection {
-    pub fn overlay(mut self, over: SubscriptionSection) -> SubscriptionSection {
-        overlay!(self, over; name, org, channel, sink, dead_letter, replay, backfill_historical,
-            enable_replay_recovery, batch_size, idle_timeout_secs, max_timeouts, replay_invalid,
-            managed_subscription, transforms);
-        self
+settings! {
+    /// A Salesforce org: `[salesforce]` (the default org, also the flags) or `[orgs.NAME]`.
+    pub struct OrgSection in "[salesforce] and [orgs.NAME]" {
+        /// Where to log in: https://login.salesforce.com, https://test.salesforce.com, or
+        /// your My Domain URL.
+        instance_url: String, flag "instance-url", env "SALESFORCE_INSTANCE_URL";
+        /// Salesforce Pub/Sub API endpoint: https://host:port, or http://host:port for the
+        /// simulator.
+        pubsub_endpoint: String = crate::salesforce::pubsub::DEFAULT_ENDPOINT,
+            flag "pubsub-endpoint", env "SFZB_PUBSUB_ENDPOINT";
+        /// Salesforce API version for the SOAP login.
+        api_version: String = "57.0", flag "api-version";
+        /// Login flow. Inferred when omitted: jwt-bearer with a JWT key file, password with
+        /// a client id and a username, client-credentials with a client id, else soap.
+        [arg(value_enum)]
+        auth: AuthFlow, flag "auth";
+        /// Salesforce username (SOAP, password and JWT bearer flows).
+        username: String, flag "username", env "SALESFORCE_USERNAME";
+        /// Password with the security token appended (SOAP and password flows): inline,
+        /// { env = "VAR" } or { file = "PATH" }; prefer the environment variable to a flag.
+        [arg(hide_env_values = true)]
+        password: Secret, flag "password", env "SALESFORCE_PASSWORD";
+        /// Connected app consumer key (OAuth flows).
+        client_id: String, flag "client-id", env "SALESFORCE_CLIENT_ID";
+        /// Connected app consumer secret (client-credentials and password flows): inline,
+        /// { env = "VAR" } or { file = "PATH" }.
+        [arg(hide_env_values = true)]
+        client_secret: Secret, flag "client-secret", env "SALESFORCE_CLIENT_SECRET";
+        /// PEM file with the RSA private key of the connected app's certificate (JWT bearer
+        /// flow).
+        jwt_key_file: PathBuf, flag "jwt-key-file", env "SALESFORCE_JWT_KEY_FILE";
+        /// JWT audience; defaults to instance-url.
+        jwt_audience: String, flag "jwt-audience", env "SALESFORCE_JWT_AUDIENCE";
+    }
+    file_only {
+        /// The reference's way to name the endpoint: its host (TLS), instead of
+        /// pubsub-endpoint.
+        grpc_host: String;
+        /// With grpc-host: its port (7443).
+        grpc_port: u16;
+    }
+}
+
+settings! {
+    /// `[databricks]`: Zerobus and the SQL warehouse.
+    pub struct DatabricksSection in "[databricks]" {
+        /// Databricks workspace URL (OAuth token endpoint for Zerobus, the SQL Statement
+        /// API).
+        workspace_url: String, flag "databricks-workspace-url", env "DATABRICKS_HOST";
+        /// Zerobus endpoint for zerobus: sinks, e.g.
+        /// https://<workspace-id>.zerobus.<region>.cloud.databricks.com (http:// for a
+        /// local test server: plaintext, no auth).
+        zerobus_endpoint: String, flag "zerobus-endpoint", env "DATABRICKS_ZEROBUS_ENDPOINT";
+        /// Service principal client id (OAuth M2M).
+        client_id: String, flag "databricks-client-id", env "DATABRICKS_CLIENT_ID";
+        /// Service principal secret (OAuth M2M): inline, { env = "VAR" } or
+        /// { file = "PATH" }; prefer the environment variable to a flag.
+        [arg(hide_env_values = true)]
+        client_secret: Secret, flag "databricks-client-secret", env "DATABRICKS_CLIENT_SECRET";
+        /// SQL warehouse for Zerobus targets: creates missing tables and keeps the
+        /// checkpoint in `<catalog>.<schema>.sfzb_checkpoints`. Without it the checkpoint is
+        /// in state-dir.
+        sql_warehouse_id: String, flag "sql-warehouse-id", env "DATABRICKS_WAREHOUSE_ID";
+        /// How long one SQL statement may take, including a warehouse start, seconds.
+        sql_timeout_secs: u64 = 300u64, flag "sql-timeout-secs";
+        /// Create a missing Zerobus target table (false: fail instead).
+        [arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        auto_create_table: bool = true, flag "auto-create-table";
+        /// Record batches (of up to batch-size rows) sent to Zerobus and not yet
+        /// acknowledged, per table: bounds memory (~1.5 MB a batch of Account rows). After a
+        /// crash, the rows acknowledged since the last checkpoint come again too: up to a
+        /// flush interval's worth of events plus max-in-flight.
+        zerobus_max_inflight: usize = 16usize, flag "zerobus-max-inflight";
+    }
+}
+
+settings! {
+    /// One subscription: `[[subscription]]`, `[defaults]`, or the flags.
+    pub struct SubscriptionSection in "[[subscription]] and [defaults]" {
+        /// Channel to subscribe to: /data/AccountChangeEvent, /data/Foo__ChangeEvent,
+        /// /data/ChangeEvents (all objects, mixed schemas), a custom channel /data/Foo__chn;
+        /// a bare AccountChangeEvent also works. Given with a configuration file, the run
+        /// has this one subscription.
+        channel: String, flag "channel";
+        /// Where rows go: zerobus:CATALOG.SCHEMA.TABLE (Databricks through Zerobus),
+        /// delta:PATH_OR_URL (a Delta table, created if missing; exactly once) or
+        /// jsonl:PATH (a JSON row per line; jsonl:- is standard output).
+        sink: String = "jsonl:-", flag "sink";
+        /// Where undeliverable events go, with the error, stage and payload: jsonl:PATH or
+        /// delta:PATH. Defaults to the sink's own dead-letter place (PATH_dead_letter.jsonl,
+        /// <table>_dead_letter).
+        dead_letter: String, flag "dead-letter";
+        /// Start position, overriding the checkpoint: earliest, latest, or a replay id in
+        /// hex.
+        replay: String, flag "replay";
+        /// With no checkpoint, replay retained history (EARLIEST); false starts at LATEST.
+        [arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        backfill_historical: bool = true, flag "backfill-historical";
+        /// Resume from stored checkpoints; false ignores them and starts from LATEST.
+        [arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        enable_replay_recovery: bool = true, flag "enable-replay-recovery";
+        /// Read through this Salesforce managed event subscription (its developer name) with
+        /// ManagedSubscribe: Salesforce keeps the committed position and lets one client
+        /// read it at a time, so a second process waits as a standby.
+        managed_subscription: String, flag "managed-subscription";
+        /// Events requested per stream at a time (flow control credit), 1 to 100.
+        [arg(value_parser = clap::value_parser!(u32).range(1..=100))]
+        batch_size: u32 = 100u32, flag "batch-size";
+        /// Resubscribe when the server sends nothing, not even a keepalive, for this many
+        /// seconds (the reference's timeout-seconds).
+        [serde(alias = "timeout-seconds")]
+        idle_timeout_secs: u64 = 300u64, flag "idle-timeout-secs";
+        /// Consecutive idle timeouts after which /healthz reports the subscription stuck.
+        max_timeouts: u32 = 3u32, flag "max-timeouts";
+        /// When Salesforce rejects the stored replay id (corrupted or past the 72-hour
+        /// retention): fail, earliest or latest.
+        [arg(value_enum)]
+        replay_invalid: ReplayFallback = ReplayFallback::Fail, flag "replay-invalid";
+    }
+    file_only {
+        /// Names the subscription in logs, metrics and /healthz; defaults to the channel's
+        /// last part (AccountChangeEvent), with the org when several orgs read one channel.
+        name: String;
+        /// The org it reads from (a name of [orgs.NAME]); defaults to [salesforce], or the
+        /// only org.
+        org: String;
+    }
+    sections {
+        /// The transform chain, in order: `[[subscription.transform]]`.
+        [serde(rename = "transform")]
+        transforms: Option<Vec<TransformSection>>;
+    }
+}
+
+settings! {
+    /// One transform of a chain (`[[subscription.transform]]`); the limits are also flags
+    /// of `run` (for every transform) and of `transform test` and `bench`.
+    pub struct TransformSection in "[[subscription.transform]]" {
+        /// Memory each instance may use, all its memories together, MiB.
+        memory_mib: usize = 64usize, flag "transform-memory-mib";
+        /// Wall-clock time one call may take (epoch interruption), milliseconds; `init` gets
+        /// at least 5 s (a language runtime starts in it).
+        timeout_ms: u64 = 100u64, flag "transform-timeout-ms";
+        /// Fuel (Wasm instructions, roughly) one call may spend; unmetered if unset.
+        fuel: u64, flag "transform-fuel";
+        /// Replace the instance with a fresh one after this many events (also past 3/4 of
+        /// its memory).
+        recycle_after: u64 = 100_000u64, flag "transform-recycle-after";
+        /// Bytes of values `set` may put into one event (the host holds them). A Salesforce
+        /// event is at most 1 MB; a long text area holds 131,072 characters.
+        max_added_bytes: usize = 1usize << 20, flag "transform-max-added-bytes";
+        /// Outputs of one event, and event copies (`duplicate`) alive at once.
+        max_outputs: usize = 100usize, flag "transform-max-outputs";
+        /// MiB of one batch's outputs held before they are written.
+        max_batch_output_mib: usize = 64usize, flag "transform-max-batch-output-mib";
+        /// Distinct tables it may route to in one subscription (each an open file, Delta
+        /// table or Zerobus stream).
+        max_tables: usize = 100usize, flag "transform-max-tables";
+        /// Guest log lines per second, across the transform's instances; the rest are
+        /// counted in one "log lines held back" line.
+        max_log_lines_per_sec: u32 = 100u32, flag "transform-max-log-lines-per-sec";
+    }
+    file_only {
+        /// The Wasm component (required).
+        path: PathBuf;
+        /// Its name in logs, metrics and errors; defaults to the file stem.
+        name: String;
+        /// What to do with an event it fails on: dead-letter, skip or stop.
+        on_error: OnError;
+        /// Qualified tables it may route to beyond the subscription's own catalog and schema
+        /// (`hr.payroll.*`).
+        allow_tables: Vec<String>;
+        /// Passed to its `init`: { key = value, … }; lists become comma-separated text, and
+        /// any value may be { env = "VAR" } or { file = "PATH" }.
+        config: BTreeMap<String, toml::Value>;
     }
 }
 
@@ -251,7 +334,7 @@ impl FileConfig {
                 *spec = rebase_sink(spec, dir);
             }
             for t in sub.transforms.iter_mut().flatten() {
-                join(&mut t.path);
+                t.path.as_mut().map(join);
             }
         }
     }

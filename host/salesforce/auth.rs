@@ -3,6 +3,7 @@
 //! the access token, the instance URL and the org id the Pub/Sub API needs on every call.
 //! Secrets live in `SecretString` and never reach a log line or an error message.
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -443,6 +444,62 @@ pub(crate) fn xml_element(body: &str, local: &str) -> Option<String> {
             Event::Eof => return None,
             _ => {}
         }
+    }
+}
+
+/// Adds the session's metadata to every RPC: `accesstoken` (marked sensitive), `instanceurl`,
+/// `tenantid`, and a fresh `x-client-trace-id` to quote to Salesforce support.
+#[derive(Clone)]
+pub struct SessionInterceptor {
+    session: Arc<RwLock<Option<Session>>>,
+}
+
+impl SessionInterceptor {
+    /// Reads the session from `session`, where logins put it.
+    pub fn new(session: Arc<RwLock<Option<Session>>>) -> Self {
+        SessionInterceptor { session }
+    }
+}
+
+impl tonic::service::Interceptor for SessionInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let guard = self.session.read().unwrap_or_else(|e| e.into_inner());
+        let session = guard
+            .as_ref()
+            .ok_or_else(|| tonic::Status::unauthenticated("not logged in"))?;
+        let invalid = |what| {
+            tonic::Status::invalid_argument(format!(
+                "the session's {what} is not a valid header value"
+            ))
+        };
+        let mut token: tonic::metadata::MetadataValue<_> = session
+            .access_token
+            .expose_secret()
+            .parse()
+            .map_err(|_| invalid("access token"))?;
+        token.set_sensitive(true);
+        let metadata = request.metadata_mut();
+        metadata.insert("accesstoken", token);
+        metadata.insert(
+            "instanceurl",
+            session
+                .instance_url
+                .parse()
+                .map_err(|_| invalid("instance URL"))?,
+        );
+        metadata.insert(
+            "tenantid",
+            session.org_id.parse().map_err(|_| invalid("org id"))?,
+        );
+        let trace: tonic::metadata::MetadataValue<_> = uuid::Uuid::new_v4()
+            .to_string()
+            .parse()
+            .map_err(|_| invalid("trace id"))?;
+        metadata.insert("x-client-trace-id", trace);
+        Ok(request)
     }
 }
 

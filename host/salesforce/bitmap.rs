@@ -86,7 +86,7 @@ mod tests {
 
     fn account() -> FieldNames {
         let json = include_str!("../sim/schemas/AccountChangeEvent.avsc");
-        parse_schema("acct", json).unwrap().event.names.clone()
+        parse_schema("acct", json).unwrap().names.clone()
     }
 
     fn strings(items: &[&str]) -> Vec<String> {

@@ -4,4 +4,5 @@ pub mod auth;
 pub mod avro;
 pub mod bitmap;
 pub mod pubsub;
+pub mod replay;
 pub mod schema;

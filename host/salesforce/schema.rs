@@ -36,24 +36,16 @@ pub enum DecodeError {
     Header(String),
 }
 
-/// A writer schema with its compiled decoder.
-#[derive(Debug)]
-pub struct WriterSchema {
-    pub event: Arc<EventSchema>,
-    /// Field plans in schema order; the first is `ChangeEventHeader`.
-    fields: Vec<(Arc<str>, Plan)>,
-}
-
 /// Parsed writer schemas by schema id.
 #[derive(Default)]
 pub struct SchemaCache {
-    schemas: RwLock<HashMap<String, Arc<WriterSchema>>>,
+    schemas: RwLock<HashMap<String, Arc<EventSchema>>>,
     /// Schemas that could not be parsed, with the reason: fetched once, not per event.
     failures: RwLock<HashMap<String, String>>,
 }
 
 impl SchemaCache {
-    pub fn get(&self, id: &str) -> Option<Arc<WriterSchema>> {
+    pub fn get(&self, id: &str) -> Option<Arc<EventSchema>> {
         self.schemas
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -62,7 +54,7 @@ impl SchemaCache {
     }
 
     /// Parses `json` and caches it under `id`; a schema already cached is returned as is.
-    pub fn insert(&self, id: &str, json: &str) -> Result<Arc<WriterSchema>, SchemaError> {
+    pub fn insert(&self, id: &str, json: &str) -> Result<Arc<EventSchema>, SchemaError> {
         if let Some(schema) = self.get(id) {
             return Ok(schema);
         }
@@ -100,7 +92,7 @@ impl SchemaCache {
 
 /// Parses a change event writer schema, indexes its field names for bitmap decoding, and
 /// compiles its decoder.
-pub fn parse_schema(id: &str, json: &str) -> Result<WriterSchema, SchemaError> {
+pub fn parse_schema(id: &str, json: &str) -> Result<EventSchema, SchemaError> {
     let avro = Schema::parse_str(json).map_err(|e| SchemaError::Parse {
         id: id.to_string(),
         source: Box::new(e),
@@ -136,16 +128,13 @@ pub fn parse_schema(id: &str, json: &str) -> Result<WriterSchema, SchemaError> {
     let Plan::Record(fields) = Plan::compile(&avro).map_err(|e| not_cdc(&e.to_string()))? else {
         return Err(not_cdc("the top-level type is not a record"));
     };
-    Ok(WriterSchema {
-        event: Arc::new(EventSchema {
-            id: id.to_string(),
-            json: json.to_string(),
-            json_literal: serde_json::value::to_raw_value(json)
-                .expect("a string always serializes"),
-            avro: avro.clone(),
-            names: FieldNames::new(top, children),
-        }),
-        fields,
+    Ok(EventSchema {
+        id: id.to_string(),
+        json: json.to_string(),
+        json_literal: serde_json::value::to_raw_value(json).expect("a string always serializes"),
+        avro: avro.clone(),
+        names: FieldNames::new(top, children),
+        plans: fields,
     })
 }
 
@@ -195,21 +184,21 @@ pub struct EventMeta {
 
 /// Decodes one payload with its writer schema.
 pub fn decode_event(
-    schema: &WriterSchema,
+    schema: &Arc<EventSchema>,
     meta: EventMeta,
     payload: Bytes,
 ) -> Result<ChangeEvent, DecodeError> {
     let avro_error = |e: AvroError| DecodeError::Avro {
-        schema_id: schema.event.id.clone(),
+        schema_id: schema.id.clone(),
         reason: e.to_string(),
     };
     let mut reader = Reader::new(&payload);
     let (header_plan, data_plans) = schema
-        .fields
+        .plans
         .split_first()
         .ok_or_else(|| DecodeError::Header("the schema has no fields".into()))?;
     let header =
-        decode_header(&mut reader, &header_plan.1, &schema.event.names).map_err(|e| match e {
+        decode_header(&mut reader, &header_plan.1, &schema.names).map_err(|e| match e {
             HeaderError::Avro(e) => avro_error(e),
             HeaderError::Invalid(reason) => DecodeError::Header(reason),
         })?;
@@ -227,7 +216,7 @@ pub fn decode_event(
         channel: meta.channel,
         replay_id: meta.replay_id,
         event_id: meta.event_id,
-        schema: schema.event.clone(),
+        schema: schema.clone(),
         payload,
         header_len,
         modified_by: None,
@@ -243,27 +232,42 @@ pub struct EncodeError {
     pub reason: String,
 }
 
-/// The event's payload re-encoded against its writer schema after transforms changed
-/// fields: the original header bytes, then every field from the event.
-pub fn encode_payload(schema: &WriterSchema, event: &ChangeEvent) -> Result<Bytes, EncodeError> {
-    let header = event
-        .payload
-        .get(..event.header_len)
-        .ok_or_else(|| EncodeError {
-            field: "ChangeEventHeader".into(),
-            reason: "the original header is missing".into(),
-        })?;
-    let mut out = Vec::with_capacity(event.payload.len() + 64);
-    out.extend_from_slice(header);
-    for ((name, plan), field) in schema.fields.iter().skip(1).zip(&event.fields) {
-        crate::salesforce::avro::write(plan, &field.value, &mut out).map_err(|reason| {
-            EncodeError {
-                field: name.to_string(),
-                reason,
-            }
-        })?;
+impl ChangeEvent {
+    /// The payload re-encoded against the event's writer schema after transforms changed
+    /// fields: the original header bytes, then every field from the event.
+    pub fn encode(&self) -> Result<Bytes, EncodeError> {
+        let header = self
+            .payload
+            .get(..self.header_len)
+            .ok_or_else(|| EncodeError {
+                field: "ChangeEventHeader".into(),
+                reason: "the original header is missing".into(),
+            })?;
+        let mut out = Vec::with_capacity(self.payload.len() + 64);
+        out.extend_from_slice(header);
+        for ((name, plan), field) in self.schema.plans.iter().skip(1).zip(&self.fields) {
+            crate::salesforce::avro::write(plan, &field.value, &mut out).map_err(|reason| {
+                EncodeError {
+                    field: name.to_string(),
+                    reason,
+                }
+            })?;
+        }
+        Ok(Bytes::from(out))
     }
-    Ok(Bytes::from(out))
+
+    /// The payload brought up to date after the transforms: re-encoded if one changed a
+    /// field. The error names that transform, and why its value does not fit the schema.
+    pub fn reencode(&mut self) -> Result<(), (Arc<str>, String)> {
+        let Some(by) = self.modified_by.clone() else {
+            return Ok(());
+        };
+        self.payload = self.encode().map_err(|e| {
+            let why = format!("transform {by} set a value that does not fit the schema: {e}");
+            (by, why)
+        })?;
+        Ok(())
+    }
 }
 
 enum HeaderError {
@@ -371,7 +375,7 @@ mod tests {
 
     #[test]
     fn real_schemas_parse_with_compound_children() {
-        let account = parse_schema("a", ACCOUNT).unwrap().event;
+        let account = parse_schema("a", ACCOUNT).unwrap();
         assert_eq!(&*account.names.top[0], "ChangeEventHeader");
         assert_eq!(&*account.names.top[5], "BillingAddress");
         // ShippingAddress is a bare reference to the Address record named by BillingAddress.
@@ -379,7 +383,7 @@ mod tests {
         assert_eq!(shipping.len(), 11);
         assert_eq!(&*shipping[9], "Xyz");
         assert!(account.names.children[7].is_none());
-        let contact = parse_schema("c", CONTACT).unwrap().event;
+        let contact = parse_schema("c", CONTACT).unwrap();
         assert_eq!(&*contact.names.top[3], "Name");
         assert!(contact.names.children[3].is_some());
     }
@@ -405,7 +409,7 @@ mod tests {
     }
 
     /// The event `apache-avro` decodes from the same payload, in our model.
-    fn reference_fields(schema: &WriterSchema, payload: &[u8]) -> Option<Vec<Field>> {
+    fn reference_fields(schema: &EventSchema, payload: &[u8]) -> Option<Vec<Field>> {
         use apache_avro::types::Value as Avro;
         fn convert(value: Avro) -> Value {
             match value {
@@ -431,7 +435,7 @@ mod tests {
             }
         }
         let Avro::Record(fields) =
-            apache_avro::from_avro_datum(&schema.event.avro, &mut &payload[..], None).ok()?
+            apache_avro::from_avro_datum(&schema.avro, &mut &payload[..], None).ok()?
         else {
             return None;
         };
@@ -466,7 +470,7 @@ mod tests {
                 for seq in 0..200 {
                     let g = generate(
                         &entity,
-                        &schema.event,
+                        schema,
                         3,
                         Position { index: seq, seq },
                         seq % 50 == 49,
@@ -493,7 +497,7 @@ mod tests {
         for seq in 0..300 {
             let g = generate(
                 &entity,
-                &entity.schema.event,
+                &entity.schema,
                 5,
                 Position { index: seq, seq },
                 false,
@@ -540,7 +544,7 @@ mod tests {
 
     #[test]
     fn corrupt_payload_is_an_error_not_a_panic() {
-        let schema = parse_schema("a", ACCOUNT).unwrap();
+        let schema = Arc::new(parse_schema("a", ACCOUNT).unwrap());
         let meta = EventMeta {
             org_id: "00D".into(),
             channel: "/data/AccountChangeEvent".into(),
@@ -563,7 +567,7 @@ mod tests {
             .unwrap();
         let g = crate::sim::generator::generate(
             &entity,
-            &entity.schema.event,
+            &entity.schema,
             5,
             crate::sim::generator::Position { index: 0, seq: 1 },
             false,

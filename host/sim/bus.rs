@@ -190,7 +190,7 @@ impl Bus {
                     .gap_every
                     .is_some_and(|n| n > 0 && (index + 1) % n == 0);
                 let variant = generator::variant(self.seed, seq);
-                let key = (entity.name, schema.event.id.clone(), variant, gap);
+                let key = (entity.name, schema.id.clone(), variant, gap);
                 let cached = self
                     .bodies
                     .lock()
@@ -200,13 +200,8 @@ impl Bus {
                 let body = match cached {
                     Some(body) => body,
                     None => {
-                        let body = Arc::new(generator::body(
-                            entity,
-                            &schema.event,
-                            self.seed,
-                            variant,
-                            gap,
-                        ));
+                        let body =
+                            Arc::new(generator::body(entity, schema, self.seed, variant, gap));
                         self.bodies
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -214,13 +209,7 @@ impl Bus {
                         body
                     }
                 };
-                generator::assemble(
-                    entity,
-                    &schema.event,
-                    self.seed,
-                    Position { index, seq },
-                    &body,
-                )
+                generator::assemble(entity, schema, self.seed, Position { index, seq }, &body)
             }
         };
         if self.faults.corrupt_at.contains(&seq) {
@@ -237,18 +226,10 @@ impl Bus {
     }
 }
 
-pub fn replay_id(seq: u64) -> Bytes {
-    Bytes::copy_from_slice(&seq.to_be_bytes())
-}
-
-/// The bus position in a replay id, if it is one the bus could have issued.
-pub fn parse_replay_id(id: &[u8]) -> Option<u64> {
-    <[u8; 8]>::try_from(id).ok().map(u64::from_be_bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::generator::{parse_replay_id, replay_id};
 
     fn entities() -> Vec<Arc<Entity>> {
         ["Account", "Contact"]
@@ -283,7 +264,7 @@ mod tests {
                 index: (e.seq - 1) / 2,
                 seq: e.seq,
             };
-            let direct = generator::generate(entity, &entity.schema.event, 3, at, false);
+            let direct = generator::generate(entity, &entity.schema, 3, at, false);
             assert_eq!(
                 (&direct.event_id, &direct.payload),
                 (&e.event_id, &e.payload),

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use crate::salesforce::schema::{SchemaError, WriterSchema, parse_schema};
+use crate::event::EventSchema;
+use crate::salesforce::schema::{SchemaError, parse_schema};
 
 /// The name of the field a schema change adds (see `--schema-change-at`).
 pub const ADDED_FIELD: &str = "Sim_Tier__c";
@@ -48,9 +49,9 @@ pub struct Entity {
     pub key_prefix: &'static str,
     pub channel: String,
     /// The schema events use before a schema change.
-    pub schema: Arc<WriterSchema>,
+    pub schema: Arc<EventSchema>,
     /// The schema after a schema change: the same plus one field at the end.
-    pub changed_schema: Arc<WriterSchema>,
+    pub changed_schema: Arc<EventSchema>,
 }
 
 impl Entity {
@@ -112,12 +113,12 @@ mod tests {
         let mut ids = std::collections::HashSet::new();
         for name in entity_names() {
             let e = Entity::load(name).unwrap().unwrap();
-            assert!(ids.insert(e.schema.event.id.clone()));
-            assert!(ids.insert(e.changed_schema.event.id.clone()));
-            assert_eq!(e.schema.event.id.len(), 22);
+            assert!(ids.insert(e.schema.id.clone()));
+            assert!(ids.insert(e.changed_schema.id.clone()));
+            assert_eq!(e.schema.id.len(), 22);
             assert_eq!(
-                e.changed_schema.event.names.top.len(),
-                e.schema.event.names.top.len() + 1
+                e.changed_schema.names.top.len(),
+                e.schema.names.top.len() + 1
             );
         }
         assert_eq!(channel_for("Invoice__c"), "/data/Invoice__ChangeEvent");

@@ -27,6 +27,16 @@ pub struct Position {
     pub seq: u64,
 }
 
+/// The replay id of bus position `seq`.
+pub fn replay_id(seq: u64) -> Bytes {
+    Bytes::copy_from_slice(&seq.to_be_bytes())
+}
+
+/// The bus position in a replay id, if it is one the bus could have issued.
+pub fn parse_replay_id(id: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(id).ok().map(u64::from_be_bytes)
+}
+
 /// Commit timestamps start here (2026-01-01T00:00:00Z) and advance 1 s per bus position.
 const EPOCH_MS: i64 = 1_767_225_600_000;
 
@@ -196,21 +206,15 @@ pub fn generate(
 /// addresses, phones, emails, numbers, dates, flags), encoded against the real schema.
 pub fn standard_account_event(entity: &Entity) -> crate::event::ChangeEvent {
     use crate::event::{ReplayId, Value};
-    use crate::salesforce::schema::{EventMeta, decode_event, encode_payload};
+    use crate::salesforce::schema::{EventMeta, decode_event};
     let schema = &entity.schema;
     let mut seq = 1;
     let mut event = loop {
-        let g = generate(
-            entity,
-            &schema.event,
-            42,
-            Position { index: seq, seq },
-            false,
-        );
+        let g = generate(entity, schema, 42, Position { index: seq, seq }, false);
         let meta = EventMeta {
             org_id: "00DSIM0000000001AAA".into(),
             channel: entity.channel.as_str().into(),
-            replay_id: ReplayId::new(crate::sim::bus::replay_id(seq)),
+            replay_id: ReplayId::new(replay_id(seq)),
             event_id: g.event_id,
         };
         let event = decode_event(schema, meta, g.payload).expect("generated events decode");
@@ -265,7 +269,7 @@ pub fn standard_account_event(entity: &Entity) -> crate::event::ChangeEvent {
             "{name} is in the Account schema"
         );
     }
-    event.payload = encode_payload(schema, &event).expect("the standard event fits its schema");
+    event.payload = event.encode().expect("the standard event fits its schema");
     event.modified_by = None;
     event
 }
@@ -670,10 +674,14 @@ fn wrap(field: &Schema, value: Avro) -> Avro {
 mod tests {
     use super::*;
     use crate::event::ReplayId;
-    use crate::salesforce::schema::{EventMeta, WriterSchema, decode_event};
+    use crate::salesforce::schema::{EventMeta, decode_event};
     use crate::sim::catalog::entity_names;
 
-    fn decode(entity: &Entity, schema: &WriterSchema, g: &Generated) -> crate::event::ChangeEvent {
+    fn decode(
+        entity: &Entity,
+        schema: &std::sync::Arc<EventSchema>,
+        g: &Generated,
+    ) -> crate::event::ChangeEvent {
         let meta = EventMeta {
             org_id: "00D".into(),
             channel: entity.channel.as_str().into(),
@@ -690,7 +698,7 @@ mod tests {
             for seq in 0..300 {
                 let g = generate(
                     &entity,
-                    &entity.schema.event,
+                    &entity.schema,
                     7,
                     Position { index: seq, seq },
                     false,
@@ -725,9 +733,9 @@ mod tests {
     fn same_seed_same_event_other_seed_other_event() {
         let entity = Entity::load("Account").unwrap().unwrap();
         let at = Position { index: 5, seq: 26 };
-        let a = generate(&entity, &entity.schema.event, 7, at, false);
-        let b = generate(&entity, &entity.schema.event, 7, at, false);
-        let c = generate(&entity, &entity.schema.event, 8, at, false);
+        let a = generate(&entity, &entity.schema, 7, at, false);
+        let b = generate(&entity, &entity.schema, 7, at, false);
+        let c = generate(&entity, &entity.schema, 8, at, false);
         assert_eq!(
             (a.event_id.clone(), a.payload.clone()),
             (b.event_id, b.payload)
@@ -740,7 +748,7 @@ mod tests {
         let entity = Entity::load("Contact").unwrap().unwrap();
         let g = generate(
             &entity,
-            &entity.schema.event,
+            &entity.schema,
             1,
             Position { index: 0, seq: 1 },
             true,

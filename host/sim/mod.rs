@@ -1,6 +1,7 @@
 //! A Salesforce org on loopback: the Pub/Sub API over gRPC and the login endpoints over HTTP,
 //! for the demo and the tests. Never on a production path.
 
+pub mod args;
 pub mod bus;
 pub mod catalog;
 pub mod databricks;

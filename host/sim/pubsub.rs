@@ -24,8 +24,9 @@ use crate::proto::pubsub::{
     PublishResult, ReplayPreset, SchemaInfo, SchemaRequest, TopicInfo, TopicRequest,
 };
 use crate::salesforce::schema::{EventMeta, decode_event};
-use crate::sim::bus::{Bus, parse_replay_id, replay_id};
+use crate::sim::bus::Bus;
 use crate::sim::generator::Generated;
+use crate::sim::generator::{parse_replay_id, replay_id};
 use crate::sim::login::Tokens;
 
 /// Error codes as the real service puts them in the `error-code` trailer.
@@ -252,11 +253,11 @@ impl PubSub for Arc<PubSubService> {
             .entities
             .iter()
             .flat_map(|e| [&e.schema, &e.changed_schema])
-            .find(|s| &s.event.id == id)
+            .find(|s| &s.id == id)
             .ok_or_else(|| Status::not_found(format!("schema {id} not found")))?;
         Ok(Response::new(SchemaInfo {
-            schema_json: schema.event.json.clone(),
-            schema_id: schema.event.id.clone(),
+            schema_json: schema.json.clone(),
+            schema_id: schema.id.clone(),
             rpc_id: uuid::Uuid::new_v4().to_string(),
         }))
     }
@@ -274,7 +275,7 @@ impl PubSub for Arc<PubSubService> {
             can_publish: entity.is_some(),
             can_subscribe: true,
             schema_id: entity
-                .map(|i| self.bus.entities[i as usize].schema.event.id.clone())
+                .map(|i| self.bus.entities[i as usize].schema.id.clone())
                 .unwrap_or_default(),
             rpc_id: uuid::Uuid::new_v4().to_string(),
         }))
@@ -499,7 +500,7 @@ impl PubSubService {
             .collect();
         Ok(PublishResponse {
             results,
-            schema_id: schemas.schema.event.id.clone(),
+            schema_id: schemas.schema.id.clone(),
             rpc_id: uuid::Uuid::new_v4().to_string(),
         })
     }
@@ -507,7 +508,7 @@ impl PubSubService {
     fn publish_one(
         &self,
         entity: u16,
-        schemas: [&Arc<crate::salesforce::schema::WriterSchema>; 2],
+        schemas: [&Arc<crate::event::EventSchema>; 2],
         event: ProducerEvent,
     ) -> PublishResult {
         let failure = |msg: &str| PublishResult {
@@ -518,7 +519,7 @@ impl PubSubService {
             }),
             correlation_key: event.id.clone(),
         };
-        let Some(schema) = schemas.into_iter().find(|s| s.event.id == event.schema_id) else {
+        let Some(schema) = schemas.into_iter().find(|s| s.id == event.schema_id) else {
             return failure("unknown schema id for this topic");
         };
         let meta = EventMeta {

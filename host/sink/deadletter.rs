@@ -1,7 +1,11 @@
 //! Events that could not be delivered, kept with why and where they failed, so nothing is
 //! lost silently and the checkpoint may pass them.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
+
+use crate::sink::columns::{Cell, Cells, Column, DEAD_LETTER};
 
 use crate::sink::row::base64_bytes;
 
@@ -58,6 +62,25 @@ impl DeadLetter {
             schema_id: event.schema.id.clone(),
             payload: event.payload.to_vec(),
             dead_lettered_at: at,
+        }
+    }
+}
+
+impl Cells for DeadLetter {
+    const COLUMNS: &'static [Column] = &DEAD_LETTER;
+
+    fn cell(&self, i: usize) -> Cell<'_> {
+        match i {
+            0 => Cell::Text(Cow::Owned(self.stage.label())),
+            1 => Cell::Text(Cow::Borrowed(&self.error)),
+            2 => Cell::Text(Cow::Borrowed(&self.org_id)),
+            3 => Cell::Text(Cow::Borrowed(&self.channel)),
+            4 => Cell::Text(Cow::Borrowed(&self.replay_id)),
+            5 => Cell::Text(Cow::Borrowed(&self.event_id)),
+            6 => Cell::Text(Cow::Borrowed(&self.schema_id)),
+            7 => Cell::Bytes(&self.payload),
+            8 => Cell::Long(self.dead_lettered_at),
+            _ => unreachable!("a dead letter has {} columns", DEAD_LETTER.len()),
         }
     }
 }

@@ -39,6 +39,8 @@ use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
 use futures::StreamExt;
 use url::Url;
 
+use crate::sink::columns::{self, Cell, Cells, Column, Type};
+
 use crate::event::ReplayId;
 use crate::sink::{DeadLetter, RouteKind, Row, SinkError};
 
@@ -104,47 +106,24 @@ enum Kind {
     DeadLetters,
 }
 
+/// The table's columns, from their one definition in [`crate::sink::columns`].
 fn columns(kind: Kind) -> Vec<StructField> {
-    let string = |n: &str| StructField::new(n, DataType::STRING, true);
-    let long = |n: &str| StructField::new(n, DataType::LONG, true);
-    let list = |n: &str| {
-        StructField::new(
-            n,
-            DataType::Array(Box::new(ArrayType::new(DataType::STRING, true))),
-            true,
-        )
+    let columns: &[Column] = match kind {
+        Kind::Rows => &columns::ROW,
+        Kind::DeadLetters => &columns::DEAD_LETTER,
     };
-    match kind {
-        Kind::Rows => vec![
-            string("event_id"),
-            string("schema_id"),
-            string("replay_id"),
-            long("timestamp"),
-            string("change_type"),
-            string("entity_name"),
-            string("change_origin"),
-            list("record_ids"),
-            list("changed_fields"),
-            list("nulled_fields"),
-            list("diff_fields"),
-            string("record_data_json"),
-            StructField::new("payload_binary", DataType::BINARY, true),
-            string("schema_json"),
-            string("org_id"),
-            long("processed_timestamp"),
-        ],
-        Kind::DeadLetters => vec![
-            string("stage"),
-            string("error"),
-            string("org_id"),
-            string("channel"),
-            string("replay_id"),
-            string("event_id"),
-            string("schema_id"),
-            StructField::new("payload", DataType::BINARY, true),
-            long("dead_lettered_at"),
-        ],
-    }
+    columns
+        .iter()
+        .map(|c| {
+            let ty = match c.ty {
+                Type::Text => DataType::STRING,
+                Type::Long => DataType::LONG,
+                Type::TextList => DataType::Array(Box::new(ArrayType::new(DataType::STRING, true))),
+                Type::Bytes => DataType::BINARY,
+            };
+            StructField::new(c.name, ty, true)
+        })
+        .collect()
 }
 
 /// Sibling table → replay ids of rows it already holds for events the checkpoint does not cover.
@@ -513,7 +492,7 @@ impl DeltaSink {
             .iter()
             .filter(|r| held.is_none_or(|h| !h.contains(&r.replay_id)))
             .collect();
-        let batch = rows_batch(&target.schema, &rows).map_err(|e| error(&target.url, e))?;
+        let batch = batch(&target.schema, &rows).map_err(|e| error(&target.url, e))?;
         target.write(batch, rows.len()).await
     }
 
@@ -524,7 +503,7 @@ impl DeltaSink {
             .iter()
             .filter(|l| held.is_none_or(|h| !h.contains(&l.replay_id)))
             .collect();
-        let batch = letters_batch(&target.schema, &letters).map_err(|e| error(&target.url, e))?;
+        let batch = batch(&target.schema, &letters).map_err(|e| error(&target.url, e))?;
         target.write(batch, letters.len()).await
     }
 
@@ -619,91 +598,66 @@ fn cast(
     }
 }
 
-fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
-    let mut b = StringBuilder::new();
-    values.for_each(|v| b.append_value(v));
-    Arc::new(b.finish())
-}
-
-fn longs(values: impl Iterator<Item = i64>) -> ArrayRef {
-    let mut b = Int64Builder::new();
-    values.for_each(|v| b.append_value(v));
-    Arc::new(b.finish())
-}
-
-fn lists<'a>(values: impl Iterator<Item = &'a Vec<String>>) -> ArrayRef {
-    let mut b = ListBuilder::new(StringBuilder::new());
-    for list in values {
-        list.iter().for_each(|v| b.values().append_value(v));
-        b.append(true);
-    }
-    Arc::new(b.finish())
-}
-
-fn binaries<'a>(values: impl Iterator<Item = &'a [u8]>) -> ArrayRef {
-    let mut b = BinaryBuilder::new();
-    values.for_each(|v| b.append_value(v));
-    Arc::new(b.finish())
-}
-
-fn batch(
+/// An Arrow batch of `rows`, a column at a time.
+fn batch<T: Cells>(
     schema: &Arc<ArrowSchema>,
-    arrays: Vec<ArrayRef>,
+    rows: &[&T],
 ) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-    let arrays = arrays
-        .into_iter()
+    let arrays = T::COLUMNS
+        .iter()
         .enumerate()
-        .map(|(i, a)| cast(a, schema, i))
+        .map(|(i, column)| cast(array(rows, i, column.ty), schema, i))
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(schema.clone(), arrays)
 }
 
-fn rows_batch(
-    schema: &Arc<ArrowSchema>,
-    rows: &[&Row],
-) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-    batch(
-        schema,
-        vec![
-            strings(rows.iter().map(|r| r.event.event_id.as_str())),
-            strings(rows.iter().map(|r| r.schema().id.as_str())),
-            strings(rows.iter().map(|r| r.replay_id.as_str())),
-            longs(rows.iter().map(|r| r.timestamp())),
-            strings(rows.iter().map(|r| r.change_type())),
-            strings(rows.iter().map(|r| r.event.header.entity_name.as_str())),
-            strings(rows.iter().map(|r| r.event.header.change_origin.as_str())),
-            lists(rows.iter().map(|r| &r.event.header.record_ids)),
-            lists(rows.iter().map(|r| &r.event.header.changed_fields)),
-            lists(rows.iter().map(|r| &r.event.header.nulled_fields)),
-            lists(rows.iter().map(|r| &r.event.header.diff_fields)),
-            strings(rows.iter().map(|r| r.record_data_json.as_str())),
-            binaries(rows.iter().map(|r| &r.event.payload[..])),
-            strings(rows.iter().map(|r| r.schema().json.as_str())),
-            strings(rows.iter().map(|r| &*r.event.org_id)),
-            longs(rows.iter().map(|r| r.processed_timestamp)),
-        ],
-    )
-}
-
-fn letters_batch(
-    schema: &Arc<ArrowSchema>,
-    letters: &[&DeadLetter],
-) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-    let stages: Vec<String> = letters.iter().map(|l| l.stage.label()).collect();
-    batch(
-        schema,
-        vec![
-            strings(stages.iter().map(String::as_str)),
-            strings(letters.iter().map(|l| l.error.as_str())),
-            strings(letters.iter().map(|l| l.org_id.as_str())),
-            strings(letters.iter().map(|l| l.channel.as_str())),
-            strings(letters.iter().map(|l| l.replay_id.as_str())),
-            strings(letters.iter().map(|l| l.event_id.as_str())),
-            strings(letters.iter().map(|l| l.schema_id.as_str())),
-            binaries(letters.iter().map(|l| l.payload.as_slice())),
-            longs(letters.iter().map(|l| l.dead_lettered_at)),
-        ],
-    )
+/// Column `i` of `rows`, whose type is `ty`.
+fn array<T: Cells>(rows: &[&T], i: usize, ty: Type) -> ArrayRef {
+    let wrong =
+        |cell: Cell<'_>| -> ! { unreachable!("column {i} is {ty:?}, the row gave {cell:?}") };
+    match ty {
+        Type::Text => {
+            let mut b = StringBuilder::new();
+            for row in rows {
+                match row.cell(i) {
+                    Cell::Text(v) => b.append_value(v),
+                    other => wrong(other),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        Type::Long => {
+            let mut b = Int64Builder::new();
+            for row in rows {
+                match row.cell(i) {
+                    Cell::Long(v) => b.append_value(v),
+                    other => wrong(other),
+                }
+            }
+            Arc::new(b.finish())
+        }
+        Type::TextList => {
+            let mut b = ListBuilder::new(StringBuilder::new());
+            for row in rows {
+                match row.cell(i) {
+                    Cell::TextList(list) => list.iter().for_each(|v| b.values().append_value(v)),
+                    other => wrong(other),
+                }
+                b.append(true);
+            }
+            Arc::new(b.finish())
+        }
+        Type::Bytes => {
+            let mut b = BinaryBuilder::new();
+            for row in rows {
+                match row.cell(i) {
+                    Cell::Bytes(v) => b.append_value(v),
+                    other => wrong(other),
+                }
+            }
+            Arc::new(b.finish())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Where rows go. A sink writes rows and, on `flush`, makes everything written so far
 //! durable; only then may the checkpoint move past those rows.
 
+pub mod columns;
 pub mod deadletter;
 pub mod delta;
 pub mod jsonl;

@@ -4,27 +4,10 @@
 use base64::Engine;
 use serde::Serialize;
 
-use crate::event::{ChangeEvent, EventSchema};
+use std::borrow::Cow;
 
-/// The columns, in the reference's DDL order.
-pub const COLUMNS: [&str; 16] = [
-    "event_id",
-    "schema_id",
-    "replay_id",
-    "timestamp",
-    "change_type",
-    "entity_name",
-    "change_origin",
-    "record_ids",
-    "changed_fields",
-    "nulled_fields",
-    "diff_fields",
-    "record_data_json",
-    "payload_binary",
-    "schema_json",
-    "org_id",
-    "processed_timestamp",
-];
+use crate::event::{ChangeEvent, EventSchema};
+use crate::sink::columns::{self, Cell, Cells, Column, ROW};
 
 /// One row: the event it comes from, moved in rather than copied (a row is ~15 KB, most of
 /// it the schema JSON and the record JSON, and every sink reads the columns in place).
@@ -67,84 +50,72 @@ impl Row {
         &self.event.schema
     }
 
-    /// The `CdcEventRow` protobuf message of `proto/sfzb_row.proto`, written straight from
-    /// the row: building the generated struct first would copy every column once more.
+    /// The `CdcEventRow` protobuf message of `proto/sfzb_row.proto`.
     pub fn encode_proto(&self, buf: &mut Vec<u8>) {
-        use prost::encoding::{int64, string};
         let e = &self.event;
-        let h = &e.header;
         buf.reserve(e.schema.json.len() + self.record_data_json.len() + e.payload.len() + 512);
-        string::encode(1, &e.event_id, buf);
-        string::encode(2, &e.schema.id, buf);
-        string::encode(3, &self.replay_id, buf);
-        int64::encode(4, &h.commit_timestamp, buf);
-        put_str(5, self.change_type(), buf);
-        string::encode(6, &h.entity_name, buf);
-        string::encode(7, &h.change_origin, buf);
-        string::encode_repeated(8, &h.record_ids, buf);
-        string::encode_repeated(9, &h.changed_fields, buf);
-        string::encode_repeated(10, &h.nulled_fields, buf);
-        string::encode_repeated(11, &h.diff_fields, buf);
-        string::encode(12, &self.record_data_json, buf);
-        prost::encoding::bytes::encode(13, &e.payload, buf);
-        string::encode(14, &e.schema.json, buf);
-        put_str(15, &e.org_id, buf);
-        int64::encode(16, &self.processed_timestamp, buf);
+        columns::encode_proto(self, buf);
     }
 }
 
-fn put_str(tag: u32, value: &str, buf: &mut Vec<u8>) {
-    use prost::encoding::{WireType, encode_key, encode_varint};
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
-    buf.extend_from_slice(value.as_bytes());
+/// The `schema_json` column: in JSON, written from the schema's literal escaped once.
+const SCHEMA_JSON: usize = 13;
+
+impl Cells for Row {
+    const COLUMNS: &'static [Column] = &ROW;
+
+    fn cell(&self, i: usize) -> Cell<'_> {
+        let e = &self.event;
+        let h = &e.header;
+        match i {
+            0 => Cell::Text(Cow::Borrowed(&e.event_id)),
+            1 => Cell::Text(Cow::Borrowed(&e.schema.id)),
+            2 => Cell::Text(Cow::Borrowed(&self.replay_id)),
+            3 => Cell::Long(h.commit_timestamp),
+            4 => Cell::Text(Cow::Borrowed(self.change_type())),
+            5 => Cell::Text(Cow::Borrowed(&h.entity_name)),
+            6 => Cell::Text(Cow::Borrowed(&h.change_origin)),
+            7 => Cell::TextList(&h.record_ids),
+            8 => Cell::TextList(&h.changed_fields),
+            9 => Cell::TextList(&h.nulled_fields),
+            10 => Cell::TextList(&h.diff_fields),
+            11 => Cell::Text(Cow::Borrowed(&self.record_data_json)),
+            12 => Cell::Bytes(&e.payload),
+            SCHEMA_JSON => Cell::Text(Cow::Borrowed(&e.schema.json)),
+            14 => Cell::Text(Cow::Borrowed(&e.org_id)),
+            15 => Cell::Long(self.processed_timestamp),
+            _ => unreachable!("a row has {} columns", ROW.len()),
+        }
+    }
 }
 
 /// The JSON line of a row: the 16 columns by name, in the reference's order.
-#[derive(Serialize)]
-struct RowJson<'a> {
-    event_id: &'a str,
-    schema_id: &'a str,
-    replay_id: &'a str,
-    timestamp: i64,
-    change_type: &'a str,
-    entity_name: &'a str,
-    change_origin: &'a str,
-    record_ids: &'a [String],
-    changed_fields: &'a [String],
-    nulled_fields: &'a [String],
-    diff_fields: &'a [String],
-    record_data_json: &'a str,
-    #[serde(serialize_with = "base64_bytes")]
-    payload_binary: &'a [u8],
-    schema_json: &'a serde_json::value::RawValue,
-    org_id: &'a str,
-    processed_timestamp: i64,
-}
-
 impl Serialize for Row {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let e = &self.event;
-        let h = &e.header;
-        RowJson {
-            event_id: &e.event_id,
-            schema_id: &e.schema.id,
-            replay_id: &self.replay_id,
-            timestamp: h.commit_timestamp,
-            change_type: self.change_type(),
-            entity_name: &h.entity_name,
-            change_origin: &h.change_origin,
-            record_ids: &h.record_ids,
-            changed_fields: &h.changed_fields,
-            nulled_fields: &h.nulled_fields,
-            diff_fields: &h.diff_fields,
-            record_data_json: &self.record_data_json,
-            payload_binary: &e.payload,
-            schema_json: &e.schema.json_literal,
-            org_id: &e.org_id,
-            processed_timestamp: self.processed_timestamp,
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(ROW.len()))?;
+        for (i, column) in ROW.iter().enumerate() {
+            if i == SCHEMA_JSON {
+                map.serialize_entry(column.name, &self.event.schema.json_literal)?;
+                continue;
+            }
+            match self.cell(i) {
+                Cell::Text(v) => map.serialize_entry(column.name, &*v)?,
+                Cell::Long(v) => map.serialize_entry(column.name, &v)?,
+                Cell::TextList(v) => map.serialize_entry(column.name, v)?,
+                Cell::Bytes(v) => map.serialize_entry(column.name, &Base64(v))?,
+            }
         }
-        .serialize(s)
+        map.end()
+    }
+}
+
+/// Bytes as base64 text in JSON.
+struct Base64<'a>(&'a [u8]);
+
+impl Serialize for Base64<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        base64_bytes(self.0, s)
     }
 }
 
@@ -167,12 +138,13 @@ mod tests {
         let row = row();
         let line = serde_json::to_string(&row).unwrap();
         let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let mut at: Vec<(usize, &str)> = COLUMNS
+        let names: Vec<&str> = ROW.iter().map(|c| c.name).collect();
+        let mut at: Vec<(usize, &str)> = names
             .iter()
             .map(|c| (line.find(&format!("\"{c}\":")).unwrap(), *c))
             .collect();
         at.sort_unstable();
-        assert_eq!(at.iter().map(|(_, c)| *c).collect::<Vec<_>>(), COLUMNS);
+        assert_eq!(at.iter().map(|(_, c)| *c).collect::<Vec<_>>(), names);
         assert_eq!(json.as_object().unwrap().len(), 16);
         let payload = base64::engine::general_purpose::STANDARD
             .decode(json["payload_binary"].as_str().unwrap())

@@ -13,7 +13,6 @@ use databricks_zerobus_ingest_sdk::{ZerobusSdk, ZerobusStream};
 use prost::Message;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::proto::row::DeadLetterRow;
 use crate::sink::{DeadLetter, RouteKind, Row, SinkError};
 
 /// How to reach Zerobus.
@@ -175,7 +174,11 @@ impl ZerobusSink {
         let table = format!("{}_dead_letter", self.table);
         let records = letters
             .iter()
-            .map(|l| dead_proto(l).encode_to_vec())
+            .map(|l| {
+                let mut buf = Vec::new();
+                crate::sink::columns::encode_proto(l, &mut buf);
+                buf
+            })
             .collect();
         self.send(table, "DeadLetterRow", records).await
     }
@@ -186,20 +189,6 @@ impl ZerobusSink {
             stream.flush().await.map_err(|e| error(table, e))?;
         }
         Ok(())
-    }
-}
-
-fn dead_proto(letter: &DeadLetter) -> DeadLetterRow {
-    DeadLetterRow {
-        stage: Some(letter.stage.label()),
-        error: Some(letter.error.clone()),
-        org_id: Some(letter.org_id.clone()),
-        channel: Some(letter.channel.clone()),
-        replay_id: Some(letter.replay_id.clone()),
-        event_id: Some(letter.event_id.clone()),
-        schema_id: Some(letter.schema_id.clone()),
-        payload: Some(letter.payload.clone()),
-        dead_lettered_at: Some(letter.dead_lettered_at),
     }
 }
 

@@ -60,6 +60,9 @@ impl TransformError {
     }
 }
 
+/// The least time `init` may take.
+const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Per-store state: WASI (denied), the resource table holding events, the memory cap, and
 /// what the current call has made the host hold.
 pub struct State {
@@ -497,7 +500,13 @@ impl Runtime {
                 .map_err(start)?;
         }
         let bindings = pre.instantiate(&mut store).map_err(start)?;
-        store.set_epoch_deadline(limits.deadline_ticks());
+        // `init` starts the guest's language runtime too (a JavaScript engine takes tens of
+        // milliseconds, more on a busy machine): it gets the longer of its timeout and this.
+        let init_limits = Limits {
+            timeout: limits.timeout.max(INIT_TIMEOUT),
+            ..*limits
+        };
+        store.set_epoch_deadline(init_limits.deadline_ticks());
         match bindings.call_init(&mut store, config) {
             Ok(Ok(())) => Ok(Instance {
                 store,
@@ -510,7 +519,7 @@ impl Runtime {
             }),
             Err(e) => Err(TransformError::Start {
                 name: name.to_string(),
-                detail: describe_trap(&e, &store, limits),
+                detail: describe_trap(&e, &store, &init_limits),
             }),
         }
     }

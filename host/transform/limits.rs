@@ -13,7 +13,8 @@ use wasmtime::Engine;
 /// How often the engine's epoch advances; deadlines are counted in these ticks.
 pub const TICK: Duration = Duration::from_millis(2);
 
-/// Limits for one transform.
+/// Limits for one transform; their defaults are those of the settings
+/// ([`crate::config::file::TransformSection`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Linear memory an instance may grow to.
@@ -37,23 +38,6 @@ pub struct Limits {
     /// `max-log-lines-per-sec`: guest log lines per second; the rest are counted and
     /// summarised in one line.
     pub max_log_lines_per_sec: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory_bytes: 64 << 20,
-            timeout: Duration::from_millis(100),
-            fuel: None,
-            recycle_after: 100_000,
-            // A Salesforce event is at most 1 MB; a long text area holds 131,072 characters.
-            max_added_bytes: 1 << 20,
-            max_outputs: 100,
-            max_batch_output_bytes: 64 << 20,
-            max_tables: 100,
-            max_log_lines_per_sec: 100,
-        }
-    }
 }
 
 impl Limits {

@@ -292,7 +292,7 @@ async fn a_stalled_sink_is_unhealthy_and_a_stop_has_a_deadline() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (endpoint, listen) = (zerobus.url(), format!("127.0.0.1:{}", free_port()));
+    let endpoint = zerobus.url();
     let plan = plan(
         &sim,
         dir.path(),
@@ -303,7 +303,7 @@ async fn a_stalled_sink_is_unhealthy_and_a_stop_has_a_deadline() {
             "--zerobus-endpoint",
             &endpoint,
             "--metrics-listen",
-            &listen,
+            "127.0.0.1:0",
             "--max-checkpoint-lag-secs",
             "1",
             "--shutdown-timeout-secs",
@@ -313,8 +313,9 @@ async fn a_stalled_sink_is_unhealthy_and_a_stop_has_a_deadline() {
         ],
     );
     let cancel = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(sfzb_host::run(plan, cancel.clone()));
-    let healthz = format!("http://{listen}/healthz");
+    let started = sfzb_host::start(plan, cancel.clone()).await.unwrap();
+    let healthz = format!("http://{}/healthz", started.metrics_addr().unwrap());
+    let running = tokio::spawn(started.wait());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let body = loop {
         if let Ok(response) = reqwest::get(&healthz).await
@@ -336,7 +337,6 @@ async fn a_stalled_sink_is_unhealthy_and_a_stop_has_a_deadline() {
     let report = tokio::time::timeout(std::time::Duration::from_secs(30), running)
         .await
         .expect("the stop keeps its deadline")
-        .unwrap()
         .unwrap();
     let err = single(report).unwrap_err().to_string();
     assert!(

@@ -169,19 +169,24 @@ async fn a_holder_whose_lease_is_taken_stops_reading_until_it_gets_it_back() {
         host.said_after("was taken by another process", "Standby:")
     })
     .await;
+    // Its pipeline has ended: nothing more is written until it holds the Lease again.
+    wait_for("pod-a's subscription to stop", || {
+        host.said_after("was taken by another process", "Subscription stopped.")
+    })
+    .await;
     let stopped = setup.written().await.len();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        api.holders(NAMESPACE),
+        vec![(lease.clone(), "someone-else".into())]
+    );
+
     assert_eq!(
         setup.written().await.len(),
         stopped,
         "nothing is written without the Lease: {}",
         host.log()
     );
-    assert_eq!(
-        api.holders(NAMESPACE),
-        vec![(lease.clone(), "someone-else".into())]
-    );
-
+    assert!(!host.said_after("was taken by another process", "Holding Kubernetes Lease"));
     renewing.cancel();
     renewer.await.unwrap();
     api.release(NAMESPACE, &lease);
@@ -200,11 +205,14 @@ async fn a_holder_that_cannot_renew_stops_reading_until_it_holds_the_lease_again
         host.said("Cannot renew Kubernetes Lease") > 0
     })
     .await;
-    // Stopped within the grace period: what it wrote no longer grows while it cannot renew.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Stopped within the grace period: its pipeline ends, so what it wrote no longer grows
+    // while it cannot renew.
+    wait_for("pod-a's subscription to stop", || {
+        host.said_after("Cannot renew Kubernetes Lease", "Subscription stopped.")
+    })
+    .await;
     let stopped = setup.written().await.len();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(setup.written().await.len(), stopped, "{}", host.log());
+    assert!(!host.said_after("Cannot renew Kubernetes Lease", "Holding Kubernetes Lease"));
 
     api.fail_with(None);
     setup.resumes_with_every_event_once(host, stopped).await;

@@ -274,17 +274,15 @@ async fn a_silent_server_trips_the_idle_watchdog_and_we_resubscribe() {
         &["--idle-timeout-secs", "1", "--until-idle", "30"],
     );
     let cancel = tokio_util::sync::CancellationToken::new();
-    let stopper = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        stopper.cancel();
-    });
-    sfzb_host::run(plan, cancel).await.unwrap();
+    let run = tokio::spawn(sfzb_host::run(plan, cancel.clone()));
+    let file = out(dir.path());
+    wait_for("the watchdog to resubscribe and events to arrive", || {
+        sim.stats.subscribes.load(Ordering::Relaxed) >= 2 && lines(&file) > 10
+    })
+    .await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
     let got: Vec<u64> = rows(&out(dir.path())).iter().map(replay).collect();
-    assert!(
-        sim.stats.subscribes.load(Ordering::Relaxed) >= 2,
-        "the watchdog resubscribed"
-    );
     assert!(
         got.len() > 10,
         "events produced after start arrive: {}",
@@ -308,17 +306,15 @@ async fn latest_sees_only_events_published_after_the_subscription() {
         &sim,
         dir.path(),
         "/data/AccountChangeEvent",
-        &["--no-backfill", "--until-idle", "30"],
+        &["--backfill-historical=false", "--until-idle", "30"],
     );
     let cancel = tokio_util::sync::CancellationToken::new();
-    let stopper = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        stopper.cancel();
-    });
-    sfzb_host::run(plan, cancel).await.unwrap();
+    let run = tokio::spawn(sfzb_host::run(plan, cancel.clone()));
+    let file = out(dir.path());
+    wait_for("events published after the start", || lines(&file) >= 10).await;
+    cancel.cancel();
+    run.await.unwrap().unwrap();
     let got: Vec<u64> = rows(&out(dir.path())).iter().map(replay).collect();
-    assert!(!got.is_empty());
     assert!(
         got.iter().all(|p| *p > 50),
         "nothing retained before the start: {got:?}"
@@ -423,7 +419,7 @@ async fn published_events_are_delivered_to_subscribers() {
     let event = |id: &str, schema_id: &str| {
         let g = generate(
             &entity,
-            &entity.schema.event,
+            &entity.schema,
             99,
             Position {
                 index: 500,
@@ -442,7 +438,7 @@ async fn published_events_are_delivered_to_subscribers() {
         .publish(PublishRequest {
             topic_name: "/data/AccountChangeEvent".into(),
             events: vec![
-                event("published-1", &entity.schema.event.id),
+                event("published-1", &entity.schema.id),
                 event("bad-schema", "nope"),
             ],
             auth_refresh: String::new(),
@@ -459,7 +455,7 @@ async fn published_events_are_delivered_to_subscribers() {
 
     let requests = tokio_stream::iter(vec![PublishRequest {
         topic_name: "/data/AccountChangeEvent".into(),
-        events: vec![event("published-2", &entity.schema.event.id)],
+        events: vec![event("published-2", &entity.schema.id)],
         auth_refresh: String::new(),
     }]);
     let mut responses = client.publish_stream(requests).await.unwrap().into_inner();

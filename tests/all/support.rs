@@ -91,6 +91,11 @@ pub fn rows(path: &Path) -> Vec<serde_json::Value> {
     }
 }
 
+/// Complete lines written to `path` so far (a writer may be mid-line), for waiting on.
+pub fn lines(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |bytes| bytes.iter().filter(|b| **b == b'\n').count())
+}
+
 pub fn out(dir: &Path) -> PathBuf {
     dir.join("out.jsonl")
 }
@@ -385,15 +390,6 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
             }
         })
         .collect()
-}
-
-/// A port nothing listens on at the moment (for a server configured by address).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `done` until it holds; fails the test after 30 s.

@@ -274,15 +274,166 @@ async fn a_trapping_guest_dead_letters_the_event_and_the_stream_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_looping_guest_is_stopped_at_its_deadline() {
-    let started = Instant::now();
+async fn a_looping_guest_is_dead_lettered_and_the_stream_goes_on() {
     let (result, written, dead) = faulty("loop", &["--transform-timeout-ms", "50"]).await;
     result.unwrap();
     assert_eq!(written, all_but_every_tenth());
-    assert_dead_lettered(&dead, "timed out");
+    assert_dead_lettered(&dead, "timed out: ran longer than 50 ms");
+}
+
+/// The faulty guest alone, with `settings` and `limits`, on the standard Account event.
+fn faulty_chain(
+    settings: &[(&str, &str)],
+    limits: sfzb_host::transform::Limits,
+    fuel: bool,
+) -> sfzb_host::transform::Chain {
+    let options = sfzb_host::transform::RuntimeOptions {
+        cache_dir: None,
+        fuel,
+    };
+    let runtime = std::sync::Arc::new(sfzb_host::transform::Runtime::new(options).unwrap());
+    let spec = sfzb_host::transform::TransformSpec {
+        name: "faulty".into(),
+        path: guests::component("faulty"),
+        config: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        on_error: Default::default(),
+        limits,
+        allow_tables: vec![],
+    };
+    sfzb_host::transform::Chain::load(runtime, &[spec]).unwrap()
+}
+
+fn account_event() -> sfzb_host::event::ChangeEvent {
+    let entity = sfzb_host::sim::catalog::Entity::load("Account")
+        .unwrap()
+        .unwrap();
+    sfzb_host::sim::generator::standard_account_event(&entity)
+}
+
+fn limits() -> sfzb_host::transform::Limits {
+    sfzb_host::config::file::TransformSection::default().limits()
+}
+
+/// The time one call of a guest that never returns takes, with this timeout.
+fn looping_call(timeout: Duration) -> (Duration, String) {
+    let mut chain = faulty_chain(
+        &[("mode", "loop")],
+        sfzb_host::transform::Limits {
+            timeout,
+            ..limits()
+        },
+        false,
+    );
+    let started = Instant::now();
+    let out = chain.run(vec![account_event()]);
+    let took = started.elapsed();
+    assert!(out.routed.is_empty());
+    (took, out.failed[0].error.clone())
+}
+
+#[test]
+fn a_looping_guest_is_stopped_at_its_deadline() {
+    for timeout in [Duration::from_millis(50), Duration::from_millis(400)] {
+        let (took, error) = looping_call(timeout);
+        assert!(
+            error.contains(&format!("ran longer than {} ms", timeout.as_millis())),
+            "{error}"
+        );
+        // Not before its deadline, and soon after it (the epoch ticks every 2 ms): a
+        // deadline that were fixed, or counted from elsewhere, fails one of the two.
+        assert!(
+            took >= timeout,
+            "stopped after {took:?}, before its {timeout:?}"
+        );
+        assert!(
+            took < timeout + Duration::from_millis(150),
+            "stopped {took:?} into a {timeout:?} deadline"
+        );
+    }
+}
+
+#[test]
+fn a_guest_out_of_fuel_is_stopped_by_fuel_not_time() {
+    let mut chain = faulty_chain(
+        &[("mode", "loop")],
+        sfzb_host::transform::Limits {
+            timeout: Duration::from_secs(60),
+            fuel: Some(2_000_000),
+            ..limits()
+        },
+        true,
+    );
+    let out = chain.run(vec![account_event()]);
+    assert!(out.routed.is_empty());
+    let error = &out.failed[0].error;
+    assert!(error.contains("ran out of fuel (2000000 units)"), "{error}");
+    assert_eq!(
+        chain.stats()[0].recycled,
+        1,
+        "a trapped instance is replaced"
+    );
+    // The next event gets a fresh instance and its own fuel.
+    let out = chain.run(vec![account_event()]);
+    assert!(out.failed[0].error.contains("ran out of fuel"));
+}
+
+#[test]
+fn recycle_after_replaces_the_instance_every_n_events() {
+    // The guest fails every 4th event it sees; an instance replaced every 3 events never
+    // sees a 4th.
+    let settings = [("mode", "error"), ("every", "4")];
+    let run = |recycle_after: u64| {
+        let mut chain = faulty_chain(
+            &settings,
+            sfzb_host::transform::Limits {
+                recycle_after,
+                ..limits()
+            },
+            false,
+        );
+        let mut failed = 0;
+        for _ in 0..12 {
+            failed += chain.run(vec![account_event()]).failed.len();
+        }
+        (failed, chain.stats()[0].recycled)
+    };
+    assert_eq!(
+        run(3),
+        (0, 4),
+        "recycled after events 3, 6, 9 and 12; never a 4th event"
+    );
+    assert_eq!(run(100), (3, 0), "one instance sees events 4, 8 and 12");
+}
+
+#[test]
+fn an_instance_past_three_quarters_of_its_memory_is_replaced_before_it_traps() {
+    // 1 MiB kept per event: with 16 MiB, an instance never recycled runs out within 16
+    // events; past 12 MiB it is replaced between events instead.
+    let mut chain = faulty_chain(
+        &[("mode", "leak")],
+        sfzb_host::transform::Limits {
+            memory_bytes: 16 << 20,
+            ..limits()
+        },
+        false,
+    );
+    let mut failed = Vec::new();
+    for _ in 0..40 {
+        failed.extend(chain.run(vec![account_event()]).failed);
+    }
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "5 loops of 50 ms do not take long"
+        failed.is_empty(),
+        "{:?}",
+        failed.iter().map(|f| &f.error).collect::<Vec<_>>()
+    );
+    let recycled = chain.stats()[0].recycled;
+    // recycle-after is 100,000 and nothing trapped: only the high-water mark replaced them.
+    assert!(
+        recycled >= 2,
+        "40 MiB kept in 12 MiB instances needs new ones: {recycled}"
     );
 }
 
@@ -380,7 +531,7 @@ fn a_component_needing_an_unknown_import_fails_at_load_naming_it() {
         path,
         config: vec![],
         on_error: Default::default(),
-        limits: Default::default(),
+        limits: sfzb_host::config::file::TransformSection::default().limits(),
         allow_tables: vec![],
     };
     let err = sfzb_host::transform::Chain::load(runtime, &[spec])
@@ -446,13 +597,23 @@ async fn a_changed_component_is_swapped_in_between_events_and_a_bad_one_is_refus
     let plan = plan(&sim, dir.path(), "/data/AccountChangeEvent", &args(&flags));
     let cancel = tokio_util::sync::CancellationToken::new();
     let run = tokio::spawn(sfzb_host::run(plan, cancel.clone()));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dead_file = dead(dir.path());
+    wait_for("the first component to dead-letter events", || {
+        lines(&dead_file) >= 20
+    })
+    .await;
     let garbage = dir.path().join("garbage.wasm");
     std::fs::write(&garbage, b"not a component").unwrap();
     replace(&garbage);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The running chain stays through the bad file: events keep being dead-lettered.
+    let before = lines(&dead_file);
+    wait_for("the kept chain to go on", || {
+        lines(&dead_file) >= before + 20
+    })
+    .await;
     replace(&guests::component("route"));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let rerouted_file = dir.path().join("rerouted.jsonl");
+    wait_for("the new component to route", || lines(&rerouted_file) >= 20).await;
     cancel.cancel();
     let stats = run.await.unwrap().unwrap();
     sim.shutdown().await;

@@ -432,7 +432,7 @@ mod tables {
         assert!(err.contains("HTTP 500"), "{err}");
         *workspace.workspace.fault.lock().unwrap() = SqlFault::None;
         let err = setup
-            .run(&["--no-auto-create"])
+            .run(&["--auto-create-table=false"])
             .await
             .unwrap_err()
             .to_string();

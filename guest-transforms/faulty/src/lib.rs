@@ -8,8 +8,9 @@
 //! and files: `set-bomb` (sets 20 fields to 512 KiB strings: 10 MiB an event, no one value
 //! over 1 MiB), `fanout-bomb` (2,000 copies), `stash` (keeps 50 copies of every event across
 //! calls), `hoard` (keeps every event it is given, returns a copy), `log-flood` (3,000 lines),
-//! `table-flood` (a new table for every event), `escape` (routes to `hr.payroll.salaries`). Other settings are ignored, so it can stand in
-//! for another transform in reload tests.
+//! `table-flood` (a new table for every event), `escape` (routes to `hr.payroll.salaries`),
+//! `leak` (keeps 1 MiB of its own memory per event, and passes the event on). Other
+//! settings are ignored, so it can stand in for another transform in reload tests.
 
 use std::cell::{Cell, RefCell};
 
@@ -25,6 +26,7 @@ thread_local! {
     static EVERY: Cell<u64> = const { Cell::new(1) };
     static SEEN: Cell<u64> = const { Cell::new(0) };
     static STASH: RefCell<Vec<Event>> = const { RefCell::new(Vec::new()) };
+    static LEAK: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Guest for Faulty {
@@ -112,6 +114,10 @@ impl Guest for Faulty {
                 Ok(vec![Output { event, table: Some(table) }])
             }
             "escape" => Ok(vec![Output { event, table: Some("hr.payroll.salaries".into()) }]),
+            "leak" => {
+                LEAK.with(|l| l.borrow_mut().push(std::hint::black_box(vec![1u8; 1 << 20])));
+                Ok(vec![Output { event, table: None }])
+            }
             other => Err(format!("unknown mode {other}")),
         }
     }

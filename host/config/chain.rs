@@ -1,0 +1,200 @@
+//! Transform chains: each transform's file, name, settings, error policy and limits, with
+//! the flags laid over the file's.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file::{TransformSection, setting_text};
+use super::{ConfigError, invalid};
+use crate::cli::{ComponentArgs, TransformArgs};
+use crate::transform::{Limits, OnError, TransformSpec, chain::name_from_path};
+
+impl TransformSection {
+    /// The limits it sets, the rest at their defaults.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: self.memory_mib().max(1) << 20,
+            timeout: Duration::from_millis(self.timeout_ms().max(1)),
+            fuel: self.fuel,
+            recycle_after: self.recycle_after().max(1),
+            max_added_bytes: self.max_added_bytes(),
+            max_outputs: self.max_outputs().max(1),
+            max_batch_output_bytes: self.max_batch_output_mib().max(1) << 20,
+            max_tables: self.max_tables(),
+            max_log_lines_per_sec: self.max_log_lines_per_sec(),
+        }
+    }
+}
+
+/// The transform chain of one subscription: the file's (or the flags') transforms, with the
+/// flags' settings, policies and limits laid over them. Every file must exist and every
+/// setting must name a transform of the chain.
+pub(super) fn chain_specs(
+    prefix: &str,
+    sections: Vec<TransformSection>,
+    flags: &TransformArgs,
+) -> Result<Vec<TransformSpec>, ConfigError> {
+    let mut specs: Vec<TransformSpec> = Vec::new();
+    for section in sections {
+        let spec = transform_spec(prefix, section.overlay(flags.limits.clone()))?;
+        if specs.iter().any(|s| s.name == spec.name) {
+            return Err(invalid(
+                format!("{prefix}transform"),
+                spec.path.display().to_string(),
+                format!(
+                    "a transform named {} is already in the chain; rename one",
+                    spec.name
+                ),
+            ));
+        }
+        specs.push(spec);
+    }
+    apply_flags(&mut specs, flags)?;
+    Ok(specs)
+}
+
+fn transform_spec(prefix: &str, section: TransformSection) -> Result<TransformSpec, ConfigError> {
+    let key = |k: &str| format!("{prefix}{k}");
+    let path = section.path.clone().unwrap_or_default();
+    if !path.is_file() {
+        return Err(invalid(
+            key("transform"),
+            path.display().to_string(),
+            "no such file; give the path of a .wasm component",
+        ));
+    }
+    let config = section
+        .config
+        .iter()
+        .flatten()
+        .map(|(k, v)| {
+            Ok((
+                k.clone(),
+                setting_text(&key(&format!("transform.config.{k}")), v)?,
+            ))
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    Ok(TransformSpec {
+        name: section
+            .name
+            .clone()
+            .unwrap_or_else(|| name_from_path(&path)),
+        config,
+        on_error: section.on_error.unwrap_or_default(),
+        limits: section.limits(),
+        allow_tables: section.allow_tables.unwrap_or_default(),
+        path,
+    })
+}
+
+/// `--transform-config NAME.KEY=VALUE` and `--transform-on-error [NAME=]POLICY`.
+fn apply_flags(specs: &mut [TransformSpec], flags: &TransformArgs) -> Result<(), ConfigError> {
+    let chain = specs
+        .iter()
+        .map(|s| s.name.clone())
+        .collect::<Vec<_>>()
+        .join(", ");
+    for item in &flags.config {
+        let parsed = item
+            .split_once('=')
+            .and_then(|(k, v)| k.split_once('.').map(|(n, k)| (n, k, v)));
+        // A setting may be a secret: errors name it by NAME.KEY only, never its value.
+        let named = item.split_once('=').map_or("(no =)", |(k, _)| k);
+        let Some((name, setting, value)) =
+            parsed.filter(|(n, k, _)| !n.is_empty() && !k.is_empty())
+        else {
+            return Err(invalid(
+                "transform-config",
+                named,
+                "write it as NAME.KEY=VALUE, e.g. mask.fields=Email,Phone",
+            ));
+        };
+        let spec = specs.iter_mut().find(|s| s.name == name).ok_or_else(|| {
+            invalid(
+                "transform-config",
+                named,
+                format!("no transform named {name} in the chain (transforms: {chain})"),
+            )
+        })?;
+        spec.config.retain(|(k, _)| k != setting);
+        spec.config.push((setting.to_string(), value.to_string()));
+    }
+    for item in &flags.on_error {
+        let (name, policy) = match item.split_once('=') {
+            Some((n, p)) => (Some(n), p),
+            None => (None, item.as_str()),
+        };
+        let policy = <OnError as clap::ValueEnum>::from_str(policy, true).map_err(|_| {
+            invalid(
+                "transform-on-error",
+                item,
+                "the policy is dead-letter, skip or stop",
+            )
+        })?;
+        match name {
+            None => specs.iter_mut().for_each(|s| s.on_error = policy),
+            Some(name) => {
+                let spec = specs.iter_mut().find(|s| s.name == name).ok_or_else(|| {
+                    invalid(
+                        "transform-on-error",
+                        item,
+                        format!("no transform named {name} in the chain (transforms: {chain})"),
+                    )
+                })?;
+                spec.on_error = policy;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl ComponentArgs {
+    /// The component as a one-transform chain.
+    pub fn spec(&self) -> Result<TransformSpec, ConfigError> {
+        if !self.component.is_file() {
+            return Err(invalid(
+                "component",
+                self.component.display().to_string(),
+                "no such file; give the path of a .wasm component",
+            ));
+        }
+        let config = self
+            .config
+            .iter()
+            .map(|item| {
+                item.split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| {
+                        invalid(
+                            "config",
+                            item,
+                            "write it as KEY=VALUE, e.g. fields=Email,Phone",
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TransformSpec {
+            name: name_from_path(&self.component),
+            path: self.component.clone(),
+            config,
+            on_error: OnError::DeadLetter,
+            limits: self.limits.limits(),
+            allow_tables: Vec::new(),
+        })
+    }
+
+    pub fn cache(&self) -> Option<PathBuf> {
+        cache_dir(self.cache_dir.clone())
+    }
+}
+
+/// The compile cache directory: the setting, else the user's cache directory.
+pub fn cache_dir(setting: Option<PathBuf>) -> Option<PathBuf> {
+    setting.or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("sfzb-host"))
+    })
+}

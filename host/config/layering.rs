@@ -1,0 +1,347 @@
+//! Layering: defaults < file < environment < flags (clap reads the environment into the
+//! flags), then the subscriptions of the run, each with its org.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use super::file::{
+    DatabricksSection, FileConfig, OrgSection, SubscriptionSection, TransformSection,
+};
+use super::{
+    ConfigError, OrgConfig, RunOptions, RunPlan, Shard, SubscriptionPlan, check_url, invalid,
+    missing,
+};
+use crate::cli::RunArgs;
+use crate::sink::SinkSpec;
+
+pub(super) fn resolve(
+    file: FileConfig,
+    args: &RunArgs,
+    source: Option<PathBuf>,
+) -> Result<RunPlan, ConfigError> {
+    let default_org = match (&file.salesforce, args.org.is_empty()) {
+        (None, true) => None,
+        (base, _) => Some(base.clone().unwrap_or_default().overlay(args.org.clone())),
+    };
+    let databricks = file.databricks.clone().overlay(args.databricks.clone());
+    let run = file.clone().overlay(args.run.clone());
+    let options = run_options(&run, &databricks)?;
+    let mut orgs: Vec<OrgConfig> = Vec::new();
+    let mut subscriptions: Vec<SubscriptionPlan> = Vec::new();
+    for (prefix, section) in subscription_sections(&file, args)? {
+        let org = org_index(&file, default_org.as_ref(), &prefix, &section, &mut orgs)?;
+        let config =
+            super::subscription::subscription_config(&prefix, section.clone(), &args.transforms)?;
+        if matches!(config.sink, SinkSpec::Zerobus(_)) && options.zerobus.endpoint.is_empty() {
+            return Err(missing(
+                "zerobus-endpoint",
+                "pass --zerobus-endpoint, set DATABRICKS_ZEROBUS_ENDPOINT, or set zerobus-endpoint under [databricks] (https://<workspace-id>.zerobus.<region>.cloud.databricks.com)",
+            ));
+        }
+        let plan = SubscriptionPlan {
+            name: subscription_name(
+                &prefix,
+                &section,
+                &config.channel,
+                &orgs[org].name,
+                &subscriptions,
+            )?,
+            org,
+            config,
+        };
+        check_distinct(&prefix, &plan, &orgs[org].name, &subscriptions)?;
+        subscriptions.push(plan);
+    }
+    let max_checkpoint_lag = Duration::from_secs(run.max_checkpoint_lag_secs());
+    if max_checkpoint_lag <= options.flush_interval {
+        return Err(invalid(
+            "max-checkpoint-lag-secs",
+            max_checkpoint_lag.as_secs().to_string(),
+            format!(
+                "checkpoints move once per flush-interval-ms ({} ms): give a longer lag, or every subscription reads as stalled",
+                options.flush_interval.as_millis()
+            ),
+        ));
+    }
+    Ok(RunPlan {
+        orgs,
+        subscriptions,
+        shard: run.shard.as_deref().map(Shard::parse).transpose()?,
+        lease: super::shard::lease_settings(&run)?,
+        cache_dir: super::chain::cache_dir(run.transform_cache_dir.clone()),
+        options,
+        metrics_listen: metrics_listen(&run)?,
+        health_interval: match run.health_interval_secs() {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        },
+        max_checkpoint_lag,
+        shutdown_timeout: Duration::from_secs(run.shutdown_timeout_secs()),
+        source,
+    })
+}
+
+fn metrics_listen(run: &FileConfig) -> Result<Option<SocketAddr>, ConfigError> {
+    run.metrics_listen
+        .as_deref()
+        .map(|addr| {
+            addr.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics-listen",
+                    addr,
+                    "give an address and port, e.g. 127.0.0.1:9464 or 0.0.0.0:9464",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The run's subscriptions, each with the prefix its keys are named by in errors: the
+/// flags' one (with `--channel`, or a file without subscriptions), else the file's, each
+/// over `[defaults]` and under the flags.
+fn subscription_sections(
+    file: &FileConfig,
+    args: &RunArgs,
+) -> Result<Vec<(String, SubscriptionSection)>, ConfigError> {
+    let mut flags = args.subscription.clone();
+    if !args.transforms.paths.is_empty() {
+        flags.transforms = Some(
+            args.transforms
+                .paths
+                .iter()
+                .map(|path| TransformSection {
+                    path: Some(path.clone()),
+                    ..TransformSection::default()
+                })
+                .collect(),
+        );
+    }
+    if flags.channel.is_some() || file.subscriptions.is_empty() {
+        return Ok(vec![(
+            String::new(),
+            overlay_subscription(file.defaults.clone(), flags),
+        )]);
+    }
+    if file.subscriptions.len() > 1 && flags.sink.is_some() {
+        return Err(invalid(
+            "sink",
+            flags.sink.unwrap_or_default(),
+            format!(
+                "one --sink for {} subscriptions would mix their rows; set sink in each [[subscription]] of the file",
+                file.subscriptions.len()
+            ),
+        ));
+    }
+    Ok(file
+        .subscriptions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let section = overlay_subscription(file.defaults.clone(), s.clone());
+            (
+                format!("subscription[{i}]."),
+                overlay_subscription(section, flags.clone()),
+            )
+        })
+        .collect())
+}
+
+/// A subscription over another: its settings, and its chain when it has one.
+fn overlay_subscription(
+    base: SubscriptionSection,
+    over: SubscriptionSection,
+) -> SubscriptionSection {
+    let transforms = over.transforms.clone().or(base.transforms.clone());
+    SubscriptionSection {
+        transforms,
+        ..base.overlay(over)
+    }
+}
+
+/// The index in `orgs` of the org `section` reads from, adding it on first use.
+fn org_index(
+    file: &FileConfig,
+    default_org: Option<&OrgSection>,
+    prefix: &str,
+    section: &SubscriptionSection,
+    orgs: &mut Vec<OrgConfig>,
+) -> Result<usize, ConfigError> {
+    let org_name = match &section.org {
+        Some(name) => name.clone(),
+        None if default_org.is_some() => "default".to_string(),
+        None if file.orgs.len() == 1 => file.orgs.keys().next().cloned().unwrap_or_default(),
+        None => {
+            return Err(missing(
+                format!("{prefix}org"),
+                if file.orgs.is_empty() {
+                    "say where to log in: pass --instance-url (or set SALESFORCE_INSTANCE_URL), or add a [salesforce] section with instance-url".to_string()
+                } else {
+                    format!(
+                        "name the org this subscription reads from (orgs: {})",
+                        file.orgs.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                },
+            ));
+        }
+    };
+    if let Some(i) = orgs.iter().position(|o| o.name == org_name) {
+        return Ok(i);
+    }
+    let (org, key) = match (org_name.as_str(), default_org) {
+        ("default", Some(org)) => (org.clone(), String::new()),
+        (name, _) => match file.orgs.get(name) {
+            Some(org) => (org.clone(), format!("orgs.{name}.")),
+            None => {
+                let mut known: Vec<String> = file.orgs.keys().cloned().collect();
+                if default_org.is_some() {
+                    known.insert(0, "default".into());
+                }
+                let known = if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                };
+                return Err(invalid(
+                    format!("{prefix}org"),
+                    name,
+                    format!("no such org; add an [orgs.{name}] section (orgs: {known})"),
+                ));
+            }
+        },
+    };
+    orgs.push(super::org::org_config(&org_name, org, &key)?);
+    Ok(orgs.len() - 1)
+}
+
+/// The subscription's name: its `name`, else the channel's last part, with the org when
+/// another subscription already has that.
+fn subscription_name(
+    prefix: &str,
+    section: &SubscriptionSection,
+    channel: &str,
+    org_name: &str,
+    earlier: &[SubscriptionPlan],
+) -> Result<String, ConfigError> {
+    let short = channel.rsplit('/').next().unwrap_or_default().to_string();
+    let taken = |name: &str| earlier.iter().any(|s| s.name == name);
+    Ok(match &section.name {
+        Some(name) if taken(name) => {
+            return Err(invalid(
+                format!("{prefix}name"),
+                name,
+                "another subscription has this name; names must be unique",
+            ));
+        }
+        Some(name) => name.clone(),
+        None if taken(&short) => format!("{short}@{org_name}"),
+        None => short,
+    })
+}
+
+/// Refuses a second reader of one checkpoint: the same name, or the same (org, channel,
+/// target), would skip each other's events.
+fn check_distinct(
+    prefix: &str,
+    plan: &SubscriptionPlan,
+    org_name: &str,
+    earlier: &[SubscriptionPlan],
+) -> Result<(), ConfigError> {
+    let config = &plan.config;
+    if earlier.iter().any(|s| s.name == plan.name) {
+        return Err(invalid(
+            format!("{prefix}channel"),
+            &config.channel,
+            "another subscription reads this channel from this org; give each a distinct name and sink, or remove one",
+        ));
+    }
+    if let Some(other) = earlier.iter().find(|s| {
+        s.org == plan.org && s.config.channel == config.channel && s.config.sink == config.sink
+    }) {
+        return Err(invalid(
+            format!("{prefix}sink"),
+            config.sink.to_string(),
+            format!(
+                "subscription {} already reads {} from org {org_name} into this sink; they would share one checkpoint and skip each other's events: give each its own sink, or remove one",
+                other.name, config.channel
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The run-wide settings every subscription shares.
+fn run_options(
+    run: &FileConfig,
+    databricks: &DatabricksSection,
+) -> Result<RunOptions, ConfigError> {
+    let until_idle = match run.until_idle {
+        Some(s) if !(s.is_finite() && s > 0.0) => {
+            return Err(invalid(
+                "until-idle",
+                s.to_string(),
+                "give a positive number of seconds",
+            ));
+        }
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => None,
+    };
+    if run.max_in_flight() == 0 {
+        return Err(invalid("max-in-flight", "0", "give at least 1"));
+    }
+    if let Some(endpoint) = &databricks.zerobus_endpoint {
+        check_url(
+            "zerobus-endpoint",
+            endpoint,
+            "https://<workspace-id>.zerobus.<region>.cloud.databricks.com",
+        )?;
+    }
+    let client_secret = databricks
+        .client_secret
+        .as_ref()
+        .map(|s| {
+            s.resolve("databricks.client-secret")
+                .map(SecretString::from)
+        })
+        .transpose()?;
+    let sql = match (&databricks.sql_warehouse_id, &databricks.workspace_url) {
+        (Some(warehouse), Some(workspace)) => {
+            check_url(
+                "databricks-workspace-url",
+                workspace,
+                "https://<workspace>.cloud.databricks.com",
+            )?;
+            Some(crate::sql::SqlSettings {
+                workspace_url: workspace.clone(),
+                warehouse_id: warehouse.clone(),
+                client_id: databricks.client_id.clone(),
+                client_secret: client_secret.clone(),
+                timeout: Duration::from_secs(databricks.sql_timeout_secs().max(1)),
+            })
+        }
+        (Some(_), None) => {
+            return Err(missing(
+                "databricks-workspace-url",
+                "the SQL warehouse needs the workspace: pass --databricks-workspace-url, set DATABRICKS_HOST, or set workspace-url under [databricks]",
+            ));
+        }
+        _ => None,
+    };
+    Ok(RunOptions {
+        state_dir: run.state_dir(),
+        until_idle,
+        flush_interval: Duration::from_millis(run.flush_interval_ms().max(1)),
+        max_in_flight: run.max_in_flight(),
+        zerobus: crate::sink::zerobus::ZerobusSettings {
+            endpoint: databricks.zerobus_endpoint.clone().unwrap_or_default(),
+            workspace_url: databricks.workspace_url.clone(),
+            client_id: databricks.client_id.clone(),
+            client_secret,
+            max_inflight: databricks.zerobus_max_inflight().max(1),
+        },
+        sql,
+        auto_create_table: databricks.auto_create_table(),
+    })
+}

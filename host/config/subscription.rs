@@ -1,0 +1,135 @@
+//! One subscription: its channel, sink, dead-letter place, start position and flow control.
+
+use std::time::Duration;
+
+use super::file::SubscriptionSection;
+use super::{ConfigError, SubscriptionConfig, invalid, missing, rekey};
+use crate::cli::TransformArgs;
+use crate::event::ReplayId;
+use crate::salesforce::pubsub::StartPosition;
+use crate::sink::SinkSpec;
+
+pub(super) fn subscription_config(
+    prefix: &str,
+    section: SubscriptionSection,
+    flags: &TransformArgs,
+) -> Result<SubscriptionConfig, ConfigError> {
+    let key = |k: &str| format!("{prefix}{k}");
+    let channel = section.channel.as_deref().ok_or_else(|| {
+        missing(
+            key("channel"),
+            "pass --channel (e.g. AccountChangeEvent) or set channel in each [[subscription]] of sfzb.toml",
+        )
+    })?;
+    let channel = normalize_channel(channel).map_err(|e| rekey(e, &key("channel")))?;
+    let sink_text = section.sink();
+    let sink: SinkSpec = sink_text
+        .parse()
+        .map_err(|e: crate::sink::SinkSpecError| invalid(key("sink"), &sink_text, e.to_string()))?;
+    let dead_letter = match &section.dead_letter {
+        Some(spec) => Some(spec.parse().map_err(|e: crate::sink::SinkSpecError| {
+            invalid(key("dead-letter"), spec, e.to_string())
+        })?),
+        None => None,
+    };
+    if let SinkSpec::Delta(target) = &sink
+        && target.contains("://")
+        && !target.starts_with("file://")
+        && !cfg!(feature = "cloud")
+    {
+        return Err(invalid(
+            key("sink"),
+            &sink_text,
+            "object store tables (s3://, abfss://, gs://) are not built into this binary: build it with `cargo build --release --features cloud`, write to a local path, or use zerobus:catalog.schema.table for Databricks",
+        ));
+    }
+    if let SinkSpec::Zerobus(table) = &sink
+        && (table.split('.').count() != 3 || table.split('.').any(str::is_empty))
+    {
+        return Err(invalid(
+            key("sink"),
+            &sink_text,
+            "Zerobus tables are named in full: zerobus:catalog.schema.table",
+        ));
+    }
+    let replay = section
+        .replay
+        .as_deref()
+        .map(parse_replay)
+        .transpose()
+        .map_err(|e| rekey(e, &key("replay")))?;
+    let idle_timeout_secs = section.idle_timeout_secs();
+    if idle_timeout_secs == 0 {
+        return Err(invalid(
+            key("idle-timeout-secs"),
+            "0",
+            "give a positive number of seconds (Salesforce sends a keepalive within 270 s)",
+        ));
+    }
+    let batch_size = section.batch_size();
+    if !(1..=100).contains(&batch_size) {
+        return Err(invalid(
+            key("batch-size"),
+            batch_size.to_string(),
+            "give 1 to 100 (Salesforce sends at most 100 events per request)",
+        ));
+    }
+    Ok(SubscriptionConfig {
+        channel,
+        sink,
+        dead_letter,
+        replay,
+        backfill_historical: section.backfill_historical(),
+        replay_recovery: section.enable_replay_recovery(),
+        batch_size,
+        idle_timeout: Duration::from_secs(idle_timeout_secs),
+        max_timeouts: section.max_timeouts().max(1),
+        on_invalid_replay: section.replay_invalid(),
+        managed_subscription: section.managed_subscription.filter(|n| !n.is_empty()),
+        transforms: super::chain::chain_specs(
+            prefix,
+            section.transforms.unwrap_or_default(),
+            flags,
+        )?,
+    })
+}
+
+/// `AccountChangeEvent` → `/data/AccountChangeEvent`; full channel names are kept.
+pub fn normalize_channel(channel: &str) -> Result<String, ConfigError> {
+    let channel = channel.trim();
+    if channel.is_empty() || channel.contains(char::is_whitespace) {
+        return Err(invalid(
+            "channel",
+            channel,
+            "name a channel such as /data/AccountChangeEvent or /data/ChangeEvents",
+        ));
+    }
+    if channel.starts_with('/') {
+        let parts: Vec<&str> = channel.split('/').collect();
+        if parts.len() != 3 || parts[2].is_empty() || !matches!(parts[1], "data" | "event") {
+            return Err(invalid(
+                "channel",
+                channel,
+                "channels look like /data/AccountChangeEvent, /data/ChangeEvents, /data/Foo__chn or /event/Foo__e",
+            ));
+        }
+        return Ok(channel.to_string());
+    }
+    Ok(format!("/data/{channel}"))
+}
+
+pub fn parse_replay(text: &str) -> Result<StartPosition, ConfigError> {
+    match text.to_ascii_lowercase().as_str() {
+        "earliest" => Ok(StartPosition::Earliest),
+        "latest" => Ok(StartPosition::Latest),
+        _ => ReplayId::from_hex(text)
+            .map(StartPosition::Custom)
+            .map_err(|_| {
+                invalid(
+                    "replay",
+                    text,
+                    "use earliest, latest, or a replay id in hex as shown in the logs",
+                )
+            }),
+    }
+}

@@ -1,0 +1,191 @@
+//! The loop of one subscription: batches from the source in, a flush at least every flush
+//! interval (and past a size), transform reloads between batches, and the end: cancelled,
+//! idle (`until-idle`), or failed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::flush::Databricks;
+use super::{MAX_UNFLUSHED_BYTES, PipelineError, SubscriptionStats};
+use crate::checkpoint::{CheckpointKey, FileCheckpointStore};
+use crate::clock::now_ms;
+use crate::config::RunOptions;
+use crate::event::ReplayId;
+use crate::health::{Health, State};
+use crate::salesforce::pubsub::{RawEvent, SourceMsg};
+use crate::salesforce::schema::SchemaCache;
+use crate::sink::{Sink, SinkSpec};
+use crate::transform::Chain;
+
+/// The decode → transform → route → write → flush steps of one subscription, and their
+/// state between batches.
+pub(super) struct Flow<'a> {
+    pub(super) channel: Arc<str>,
+    pub(super) schemas: Arc<SchemaCache>,
+    pub(super) sink: &'a mut Sink,
+    pub(super) dead_spec: Option<&'a SinkSpec>,
+    pub(super) app_id: &'a str,
+    pub(super) zerobus: &'a crate::sink::zerobus::ZerobusSettings,
+    /// The checkpoint table, for Zerobus targets with a SQL warehouse.
+    pub(super) databricks: Option<Databricks>,
+    /// Opened on the first dead letter, so a clean run leaves no empty file behind.
+    pub(super) dead: Option<Sink>,
+    pub(super) chain: Option<Chain>,
+    pub(super) store: &'a FileCheckpointStore,
+    pub(super) key: &'a CheckpointKey,
+    pub(super) stats: SubscriptionStats,
+    /// The position written but not yet flushed and checkpointed.
+    pub(super) unflushed: Option<ReplayId>,
+    pub(super) last_flush: Instant,
+    pub(super) first_batch: Option<Instant>,
+    pub(super) health: Arc<Health>,
+    /// The last event written, as the reference logs it: `Account UPDATE 001…`.
+    pub(super) last_written: String,
+    pub(super) written_since_flush: u64,
+    /// Bytes of the rows written since the last flush, which a sink may hold in memory.
+    pub(super) unflushed_bytes: usize,
+    /// Each durable position, for a managed subscription to commit to Salesforce; dropped
+    /// once the last flush is done.
+    pub(super) durable: Option<tokio::sync::watch::Sender<Option<ReplayId>>>,
+}
+
+impl Flow<'_> {
+    pub(super) async fn drive(
+        &mut self,
+        rx: &mut mpsc::Receiver<SourceMsg>,
+        options: &RunOptions,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let far = Duration::from_secs(100 * 365 * 86_400);
+        let idle = options.until_idle.unwrap_or(far);
+        let mut idle_deadline = tokio::time::Instant::now() + idle;
+        let mut flush_tick = tokio::time::interval(options.flush_interval);
+        let mut reload = self
+            .chain
+            .as_ref()
+            .map(|chain| super::chain::spawn_reload_watcher(chain.paths(), cancel.clone()));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    // Idle time counts only once the stream is up: a run that never
+                    // subscribed (an unreachable endpoint) has not succeeded.
+                    if !self.health.has_subscribed() {
+                        let reason = match self.health.state() {
+                            State::Reconnecting(detail) | State::Failed(detail) => detail,
+                            _ => "the Pub/Sub API sent nothing".to_string(),
+                        };
+                        return Err(PipelineError::NeverSubscribed {
+                            channel: self.channel.to_string(),
+                            idle_secs: idle.as_secs_f64(),
+                            reason,
+                        });
+                    }
+                    tracing::info!(idle_secs = idle.as_secs_f64(), "No event for the idle limit; stopping (--until-idle).");
+                    return Ok(());
+                }
+                _ = flush_tick.tick() => {
+                    if self.unflushed.is_some() && self.last_flush.elapsed() >= options.flush_interval {
+                        self.flush().await?;
+                    }
+                }
+                Some(()) = async { match reload.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    self.reload().await;
+                }
+                msg = rx.recv() => match msg {
+                    None => return Ok(()),
+                    Some(SourceMsg::Keepalive { latest }) => {
+                        self.health.message();
+                        self.stats.keepalives += 1;
+                        self.health.keepalives.store(self.stats.keepalives, Relaxed);
+                        // Everything received is already written: the keepalive position is safe.
+                        if self.stats.checkpoint.as_deref() != Some(&latest.to_hex()) {
+                            self.unflushed = Some(latest);
+                        }
+                    }
+                    Some(SourceMsg::Events { events, org_id, credit }) => {
+                        idle_deadline = tokio::time::Instant::now() + idle;
+                        self.health.message();
+                        self.handle(events, org_id).await?;
+                        drop(credit);
+                        if self.last_flush.elapsed() >= options.flush_interval
+                            || self.unflushed_bytes >= MAX_UNFLUSHED_BYTES
+                        {
+                            self.flush().await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One batch: decode → transform → route → write; the checkpoint may then pass it.
+    async fn handle(
+        &mut self,
+        events: Vec<RawEvent>,
+        org_id: Arc<str>,
+    ) -> Result<(), PipelineError> {
+        let processed = now_ms();
+        let last = events.last().map(|e| e.replay_id.clone());
+        // Only a Delta sink (main or dead-letter) may hold rows from before a crash, and
+        // needs to hear which events came again.
+        let holding = matches!(self.sink, Sink::Delta(_))
+            || matches!(self.dead_spec, Some(SinkSpec::Delta(_)));
+        let batch: Vec<ReplayId> = match holding {
+            true => events.iter().map(|e| e.replay_id.clone()).collect(),
+            false => Vec::new(),
+        };
+        self.stats.received += events.len() as u64;
+        self.health.events_received(events.len() as u64);
+        let (decoded, mut letters) = self.decode(events, &org_id, processed);
+        let inputs = decoded.len() as u64;
+        let output = self.transform(decoded).await?;
+        if let Some(stop) = output.stop {
+            return Err(PipelineError::TransformStop(
+                stop.error,
+                stop.replay_id.to_hex(),
+            ));
+        }
+        let chain_failures = output.failed.len() as u64;
+        letters.extend(
+            output
+                .failed
+                .into_iter()
+                .map(|f| super::chain::transform_letter(f, processed)),
+        );
+        let routed_count = output.routed.len() as u64;
+        if routed_count + chain_failures < inputs {
+            self.stats.dropped += inputs - routed_count - chain_failures;
+        }
+        let tables = self.route(output.routed, &mut letters, processed);
+        self.write(&tables, &letters).await?;
+        if holding {
+            self.sink.processed(&batch);
+            if let Some(dead) = self.dead.as_mut() {
+                dead.processed(&batch);
+            }
+        }
+        self.count(letters.len() as u64);
+        if let Some(last) = last {
+            self.unflushed = Some(last);
+        }
+        Ok(())
+    }
+
+    /// The batch's figures, in the stats and in health.
+    fn count(&mut self, dead_lettered: u64) {
+        let first = *self.first_batch.get_or_insert_with(Instant::now);
+        self.stats.active_ms = first.elapsed().as_millis() as u64;
+        self.stats.dead_lettered += dead_lettered;
+        self.health.received.store(self.stats.received, Relaxed);
+        self.health.written.store(self.stats.written, Relaxed);
+        self.health.dropped.store(self.stats.dropped, Relaxed);
+        self.health
+            .dead_lettered
+            .store(self.stats.dead_lettered, Relaxed);
+    }
+}

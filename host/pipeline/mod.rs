@@ -1,0 +1,334 @@
+//! One subscription end to end: source → decode → transform chain → sink → checkpoint, with
+//! data flowing one way through a bounded channel. The source task receives; this task
+//! decodes, runs the chain (on a blocking thread), writes, flushes, and commits the
+//! checkpoint only past events that are durably written, dead-lettered, or dropped by a
+//! transform.
+//!
+//! | file | step |
+//! |---|---|
+//! | [`flow`] | the loop: batches in, flushes on time, reloads, idle and stop |
+//! | [`decode`] | raw events to decoded ones, or dead letters |
+//! | [`chain`] | the transform chain, off the async workers; reloads |
+//! | [`route`] | each output to its table, re-encoded, as a row |
+//! | [`write`] | rows and dead letters to their sinks; the figures |
+//! | [`flush`] | sinks made durable, then the checkpoint (file, sink or SQL table) |
+
+mod chain;
+mod decode;
+mod flow;
+mod flush;
+mod route;
+mod write;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::checkpoint::{CheckpointError, CheckpointKey, FileCheckpointStore};
+use crate::config::{RunOptions, SubscriptionConfig};
+use crate::event::ReplayId;
+use crate::health::Health;
+use crate::salesforce::auth::AuthError;
+use crate::salesforce::pubsub::{
+    ManagedOptions, PubSubConnection, SourceMsg, StartPosition, SubscribeError, SubscribeOptions,
+    Subscriber,
+};
+use crate::salesforce::schema::SchemaCache;
+use crate::sink::{Sink, SinkError, SinkSpec};
+use crate::transform::{Chain, TransformStats};
+use flow::Flow;
+use flush::Databricks;
+
+/// Flush before the flush interval once the rows written since the last flush hold this
+/// much: the Delta sink buffers them in memory until its commit.
+const MAX_UNFLUSHED_BYTES: usize = 64 << 20;
+
+/// What a subscription did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionStats {
+    pub channel: String,
+    pub target: String,
+    pub received: u64,
+    pub written: u64,
+    pub dead_lettered: u64,
+    /// Events the transform chain dropped.
+    pub dropped: u64,
+    pub keepalives: u64,
+    pub checkpoint: Option<String>,
+    pub elapsed_ms: u64,
+    /// From the first to the last batch of events.
+    pub active_ms: u64,
+    pub transforms: Vec<TransformStats>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    #[error("login for {channel} failed: {source}")]
+    Auth {
+        channel: String,
+        #[source]
+        source: AuthError,
+    },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(
+        "stopping as configured (on_error = stop): {0}; the checkpoint stays before replay id {1}"
+    )]
+    TransformStop(String, String),
+    #[error("Databricks: {0}")]
+    Sql(#[from] crate::sql::SqlError),
+    #[error(
+        "never subscribed to {channel} within the idle limit ({idle_secs} s, --until-idle): {reason}"
+    )]
+    NeverSubscribed {
+        channel: String,
+        idle_secs: f64,
+        reason: String,
+    },
+    #[error(
+        "{channel} did not stop within the shutdown timeout ({timeout_secs} s, shutdown-timeout-secs); its checkpoint stays behind what was written, and the next start replays from there"
+    )]
+    ShutdownTimeout { channel: String, timeout_secs: u64 },
+    #[error(
+        "the {task} of {channel} panicked: {message}; the subscription stops, the others go on"
+    )]
+    Panicked {
+        channel: String,
+        task: &'static str,
+        message: String,
+    },
+}
+
+/// A panic's message, for [`PipelineError::Panicked`].
+pub fn panic_message(error: tokio::task::JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into()),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// Runs one subscription until cancelled, idle (with `until_idle`), or failed. `chain` is
+/// the loaded transform chain (`None` or empty: events pass through unchanged).
+pub async fn run_subscription(
+    connection: PubSubConnection,
+    config: SubscriptionConfig,
+    chain: Option<Chain>,
+    options: RunOptions,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) -> Result<SubscriptionStats, PipelineError> {
+    let span = tracing::info_span!("subscription", name = %health.name, channel = %config.channel, target = %config.sink);
+    async move {
+        let org_id = login(&connection, &config.channel, &cancel, options.until_idle).await?;
+        health.set_org_id(&org_id);
+        let store = FileCheckpointStore::new(&options.state_dir);
+        let key = CheckpointKey {
+            org_id: org_id.clone(),
+            channel: config.channel.clone(),
+            target: config.sink.to_string(),
+        };
+        let app_id = format!("sfzb:{org_id}:{}", config.channel);
+        let mut sink = Sink::open(&config.sink, &app_id, &options.zerobus).await?;
+        let mut databricks = match (&config.sink, &options.sql) {
+            (SinkSpec::Zerobus(table), Some(sql)) => {
+                Some(Databricks::prepare(sql, table, &key, options.auto_create_table).await?)
+            }
+            _ => None,
+        };
+        let checkpoint = match &mut databricks {
+            Some(databricks) => databricks.stored.take(),
+            None if sink.keeps_checkpoint() => sink.checkpoint(),
+            // An explicit start needs no checkpoint, so one that is unreadable can be passed by.
+            None if config.replay.is_some() => None,
+            None => store.load(&key).await?,
+        };
+        let schemas = Arc::new(SchemaCache::default());
+        let source_cancel = cancel.child_token();
+        let (source, mut rx, durable) = start_source(
+            connection,
+            &config,
+            start_position(&config, checkpoint),
+            schemas.clone(),
+            &options,
+            &health,
+            source_cancel.clone(),
+        );
+        let mut flow = Flow {
+            channel: Arc::from(config.channel.as_str()),
+            schemas,
+            sink: &mut sink,
+            dead_spec: config.dead_letter.as_ref(),
+            app_id: &app_id,
+            zerobus: &options.zerobus,
+            databricks,
+            dead: None,
+            chain: chain.filter(|c| !c.is_empty()).map(|mut chain| {
+                chain.set_home(config.sink.home_schema());
+                chain
+            }),
+            store: &store,
+            key: &key,
+            stats: SubscriptionStats {
+                channel: config.channel.clone(),
+                target: config.sink.to_string(),
+                ..Default::default()
+            },
+            unflushed: None,
+            last_flush: Instant::now(),
+            first_batch: None,
+            health: health.clone(),
+            last_written: String::new(),
+            written_since_flush: 0,
+            unflushed_bytes: 0,
+            durable: Some(durable),
+        };
+        let started = Instant::now();
+        let result = flow.drive(&mut rx, &options, &cancel).await;
+        source_cancel.cancel();
+        // After a failure mid-batch, part of that batch may be buffered: committing it would
+        // move no checkpoint yet write rows that the restart writes again. Nothing is lost by
+        // not flushing: the checkpoint stays where it was.
+        let flushed = match &result {
+            Ok(()) => flow.flush().await,
+            Err(_) => Ok(()),
+        };
+        // The sign a stopping managed source waits for: the last position is durable.
+        flow.durable = None;
+        // rx lives until here: a source that is still delivering never sees a closed channel
+        // and skips its final commit.
+        let source_result = match source.await {
+            Ok(result) => result.map_err(PipelineError::from),
+            Err(e) => Err(PipelineError::Panicked {
+                channel: config.channel.clone(),
+                task: "source",
+                message: panic_message(e),
+            }),
+        };
+        drop(rx);
+        if let Some(chain) = &flow.chain {
+            flow.stats.transforms = chain.stats();
+        }
+        let mut stats = flow.stats;
+        stats.elapsed_ms = started.elapsed().as_millis() as u64;
+        result?;
+        flushed?;
+        source_result?;
+        tracing::info!(
+            received = stats.received,
+            written = stats.written,
+            dead_lettered = stats.dead_lettered,
+            checkpoint = stats.checkpoint.as_deref().unwrap_or("none"),
+            "Subscription stopped."
+        );
+        Ok(stats)
+    }
+    .instrument(span)
+    .await
+}
+
+type Source = tokio::task::JoinHandle<Result<(), SubscribeError>>;
+
+/// The subscriber task, feeding a bounded channel; and, for a managed subscription, the
+/// sender of the durable positions it commits.
+fn start_source(
+    connection: PubSubConnection,
+    config: &SubscriptionConfig,
+    start: StartPosition,
+    schemas: Arc<SchemaCache>,
+    options: &RunOptions,
+    health: &Arc<Health>,
+    cancel: CancellationToken,
+) -> (
+    Source,
+    mpsc::Receiver<SourceMsg>,
+    watch::Sender<Option<ReplayId>>,
+) {
+    let capacity = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    let (tx, rx) = mpsc::channel(8);
+    let mut subscribe = SubscribeOptions::new(config.channel.clone(), start);
+    let (durable, committed) = watch::channel(None);
+    subscribe.managed = config
+        .managed_subscription
+        .clone()
+        .map(|developer_name| ManagedOptions {
+            developer_name,
+            committed,
+        });
+    subscribe.batch_size = config.batch_size;
+    subscribe.idle_timeout = config.idle_timeout;
+    subscribe.on_invalid_replay = config.on_invalid_replay;
+    subscribe.health = Some(health.clone());
+    let subscriber = Subscriber::new(connection, subscribe, schemas, capacity, tx, cancel);
+    (
+        tokio::spawn(subscriber.run().in_current_span()),
+        rx,
+        durable,
+    )
+}
+
+/// Logs in, retrying what may pass (an unreachable endpoint) until `give_up` elapses
+/// (`--until-idle` runs: no progress within the idle window) or forever.
+async fn login(
+    connection: &PubSubConnection,
+    channel: &str,
+    cancel: &CancellationToken,
+    give_up: Option<Duration>,
+) -> Result<String, PipelineError> {
+    if let Some(org) = connection.org_id() {
+        return Ok(org);
+    }
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    connection
+        .login_retrying(0, &mut backoff, cancel, give_up)
+        .await
+        .map_err(|source| PipelineError::Auth {
+            channel: channel.to_string(),
+            source,
+        })?;
+    Ok(connection.org_id().unwrap_or_default())
+}
+
+/// The reference's rules: an explicit `--replay` wins; then a stored checkpoint (CUSTOM);
+/// then EARLIEST when backfilling history, else LATEST.
+fn start_position(config: &SubscriptionConfig, checkpoint: Option<ReplayId>) -> StartPosition {
+    if let Some(replay) = &config.replay {
+        tracing::info!(start = %replay, "Replay position set explicitly.");
+        return replay.clone();
+    }
+    if !config.replay_recovery {
+        tracing::info!(
+            "Replay recovery disabled: starting from LATEST (enable-replay-recovery = false)."
+        );
+        return StartPosition::Latest;
+    }
+    match checkpoint {
+        Some(id) => {
+            tracing::info!(replay_id = %id, "Resuming from previous session with replay_id: {id}");
+            StartPosition::Custom(id)
+        }
+        None if config.backfill_historical => {
+            tracing::info!(
+                "No checkpoint: starting historical backfill from EARLIEST (backfill_historical = true)."
+            );
+            StartPosition::Earliest
+        }
+        None => {
+            tracing::info!(
+                "No checkpoint: starting fresh subscription from LATEST (backfill_historical = false)."
+            );
+            StartPosition::Latest
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Each output of the chain to its table (the sink's own, a sibling, or refused), its
+//! payload re-encoded when a transform changed a field, as a row grouped by table.
+
+use super::flow::Flow;
+use crate::sink::{DeadLetter, Row, Stage};
+use crate::transform::Routed;
+
+/// Rows by table (`None`: the sink's own), in the order they came.
+pub(super) type Tables = Vec<(Option<String>, Vec<Row>)>;
+
+impl Flow<'_> {
+    pub(super) fn route(
+        &mut self,
+        routed: Vec<Routed>,
+        letters: &mut Vec<DeadLetter>,
+        processed: i64,
+    ) -> Tables {
+        let mut tables: Tables = Vec::new();
+        for routed in routed {
+            let mut event = routed.event;
+            let table = match self.sink.route(routed.table) {
+                Ok(table) => table,
+                Err(error) => {
+                    tracing::error!(replay_id = %event.replay_id, %error, "Event routed where it cannot go; dead-lettered.");
+                    letters.push(DeadLetter::of_event(
+                        Stage::Transform("route".into()),
+                        error,
+                        &event,
+                        processed,
+                    ));
+                    continue;
+                }
+            };
+            if let Err((by, error)) = event.reencode() {
+                tracing::error!(replay_id = %event.replay_id, %error, "Transformed event does not fit its schema; dead-lettered.");
+                letters.push(DeadLetter::of_event(
+                    Stage::Transform(by.to_string()),
+                    error,
+                    &event,
+                    processed,
+                ));
+                continue;
+            }
+            self.health
+                .event_committed_at(event.header.commit_timestamp);
+            let row = Row::from_event(event, processed);
+            self.unflushed_bytes +=
+                row.event.payload.len() + row.record_data_json.len() + row.schema().json.len();
+            match tables.iter_mut().find(|(t, _)| *t == table) {
+                Some((_, rows)) => rows.push(row),
+                None => tables.push((table, vec![row])),
+            }
+        }
+        tables
+    }
+}

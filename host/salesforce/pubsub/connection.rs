@@ -1,0 +1,137 @@
+//! A connection to the Pub/Sub API: one HTTP/2 channel (TLS, keepalives) and the org's
+//! session, shared by the subscriptions of one org.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::{MAX_MESSAGE_BYTES, SubscribeError};
+use crate::backoff::Backoff;
+use crate::proto::pubsub::pub_sub_client::PubSubClient;
+use crate::salesforce::auth::{AuthError, Authenticator, Session, SessionInterceptor};
+
+pub(super) type Client = PubSubClient<InterceptedService<Channel, SessionInterceptor>>;
+
+/// A connection to the Pub/Sub API with a logged-in session, shared by the subscriptions
+/// of one org.
+#[derive(Clone)]
+pub struct PubSubConnection {
+    pub(super) client: Client,
+    session: Arc<RwLock<Option<Session>>>,
+    authenticator: Authenticator,
+    login_lock: Arc<tokio::sync::Mutex<u64>>,
+}
+
+impl PubSubConnection {
+    /// `endpoint` is `https://host:port` (TLS, the default service) or `http://host:port`
+    /// (plaintext, for the simulator). Connects lazily: nothing is dialled until the first call.
+    pub fn new(endpoint: &str, authenticator: Authenticator) -> Result<Self, SubscribeError> {
+        let bad = |detail: String| SubscribeError::Endpoint {
+            endpoint: endpoint.to_string(),
+            detail,
+        };
+        let mut channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(20))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        if endpoint.starts_with("https://") {
+            channel = channel
+                .tls_config(ClientTlsConfig::new().with_native_roots())
+                .map_err(|e| bad(e.to_string()))?;
+        } else if !endpoint.starts_with("http://") {
+            return Err(bad(
+                "it must start with https:// (or http:// for the simulator)".into(),
+            ));
+        }
+        let session = Arc::new(RwLock::new(None));
+        let interceptor = SessionInterceptor::new(session.clone());
+        let client = PubSubClient::with_interceptor(channel.connect_lazy(), interceptor)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(PubSubConnection {
+            client,
+            session,
+            authenticator,
+            login_lock: Arc::new(tokio::sync::Mutex::new(0)),
+        })
+    }
+
+    /// Logs in unless another task already refreshed the session since `seen_generation`.
+    /// Returns the session generation now in force.
+    async fn refresh(&self, seen_generation: u64) -> Result<u64, AuthError> {
+        let mut generation = self.login_lock.lock().await;
+        if *generation != seen_generation {
+            return Ok(*generation);
+        }
+        let session = self.authenticator.login().await?;
+        tracing::info!(org_id = %session.org_id, instance_url = %session.instance_url, flow = self.authenticator.credentials().kind(), "Authentication successful.");
+        *self.session.write().unwrap_or_else(|e| e.into_inner()) = Some(session);
+        *generation += 1;
+        Ok(*generation)
+    }
+
+    /// Logs in unless another task did since `seen_generation`, retrying failures that may
+    /// pass (an unreachable login endpoint) until `give_up` elapses, if given, or `cancel`
+    /// fires; then the last failure is returned. Returns the session generation in force.
+    pub async fn login_retrying(
+        &self,
+        seen_generation: u64,
+        backoff: &mut Backoff,
+        cancel: &CancellationToken,
+        give_up: Option<Duration>,
+    ) -> Result<u64, AuthError> {
+        let started = Instant::now();
+        loop {
+            match self.refresh(seen_generation).await {
+                Ok(generation) => return Ok(generation),
+                Err(e)
+                    if e.is_retryable()
+                        && give_up.is_none_or(|limit| started.elapsed() < limit) =>
+                {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.delay().as_millis() as u64, "Login failed; retrying.");
+                    if backoff.wait(cancel).await {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn org_id(&self) -> Option<String> {
+        self.session
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|s| s.org_id.clone())
+    }
+
+    pub(super) async fn generation(&self) -> u64 {
+        *self.login_lock.lock().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_http_or_https() {
+        let auth = Authenticator::new(
+            "http://127.0.0.1:1",
+            "57.0",
+            crate::salesforce::auth::Credentials::Soap {
+                username: "u".into(),
+                password: "p".to_string().into(),
+            },
+        );
+        assert!(PubSubConnection::new("ftp://x", auth.clone()).is_err());
+        assert!(PubSubConnection::new("not a url", auth).is_err());
+    }
+}

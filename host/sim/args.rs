@@ -1,0 +1,233 @@
+//! `sfzb-host sim`: its flags, and the simulator configuration they make.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::SimConfig;
+use crate::config::{ConfigError, invalid};
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Pub/Sub API (gRPC) port; 0 picks a free one.
+    #[arg(long, default_value_t = 17443)]
+    pub port: u16,
+
+    /// Login endpoints (HTTP) port; 0 picks a free one.
+    #[arg(long, default_value_t = 18443)]
+    pub login_port: u16,
+
+    /// Objects with change events, comma-separated: Account, Contact, Lead, Opportunity, Invoice__c.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "Account,Contact,Lead,Opportunity,Invoice__c"
+    )]
+    pub entities: Vec<String>,
+
+    /// Change events of each entity already retained at start (as if they happened before).
+    #[arg(long, default_value_t = 100)]
+    pub events: u64,
+
+    /// New events per second after start, all entities together.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+
+    /// Seed: the same seed gives the same events, and more events extend the same sequence.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// The simulated org's id.
+    #[arg(long, default_value = "00DSIM0000000001AAA")]
+    pub org_id: String,
+
+    /// Events retained for replay; older ones are dropped (Salesforce keeps 72 hours).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub retention: usize,
+
+    /// Milliseconds between keepalives on an idle stream (Salesforce: within 270 s).
+    #[arg(long, default_value_t = 5000)]
+    pub keepalive_ms: u64,
+
+    /// Accept only these USER:PASSWORD pairs (repeatable); by default any non-empty pair.
+    #[arg(long = "login", value_name = "USER:PASSWORD")]
+    pub logins: Vec<String>,
+
+    /// Accept only these CLIENT_ID:SECRET pairs (repeatable); by default any non-empty pair.
+    #[arg(long = "client", value_name = "ID:SECRET")]
+    pub clients: Vec<String>,
+
+    /// Verify JWT bearer assertions with this RSA public key (PEM).
+    #[arg(long)]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Access tokens expire this many seconds after they are issued.
+    #[arg(long)]
+    pub token_ttl_secs: Option<u64>,
+
+    /// Also serve a Zerobus test server on this port (0 picks one), for zerobus: sinks without
+    /// a Databricks workspace. It acknowledges every record and keeps nothing but counts.
+    #[arg(long)]
+    pub zerobus_port: Option<u16>,
+
+    /// Fault: end every stream with UNAVAILABLE after it delivered N events.
+    #[arg(long, value_name = "N")]
+    pub end_stream_after: Option<u64>,
+
+    /// Fault: expire all access tokens once N events were delivered in total.
+    #[arg(long, value_name = "N")]
+    pub expire_tokens_after: Option<u64>,
+
+    /// Fault: serve a corrupt payload for the events at these bus positions (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "POS")]
+    pub corrupt_at: Vec<u64>,
+
+    /// Fault: serve the events at these bus positions as a ConsumerEvent with a replay id
+    /// and no event (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "POS")]
+    pub empty_at: Vec<u64>,
+
+    /// Fault: from this bus position on, events use a changed schema (one more field).
+    #[arg(long, value_name = "POS")]
+    pub schema_change_at: Option<u64>,
+
+    /// Every Nth event of each entity is a GAP_UPDATE event.
+    #[arg(long, value_name = "N")]
+    pub gap_every: Option<u64>,
+
+    /// A managed event subscription for ManagedSubscribe: its developer name and topic, e.g.
+    /// Accounts=/data/AccountChangeEvent. It starts at EARLIEST, keeps the replay id its
+    /// client commits, and admits one client at a time. Repeatable.
+    #[arg(long = "managed-subscription", value_name = "NAME=TOPIC")]
+    pub managed_subscriptions: Vec<String>,
+}
+
+fn pairs(key: &'static str, items: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once(':')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| invalid(key, item, "write it as NAME:SECRET"))
+        })
+        .collect()
+}
+
+impl SimArgs {
+    pub fn config(&self) -> Result<SimConfig, ConfigError> {
+        if !(self.rate.is_finite() && self.rate >= 0.0) {
+            return Err(invalid(
+                "rate",
+                self.rate.to_string(),
+                "give events per second, 0 or more",
+            ));
+        }
+        let jwt_public_key_pem = match &self.jwt_public_key {
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+                        key: "jwt-public-key".into(),
+                        path: path.display().to_string(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Ok(SimConfig {
+            pubsub_addr: (self.host, self.port).into(),
+            login_addr: (self.host, self.login_port).into(),
+            entities: self.entities.clone(),
+            events: self.events,
+            rate: self.rate,
+            seed: self.seed,
+            org_id: self.org_id.clone(),
+            retention: self.retention,
+            keepalive: Duration::from_millis(self.keepalive_ms.max(10)),
+            accounts: super::login::Accounts {
+                users: pairs("login", &self.logins)?,
+                clients: pairs("client", &self.clients)?,
+                jwt_public_key_pem,
+            },
+            token_ttl: self.token_ttl_secs.map(Duration::from_secs),
+            event_faults: super::bus::EventFaults {
+                corrupt_at: self.corrupt_at.clone(),
+                empty_at: self.empty_at.clone(),
+                schema_change_at: self.schema_change_at,
+                gap_every: self.gap_every,
+            },
+            stream_faults: super::pubsub::StreamFaults {
+                end_stream_after: self.end_stream_after,
+                expire_tokens_after: self.expire_tokens_after,
+            },
+            managed: self
+                .managed_subscriptions
+                .iter()
+                .map(|item| {
+                    item.split_once('=')
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .ok_or_else(|| {
+                            invalid(
+                                "managed-subscription",
+                                item,
+                                "write it as NAME=TOPIC, e.g. Accounts=/data/AccountChangeEvent",
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// `sfzb-host sim`: serves until `cancel` fires, after printing where (to `out`).
+pub async fn serve(
+    args: &SimArgs,
+    cancel: tokio_util::sync::CancellationToken,
+    out: &mut dyn std::io::Write,
+) -> Result<(), crate::Error> {
+    let config = args.config()?;
+    let channels: Vec<String> = config
+        .entities
+        .iter()
+        .map(|e| super::catalog::channel_for(e.trim()))
+        .collect();
+    let zerobus = match args.zerobus_port {
+        Some(port) => {
+            let addr = (args.host, port).into();
+            Some(
+                super::zerobus::ZerobusServerHandle::start_on(addr, Default::default())
+                    .await
+                    .map_err(|source| super::SimError::Bind { addr, source })?,
+            )
+        }
+        None => None,
+    };
+    let sim = super::Simulator::start(config).await?;
+    // A reader that stops reading early must not take the simulator down.
+    let _ = writeln!(out, "Pub/Sub API: {}", sim.pubsub_url());
+    let _ = writeln!(out, "Login:       {}", sim.login_url());
+    if let Some(zerobus) = &zerobus {
+        let _ = writeln!(out, "Zerobus:     {}", zerobus.url());
+    }
+    let _ = writeln!(out, "Org id:      {}", sim.org_id);
+    let _ = writeln!(
+        out,
+        "Channels:    {}, /data/ChangeEvents",
+        channels.join(", ")
+    );
+    let head = sim.bus.head();
+    let _ = writeln!(out, "Retained:    {head} events (replay ids 1..{head})");
+    let _ = out.flush();
+    cancel.cancelled().await;
+    sim.shutdown().await;
+    if let Some(zerobus) = zerobus {
+        zerobus.shutdown().await;
+    }
+    Ok(())
+}
