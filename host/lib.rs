@@ -1,26 +1,31 @@
 //! sfzb-host: Salesforce Change Data Capture → sandboxed Wasm transforms → Databricks.
 //!
 //! Data flows one way: [`salesforce::pubsub`] (source) → [`salesforce::schema`] (decode) →
-//! [`transform`] → [`sink`] → [`checkpoint`], wired per subscription by [`pipeline`]; this
-//! module runs the subscriptions of a plan side by side, each isolated from the others.
+//! [`transform`] → [`sink`] → [`checkpoint`], wired per subscription by [`pipeline`];
+//! [`supervisor`] runs the subscriptions of a plan side by side, each isolated from the
+//! others. `main.rs` only parses and dispatches.
 //!
 //! Where each concept lives:
 //!
 //! | concept | module |
 //! |---|---|
-//! | logins, session refresh | [`salesforce::auth`] |
-//! | Pub/Sub streams, flow control (credit), keepalives, reconnects, managed subscriptions | [`salesforce::pubsub`] |
-//! | writer schemas, decoding | [`salesforce::schema`], [`salesforce::avro`] |
+//! | logins, session refresh, the session on every call | [`salesforce::auth`] |
+//! | the Pub/Sub connection; one subscription's life; one stream; flow control (credit); managed subscriptions; error classification | [`salesforce::pubsub`] (`connection`, `supervisor`, `stream`, `credit`, `managed`, `error`) |
+//! | start positions, the invalid-replay fallback | [`salesforce::replay`] |
+//! | writer schemas, decoding, re-encoding | [`salesforce::schema`], [`salesforce::avro`] |
 //! | header field bitmaps | [`salesforce::bitmap`] |
-//! | the decoded event, replay ids | [`event`] |
-//! | Wasm engine, host functions, sandbox limits, the chain | [`transform`] (`engine`, `limits`, `chain`) |
-//! | rows, sinks, dead letters | [`sink`] (`row`, `jsonl`, `delta`, `zerobus`, `deadletter`) |
+//! | the decoded event (with its writer schema), replay ids | [`event`] |
+//! | Wasm engine, host functions, sandbox limits, the chain | [`transform`] (`engine`, `host`, `limits`, `chain`) |
+//! | one subscription's steps: decode, chain, route, write, flush | [`pipeline`] |
+//! | every table's columns; rows; dead letters; each sink | [`sink`] (`columns`, `row`, `deadletter`, `jsonl`, `delta`, `zerobus`) |
 //! | local checkpoints | [`checkpoint`] |
 //! | Databricks tables and the checkpoint table (SQL Statement API) | [`sql`] |
-//! | configuration, flags | [`config`], [`cli`] |
-//! | health figures; the `/metrics` `/healthz` `/stats` server | [`health`], [`http`] |
+//! | settings (each defined once), the file, layering, the plan | [`config`] (`settings`, `file`, `layering`, …), [`cli`] |
+//! | the subscriptions of a run, the stop | [`supervisor`] |
+//! | health figures and reports; the `/metrics` `/healthz` `/stats` server | [`health`], [`http`] |
 //! | Kubernetes Lease fencing | [`lease`] |
-//! | simulated Salesforce, Zerobus and Databricks servers | [`sim`] |
+//! | retry delays | [`backoff`] |
+//! | simulated Salesforce, Zerobus and Databricks servers; `sim`'s flags | [`sim`] |
 //! | `transform test`/`bench`, `transform init`, `demo` | [`authoring`], [`scaffold`], [`demo`] |
 //!
 //! From Rust, build a plan with [`SfzbHost::builder`] (or load `sfzb.toml` with

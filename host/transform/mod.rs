@@ -3,7 +3,8 @@
 //!
 //! | file | concern |
 //! |---|---|
-//! | `engine.rs` | Engine, Linker, WIT bindings, compile cache, the host half of the contract, instances |
+//! | `engine.rs` | Engine, Linker, WIT bindings, compile cache, instances |
+//! | `host.rs` | the host half of the contract: the `host` and `types` interfaces |
 //! | `chain.rs` | ordered transforms, routing, failure policy, counts |
 //! | `limits.rs` | memory cap, epoch deadlines, fuel; no event data |
 //!
@@ -12,6 +13,7 @@
 
 pub mod chain;
 pub mod engine;
+pub mod host;
 pub mod limits;
 
 pub use chain::{Chain, ChainOutput, Failed, OnError, Routed, TransformSpec, TransformStats};

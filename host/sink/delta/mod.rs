@@ -21,27 +21,26 @@
 //! A sibling is added to `sfzb.tables` by a main commit of its own (no data, no txn) before
 //! its first data commit, so a crash can never leave a sibling the main table does not name.
 
+mod batches;
+mod recovery;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use deltalake::arrow::array::{
-    ArrayRef, AsArray, BinaryBuilder, Int64Builder, ListBuilder, StringBuilder,
-};
+use deltalake::DeltaTable;
 use deltalake::arrow::datatypes::Schema as ArrowSchema;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, ArrayType, DataType, StructField, Transaction};
-use deltalake::parquet::arrow::ProjectionMask;
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
-use futures::StreamExt;
 use url::Url;
 
-use crate::sink::columns::{self, Cell, Cells, Column, Type};
+use batches::batch;
+use recovery::{recorded, rows_after};
 
 use crate::event::ReplayId;
+use crate::sink::columns::{self, Column, Type};
 use crate::sink::{DeadLetter, RouteKind, Row, SinkError};
 
 const REPLAY_KEY: &str = "sfzb.replay_id";
@@ -232,139 +231,6 @@ impl Table {
             self.buffered = 0;
         }
         Ok(())
-    }
-}
-
-/// The replay ids of the rows that our commits with a flush counter above `after` put
-/// in `table`, read back from the commits' own files.
-async fn rows_after(
-    table: &DeltaTable,
-    app_id: &str,
-    after: i64,
-) -> Result<BTreeSet<String>, String> {
-    let mut files = Vec::new();
-    let log = table.log_store();
-    let Some(latest) = table.version() else {
-        return Ok(BTreeSet::new());
-    };
-    for version in (0..=latest).rev() {
-        let Some(entry) = log
-            .read_commit_entry(version)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            break;
-        };
-        let (mut ours, mut adds) = (None, Vec::new());
-        for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let action: serde_json::Value = serde_json::from_slice(line)
-                .map_err(|e| format!("commit {version} is not JSON: {e}"))?;
-            if let Some(txn) = action.get("txn")
-                && txn.get("appId").and_then(|a| a.as_str()) == Some(app_id)
-            {
-                ours = txn.get("version").and_then(|v| v.as_i64());
-            }
-            if let Some(path) = action.pointer("/add/path").and_then(|p| p.as_str()) {
-                adds.push(path.to_string());
-            }
-        }
-        match ours {
-            Some(flush) if flush > after => files.extend(adds),
-            // Flush counters only grow: everything older is covered by the checkpoint.
-            Some(_) => break,
-            None => {}
-        }
-    }
-    let store = table.object_store();
-    let mut ids = BTreeSet::new();
-    for file in files {
-        let location = deltalake::Path::from_url_path(&file).map_err(|e| e.to_string())?;
-        let bytes = store
-            .get_opts(&location, Default::default())
-            .await
-            .map_err(|e| format!("{file}: {e}"))?
-            .bytes()
-            .await
-            .map_err(|e| format!("{file}: {e}"))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| e.to_string())?;
-        let column = builder
-            .schema()
-            .index_of("replay_id")
-            .map_err(|e| format!("{file}: {e}"))?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), [column]);
-        for batch in builder
-            .with_projection(mask)
-            .build()
-            .map_err(|e| e.to_string())?
-        {
-            let batch = batch.map_err(|e| e.to_string())?;
-            let replays = deltalake::arrow::compute::cast(
-                batch.column(0),
-                &deltalake::arrow::datatypes::DataType::Utf8,
-            )
-            .map_err(|e| e.to_string())?;
-            let replays = replays.as_string::<i32>();
-            ids.extend(replays.iter().flatten().map(str::to_string));
-        }
-    }
-    Ok(ids)
-}
-
-/// What the newest commits of ours in the main table record.
-#[derive(Debug, Default)]
-struct Recorded {
-    /// Flush counter and replay id of the checkpoint.
-    checkpoint: Option<(i64, String)>,
-    tables: BTreeSet<String>,
-    held: Held,
-}
-
-async fn recorded(table: &DeltaTable, app_id: &str) -> Result<Recorded, DeltaTableError> {
-    let mut out = Recorded::default();
-    let Some(version) = table
-        .snapshot()?
-        .transaction_version(table.log_store().as_ref(), app_id)
-        .await?
-    else {
-        return Ok(out);
-    };
-    let mut newest = true;
-    let mut history = table.history(None);
-    while let Some(info) = history.next().await {
-        let info = info?;
-        // Several subscriptions may write one table: take this writer's newest commits.
-        if info.info.get(APP_KEY).and_then(|v| v.as_str()) != Some(app_id) {
-            continue;
-        }
-        if std::mem::take(&mut newest) {
-            out.tables = metadata(&info.info, TABLES_KEY)?;
-            out.held = metadata(&info.info, HELD_KEY)?;
-        }
-        // Version 0 is an intent commit made before the first flush: no checkpoint yet.
-        if version == 0 {
-            return Ok(out);
-        }
-        if let Some(replay) = info.info.get(REPLAY_KEY).and_then(|v| v.as_str()) {
-            out.checkpoint = Some((version, replay.to_string()));
-            return Ok(out);
-        }
-    }
-    Err(DeltaTableError::Generic(format!(
-        "transaction {app_id} has no {REPLAY_KEY} in the table history"
-    )))
-}
-
-/// A key of our commit metadata: absent is empty; present and unreadable is an error, never
-/// read as empty (that would forget held rows).
-fn metadata<T: serde::de::DeserializeOwned + Default>(
-    info: &std::collections::HashMap<String, serde_json::Value>,
-    key: &str,
-) -> Result<T, DeltaTableError> {
-    match info.get(key) {
-        None => Ok(T::default()),
-        Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
-            DeltaTableError::Generic(format!("commit metadata {key} is not readable: {e}"))
-        }),
     }
 }
 
@@ -582,81 +448,6 @@ impl DeltaSink {
         }
         self.committed_held = self.held.clone();
         Ok(())
-    }
-}
-
-fn cast(
-    array: ArrayRef,
-    schema: &ArrowSchema,
-    index: usize,
-) -> Result<ArrayRef, deltalake::arrow::error::ArrowError> {
-    let target = schema.field(index).data_type();
-    if array.data_type() == target {
-        Ok(array)
-    } else {
-        deltalake::arrow::compute::cast(&array, target)
-    }
-}
-
-/// An Arrow batch of `rows`, a column at a time.
-fn batch<T: Cells>(
-    schema: &Arc<ArrowSchema>,
-    rows: &[&T],
-) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-    let arrays = T::COLUMNS
-        .iter()
-        .enumerate()
-        .map(|(i, column)| cast(array(rows, i, column.ty), schema, i))
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.clone(), arrays)
-}
-
-/// Column `i` of `rows`, whose type is `ty`.
-fn array<T: Cells>(rows: &[&T], i: usize, ty: Type) -> ArrayRef {
-    let wrong =
-        |cell: Cell<'_>| -> ! { unreachable!("column {i} is {ty:?}, the row gave {cell:?}") };
-    match ty {
-        Type::Text => {
-            let mut b = StringBuilder::new();
-            for row in rows {
-                match row.cell(i) {
-                    Cell::Text(v) => b.append_value(v),
-                    other => wrong(other),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        Type::Long => {
-            let mut b = Int64Builder::new();
-            for row in rows {
-                match row.cell(i) {
-                    Cell::Long(v) => b.append_value(v),
-                    other => wrong(other),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        Type::TextList => {
-            let mut b = ListBuilder::new(StringBuilder::new());
-            for row in rows {
-                match row.cell(i) {
-                    Cell::TextList(list) => list.iter().for_each(|v| b.values().append_value(v)),
-                    other => wrong(other),
-                }
-                b.append(true);
-            }
-            Arc::new(b.finish())
-        }
-        Type::Bytes => {
-            let mut b = BinaryBuilder::new();
-            for row in rows {
-                match row.cell(i) {
-                    Cell::Bytes(v) => b.append_value(v),
-                    other => wrong(other),
-                }
-            }
-            Arc::new(b.finish())
-        }
     }
 }
 
