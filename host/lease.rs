@@ -154,42 +154,8 @@ impl Fence {
         let mut last = None;
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
-            health.set_state(State::Standby(format!(
-                "waiting for Kubernetes Lease {namespace}/{lease}, held by another process"
-            )));
-            // A fresh manager per attempt: after an API error one may still believe it holds
-            // the Lease and never report acquiring it again.
-            let acquisition = self.acquire(lease);
-            tokio::pin!(acquisition);
-            let acquired = tokio::select! {
-                _ = cancel.cancelled() => return Ok(last),
-                acquired = &mut acquisition => acquired,
-                _ = tokio::time::sleep(STANDBY_AFTER) => {
-                    tracing::info!(lease = %lease, "Standby: Kubernetes Lease {namespace}/{lease} is held by another process; waiting for it.");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Ok(last),
-                        acquired = &mut acquisition => acquired,
-                    }
-                }
-            };
-            let manager = match acquired {
-                Ok(manager) => manager,
-                Err(error) if refused(&error) => {
-                    return Err(E::from(FenceError::Refused {
-                        lease: format!("{namespace}/{lease}"),
-                        reason: error.to_string(),
-                    }));
-                }
-                Err(error) => {
-                    tracing::warn!(lease = %lease, %error, "Cannot take Kubernetes Lease {namespace}/{lease}; retrying in about {} s.", backoff.delay().as_secs());
-                    health.set_state(State::Reconnecting(format!(
-                        "cannot take Kubernetes Lease {namespace}/{lease}: {error}"
-                    )));
-                    if backoff.wait(cancel).await {
-                        return Ok(last);
-                    }
-                    continue;
-                }
+            let Some(manager) = self.take(lease, cancel, health, &mut backoff).await? else {
+                return Ok(last);
             };
             tracing::info!(lease = %lease, holder = %self.identity, "Holding Kubernetes Lease {namespace}/{lease}; reading.");
             let lost = cancel.child_token();
@@ -233,6 +199,56 @@ impl Fence {
             // A Lease lost to a failing API: do not restart the whole pipeline at once.
             if renewal_failed && backoff.wait(cancel).await {
                 return Ok(last);
+            }
+        }
+    }
+
+    /// Waits as a standby until this process holds `lease`, retrying API failures with
+    /// `backoff`; `None` if cancelled first. A refusal no retry mends is an error.
+    async fn take(
+        &self,
+        lease: &str,
+        cancel: &CancellationToken,
+        health: &Health,
+        backoff: &mut Backoff,
+    ) -> Result<Option<LeaseManager>, FenceError> {
+        let namespace = &self.settings.namespace;
+        loop {
+            health.set_state(State::Standby(format!(
+                "waiting for Kubernetes Lease {namespace}/{lease}, held by another process"
+            )));
+            // A fresh manager per attempt: after an API error one may still believe it holds
+            // the Lease and never report acquiring it again.
+            let acquisition = self.acquire(lease);
+            tokio::pin!(acquisition);
+            let acquired = tokio::select! {
+                _ = cancel.cancelled() => return Ok(None),
+                acquired = &mut acquisition => acquired,
+                _ = tokio::time::sleep(STANDBY_AFTER) => {
+                    tracing::info!(lease = %lease, "Standby: Kubernetes Lease {namespace}/{lease} is held by another process; waiting for it.");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(None),
+                        acquired = &mut acquisition => acquired,
+                    }
+                }
+            };
+            match acquired {
+                Ok(manager) => return Ok(Some(manager)),
+                Err(error) if refused(&error) => {
+                    return Err(FenceError::Refused {
+                        lease: format!("{namespace}/{lease}"),
+                        reason: error.to_string(),
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(lease = %lease, %error, "Cannot take Kubernetes Lease {namespace}/{lease}; retrying in about {} s.", backoff.delay().as_secs());
+                    health.set_state(State::Reconnecting(format!(
+                        "cannot take Kubernetes Lease {namespace}/{lease}: {error}"
+                    )));
+                    if backoff.wait(cancel).await {
+                        return Ok(None);
+                    }
+                }
             }
         }
     }

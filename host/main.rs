@@ -128,9 +128,13 @@ fn init_tracing(format: LogFormat, filter: Option<&str>) {
     let filter = match filter {
         Some(f) => EnvFilter::new(f),
         // delta-kernel logs an ERROR when probing a table that does not exist yet, which
-        // sfzb-host then creates: not an error for us.
-        None => EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,buoyant_kernel=off,deltalake_core=warn")),
+        // sfzb-host then creates: not an error for us. delta-rs warns on every flush that it
+        // keeps no statistics for `payload_binary` (a binary column has none to keep).
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new(
+                "info,buoyant_kernel=off,deltalake_core=warn,deltalake_core::writer::stats=error",
+            )
+        }),
     };
     // Escape codes only for a person at a terminal, not for files and log collectors.
     let builder = tracing_subscriber::fmt()

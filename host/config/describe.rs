@@ -22,43 +22,7 @@ impl RunPlan {
         let subscriptions: Vec<_> = self
             .subscriptions
             .iter()
-            .map(|s| {
-                let c = &s.config;
-                json!({
-                    "name": s.name,
-                    "in-this-shard": self.shard.is_none_or(|shard| shard.owns(&self.orgs[s.org], &s.config.channel)),
-                    "lease": self.lease.as_ref().map(|_| crate::lease::Fence::lease_name(&self.orgs[s.org].name, &c.channel, &c.sink.to_string())),
-                    "org": self.orgs[s.org].name,
-                    "channel": c.channel,
-                    "sink": c.sink.to_string(),
-                    "dead-letter": c.dead_letter.as_ref().map(ToString::to_string),
-                    "replay": c.replay.as_ref().map(ToString::to_string),
-                    "managed-subscription": c.managed_subscription,
-                    "backfill-historical": c.backfill_historical,
-                    "enable-replay-recovery": c.replay_recovery,
-                    "batch-size": c.batch_size,
-                    "idle-timeout-secs": c.idle_timeout.as_secs(),
-                    "max-timeouts": c.max_timeouts,
-                    "replay-invalid": c.on_invalid_replay,
-                    "transforms": c.transforms.iter().map(|t| json!({
-                        "name": t.name,
-                        "path": t.path.display().to_string(),
-                        "on-error": t.on_error,
-                        // Any setting may be a secret: keys only.
-                        "config": t.config.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
-                        "memory-mib": t.limits.memory_bytes >> 20,
-                        "timeout-ms": t.limits.timeout.as_millis() as u64,
-                        "fuel": t.limits.fuel,
-                        "recycle-after": t.limits.recycle_after,
-                        "max-added-bytes": t.limits.max_added_bytes,
-                        "max-outputs": t.limits.max_outputs,
-                        "max-batch-output-mib": t.limits.max_batch_output_bytes >> 20,
-                        "max-tables": t.limits.max_tables,
-                        "max-log-lines-per-sec": t.limits.max_log_lines_per_sec,
-                        "allow-tables": t.allow_tables,
-                    })).collect::<Vec<_>>(),
-                })
-            })
+            .map(|s| self.describe_subscription(s))
             .collect();
         let o = &self.options;
         json!({
@@ -105,4 +69,47 @@ impl RunPlan {
             self.orgs.len()
         )
     }
+
+    fn describe_subscription(&self, s: &super::SubscriptionPlan) -> serde_json::Value {
+        use serde_json::json;
+        let c = &s.config;
+        json!({
+            "name": s.name,
+            "in-this-shard": self.shard.is_none_or(|shard| shard.owns(&self.orgs[s.org], &s.config.channel)),
+            "lease": self.lease.as_ref().map(|_| crate::lease::Fence::lease_name(&self.orgs[s.org].name, &c.channel, &c.sink.to_string())),
+            "org": self.orgs[s.org].name,
+            "channel": c.channel,
+            "sink": c.sink.to_string(),
+            "dead-letter": c.dead_letter.as_ref().map(ToString::to_string),
+            "replay": c.replay.as_ref().map(ToString::to_string),
+            "managed-subscription": c.managed_subscription,
+            "backfill-historical": c.backfill_historical,
+            "enable-replay-recovery": c.replay_recovery,
+            "batch-size": c.batch_size,
+            "idle-timeout-secs": c.idle_timeout.as_secs(),
+            "max-timeouts": c.max_timeouts,
+            "replay-invalid": c.on_invalid_replay,
+            "transforms": c.transforms.iter().map(describe_transform).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn describe_transform(t: &crate::transform::TransformSpec) -> serde_json::Value {
+    serde_json::json!({
+        "name": t.name,
+        "path": t.path.display().to_string(),
+        "on-error": t.on_error,
+        // Any setting may be a secret: keys only.
+        "config": t.config.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        "memory-mib": t.limits.memory_bytes >> 20,
+        "timeout-ms": t.limits.timeout.as_millis() as u64,
+        "fuel": t.limits.fuel,
+        "recycle-after": t.limits.recycle_after,
+        "max-added-bytes": t.limits.max_added_bytes,
+        "max-outputs": t.limits.max_outputs,
+        "max-batch-output-mib": t.limits.max_batch_output_bytes >> 20,
+        "max-tables": t.limits.max_tables,
+        "max-log-lines-per-sec": t.limits.max_log_lines_per_sec,
+        "allow-tables": t.allow_tables,
+    })
 }

@@ -50,6 +50,7 @@ pub(super) fn org_config(
     })
 }
 
+/// The org's credentials for its login flow: `auth`, else inferred from what is given.
 fn credentials(
     org: &OrgSection,
     prefix: &str,
@@ -63,111 +64,123 @@ fn credentials(
             (None, Some(_), None) => AuthFlow::ClientCredentials,
             (None, None, _) => AuthFlow::Soap,
         });
-    let flags = prefix.is_empty();
-    let key = |k: &str| format!("{prefix}{k}");
-    let where_ = |flag: &str, env: &str, what: &str| {
-        if flags {
-            format!("pass --{flag} or set {env}{what}")
+    let given = Given { org, prefix };
+    Ok(match flow {
+        AuthFlow::Soap => Credentials::Soap {
+            username: given.username()?,
+            password: given.password()?,
+        },
+        AuthFlow::ClientCredentials => Credentials::ClientCredentials {
+            client_id: given.client_id()?,
+            client_secret: given.client_secret()?,
+        },
+        AuthFlow::Password => Credentials::Password {
+            client_id: given.client_id()?,
+            client_secret: given.client_secret()?,
+            username: given.username()?,
+            password: given.password()?,
+        },
+        AuthFlow::JwtBearer => Credentials::JwtBearer {
+            client_id: given.client_id()?,
+            username: given.username()?,
+            private_key_pem: given.jwt_key()?,
+            audience: org
+                .jwt_audience
+                .clone()
+                .unwrap_or_else(|| login_url.to_string()),
+        },
+    })
+}
+
+/// The credentials an org's section gives; a missing one is an error saying where to put
+/// it: a flag or its environment variable for the default org, a key for `[orgs.NAME]`.
+struct Given<'a> {
+    org: &'a OrgSection,
+    /// `orgs.NAME.`, or empty for the flags and `[salesforce]`.
+    prefix: &'a str,
+}
+
+impl Given<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("{}{k}", self.prefix)
+    }
+
+    fn missing(&self, k: &str, env: &str, what: &str) -> ConfigError {
+        let fix = if self.prefix.is_empty() {
+            format!("pass --{k} or set {env}{what}")
         } else {
-            format!("set {prefix}{flag}, e.g. {{ env = \"{env}\" }}{what}")
-        }
-    };
-    let text = |value: &Option<String>, k: &str, fix: String| {
+            format!("set {}{k}, e.g. {{ env = \"{env}\" }}{what}", self.prefix)
+        };
+        missing(self.key(k), fix)
+    }
+
+    fn text(
+        &self,
+        value: &Option<String>,
+        k: &str,
+        env: &str,
+        what: &str,
+    ) -> Result<String, ConfigError> {
         value
             .clone()
             .filter(|v| !v.is_empty())
-            .ok_or_else(|| missing(key(k), fix))
-    };
-    let secret = |value: &Option<Secret>, k: &str, fix: String| match value {
-        Some(s) => s.resolve(&key(k)).and_then(|v| {
-            if v.is_empty() {
-                Err(missing(key(k), fix.clone()))
-            } else {
-                Ok(SecretString::from(v))
-            }
-        }),
-        None => Err(missing(key(k), fix)),
-    };
-    let username = || {
-        text(
-            &org.username,
-            "username",
-            where_("username", "SALESFORCE_USERNAME", ""),
-        )
-    };
-    let password = || {
-        secret(
-            &org.password,
-            "password",
-            where_(
-                "password",
-                "SALESFORCE_PASSWORD",
-                " (password with the security token appended)",
-            ),
-        )
-    };
-    let client_id = || {
-        text(
-            &org.client_id,
-            "client-id",
-            where_(
-                "client-id",
-                "SALESFORCE_CLIENT_ID",
-                " (the connected app's consumer key)",
-            ),
-        )
-    };
-    let client_secret = || {
-        secret(
-            &org.client_secret,
-            "client-secret",
-            where_(
-                "client-secret",
-                "SALESFORCE_CLIENT_SECRET",
-                " (the connected app's consumer secret)",
-            ),
-        )
-    };
-    Ok(match flow {
-        AuthFlow::Soap => Credentials::Soap {
-            username: username()?,
-            password: password()?,
-        },
-        AuthFlow::ClientCredentials => Credentials::ClientCredentials {
-            client_id: client_id()?,
-            client_secret: client_secret()?,
-        },
-        AuthFlow::Password => Credentials::Password {
-            client_id: client_id()?,
-            client_secret: client_secret()?,
-            username: username()?,
-            password: password()?,
-        },
-        AuthFlow::JwtBearer => {
-            let path = org.jwt_key_file.as_ref().ok_or_else(|| {
-                missing(
-                    key("jwt-key-file"),
-                    where_(
-                        "jwt-key-file",
-                        "SALESFORCE_JWT_KEY_FILE",
-                        " (PEM RSA private key)",
-                    ),
-                )
-            })?;
-            let pem = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
-                key: key("jwt-key-file"),
-                path: path.display().to_string(),
-                source,
-            })?;
-            Credentials::JwtBearer {
-                client_id: client_id()?,
-                username: username()?,
-                private_key_pem: SecretString::from(pem),
-                audience: org
-                    .jwt_audience
-                    .clone()
-                    .unwrap_or_else(|| login_url.to_string()),
-            }
+            .ok_or_else(|| self.missing(k, env, what))
+    }
+
+    fn secret(
+        &self,
+        value: &Option<Secret>,
+        k: &str,
+        env: &str,
+        what: &str,
+    ) -> Result<SecretString, ConfigError> {
+        let value = value.as_ref().ok_or_else(|| self.missing(k, env, what))?;
+        match value.resolve(&self.key(k))? {
+            v if v.is_empty() => Err(self.missing(k, env, what)),
+            v => Ok(SecretString::from(v)),
         }
-    })
+    }
+
+    fn username(&self) -> Result<String, ConfigError> {
+        self.text(&self.org.username, "username", "SALESFORCE_USERNAME", "")
+    }
+
+    fn password(&self) -> Result<SecretString, ConfigError> {
+        let what = " (password with the security token appended)";
+        self.secret(&self.org.password, "password", "SALESFORCE_PASSWORD", what)
+    }
+
+    fn client_id(&self) -> Result<String, ConfigError> {
+        let what = " (the connected app's consumer key)";
+        self.text(
+            &self.org.client_id,
+            "client-id",
+            "SALESFORCE_CLIENT_ID",
+            what,
+        )
+    }
+
+    fn client_secret(&self) -> Result<SecretString, ConfigError> {
+        let what = " (the connected app's consumer secret)";
+        self.secret(
+            &self.org.client_secret,
+            "client-secret",
+            "SALESFORCE_CLIENT_SECRET",
+            what,
+        )
+    }
+
+    fn jwt_key(&self) -> Result<SecretString, ConfigError> {
+        let k = "jwt-key-file";
+        let path =
+            self.org.jwt_key_file.as_ref().ok_or_else(|| {
+                self.missing(k, "SALESFORCE_JWT_KEY_FILE", " (PEM RSA private key)")
+            })?;
+        let pem = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+            key: self.key(k),
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(SecretString::from(pem))
+    }
 }

@@ -22,36 +22,13 @@ pub(super) fn subscription_config(
         )
     })?;
     let channel = normalize_channel(channel).map_err(|e| rekey(e, &key("channel")))?;
-    let sink_text = section.sink();
-    let sink: SinkSpec = sink_text
-        .parse()
-        .map_err(|e: crate::sink::SinkSpecError| invalid(key("sink"), &sink_text, e.to_string()))?;
+    let sink = sink_spec(&key("sink"), &section.sink())?;
     let dead_letter = match &section.dead_letter {
         Some(spec) => Some(spec.parse().map_err(|e: crate::sink::SinkSpecError| {
             invalid(key("dead-letter"), spec, e.to_string())
         })?),
         None => None,
     };
-    if let SinkSpec::Delta(target) = &sink
-        && target.contains("://")
-        && !target.starts_with("file://")
-        && !cfg!(feature = "cloud")
-    {
-        return Err(invalid(
-            key("sink"),
-            &sink_text,
-            "object store tables (s3://, abfss://, gs://) are not built into this binary: build it with `cargo build --release --features cloud`, write to a local path, or use zerobus:catalog.schema.table for Databricks",
-        ));
-    }
-    if let SinkSpec::Zerobus(table) = &sink
-        && (table.split('.').count() != 3 || table.split('.').any(str::is_empty))
-    {
-        return Err(invalid(
-            key("sink"),
-            &sink_text,
-            "Zerobus tables are named in full: zerobus:catalog.schema.table",
-        ));
-    }
     let replay = section
         .replay
         .as_deref()
@@ -92,6 +69,35 @@ pub(super) fn subscription_config(
             flags,
         )?,
     })
+}
+
+/// A sink this binary can write: a Delta table on an object store needs the `cloud`
+/// feature, and a Zerobus table its full name.
+fn sink_spec(key: &str, text: &str) -> Result<SinkSpec, ConfigError> {
+    let sink: SinkSpec = text
+        .parse()
+        .map_err(|e: crate::sink::SinkSpecError| invalid(key, text, e.to_string()))?;
+    if let SinkSpec::Delta(target) = &sink
+        && target.contains("://")
+        && !target.starts_with("file://")
+        && !cfg!(feature = "cloud")
+    {
+        return Err(invalid(
+            key,
+            text,
+            "object store tables (s3://, abfss://, gs://) are not built into this binary: build it with `cargo build --release --features cloud`, write to a local path, or use zerobus:catalog.schema.table for Databricks",
+        ));
+    }
+    if let SinkSpec::Zerobus(table) = &sink
+        && (table.split('.').count() != 3 || table.split('.').any(str::is_empty))
+    {
+        return Err(invalid(
+            key,
+            text,
+            "Zerobus tables are named in full: zerobus:catalog.schema.table",
+        ));
+    }
+    Ok(sink)
 }
 
 /// `AccountChangeEvent` → `/data/AccountChangeEvent`; full channel names are kept.

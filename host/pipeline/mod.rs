@@ -140,20 +140,8 @@ pub async fn run_subscription(
             target: config.sink.to_string(),
         };
         let app_id = format!("sfzb:{org_id}:{}", config.channel);
-        let mut sink = Sink::open(&config.sink, &app_id, &options.zerobus).await?;
-        let mut databricks = match (&config.sink, &options.sql) {
-            (SinkSpec::Zerobus(table), Some(sql)) => {
-                Some(Databricks::prepare(sql, table, &key, options.auto_create_table).await?)
-            }
-            _ => None,
-        };
-        let checkpoint = match &mut databricks {
-            Some(databricks) => databricks.stored.take(),
-            None if sink.keeps_checkpoint() => sink.checkpoint(),
-            // An explicit start needs no checkpoint, so one that is unreadable can be passed by.
-            None if config.replay.is_some() => None,
-            None => store.load(&key).await?,
-        };
+        let (mut sink, databricks, checkpoint) =
+            open_target(&config, &options, &store, &key, &app_id).await?;
         let schemas = Arc::new(SchemaCache::default());
         let source_cancel = cancel.child_token();
         let (source, mut rx, durable) = start_source(
@@ -197,34 +185,9 @@ pub async fn run_subscription(
         let started = Instant::now();
         let result = flow.drive(&mut rx, &options, &cancel).await;
         source_cancel.cancel();
-        // After a failure mid-batch, part of that batch may be buffered: committing it would
-        // move no checkpoint yet write rows that the restart writes again. Nothing is lost by
-        // not flushing: the checkpoint stays where it was.
-        let flushed = match &result {
-            Ok(()) => flow.flush().await,
-            Err(_) => Ok(()),
-        };
-        // The sign a stopping managed source waits for: the last position is durable.
-        flow.durable = None;
-        // rx lives until here: a source that is still delivering never sees a closed channel
-        // and skips its final commit.
-        let source_result = match source.await {
-            Ok(result) => result.map_err(PipelineError::from),
-            Err(e) => Err(PipelineError::Panicked {
-                channel: config.channel.clone(),
-                task: "source",
-                message: panic_message(e),
-            }),
-        };
-        drop(rx);
-        if let Some(chain) = &flow.chain {
-            flow.stats.transforms = chain.stats();
-        }
-        let mut stats = flow.stats;
+        let source = Running { source, rx };
+        let mut stats = finish(flow, result, source, &config.channel).await?;
         stats.elapsed_ms = started.elapsed().as_millis() as u64;
-        result?;
-        flushed?;
-        source_result?;
         tracing::info!(
             received = stats.received,
             written = stats.written,
@@ -238,7 +201,81 @@ pub async fn run_subscription(
     .await
 }
 
+/// The source task and the channel it feeds.
+struct Running {
+    source: Source,
+    rx: mpsc::Receiver<SourceMsg>,
+}
+
+/// The end of a subscription whose source was told to stop: a clean end flushes what is
+/// written; then a managed source hears the last durable position and ends too.
+async fn finish(
+    mut flow: Flow<'_>,
+    result: Result<(), PipelineError>,
+    running: Running,
+    channel: &str,
+) -> Result<SubscriptionStats, PipelineError> {
+    // After a failure mid-batch, part of that batch may be buffered: committing it would
+    // move no checkpoint yet write rows that the restart writes again. Nothing is lost by
+    // not flushing: the checkpoint stays where it was.
+    let flushed = match &result {
+        Ok(()) => flow.flush().await,
+        Err(_) => Ok(()),
+    };
+    // The sign a stopping managed source waits for: the last position is durable.
+    flow.durable = None;
+    // rx lives until here: a source that is still delivering never sees a closed channel
+    // and skips its final commit.
+    let source_result = source_end(running.source, channel).await;
+    drop(running.rx);
+    if let Some(chain) = &flow.chain {
+        flow.stats.transforms = chain.stats();
+    }
+    result?;
+    flushed?;
+    source_result?;
+    Ok(flow.stats)
+}
+
+/// The sink, the SQL checkpoint table of a Zerobus target with a warehouse, and the stored
+/// position: the sink's own, the checkpoint table's, or the file's.
+async fn open_target(
+    config: &SubscriptionConfig,
+    options: &RunOptions,
+    store: &FileCheckpointStore,
+    key: &CheckpointKey,
+    app_id: &str,
+) -> Result<(Sink, Option<Databricks>, Option<ReplayId>), PipelineError> {
+    let sink = Sink::open(&config.sink, app_id, &options.zerobus).await?;
+    let mut databricks = match (&config.sink, &options.sql) {
+        (SinkSpec::Zerobus(table), Some(sql)) => {
+            Some(Databricks::prepare(sql, table, key, options.auto_create_table).await?)
+        }
+        _ => None,
+    };
+    let checkpoint = match &mut databricks {
+        Some(databricks) => databricks.stored.take(),
+        None if sink.keeps_checkpoint() => sink.checkpoint(),
+        // An explicit start needs no checkpoint, so one that is unreadable can be passed by.
+        None if config.replay.is_some() => None,
+        None => store.load(key).await?,
+    };
+    Ok((sink, databricks, checkpoint))
+}
+
 type Source = tokio::task::JoinHandle<Result<(), SubscribeError>>;
+
+/// How the source ended; its panic is this subscription's error.
+async fn source_end(source: Source, channel: &str) -> Result<(), PipelineError> {
+    match source.await {
+        Ok(result) => result.map_err(PipelineError::from),
+        Err(e) => Err(PipelineError::Panicked {
+            channel: channel.to_string(),
+            task: "source",
+            message: panic_message(e),
+        }),
+    }
+}
 
 /// The subscriber task, feeding a bounded channel; and, for a managed subscription, the
 /// sender of the durable positions it commits.
