@@ -37,9 +37,11 @@ impl Backoff {
         self.next = self.next.min(max);
     }
 
-    /// At least `min` next time (a delivery limit asks for a long wait).
+    /// At least `min` next time (a delivery limit asks for a long wait), even past the
+    /// maximum.
     pub fn at_least(&mut self, min: Duration) {
         self.next = self.next.max(min);
+        self.max = self.max.max(min);
     }
 
     /// Sleeps between half and all of the delay (jitter keeps many clients from retrying in

@@ -119,14 +119,17 @@ pub async fn start(mut plan: RunPlan, cancel: CancellationToken) -> Result<Start
             tracing::warn!(org = %org.name, "{SOAP_RETIREMENT}");
         }
     }
-    let shared = Shared::prepare(&plan).await?;
+    // Transforms load first: one that does not load is a configuration error, found
+    // before anything connects.
+    let runtime = transform_runtime(&plan).await?;
     let mut chains = Vec::with_capacity(plan.subscriptions.len());
     for sub in &plan.subscriptions {
-        chains.push(match &shared.runtime {
+        chains.push(match &runtime {
             Some(runtime) => load_chain_with(runtime.clone(), &sub.config.transforms).await?,
             None => None,
         });
     }
+    let shared = Shared::prepare(&plan, runtime).await?;
     let observers = cancel.child_token();
     let metrics_addr = match plan.metrics_listen {
         Some(addr) => Some(
@@ -227,8 +230,10 @@ struct Shared {
 }
 
 impl Shared {
-    async fn prepare(plan: &RunPlan) -> Result<Shared, Error> {
-        let runtime = transform_runtime(plan).await?;
+    async fn prepare(
+        plan: &RunPlan,
+        runtime: Option<Arc<transform::Runtime>>,
+    ) -> Result<Shared, Error> {
         let slots = connection_slots(plan.subscriptions.iter().map(|s| s.org));
         let mut by_slot = HashMap::new();
         for &(org_index, slot) in &slots {

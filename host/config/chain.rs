@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::{TransformSection, setting_text};
-use super::{ConfigError, invalid};
+use super::{ConfigError, invalid, missing};
 use crate::cli::{ComponentArgs, TransformArgs};
 use crate::transform::{Limits, OnError, TransformSpec, chain::name_from_path};
 
@@ -55,7 +55,12 @@ pub(super) fn chain_specs(
 
 fn transform_spec(prefix: &str, section: TransformSection) -> Result<TransformSpec, ConfigError> {
     let key = |k: &str| format!("{prefix}{k}");
-    let path = section.path.clone().unwrap_or_default();
+    let path = section.path.clone().ok_or_else(|| {
+        missing(
+            key("transform.path"),
+            "give each [[subscription.transform]] the path of its .wasm component",
+        )
+    })?;
     if !path.is_file() {
         return Err(invalid(
             key("transform"),

@@ -179,7 +179,7 @@ settings! {
         /// How long one SQL statement may take, including a warehouse start, seconds.
         sql_timeout_secs: u64 = 300u64, flag "sql-timeout-secs";
         /// Create a missing Zerobus target table (false: fail instead).
-        [arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        [arg(num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
         auto_create_table: bool = true, flag "auto-create-table";
         /// Record batches (of up to batch-size rows) sent to Zerobus and not yet
         /// acknowledged, per table: bounds memory (~1.5 MB a batch of Account rows). After a
@@ -209,10 +209,10 @@ settings! {
         /// hex.
         replay: String, flag "replay";
         /// With no checkpoint, replay retained history (EARLIEST); false starts at LATEST.
-        [arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        [arg(num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
         backfill_historical: bool = true, flag "backfill-historical";
         /// Resume from stored checkpoints; false ignores them and starts from LATEST.
-        [arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+        [arg(num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
         enable_replay_recovery: bool = true, flag "enable-replay-recovery";
         /// Read through this Salesforce managed event subscription (its developer name) with
         /// ManagedSubscribe: Salesforce keeps the committed position and lets one client

@@ -289,7 +289,12 @@ fn run_options(
         None => None,
     };
     if run.max_in_flight() == 0 {
-        return Err(invalid("max-in-flight", "0", "give at least 1"));
+        let default = FileConfig::default().max_in_flight();
+        return Err(invalid(
+            "max-in-flight",
+            "0",
+            format!("give at least 1 (default {default})"),
+        ));
     }
     if let Some(endpoint) = &databricks.zerobus_endpoint {
         check_url(

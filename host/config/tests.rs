@@ -203,3 +203,33 @@ fn flags_win_over_the_file_and_the_file_over_defaults() {
         "--channel takes [defaults]"
     );
 }
+
+#[test]
+fn boolean_settings_take_a_value_after_equals_or_mean_true_alone() {
+    let backfill = |extra: &[&str]| {
+        let mut argv = vec!["--username", "u", "--password", "p"];
+        argv.extend_from_slice(extra);
+        run_args(&argv).unwrap().subscriptions[0]
+            .config
+            .backfill_historical
+    };
+    assert!(backfill(&[]), "the default");
+    assert!(!backfill(&["--backfill-historical=false"]));
+    assert!(backfill(&["--backfill-historical"]));
+    // Alone, the flag takes no value: what follows is the next argument, not a boolean.
+    let cli = crate::cli::Cli::try_parse_from([
+        "sfzb-host",
+        "config",
+        "check",
+        "--backfill-historical",
+        "sfzb.toml",
+    ])
+    .unwrap();
+    let crate::cli::Command::Config(crate::cli::ConfigCommand::Check { file, run }) =
+        cli.into_command()
+    else {
+        panic!("config check parses as config check")
+    };
+    assert_eq!(file.as_deref(), Some(std::path::Path::new("sfzb.toml")));
+    assert_eq!(run.subscription.backfill_historical, Some(true));
+}

@@ -144,8 +144,14 @@ impl Subscriber {
             }
             Failure::NoPermission => return Err(SubscribeError::NoPermission { channel, detail }),
             Failure::LimitExceeded => {
-                self.backoff.at_least(LIMIT_WAIT);
-                tracing::warn!(%detail, wait_secs = self.backoff.delay().as_secs(), "Delivery limit exceeded; waiting before resubscribing.");
+                // A long wait this once; the backoff of later failures stays as it was.
+                let mut once = self.backoff.clone();
+                once.at_least(LIMIT_WAIT);
+                tracing::warn!(%detail, wait_secs = once.delay().as_secs(), "Delivery limit exceeded; waiting before resubscribing.");
+                return Ok(match once.wait(&self.cancel).await {
+                    true => Next::Stop,
+                    false => Next::Resubscribe,
+                });
             }
             Failure::ManagedInUse => self.stand_by(),
             Failure::Transient => {
