@@ -46,19 +46,7 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> Result<(), crate::Error> {
     let dir = &args.dir;
-    // Each demo starts fresh: the simulated org is new, so old checkpoints would skip it.
-    for sub in ["tables", "state"] {
-        let path = dir.join(sub);
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(io(&path))?;
-        }
-    }
-    let transforms = dir.join("transforms");
-    std::fs::create_dir_all(&transforms).map_err(io(&transforms))?;
-    for (name, bytes) in [("mask.wasm", MASK), ("tenant-filter.wasm", TENANT_FILTER)] {
-        let path = transforms.join(name);
-        std::fs::write(&path, bytes).map_err(io(&path))?;
-    }
+    prepare(dir)?;
     let sim = Simulator::start(SimConfig {
         entities: CHANNELS.iter().map(|(e, _)| e.to_string()).collect(),
         events: args.events,
@@ -85,6 +73,36 @@ pub async fn run(
     let elapsed = started.elapsed().as_secs_f64();
     sim.shutdown().await;
     let stats = report?.into_result()?;
+    summarize(out, &stats, elapsed, dir, &config);
+    Ok(())
+}
+
+/// A fresh demo directory: no tables or checkpoints from an earlier demo (its simulated org
+/// is gone, so old checkpoints would skip the new one), and the two transforms.
+fn prepare(dir: &Path) -> Result<(), crate::Error> {
+    for sub in ["tables", "state"] {
+        let path = dir.join(sub);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        }
+    }
+    let transforms = dir.join("transforms");
+    std::fs::create_dir_all(&transforms).map_err(io(&transforms))?;
+    for (name, bytes) in [("mask.wasm", MASK), ("tenant-filter.wasm", TENANT_FILTER)] {
+        let path = transforms.join(name);
+        std::fs::write(&path, bytes).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// The table of what each subscription did, the rate, and how to read the tables.
+fn summarize(
+    out: &mut dyn Write,
+    stats: &[crate::pipeline::SubscriptionStats],
+    elapsed: f64,
+    dir: &Path,
+    config: &Path,
+) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -92,7 +110,7 @@ pub async fn run(
         "subscription", "in", "out", "dropped", "dead-lettered"
     );
     let mut total = 0;
-    for s in &stats {
+    for s in stats {
         total += s.received;
         let _ = writeln!(
             out,
@@ -127,7 +145,6 @@ pub async fn run(
         "  duckdb -c \"SELECT change_type, count(*) FROM delta_scan('{}') GROUP BY 1\"",
         first.display()
     );
-    Ok(())
 }
 
 fn table_path(dir: &Path, table: &str) -> PathBuf {
