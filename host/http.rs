@@ -132,67 +132,74 @@ fn labels(s: &Snapshot) -> Labels {
     ]
 }
 
+/// Per-subscription counters.
+const COUNTERS: [Metric<u64>; 6] = [
+    ("events_received", "Events received from Salesforce.", |s| s.received),
+    ("events_written", "Rows written to the sink.", |s| s.written),
+    ("events_dropped", "Events a transform dropped.", |s| s.dropped),
+    (
+        "events_dead_lettered",
+        "Events sent to the dead-letter place.",
+        |s| s.dead_lettered,
+    ),
+    ("keepalives", "Keepalives received.", |s| s.keepalives),
+    (
+        "reconnects",
+        "Resubscriptions after a stream failure or idle timeout.",
+        |s| s.reconnects,
+    ),
+];
+
+/// Per-subscription gauges.
+const GAUGES: [Metric<f64>; 5] = [
+    (
+        "in_flight_events",
+        "Events received and not yet behind a committed checkpoint.",
+        |s| s.queue_size as f64,
+    ),
+    (
+        "checkpoint_age_seconds",
+        "Seconds since the checkpoint was last committed (-1: never).",
+        |s| s.checkpoint_age_secs.unwrap_or(-1.0),
+    ),
+    (
+        "lag_seconds",
+        "Now minus the commit timestamp of the newest event handled (-1: none yet).",
+        |s| s.lag_secs.unwrap_or(-1.0),
+    ),
+    (
+        "healthy",
+        "1 when the subscription is healthy, else 0 (see /healthz).",
+        |s| if s.is_healthy { 1.0 } else { 0.0 },
+    ),
+    ("running", "1 while the subscription runs.", |s| {
+        if s.running { 1.0 } else { 0.0 }
+    }),
+];
+
 impl Collector for Figures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let counters: [Metric<u64>; 6] = [
-            ("events_received", "Events received from Salesforce.", |s| {
-                s.received
-            }),
-            ("events_written", "Rows written to the sink.", |s| s.written),
-            ("events_dropped", "Events a transform dropped.", |s| {
-                s.dropped
-            }),
-            (
-                "events_dead_lettered",
-                "Events sent to the dead-letter place.",
-                |s| s.dead_lettered,
-            ),
-            ("keepalives", "Keepalives received.", |s| s.keepalives),
-            (
-                "reconnects",
-                "Resubscriptions after a stream failure or idle timeout.",
-                |s| s.reconnects,
-            ),
-        ];
-        for (name, help, value) in counters {
+        for (name, help, value) in COUNTERS {
             let ty = ConstCounter::new(0u64).metric_type();
             let mut family = encoder.encode_descriptor(name, help, None, ty)?;
             for s in &self.0 {
                 ConstCounter::new(value(s)).encode(family.encode_family(&labels(s))?)?;
             }
         }
-        let gauges: [Metric<f64>; 5] = [
-            (
-                "in_flight_events",
-                "Events received and not yet behind a committed checkpoint.",
-                |s| s.queue_size as f64,
-            ),
-            (
-                "checkpoint_age_seconds",
-                "Seconds since the checkpoint was last committed (-1: never).",
-                |s| s.checkpoint_age_secs.unwrap_or(-1.0),
-            ),
-            (
-                "lag_seconds",
-                "Now minus the commit timestamp of the newest event handled (-1: none yet).",
-                |s| s.lag_secs.unwrap_or(-1.0),
-            ),
-            (
-                "healthy",
-                "1 when the subscription is healthy, else 0 (see /healthz).",
-                |s| if s.is_healthy { 1.0 } else { 0.0 },
-            ),
-            ("running", "1 while the subscription runs.", |s| {
-                if s.running { 1.0 } else { 0.0 }
-            }),
-        ];
-        for (name, help, value) in gauges {
+        for (name, help, value) in GAUGES {
             let ty = ConstGauge::new(0f64).metric_type();
             let mut family = encoder.encode_descriptor(name, help, None, ty)?;
             for s in &self.0 {
                 ConstGauge::new(value(s)).encode(family.encode_family(&labels(s))?)?;
             }
         }
+        self.encode_transforms(&mut encoder)
+    }
+}
+
+impl Figures {
+    /// One counter family for every transform of every subscription, by outcome.
+    fn encode_transforms(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let ty = ConstCounter::new(0u64).metric_type();
         let mut family = encoder.encode_descriptor(
             "transform_events",

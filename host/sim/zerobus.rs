@@ -56,6 +56,142 @@ struct Inner {
     closed_once: AtomicBool,
 }
 
+/// The answers of one ingest stream.
+type Replies = mpsc::Sender<Result<EphemeralStreamResponse, Status>>;
+
+impl Inner {
+    /// Refuses a stream without the required bearer token.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.faults.require_token else {
+            return Ok(());
+        };
+        let sent = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if sent != Some(format!("Bearer {token}").as_str()) {
+            return Err(Status::unauthenticated("a valid bearer token is required"));
+        }
+        Ok(())
+    }
+
+    /// One stream: its creation, then every batch acknowledged in turn. `Ok` when the
+    /// client went away; an error status ends the stream.
+    async fn serve_stream(
+        &self,
+        inbound: &mut Streaming<EphemeralStreamRequest>,
+        tx: &Replies,
+    ) -> Result<(), Status> {
+        let table = match inbound.message().await.ok().flatten().and_then(|r| r.payload) {
+            Some(ephemeral_stream_request::Payload::CreateStream(create)) => {
+                create.table_name.unwrap_or_default()
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be CreateIngestStreamRequest",
+                ));
+            }
+        };
+        let stream_id = self.received.streams.fetch_add(1, Ordering::Relaxed) + 1;
+        let created = ephemeral_stream_response::Payload::CreateStreamResponse(
+            CreateIngestStreamResponse {
+                stream_id: Some(format!("sim-{stream_id}")),
+            },
+        );
+        if !reply(tx, created).await {
+            return Ok(());
+        }
+        while let Ok(Some(request)) = inbound.message().await {
+            let Some((offset, records)) = records_of(request) else {
+                continue;
+            };
+            self.accept(&table, &records)?;
+            if !self.faults.ack_delay.is_zero() {
+                tokio::time::sleep(self.faults.ack_delay).await;
+            }
+            let ack = ephemeral_stream_response::Payload::IngestRecordResponse(
+                IngestRecordResponse {
+                    durability_ack_up_to_offset: Some(offset),
+                },
+            );
+            if !reply(tx, ack).await {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps one batch's rows, or refuses it (a fault) without keeping any of them.
+    fn accept(&self, table: &str, records: &[Vec<u8>]) -> Result<(), Status> {
+        let count = records.len() as u64;
+        let total = self.received.records.fetch_add(count, Ordering::Relaxed) + count;
+        if let Some(limit) = self.faults.close_after
+            && total >= limit
+            && !self.closed_once.swap(true, Ordering::Relaxed)
+        {
+            // The batch is not acknowledged: the client must resend it.
+            self.received.records.fetch_sub(count, Ordering::Relaxed);
+            return Err(Status::unavailable("simulated Zerobus fault: stream closed"));
+        }
+        let decoded: Vec<(String, String)> = records
+            .iter()
+            .map(|record| match CdcEventRow::decode(record.as_slice()) {
+                Ok(row) => (
+                    row.event_id.unwrap_or_default(),
+                    row.replay_id.unwrap_or_default(),
+                ),
+                Err(_) => (String::new(), String::new()),
+            })
+            .collect();
+        if let Some(reject) = &self.faults.reject_replay_id
+            && self.received.rejecting.load(Ordering::Relaxed)
+            && decoded.iter().any(|(_, replay)| replay == reject)
+        {
+            self.received.records.fetch_sub(count, Ordering::Relaxed);
+            return Err(Status::invalid_argument(format!(
+                "simulated Zerobus fault: record {reject} rejected"
+            )));
+        }
+        self.received
+            .tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(table.to_string())
+            .or_default()
+            .extend(decoded);
+        Ok(())
+    }
+}
+
+/// Sends one answer; false when the client went away.
+async fn reply(tx: &Replies, payload: ephemeral_stream_response::Payload) -> bool {
+    let response = EphemeralStreamResponse {
+        payload: Some(payload),
+    };
+    tx.send(Ok(response)).await.is_ok()
+}
+
+/// The offset and the records of one ingest request (single record or batch).
+fn records_of(request: EphemeralStreamRequest) -> Option<(i64, Vec<Vec<u8>>)> {
+    match request.payload? {
+        ephemeral_stream_request::Payload::IngestRecord(r) => {
+            let records = match r.record {
+                Some(ingest_record_request::Record::ProtoEncodedRecord(bytes)) => vec![bytes],
+                _ => Vec::new(),
+            };
+            Some((r.offset_id.unwrap_or(0), records))
+        }
+        ephemeral_stream_request::Payload::IngestRecordBatch(b) => {
+            let records = match b.batch {
+                Some(ingest_record_batch_request::Batch::ProtoEncodedBatch(batch)) => batch.records,
+                _ => Vec::new(),
+            };
+            Some((b.offset_id.unwrap_or(0), records))
+        }
+        _ => None,
+    }
+}
+
 #[derive(Clone)]
 struct Service(Arc<Inner>);
 
@@ -70,140 +206,15 @@ impl Zerobus for Service {
         &self,
         request: Request<Streaming<EphemeralStreamRequest>>,
     ) -> Result<Response<Self::EphemeralStreamStream>, Status> {
-        if let Some(token) = &self.0.faults.require_token {
-            let sent = request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            if sent != Some(format!("Bearer {token}").as_str()) {
-                return Err(Status::unauthenticated("a valid bearer token is required"));
-            }
-        }
+        self.0.authorize(&request)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let service = self.clone();
         // Answer only in the task: the client may wait for the response to start before it
         // sends CreateIngestStreamRequest.
         tokio::spawn(async move {
-            let table = match inbound
-                .message()
-                .await
-                .ok()
-                .flatten()
-                .and_then(|r| r.payload)
-            {
-                Some(ephemeral_stream_request::Payload::CreateStream(create)) => {
-                    create.table_name.unwrap_or_default()
-                }
-                _ => {
-                    let _ = tx
-                        .send(Err(Status::invalid_argument(
-                            "the first message must be CreateIngestStreamRequest",
-                        )))
-                        .await;
-                    return;
-                }
-            };
-            let stream_id = service.0.received.streams.fetch_add(1, Ordering::Relaxed) + 1;
-            let created = EphemeralStreamResponse {
-                payload: Some(ephemeral_stream_response::Payload::CreateStreamResponse(
-                    CreateIngestStreamResponse {
-                        stream_id: Some(format!("sim-{stream_id}")),
-                    },
-                )),
-            };
-            if tx.send(Ok(created)).await.is_err() {
-                return;
-            }
-            while let Ok(Some(request)) = inbound.message().await {
-                let (offset, records) = match request.payload {
-                    Some(ephemeral_stream_request::Payload::IngestRecord(r)) => match r.record {
-                        Some(ingest_record_request::Record::ProtoEncodedRecord(bytes)) => {
-                            (r.offset_id.unwrap_or(0), vec![bytes])
-                        }
-                        _ => (r.offset_id.unwrap_or(0), Vec::new()),
-                    },
-                    Some(ephemeral_stream_request::Payload::IngestRecordBatch(b)) => {
-                        match b.batch {
-                            Some(ingest_record_batch_request::Batch::ProtoEncodedBatch(batch)) => {
-                                (b.offset_id.unwrap_or(0), batch.records)
-                            }
-                            _ => (b.offset_id.unwrap_or(0), Vec::new()),
-                        }
-                    }
-                    _ => continue,
-                };
-                let total = service
-                    .0
-                    .received
-                    .records
-                    .fetch_add(records.len() as u64, Ordering::Relaxed)
-                    + records.len() as u64;
-                if let Some(limit) = service.0.faults.close_after
-                    && total >= limit
-                    && !service.0.closed_once.swap(true, Ordering::Relaxed)
-                {
-                    // The batch is not acknowledged: the client must resend it.
-                    service
-                        .0
-                        .received
-                        .records
-                        .fetch_sub(records.len() as u64, Ordering::Relaxed);
-                    let _ = tx
-                        .send(Err(Status::unavailable(
-                            "simulated Zerobus fault: stream closed",
-                        )))
-                        .await;
-                    return;
-                }
-                let decoded: Vec<(String, String)> = records
-                    .iter()
-                    .map(|record| match CdcEventRow::decode(record.as_slice()) {
-                        Ok(row) => (
-                            row.event_id.unwrap_or_default(),
-                            row.replay_id.unwrap_or_default(),
-                        ),
-                        Err(_) => (String::new(), String::new()),
-                    })
-                    .collect();
-                if let Some(reject) = &service.0.faults.reject_replay_id
-                    && service.0.received.rejecting.load(Ordering::Relaxed)
-                    && decoded.iter().any(|(_, replay)| replay == reject)
-                {
-                    service
-                        .0
-                        .received
-                        .records
-                        .fetch_sub(records.len() as u64, Ordering::Relaxed);
-                    let _ = tx
-                        .send(Err(Status::invalid_argument(format!(
-                            "simulated Zerobus fault: record {reject} rejected"
-                        ))))
-                        .await;
-                    return;
-                }
-                service
-                    .0
-                    .received
-                    .tables
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(table.clone())
-                    .or_default()
-                    .extend(decoded);
-                if !service.0.faults.ack_delay.is_zero() {
-                    tokio::time::sleep(service.0.faults.ack_delay).await;
-                }
-                let ack = EphemeralStreamResponse {
-                    payload: Some(ephemeral_stream_response::Payload::IngestRecordResponse(
-                        IngestRecordResponse {
-                            durability_ack_up_to_offset: Some(offset),
-                        },
-                    )),
-                };
-                if tx.send(Ok(ack)).await.is_err() {
-                    return;
-                }
+            if let Err(status) = service.0.serve_stream(&mut inbound, &tx).await {
+                let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -10,8 +10,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::event::{ChangeType, EventSchema};
 use crate::sim::catalog::{ADDED_FIELD, Entity};
-use values::{value_for, wrap};
+use draft::build;
 
+mod draft;
 mod values;
 
 /// An encoded event as the bus stores and serves it.
@@ -280,192 +281,10 @@ pub fn record_id(prefix: &str, n: u64) -> String {
     format!("{prefix}{n:012}AAA")
 }
 
-fn build(
-    entity: &Entity,
-    schema: &EventSchema,
-    rng: &mut StdRng,
-    at: Position,
-    change_type: ChangeType,
-    record_id: &str,
-) -> Avro {
-    let Schema::Record(root) = &schema.avro else {
-        unreachable!("parse_schema accepts only records")
-    };
-    let commit_ts = EPOCH_MS + at.seq as i64 * 1000;
-    let user = record_id_for_user(rng);
-    let mut values: Vec<Avro> = vec![Avro::Null; root.fields.len()];
-    let mut changed_top = Vec::new();
-    let mut nested: Vec<(usize, Vec<usize>)> = Vec::new();
-    let mut nulled = Vec::new();
-
-    let data_fields: Vec<usize> = (1..root.fields.len())
-        .filter(|&i| !SYSTEM_FIELDS.contains(&root.fields[i].name.as_str()))
-        .collect();
-    let set_system = |values: &mut Vec<Avro>, changed: &mut Vec<usize>, create: bool| {
-        for (i, f) in root.fields.iter().enumerate() {
-            let v = match f.name.as_str() {
-                "LastModifiedDate" => Avro::Long(commit_ts),
-                "LastModifiedById" => Avro::String(user.clone()),
-                "CreatedDate" if create => Avro::Long(commit_ts),
-                "CreatedById" if create => Avro::String(user.clone()),
-                _ => continue,
-            };
-            values[i] = v;
-            if !create {
-                changed.push(i);
-            }
-        }
-    };
-
-    match change_type {
-        ChangeType::Create | ChangeType::Undelete => {
-            set_system(&mut values, &mut changed_top, true);
-            let count = rng.random_range(6..14).min(data_fields.len());
-            for &i in pick(rng, &data_fields, count).iter() {
-                values[i] = value_for(
-                    rng,
-                    &root.fields[i].name,
-                    &root.fields[i].schema,
-                    schema,
-                    None,
-                );
-            }
-            if let Some(i) = root.fields.iter().position(|f| f.name == "Name") {
-                values[i] = value_for(rng, "Name", &root.fields[i].schema, schema, None);
-            }
-        }
-        ChangeType::Update => {
-            set_system(&mut values, &mut changed_top, false);
-            let count = rng.random_range(1..6).min(data_fields.len());
-            for &i in pick(rng, &data_fields, count).iter() {
-                let field = &root.fields[i];
-                if rng.random_range(0..10) == 0 && root.fields[i].name != ADDED_FIELD {
-                    nulled.push(i);
-                    continue;
-                }
-                let mut children = Vec::new();
-                values[i] = value_for(rng, &field.name, &field.schema, schema, Some(&mut children));
-                changed_top.push(i);
-                if !children.is_empty() {
-                    nested.push((i, children));
-                }
-            }
-        }
-        _ => {}
-    }
-
-    let mut changed = Vec::new();
-    let mut nulled_bitmaps = Vec::new();
-    if !changed_top.is_empty() {
-        changed.push(bitmap(&changed_top));
-        changed.extend(nested.iter().map(|(p, c)| format!("{p}-{}", bitmap(c))));
-    }
-    if !nulled.is_empty() {
-        nulled_bitmaps.push(bitmap(&nulled));
-    }
-    values[0] = header(
-        entity,
-        at,
-        change_type,
-        record_id,
-        &user,
-        commit_ts,
-        rng,
-        changed,
-        nulled_bitmaps,
-    );
-    let record = root
-        .fields
-        .iter()
-        .zip(values)
-        .map(|(f, v)| {
-            let v = if f.name == "ChangeEventHeader" {
-                v
-            } else {
-                wrap(&f.schema, v)
-            };
-            (f.name.clone(), v)
-        })
-        .collect();
-    Avro::Record(record)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn header(
-    entity: &Entity,
-    at: Position,
-    change_type: ChangeType,
-    record_id: &str,
-    user: &str,
-    commit_ts: i64,
-    rng: &mut StdRng,
-    changed: Vec<String>,
-    nulled: Vec<String>,
-) -> Avro {
-    let strings = |v: Vec<String>| Avro::Array(v.into_iter().map(Avro::String).collect());
-    let type_index = ChangeType::ALL
-        .iter()
-        .position(|t| *t == change_type)
-        .unwrap_or(0) as u32;
-    Avro::Record(vec![
-        ("entityName".into(), Avro::String(entity.name.into())),
-        ("recordIds".into(), strings(vec![record_id.to_string()])),
-        (
-            "changeType".into(),
-            Avro::Enum(type_index, change_type.as_str().into()),
-        ),
-        (
-            "changeOrigin".into(),
-            Avro::String("com/salesforce/api/soap/62.0;client=sfzb-sim".into()),
-        ),
-        (
-            "transactionKey".into(),
-            Avro::String(format!("{:016x}-{:08x}", rng.random::<u64>(), at.seq)),
-        ),
-        ("sequenceNumber".into(), Avro::Int(1)),
-        ("commitTimestamp".into(), Avro::Long(commit_ts)),
-        (
-            "commitNumber".into(),
-            Avro::Long(11_000_000_000 + at.seq as i64),
-        ),
-        ("commitUser".into(), Avro::String(user.into())),
-        ("nulledFields".into(), strings(nulled)),
-        ("diffFields".into(), strings(Vec::new())),
-        ("changedFields".into(), strings(changed)),
-    ])
-}
-
-fn record_id_for_user(rng: &mut StdRng) -> String {
-    record_id("005", rng.random_range(1..20))
-}
-
-/// `0x…` with bit N set for each position N, as Salesforce writes them.
-fn bitmap(positions: &[usize]) -> String {
-    let top = positions.iter().copied().max().unwrap_or(0);
-    let mut nibbles = vec![0u8; top / 4 + 1];
-    for &p in positions {
-        nibbles[p / 4] |= 1 << (p % 4);
-    }
-    let digits: String = nibbles
-        .iter()
-        .rev()
-        .map(|n| char::from_digit(u32::from(*n), 16).unwrap_or('0'))
-        .collect();
-    format!("0x{}", digits.to_uppercase())
-}
-
-fn pick(rng: &mut StdRng, from: &[usize], count: usize) -> Vec<usize> {
-    let mut chosen: Vec<usize> = rand::seq::index::sample(rng, from.len(), count)
-        .into_iter()
-        .map(|i| from[i])
-        .collect();
-    chosen.sort_unstable();
-    chosen
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use draft::bitmap;
     use crate::event::ReplayId;
     use crate::salesforce::schema::{EventMeta, decode_event};
     use crate::sim::catalog::entity_names;

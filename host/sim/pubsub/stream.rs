@@ -229,6 +229,16 @@ struct Subscription {
     active: Option<Active>,
 }
 
+/// What the stream does after a delivery attempt.
+enum Next {
+    /// Events were read: try again before waiting.
+    Deliver,
+    /// Nothing to deliver: wait for credit, new events or the keepalive.
+    Wait,
+    /// The stream is over.
+    Stop,
+}
+
 impl Subscription {
     async fn run(
         mut self,
@@ -249,101 +259,116 @@ impl Subscription {
                     .await;
                 return;
             }
-            if self.pending > 0 {
-                let want = (self.pending as usize).min(MAX_BATCH);
-                let (events, next) = self.service.bus.read(self.cursor, self.entity, want);
-                self.cursor = next;
-                if !events.is_empty() {
-                    let n = events.len();
-                    let allowed = match self.service.faults.end_stream_after {
-                        Some(limit) => (limit.saturating_sub(self.delivered) as usize).min(n),
-                        None => n,
-                    };
-                    if allowed < n {
-                        self.cursor = events[allowed].seq;
-                    }
-                    let events: Vec<ConsumerEvent> = events
-                        .into_iter()
-                        .take(allowed)
-                        .map(|e| ConsumerEvent {
-                            event: (!e.empty).then(|| ProducerEvent {
-                                id: e.event_id,
-                                schema_id: e.schema_id,
-                                payload: e.payload,
-                                headers: Vec::new(),
-                            }),
-                            replay_id: replay_id(e.seq),
-                        })
-                        .collect();
-                    if !events.is_empty() {
-                        let sent = events.len();
-                        self.pending -= sent as i64;
-                        self.delivered += sent as u64;
-                        let latest = events
-                            .last()
-                            .map(|e| e.replay_id.clone())
-                            .unwrap_or_default();
-                        let response = Reply {
-                            events,
-                            latest_replay_id: latest,
-                            rpc_id: self.rpc_id.clone(),
-                            pending_num_requested: self.pending as i32,
-                            commit: None,
-                        };
-                        if tx.send(Ok(response)).await.is_err() {
-                            return;
-                        }
-                        self.service.note_served(sent as u64);
-                        keepalive.reset();
-                    }
-                    if allowed < n {
-                        let _ = tx
-                            .send(Err(error(
-                                tonic::Code::Unavailable,
-                                codes::UNAVAILABLE,
-                                "Simulator fault: stream ended.",
-                            )))
-                            .await;
-                        return;
-                    }
+            match self.deliver(&tx).await {
+                Next::Deliver => {
+                    keepalive.reset();
                     continue;
                 }
+                Next::Wait => {}
+                Next::Stop => return,
             }
-            tokio::select! {
+            let alive = tokio::select! {
                 request = inbound.next() => match request {
-                    Some(Ok(request)) => {
-                        self.pending += i64::from(request.num_requested.clamp(0, MAX_BATCH as i32));
-                        self.service.stats.max_pending.fetch_max(self.pending, Ordering::Relaxed);
-                        if let (Some(commit), Some(active)) = (request.commit, &self.active) {
-                            let response = Reply {
-                                events: Vec::new(),
-                                latest_replay_id: Default::default(),
-                                rpc_id: self.rpc_id.clone(),
-                                pending_num_requested: self.pending as i32,
-                                commit: Some(self.service.commit(&active.name, commit)),
-                            };
-                            if tx.send(Ok(response)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    _ => return,
+                    Some(Ok(request)) => self.on_request(request, &tx).await,
+                    _ => false,
                 },
-                changed = head.changed() => if changed.is_err() { return },
+                changed = head.changed() => changed.is_ok(),
                 _ = keepalive.tick() => {
-                    let response = Reply {
-                        events: Vec::new(),
-                        latest_replay_id: replay_id(self.cursor.saturating_sub(1)),
-                        rpc_id: self.rpc_id.clone(),
-                        pending_num_requested: self.pending as i32,
-                        commit: None,
-                    };
-                    if tx.send(Ok(response)).await.is_err() {
-                        return;
-                    }
+                    let latest = replay_id(self.cursor.saturating_sub(1));
+                    self.reply(&tx, Vec::new(), latest, None).await
                 }
-                _ = tx.closed() => return,
+                _ = tx.closed() => false,
+            };
+            if !alive {
+                return;
             }
         }
+    }
+
+    /// Sends what the credit allows of the events after the cursor (up to the
+    /// `end_stream_after` fault, which then ends the stream).
+    async fn deliver(&mut self, tx: &mpsc::Sender<Result<Reply, Status>>) -> Next {
+        if self.pending <= 0 {
+            return Next::Wait;
+        }
+        let want = (self.pending as usize).min(MAX_BATCH);
+        let (events, next) = self.service.bus.read(self.cursor, self.entity, want);
+        self.cursor = next;
+        if events.is_empty() {
+            return Next::Wait;
+        }
+        let n = events.len();
+        let allowed = match self.service.faults.end_stream_after {
+            Some(limit) => (limit.saturating_sub(self.delivered) as usize).min(n),
+            None => n,
+        };
+        if allowed < n {
+            self.cursor = events[allowed].seq;
+        }
+        let events: Vec<ConsumerEvent> = events
+            .into_iter()
+            .take(allowed)
+            .map(|e| ConsumerEvent {
+                event: (!e.empty).then(|| ProducerEvent {
+                    id: e.event_id,
+                    schema_id: e.schema_id,
+                    payload: e.payload,
+                    headers: Vec::new(),
+                }),
+                replay_id: replay_id(e.seq),
+            })
+            .collect();
+        if let Some(last) = events.last() {
+            let sent = events.len();
+            let latest = last.replay_id.clone();
+            self.pending -= sent as i64;
+            self.delivered += sent as u64;
+            if !self.reply(tx, events, latest, None).await {
+                return Next::Stop;
+            }
+            self.service.note_served(sent as u64);
+        }
+        if allowed < n {
+            let _ = tx
+                .send(Err(error(
+                    tonic::Code::Unavailable,
+                    codes::UNAVAILABLE,
+                    "Simulator fault: stream ended.",
+                )))
+                .await;
+            return Next::Stop;
+        }
+        Next::Deliver
+    }
+
+    /// Adds the request's credit and answers its commit (managed subscriptions).
+    async fn on_request(&mut self, request: Ask, tx: &mpsc::Sender<Result<Reply, Status>>) -> bool {
+        self.pending += i64::from(request.num_requested.clamp(0, MAX_BATCH as i32));
+        self.service.stats.max_pending.fetch_max(self.pending, Ordering::Relaxed);
+        match (request.commit, &self.active) {
+            (Some(commit), Some(active)) => {
+                let commit = self.service.commit(&active.name, commit);
+                self.reply(tx, Vec::new(), Default::default(), Some(commit)).await
+            }
+            _ => true,
+        }
+    }
+
+    /// One response on the stream; false when the client went away.
+    async fn reply(
+        &self,
+        tx: &mpsc::Sender<Result<Reply, Status>>,
+        events: Vec<ConsumerEvent>,
+        latest_replay_id: bytes::Bytes,
+        commit: Option<CommitReplayResponse>,
+    ) -> bool {
+        let response = Reply {
+            events,
+            latest_replay_id,
+            rpc_id: self.rpc_id.clone(),
+            pending_num_requested: self.pending as i32,
+            commit,
+        };
+        tx.send(Ok(response)).await.is_ok()
     }
 }
