@@ -63,7 +63,7 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
             let plan = run.plan().map_err(sfzb_host::Error::from)?;
             let text = serde_json::to_string_pretty(&plan.describe()).expect("a plan serializes");
             println!("{text}");
-            eprintln!("{}", plan.verdict());
+            eprintln!("{}", plan.verdict().map_err(sfzb_host::Error::from)?);
         }
         Command::Config(ConfigCommand::Settings) => {
             print!("{}", sfzb_host::config::settings::reference_markdown());

@@ -114,6 +114,9 @@ pub struct Started {
 /// address `/metrics` is served on (a `metrics-listen` port 0 picks a free one).
 pub async fn start(mut plan: RunPlan, cancel: CancellationToken) -> Result<Started, Error> {
     keep_own_shard(&mut plan);
+    for (tenant, reason) in &plan.rejected_tenants {
+        tracing::error!(%tenant, %reason, "Tenant left out of the run: its entry is invalid; the others run.");
+    }
     for org in &plan.orgs {
         if matches!(org.credentials, Credentials::Soap { .. }) {
             tracing::warn!(org = %org.name, "{SOAP_RETIREMENT}");

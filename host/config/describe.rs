@@ -53,12 +53,21 @@ impl RunPlan {
             },
             "orgs": orgs,
             "subscriptions": subscriptions,
+            "rejected-tenants": self.rejected_tenants.iter().map(|(name, reason)| json!({"name": name, "reason": reason})).collect::<Vec<_>>(),
         })
     }
 
-    /// What `config check` says on standard error once the plan is valid.
-    pub fn verdict(&self) -> String {
-        format!(
+    /// What `config check` says on standard error once the plan is valid; an error when
+    /// tenants were left out.
+    pub fn verdict(&self) -> Result<String, super::ConfigError> {
+        if let Some((name, reason)) = self.rejected_tenants.first() {
+            return Err(super::ConfigError::RejectedTenants {
+                count: self.rejected_tenants.len(),
+                name: name.clone(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(format!(
             "{}: valid ({} subscription(s), {} org(s)).",
             self.source
                 .as_ref()
@@ -67,7 +76,7 @@ impl RunPlan {
                     .to_string()),
             self.subscriptions.len(),
             self.orgs.len()
-        )
+        ))
     }
 
     fn describe_subscription(&self, s: &super::SubscriptionPlan) -> serde_json::Value {

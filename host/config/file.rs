@@ -62,6 +62,12 @@ settings! {
         /// How long a Lease stays held without renewal, seconds; renewals come a third of it
         /// before expiry, and a holder that cannot renew stops reading then.
         lease_duration_secs: u64 = 30u64, flag "lease-duration-secs";
+        /// Many orgs, one small entry each: a TOML file of `[NAME]` sections with the keys
+        /// of [salesforce], or a directory of such files. Each tenant inherits
+        /// [salesforce] and the flags and runs every subscription that names no org
+        /// (`{tenant}` in its sink is the tenant's name).
+        [arg(value_name = "PATH")]
+        tenants: PathBuf, flag "tenants", env "SFZB_TENANTS";
     }
     sections {
         /// The org subscriptions use when they name none.
@@ -317,14 +323,10 @@ impl FileConfig {
         };
         self.state_dir.as_mut().map(join);
         self.transform_cache_dir.as_mut().map(join);
+        self.tenants.as_mut().map(join);
         let orgs = self.salesforce.iter_mut().chain(self.orgs.values_mut());
         for org in orgs {
-            org.jwt_key_file.as_mut().map(join);
-            for secret in [&mut org.password, &mut org.client_secret] {
-                if let Some(Secret::File { file }) = secret {
-                    join(file);
-                }
-            }
+            org.rebase(dir);
         }
         if let Some(Secret::File { file }) = &mut self.databricks.client_secret {
             join(file);
@@ -335,6 +337,23 @@ impl FileConfig {
             }
             for t in sub.transforms.iter_mut().flatten() {
                 t.path.as_mut().map(join);
+            }
+        }
+    }
+}
+
+impl OrgSection {
+    /// Relative paths (the JWT key, secrets in files) are relative to `dir`.
+    pub(super) fn rebase(&mut self, dir: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        self.jwt_key_file.as_mut().map(join);
+        for secret in [&mut self.password, &mut self.client_secret] {
+            if let Some(Secret::File { file }) = secret {
+                join(file);
             }
         }
     }

@@ -29,32 +29,25 @@ pub(super) fn resolve(
     let databricks = file.databricks.clone().overlay(args.databricks.clone());
     let run = file.clone().overlay(args.run.clone());
     let options = run_options(&run, &databricks)?;
-    let mut orgs: Vec<OrgConfig> = Vec::new();
-    let mut subscriptions: Vec<SubscriptionPlan> = Vec::new();
+    let tenants = match &run.tenants {
+        Some(path) => Some(super::tenants::load(path)?),
+        None => None,
+    };
+    let mut building = Building::default();
     for (prefix, section) in subscription_sections(&file, args)? {
-        let org = org_index(&file, default_org.as_ref(), &prefix, &section, &mut orgs)?;
-        let config =
-            super::subscription::subscription_config(&prefix, section.clone(), &args.transforms)?;
-        if matches!(config.sink, SinkSpec::Zerobus(_)) && options.zerobus.endpoint.is_empty() {
-            return Err(missing(
-                "zerobus-endpoint",
-                "pass --zerobus-endpoint, set DATABRICKS_ZEROBUS_ENDPOINT, or set zerobus-endpoint under [databricks] (https://<workspace-id>.zerobus.<region>.cloud.databricks.com)",
-            ));
+        if let (Some(tenants), None) = (&tenants, &section.org) {
+            building.add_for_tenants(tenants, default_org.as_ref(), &section, args, &options)?;
+            continue;
         }
-        let plan = SubscriptionPlan {
-            name: subscription_name(
-                &prefix,
-                &section,
-                &config.channel,
-                &orgs[org].name,
-                &subscriptions,
-            )?,
-            org,
-            config,
-        };
-        check_distinct(&prefix, &plan, &orgs[org].name, &subscriptions)?;
-        subscriptions.push(plan);
+        let org = org_index(&file, default_org.as_ref(), &prefix, &section, &mut building.orgs)?;
+        building.add(&prefix, section, org, args, &options)?;
     }
+    let Building {
+        orgs,
+        subscriptions,
+        rejected_tenants,
+        ..
+    } = building;
     let max_checkpoint_lag = Duration::from_secs(run.max_checkpoint_lag_secs());
     if max_checkpoint_lag <= options.flush_interval {
         return Err(invalid(
@@ -69,6 +62,7 @@ pub(super) fn resolve(
     Ok(RunPlan {
         orgs,
         subscriptions,
+        rejected_tenants,
         shard: run.shard.as_deref().map(Shard::parse).transpose()?,
         lease: super::shard::lease_settings(&run)?,
         cache_dir: super::chain::cache_dir(run.transform_cache_dir.clone()),
@@ -216,60 +210,146 @@ fn org_index(
     Ok(orgs.len() - 1)
 }
 
-/// The subscription's name: its `name`, else the channel's last part, with the org when
-/// another subscription already has that.
-fn subscription_name(
-    prefix: &str,
-    section: &SubscriptionSection,
-    channel: &str,
-    org_name: &str,
-    earlier: &[SubscriptionPlan],
-) -> Result<String, ConfigError> {
-    let short = channel.rsplit('/').next().unwrap_or_default().to_string();
-    let taken = |name: &str| earlier.iter().any(|s| s.name == name);
-    Ok(match &section.name {
-        Some(name) if taken(name) => {
-            return Err(invalid(
-                format!("{prefix}name"),
-                name,
-                "another subscription has this name; names must be unique",
-            ));
-        }
-        Some(name) => name.clone(),
-        None if taken(&short) => format!("{short}@{org_name}"),
-        None => short,
-    })
+/// The orgs and subscriptions of a plan as they are added, with what makes each
+/// subscription distinct (checked in constant time: a plan may hold 10,000 tenants).
+#[derive(Default)]
+struct Building {
+    orgs: Vec<OrgConfig>,
+    subscriptions: Vec<SubscriptionPlan>,
+    rejected_tenants: Vec<(String, String)>,
+    /// Each tenant's org: its index in `orgs`, or `None` when its entry was rejected.
+    tenant_orgs: std::collections::HashMap<String, Option<usize>>,
+    names: std::collections::HashSet<String>,
+    /// (org, channel, sink) → the subscription reading it.
+    readers: std::collections::HashMap<(usize, String, String), String>,
 }
 
-/// Refuses a second reader of one checkpoint: the same name, or the same (org, channel,
-/// target), would skip each other's events.
-fn check_distinct(
-    prefix: &str,
-    plan: &SubscriptionPlan,
-    org_name: &str,
-    earlier: &[SubscriptionPlan],
-) -> Result<(), ConfigError> {
-    let config = &plan.config;
-    if earlier.iter().any(|s| s.name == plan.name) {
-        return Err(invalid(
-            format!("{prefix}channel"),
-            &config.channel,
-            "another subscription reads this channel from this org; give each a distinct name and sink, or remove one",
-        ));
+impl Building {
+    /// One subscription of org `org`; `prefix` names its keys in errors.
+    fn add(
+        &mut self,
+        prefix: &str,
+        section: SubscriptionSection,
+        org: usize,
+        args: &RunArgs,
+        options: &RunOptions,
+    ) -> Result<(), ConfigError> {
+        let config =
+            super::subscription::subscription_config(prefix, section.clone(), &args.transforms)?;
+        if matches!(config.sink, SinkSpec::Zerobus(_)) && options.zerobus.endpoint.is_empty() {
+            return Err(missing(
+                "zerobus-endpoint",
+                "pass --zerobus-endpoint, set DATABRICKS_ZEROBUS_ENDPOINT, or set zerobus-endpoint under [databricks] (https://<workspace-id>.zerobus.<region>.cloud.databricks.com)",
+            ));
+        }
+        let name = self.name(prefix, &section, &config.channel, org)?;
+        let plan = SubscriptionPlan { name, org, config };
+        self.check_distinct(prefix, &plan)?;
+        self.names.insert(plan.name.clone());
+        let reader = (plan.org, plan.config.channel.clone(), plan.config.sink.to_string());
+        self.readers.insert(reader, plan.name.clone());
+        self.subscriptions.push(plan);
+        Ok(())
     }
-    if let Some(other) = earlier.iter().find(|s| {
-        s.org == plan.org && s.config.channel == config.channel && s.config.sink == config.sink
-    }) {
-        return Err(invalid(
-            format!("{prefix}sink"),
-            config.sink.to_string(),
-            format!(
-                "subscription {} already reads {} from org {org_name} into this sink; they would share one checkpoint and skip each other's events: give each its own sink, or remove one",
-                other.name, config.channel
-            ),
-        ));
+
+    /// The template `section` once per tenant, each over `base` (`[salesforce]` and the
+    /// flags). A tenant whose entry is invalid is rejected with the reason; the others go
+    /// on. An invalid template is an error.
+    fn add_for_tenants(
+        &mut self,
+        tenants: &std::collections::BTreeMap<String, OrgSection>,
+        base: Option<&OrgSection>,
+        section: &SubscriptionSection,
+        args: &RunArgs,
+        options: &RunOptions,
+    ) -> Result<(), ConfigError> {
+        for (tenant, entry) in tenants {
+            let org = match self.tenant_orgs.get(tenant) {
+                Some(Some(i)) => *i,
+                Some(None) => continue,
+                None => {
+                    let org = base.cloned().unwrap_or_default().overlay(entry.clone());
+                    let index = match super::org::org_config(tenant, org, &format!("tenants.{tenant}.")) {
+                        Ok(config) => {
+                            self.orgs.push(config);
+                            Some(self.orgs.len() - 1)
+                        }
+                        Err(e) => {
+                            self.rejected_tenants.push((tenant.clone(), e.to_string()));
+                            None
+                        }
+                    };
+                    self.tenant_orgs.insert(tenant.clone(), index);
+                    match index {
+                        Some(i) => i,
+                        None => continue,
+                    }
+                }
+            };
+            let mut own = section.clone();
+            own.org = Some(tenant.clone());
+            for spec in [&mut own.sink, &mut own.dead_letter].into_iter().flatten() {
+                *spec = super::tenants::for_tenant(spec, tenant);
+            }
+            let short = section.name.clone().unwrap_or_else(|| {
+                let channel = section.channel.as_deref().unwrap_or_default();
+                channel.rsplit('/').next().unwrap_or_default().to_string()
+            });
+            own.name = Some(format!("{tenant}/{short}"));
+            self.add("", own, org, args, options)?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// The subscription's name: its `name`, else the channel's last part, with the org when
+    /// another subscription already has that.
+    fn name(
+        &self,
+        prefix: &str,
+        section: &SubscriptionSection,
+        channel: &str,
+        org: usize,
+    ) -> Result<String, ConfigError> {
+        let short = channel.rsplit('/').next().unwrap_or_default().to_string();
+        let taken = |name: &str| self.names.contains(name);
+        Ok(match &section.name {
+            Some(name) if taken(name) => {
+                return Err(invalid(
+                    format!("{prefix}name"),
+                    name,
+                    "another subscription has this name; names must be unique",
+                ));
+            }
+            Some(name) => name.clone(),
+            None if taken(&short) => format!("{short}@{}", self.orgs[org].name),
+            None => short,
+        })
+    }
+
+    /// Refuses a second reader of one checkpoint: the same name, or the same (org, channel,
+    /// target), would skip each other's events.
+    fn check_distinct(&self, prefix: &str, plan: &SubscriptionPlan) -> Result<(), ConfigError> {
+        let config = &plan.config;
+        if self.names.contains(&plan.name) {
+            return Err(invalid(
+                format!("{prefix}channel"),
+                &config.channel,
+                "another subscription reads this channel from this org; give each a distinct name and sink, or remove one",
+            ));
+        }
+        let reader = (plan.org, config.channel.clone(), config.sink.to_string());
+        if let Some(other) = self.readers.get(&reader) {
+            return Err(invalid(
+                format!("{prefix}sink"),
+                config.sink.to_string(),
+                format!(
+                    "subscription {other} already reads {} from org {} into this sink; they would share one checkpoint and skip each other's events: give each its own sink, or remove one",
+                    config.channel, self.orgs[plan.org].name
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The run-wide settings every subscription shares.

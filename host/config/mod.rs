@@ -10,6 +10,7 @@
 //! | [`subscription`] | one subscription's channel, sink, replay and flow control |
 //! | [`chain`] | transform chains and their limits |
 //! | [`shard`] | this process's share of the subscriptions, Lease fencing |
+//! | [`tenants`] | many orgs, one entry each, in a file or directory |
 //! | [`describe`] | the plan as `config check` prints it |
 
 pub mod chain;
@@ -20,6 +21,7 @@ pub mod org;
 pub mod settings;
 pub mod shard;
 pub mod subscription;
+pub mod tenants;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,14 @@ pub enum ConfigError {
     },
     #[error("configuration file {path}: {message}")]
     Parse { path: String, message: String },
+    #[error(
+        "{count} tenant(s) are invalid and are left out of a run (see rejected-tenants above); the first, {name}: {reason}"
+    )]
+    RejectedTenants {
+        count: usize,
+        name: String,
+        reason: String,
+    },
 }
 
 /// A Salesforce org to read from.
@@ -79,6 +89,9 @@ pub struct SubscriptionPlan {
 pub struct RunPlan {
     pub orgs: Vec<OrgConfig>,
     pub subscriptions: Vec<SubscriptionPlan>,
+    /// Tenants whose entry is invalid, with the reason: left out of the run, which goes on
+    /// with the others; `config check` fails on them.
+    pub rejected_tenants: Vec<(String, String)>,
     /// Where compiled transforms are cached.
     pub cache_dir: Option<PathBuf>,
     pub options: RunOptions,

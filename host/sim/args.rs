@@ -43,9 +43,21 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
-    /// The simulated org's id.
+    /// The simulated org's id (the first org's, with --orgs).
     #[arg(long, default_value = "00DSIM0000000001AAA")]
     pub org_id: String,
+
+    /// Orgs to serve from this one process, each with its own org id, credentials, events
+    /// and replay ids; --rate, --events and the faults apply to each (--rate spread over
+    /// them). With more than one, org N (1-based) accepts only client sim-client-N with
+    /// secret sim-secret-N, or user user-N@sim.example with password password-N.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub orgs: usize,
+
+    /// Write a tenants file for `run --tenants` naming every org (org-1 … org-N) with its
+    /// credentials; give `run` the login URL as --instance-url.
+    #[arg(long, value_name = "PATH")]
+    pub tenants_out: Option<PathBuf>,
 
     /// Events retained for replay; older ones are dropped (Salesforce keeps 72 hours).
     #[arg(long, default_value_t = 5_000_000)]
@@ -80,7 +92,7 @@ pub struct SimArgs {
     #[arg(long, value_name = "N")]
     pub end_stream_after: Option<u64>,
 
-    /// Fault: expire all access tokens once N events were delivered in total.
+    /// Fault: expire all access tokens of an org once it delivered N events in total.
     #[arg(long, value_name = "N")]
     pub expire_tokens_after: Option<u64>,
 
@@ -121,6 +133,16 @@ fn pairs(key: &'static str, items: &[String]) -> Result<Vec<(String, String)>, C
 
 impl SimArgs {
     pub fn config(&self) -> Result<SimConfig, ConfigError> {
+        if self.orgs == 0 {
+            return Err(invalid("orgs", "0", "serve at least one org"));
+        }
+        if self.orgs > 1 && !(self.logins.is_empty() && self.clients.is_empty()) {
+            return Err(invalid(
+                "orgs",
+                self.orgs.to_string(),
+                "--login and --client name one org's accounts; with several orgs, org N accepts sim-client-N / sim-secret-N and user-N@sim.example / password-N",
+            ));
+        }
         if !(self.rate.is_finite() && self.rate >= 0.0) {
             return Err(invalid(
                 "rate",
@@ -148,6 +170,7 @@ impl SimArgs {
             rate: self.rate,
             seed: self.seed,
             org_id: self.org_id.clone(),
+            orgs: self.orgs,
             retention: self.retention,
             keepalive: Duration::from_millis(self.keepalive_ms.max(10)),
             accounts: super::login::Accounts {
@@ -215,14 +238,28 @@ pub async fn serve(
     if let Some(zerobus) = &zerobus {
         let _ = writeln!(out, "Zerobus:     {}", zerobus.url());
     }
-    let _ = writeln!(out, "Org id:      {}", sim.org_id);
+    match sim.orgs.as_slice() {
+        [only] => {
+            let _ = writeln!(out, "Org id:      {}", only.org_id);
+        }
+        orgs => {
+            let last = &orgs[orgs.len() - 1].org_id;
+            let first = &orgs[0].org_id;
+            let _ = writeln!(out, "Orgs:        {} ({first} … {last})", orgs.len());
+        }
+    }
     let _ = writeln!(
         out,
         "Channels:    {}, /data/ChangeEvents",
         channels.join(", ")
     );
-    let head = sim.bus.head();
-    let _ = writeln!(out, "Retained:    {head} events (replay ids 1..{head})");
+    let head = sim.org().bus.head();
+    let per_org = if sim.orgs.len() > 1 { " per org" } else { "" };
+    let _ = writeln!(out, "Retained:    {head} events{per_org} (replay ids 1..{head})");
+    if let Some(path) = &args.tenants_out {
+        write_tenants(path, sim.orgs.len())?;
+        let _ = writeln!(out, "Tenants:     {}", path.display());
+    }
     let _ = out.flush();
     cancel.cancelled().await;
     sim.shutdown().await;
@@ -230,4 +267,24 @@ pub async fn serve(
         zerobus.shutdown().await;
     }
     Ok(())
+}
+
+/// A tenants file for `run --tenants`: one entry per simulated org with its client
+/// credentials (the simulator's own, not secrets of anyone's).
+fn write_tenants(path: &std::path::Path, orgs: usize) -> Result<(), crate::Error> {
+    let mut text = String::with_capacity(orgs * 80);
+    for n in 1..=orgs {
+        let accounts = super::org_accounts(n);
+        let (id, secret) = &accounts.clients[0];
+        text.push_str(&format!(
+            "[org-{n}]\nclient-id = \"{id}\"\nclient-secret = \"{secret}\"\n\n"
+        ));
+    }
+    std::fs::write(path, text).map_err(|source| {
+        crate::Error::from(ConfigError::File {
+            key: "tenants-out".into(),
+            path: path.display().to_string(),
+            source,
+        })
+    })
 }

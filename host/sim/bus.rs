@@ -63,21 +63,58 @@ pub struct Bus {
     faults: EventFaults,
     log: std::sync::Mutex<Log>,
     head: watch::Sender<u64>,
-    /// Encoded event bodies by entity, schema, variant and gap (see `generator::Body`).
-    bodies: std::sync::Mutex<HashMap<BodyKey, Arc<generator::Body>>>,
+    bodies: Arc<Bodies>,
 }
 
 type BodyKey = (&'static str, String, u64, bool);
 
+/// Encoded event bodies by entity, schema, variant and gap (see `generator::Body`), built
+/// from one seed and shared by every org's bus: ten thousand orgs cost no more bodies
+/// than one. Each bus picks among them by its own seed and assembles its own headers.
+pub struct Bodies {
+    seed: u64,
+    cache: std::sync::Mutex<HashMap<BodyKey, Arc<generator::Body>>>,
+}
+
+impl Bodies {
+    pub fn new(seed: u64) -> Arc<Bodies> {
+        Arc::new(Bodies {
+            seed,
+            cache: Default::default(),
+        })
+    }
+
+    fn get(
+        &self,
+        entity: &Entity,
+        schema: &crate::event::EventSchema,
+        variant: u64,
+        gap: bool,
+    ) -> Arc<generator::Body> {
+        let key = (entity.name, schema.id.clone(), variant, gap);
+        let lock = || self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(body) = lock().get(&key) {
+            return body.clone();
+        }
+        // Built outside the lock: another stream may build the same body meanwhile, and
+        // both are the same.
+        let body = Arc::new(generator::body(entity, schema, self.seed, variant, gap));
+        lock().insert(key, body.clone());
+        body
+    }
+}
+
 impl Bus {
     /// A bus holding `events_per_entity` events of each entity, interleaved round-robin so
-    /// that a larger count extends the same sequence.
+    /// that a larger count extends the same sequence. `seed` picks its events' bodies and
+    /// makes their ids and transaction keys.
     pub fn new(
         entities: Vec<Arc<Entity>>,
         seed: u64,
         events_per_entity: u64,
         retention: usize,
         faults: EventFaults,
+        bodies: Arc<Bodies>,
     ) -> Self {
         let bus = Bus {
             seed,
@@ -89,7 +126,7 @@ impl Bus {
                 next_index: vec![0; entities.len()],
             }),
             head: watch::channel(0).0,
-            bodies: Default::default(),
+            bodies,
             entities,
         };
         bus.generate_rounds(events_per_entity);
@@ -190,25 +227,7 @@ impl Bus {
                     .gap_every
                     .is_some_and(|n| n > 0 && (index + 1) % n == 0);
                 let variant = generator::variant(self.seed, seq);
-                let key = (entity.name, schema.id.clone(), variant, gap);
-                let cached = self
-                    .bodies
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&key)
-                    .cloned();
-                let body = match cached {
-                    Some(body) => body,
-                    None => {
-                        let body =
-                            Arc::new(generator::body(entity, schema, self.seed, variant, gap));
-                        self.bodies
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(key, body.clone());
-                        body
-                    }
-                };
+                let body = self.bodies.get(entity, schema, variant, gap);
                 generator::assemble(entity, schema, self.seed, Position { index, seq }, &body)
             }
         };
@@ -240,8 +259,8 @@ mod tests {
 
     #[test]
     fn more_events_extend_the_same_sequence() {
-        let small = Bus::new(entities(), 7, 10, 1000, EventFaults::default());
-        let large = Bus::new(entities(), 7, 15, 1000, EventFaults::default());
+        let small = Bus::new(entities(), 7, 10, 1000, EventFaults::default(), Bodies::new(7));
+        let large = Bus::new(entities(), 7, 15, 1000, EventFaults::default(), Bodies::new(7));
         let (a, _) = small.read(1, None, 100);
         let (b, _) = large.read(1, None, 100);
         assert_eq!(a.len(), 20);
@@ -256,7 +275,7 @@ mod tests {
 
     #[test]
     fn cached_bodies_serve_the_same_events_as_uncached_generation() {
-        let bus = Bus::new(entities(), 3, 600, 10_000, EventFaults::default());
+        let bus = Bus::new(entities(), 3, 600, 10_000, EventFaults::default(), Bodies::new(3));
         let (events, _) = bus.read(1, None, 1200);
         for e in events.iter().step_by(7) {
             let entity = &bus.entities[((e.seq - 1) % 2) as usize];
@@ -276,7 +295,7 @@ mod tests {
 
     #[test]
     fn reads_filter_by_entity_and_respect_retention() {
-        let bus = Bus::new(entities(), 1, 10, 8, EventFaults::default());
+        let bus = Bus::new(entities(), 1, 10, 8, EventFaults::default(), Bodies::new(1));
         assert_eq!(bus.head(), 20);
         assert_eq!(bus.first(), 13);
         let (events, next) = bus.read(1, Some(1), 100);

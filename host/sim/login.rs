@@ -98,11 +98,68 @@ impl Tokens {
     }
 }
 
-pub struct LoginState {
+/// One simulated org as its login endpoints see it.
+pub struct LoginOrg {
     pub org_id: String,
-    pub base_url: String,
     pub accounts: Accounts,
     pub tokens: Arc<Tokens>,
+    /// Off once the org revoked this app's access: logins fail as Salesforce's do.
+    pub access: std::sync::atomic::AtomicBool,
+}
+
+impl LoginOrg {
+    pub fn new(org_id: String, accounts: Accounts, tokens: Arc<Tokens>) -> LoginOrg {
+        LoginOrg {
+            org_id,
+            accounts,
+            tokens,
+            access: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    fn has_access(&self) -> bool {
+        self.access.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The login endpoints of every simulated org. With one org, it takes every login; with
+/// several, a login goes to the org whose user or client it names, as one
+/// login.salesforce.com serves every org.
+pub struct LoginState {
+    pub base_url: String,
+    pub orgs: Vec<Arc<LoginOrg>>,
+    /// Org index by username and by client id.
+    by_identity: HashMap<String, usize>,
+}
+
+impl LoginState {
+    pub fn new(base_url: String, orgs: Vec<Arc<LoginOrg>>) -> LoginState {
+        let mut by_identity = HashMap::new();
+        for (i, org) in orgs.iter().enumerate() {
+            for (name, _) in org.accounts.users.iter().chain(&org.accounts.clients) {
+                by_identity.insert(name.clone(), i);
+            }
+        }
+        LoginState {
+            base_url,
+            orgs,
+            by_identity,
+        }
+    }
+
+    /// The org a login naming `identity` (a username or client id) goes to.
+    fn org_for(&self, identity: &str) -> Option<&Arc<LoginOrg>> {
+        match self.orgs.as_slice() {
+            [only] => Some(only),
+            orgs => self.by_identity.get(identity).map(|&i| &orgs[i]),
+        }
+    }
+
+    /// The org that issued `token` (tokens start with their org's id, as Salesforce's do).
+    fn org_of_token(&self, token: &str) -> Option<&Arc<LoginOrg>> {
+        let org_id = token.split_once('!')?.0;
+        self.orgs.iter().find(|o| o.org_id == org_id)
+    }
 }
 
 pub fn router(state: Arc<LoginState>) -> Router {
@@ -123,7 +180,10 @@ async fn soap_login(
 ) -> Response {
     let user = xml_element(&body, "username").unwrap_or_default();
     let password = xml_element(&body, "password").unwrap_or_default();
-    if !state.accounts.user_ok(&user, &password) {
+    let org = state
+        .org_for(&user)
+        .filter(|org| org.has_access() && org.accounts.user_ok(&user, &password));
+    let Some(org) = org else {
         let fault = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope \
             xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\" \
             xmlns:sf=\"urn:fault.partner.soap.sforce.com\"><soapenv:Body><soapenv:Fault>\
@@ -132,10 +192,10 @@ async fn soap_login(
             <sf:LoginFault><sf:exceptionCode>INVALID_LOGIN</sf:exceptionCode></sf:LoginFault>\
             </detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>";
         return xml(StatusCode::INTERNAL_SERVER_ERROR, fault.to_string());
-    }
-    let token = state.tokens.issue(&state.org_id);
+    };
+    let token = org.tokens.issue(&org.org_id);
     let base = &state.base_url;
-    let org = &state.org_id;
+    let org = &org.org_id;
     // Element order follows the real response; clients must find elements by name.
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope \
@@ -189,47 +249,35 @@ async fn oauth_token(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
-    let accepted = match get("grant_type") {
-        "client_credentials" => {
-            if state
-                .accounts
-                .client_ok(get("client_id"), Some(get("client_secret")))
-            {
-                Ok(())
-            } else {
-                Err(("invalid_client", "invalid client credentials"))
-            }
-        }
-        "password" => {
-            if !state
-                .accounts
-                .client_ok(get("client_id"), Some(get("client_secret")))
-            {
-                Err(("invalid_client", "invalid client credentials"))
-            } else if !state.accounts.user_ok(get("username"), get("password")) {
-                Err(("invalid_grant", "authentication failure"))
-            } else {
-                Ok(())
-            }
-        }
-        "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
-            check_jwt(&state.accounts, get("assertion"))
-        }
-        _ => Err(("unsupported_grant_type", "grant type not supported")),
+    let grant = get("grant_type");
+    let identity = match grant {
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => jwt_issuer(get("assertion")),
+        _ => get("client_id").to_string(),
     };
-    if let Err((error, description)) = accepted {
-        let status = if error == "invalid_client" {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        return oauth_error(status, error, description);
-    }
-    let token = state.tokens.issue(&state.org_id);
+    let accepted = match state.org_for(&identity) {
+        None => Err(("invalid_client", "invalid client credentials")),
+        Some(org) if !org.has_access() => Err((
+            "invalid_grant",
+            "the app's access to this org was revoked",
+        )),
+        Some(org) => check_grant(&org.accounts, grant, &form).map(|()| org),
+    };
+    let org = match accepted {
+        Ok(org) => org,
+        Err((error, description)) => {
+            let status = if error == "invalid_client" {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return oauth_error(status, error, description);
+        }
+    };
+    let token = org.tokens.issue(&org.org_id);
     axum::Json(serde_json::json!({
         "access_token": token,
         "instance_url": state.base_url,
-        "id": format!("{}/id/{}/{USER_ID}", state.base_url, state.org_id),
+        "id": format!("{}/id/{}/{USER_ID}", state.base_url, org.org_id),
         "token_type": "Bearer",
         "issued_at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis().to_string(),
         "signature": "sim",
@@ -237,7 +285,45 @@ async fn oauth_token(
     .into_response()
 }
 
-fn check_jwt(accounts: &Accounts, assertion: &str) -> Result<(), (&'static str, &'static str)> {
+type Refusal = (&'static str, &'static str);
+
+/// Whether the org's accounts accept this grant.
+fn check_grant(
+    accounts: &Accounts,
+    grant: &str,
+    form: &HashMap<String, String>,
+) -> Result<(), Refusal> {
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    match grant {
+        "client_credentials" => {
+            if accounts.client_ok(get("client_id"), Some(get("client_secret"))) {
+                Ok(())
+            } else {
+                Err(("invalid_client", "invalid client credentials"))
+            }
+        }
+        "password" => {
+            if !accounts.client_ok(get("client_id"), Some(get("client_secret"))) {
+                Err(("invalid_client", "invalid client credentials"))
+            } else if !accounts.user_ok(get("username"), get("password")) {
+                Err(("invalid_grant", "authentication failure"))
+            } else {
+                Ok(())
+            }
+        }
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => check_jwt(accounts, get("assertion")),
+        _ => Err(("unsupported_grant_type", "grant type not supported")),
+    }
+}
+
+/// The client id a JWT assertion names (unverified: only to find its org).
+fn jwt_issuer(assertion: &str) -> String {
+    jsonwebtoken::dangerous::insecure_decode::<TokenClaims>(assertion)
+        .map(|t| t.claims.iss)
+        .unwrap_or_default()
+}
+
+fn check_jwt(accounts: &Accounts, assertion: &str) -> Result<(), Refusal> {
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     let header = jsonwebtoken::decode_header(assertion)
         .map_err(|_| ("invalid_grant", "malformed assertion"))?;
@@ -279,13 +365,16 @@ async fn userinfo(State(state): State<Arc<LoginState>>, headers: HeaderMap) -> R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !state.tokens.is_valid(token) {
+    let Some(org) = state
+        .org_of_token(token)
+        .filter(|org| org.tokens.is_valid(token))
+    else {
         return (StatusCode::FORBIDDEN, "Bad_OAuth_Token").into_response();
-    }
+    };
     axum::Json(serde_json::json!({
-        "sub": format!("{}/id/{}/{USER_ID}", state.base_url, state.org_id),
+        "sub": format!("{}/id/{}/{USER_ID}", state.base_url, org.org_id),
         "user_id": USER_ID,
-        "organization_id": state.org_id,
+        "organization_id": org.org_id,
         "preferred_username": "sim@example.com",
         "name": "Sim User",
     }))

@@ -19,10 +19,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::proto::pubsub::pub_sub_server::PubSubServer;
-use bus::{Bus, EventFaults};
+use bus::{Bodies, Bus, EventFaults};
 use catalog::Entity;
-use login::{Accounts, LoginState, Tokens};
-use pubsub::{PubSubService, SimStats, StreamFaults};
+use login::{Accounts, LoginOrg, LoginState, Tokens};
+use pubsub::{Orgs, PubSubService, SimStats, StreamFaults};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -51,7 +51,11 @@ pub struct SimConfig {
     /// New events per second after start (all entities together); 0 = none.
     pub rate: f64,
     pub seed: u64,
+    /// The first org's id; the others' are numbered after it (see [`org_id`]).
     pub org_id: String,
+    /// Orgs served, each with its own id, credentials, events and replay ids (see
+    /// [`SimOrg`]); `rate` is spread over them.
+    pub orgs: usize,
     /// Events kept for replay, oldest dropped first.
     pub retention: usize,
     pub keepalive: Duration,
@@ -76,6 +80,7 @@ impl Default for SimConfig {
             rate: 0.0,
             seed: 1,
             org_id: "00DSIM0000000001AAA".into(),
+            orgs: 1,
             retention: 5_000_000,
             keepalive: Duration::from_secs(5),
             accounts: Accounts::default(),
@@ -87,14 +92,53 @@ impl Default for SimConfig {
     }
 }
 
+/// The id of org `n` (1-based) of a simulator whose first org is `first`: `first` itself
+/// for org 1; else `00DSIM` and `n` in ten digits, then `AAA`.
+pub fn org_id(first: &str, n: usize) -> String {
+    if n == 1 {
+        first.to_string()
+    } else {
+        format!("00DSIM{n:010}AAA")
+    }
+}
+
+/// The credentials org `n` (1-based) of a simulator with several orgs accepts: client
+/// `sim-client-N` with secret `sim-secret-N` (client credentials, JWT issuer), and user
+/// `user-N@sim.example` with password `password-N`. A single org accepts what
+/// `SimConfig::accounts` says.
+pub fn org_accounts(n: usize) -> Accounts {
+    Accounts {
+        users: vec![(format!("user-{n}@sim.example"), format!("password-{n}"))],
+        clients: vec![(format!("sim-client-{n}"), format!("sim-secret-{n}"))],
+        jwt_public_key_pem: None,
+    }
+}
+
+/// One simulated org: its id, its event bus (its own replay ids and retention), and the
+/// tokens its login issued.
+pub struct SimOrg {
+    pub org_id: String,
+    pub bus: Arc<Bus>,
+    pub tokens: Arc<Tokens>,
+    login: Arc<LoginOrg>,
+}
+
+impl SimOrg {
+    /// The org revokes the app's access: its sessions end and its logins fail from now on.
+    pub fn revoke_access(&self) {
+        self.login
+            .access
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.tokens.revoke_all();
+    }
+}
+
 /// A running simulator. Dropping it leaves the servers running until `shutdown`.
 pub struct Simulator {
     pub pubsub_addr: SocketAddr,
     pub login_addr: SocketAddr,
-    pub bus: Arc<Bus>,
-    pub tokens: Arc<Tokens>,
+    pub orgs: Vec<SimOrg>,
     pub stats: Arc<SimStats>,
-    pub org_id: String,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -107,94 +151,39 @@ impl Simulator {
                 .ok_or_else(|| SimError::UnknownEntity(name.clone()))??;
             entities.push(Arc::new(entity));
         }
-        let bus = Arc::new(Bus::new(
-            entities,
-            config.seed,
-            config.events,
-            config.retention,
-            config.event_faults.clone(),
-        ));
-        let tokens = Arc::new(Tokens::new(config.token_ttl));
-        let bind = |addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| SimError::Bind { addr, source })
-        };
-        let grpc_listener = bind(config.pubsub_addr).await?;
-        let login_listener = bind(config.login_addr).await?;
-        let pubsub_addr = grpc_listener
-            .local_addr()
-            .map_err(|source| SimError::Bind {
-                addr: config.pubsub_addr,
-                source,
-            })?;
-        let login_addr = login_listener
-            .local_addr()
-            .map_err(|source| SimError::Bind {
-                addr: config.login_addr,
-                source,
-            })?;
+        let (grpc_listener, pubsub_addr) = bind(config.pubsub_addr).await?;
+        let (login_listener, login_addr) = bind(config.login_addr).await?;
+        let stats = Arc::new(SimStats::default());
+        let (orgs, services) = make_orgs(&config, &entities, &stats)?;
         let cancel = CancellationToken::new();
-        let mut tasks = Vec::new();
-
-        let service = Arc::new(
-            PubSubService::new(
-                bus.clone(),
-                tokens.clone(),
-                config.org_id.clone(),
-                config.keepalive,
-                config.stream_faults.clone(),
-                &config.managed,
-            )
-            .map_err(|status| SimError::Managed(status.message().to_string()))?,
-        );
-        let stats = service.stats.clone();
-        let grpc = tonic::transport::Server::builder()
-            .add_service(PubSubServer::new(service).max_decoding_message_size(16 << 20))
-            .serve_with_incoming_shutdown(
-                // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall each small
-                // FetchResponse by ~40 ms.
-                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                cancel.clone().cancelled_owned(),
-            );
-        tasks.push(tokio::spawn(async move {
-            if let Err(error) = grpc.await {
-                tracing::error!(%error, "Simulator Pub/Sub server stopped.");
-            }
-        }));
-
-        let login = login::router(Arc::new(LoginState {
-            org_id: config.org_id.clone(),
-            base_url: format!("http://{login_addr}"),
-            accounts: config.accounts.clone(),
-            tokens: tokens.clone(),
-        }));
-        let login_cancel = cancel.clone();
-        tasks.push(tokio::spawn(async move {
-            let server = axum::serve(login_listener, login)
-                .with_graceful_shutdown(login_cancel.cancelled_owned());
-            if let Err(error) = server.await {
-                tracing::error!(%error, "Simulator login server stopped.");
-            }
-        }));
-
-        if config.rate > 0.0 {
-            tasks.push(tokio::spawn(produce(
-                bus.clone(),
-                config.rate,
+        let mut tasks = vec![
+            serve_pubsub(grpc_listener, Orgs::new(services), cancel.clone()),
+            serve_login(
+                login_listener,
+                LoginState::new(
+                    format!("http://{login_addr}"),
+                    orgs.iter().map(|o| o.login.clone()).collect(),
+                ),
                 cancel.clone(),
-            )));
+            ),
+        ];
+        if config.rate > 0.0 {
+            let buses = orgs.iter().map(|o| o.bus.clone()).collect();
+            tasks.push(tokio::spawn(produce(buses, config.rate, cancel.clone())));
         }
         Ok(Simulator {
             pubsub_addr,
             login_addr,
-            bus,
-            tokens,
+            orgs,
             stats,
-            org_id: config.org_id,
             cancel,
             tasks,
         })
+    }
+
+    /// The first org (the only one, unless `orgs` says more).
+    pub fn org(&self) -> &SimOrg {
+        &self.orgs[0]
     }
 
     pub fn pubsub_url(&self) -> String {
@@ -213,9 +202,102 @@ impl Simulator {
     }
 }
 
-/// Appends events at `rate` per second (spread over the entities) until cancelled.
-async fn produce(bus: Arc<Bus>, rate: f64, cancel: CancellationToken) {
-    let per_round = bus.entities.len().max(1) as f64;
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), SimError> {
+    let bound = |source| SimError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bound)?;
+    let local = listener.local_addr().map_err(bound)?;
+    Ok((listener, local))
+}
+
+/// Every org: its bus (bodies shared by all), tokens, login and Pub/Sub service.
+fn make_orgs(
+    config: &SimConfig,
+    entities: &[Arc<Entity>],
+    stats: &Arc<SimStats>,
+) -> Result<(Vec<SimOrg>, Vec<Arc<PubSubService>>), SimError> {
+    let bodies = Bodies::new(config.seed);
+    let count = config.orgs.max(1);
+    let mut orgs = Vec::with_capacity(count);
+    let mut services = Vec::with_capacity(count);
+    for n in 1..=count {
+        let org_id = org_id(&config.org_id, n);
+        let bus = Arc::new(Bus::new(
+            entities.to_vec(),
+            config.seed.wrapping_add(n as u64 - 1),
+            config.events,
+            config.retention,
+            config.event_faults.clone(),
+            bodies.clone(),
+        ));
+        let tokens = Arc::new(Tokens::new(config.token_ttl));
+        let accounts = if count == 1 {
+            config.accounts.clone()
+        } else {
+            org_accounts(n)
+        };
+        let service = PubSubService::new(
+            bus.clone(),
+            tokens.clone(),
+            org_id.clone(),
+            stats.clone(),
+            config.keepalive,
+            config.stream_faults.clone(),
+            &config.managed,
+        )
+        .map_err(|status| SimError::Managed(status.message().to_string()))?;
+        services.push(Arc::new(service));
+        orgs.push(SimOrg {
+            login: Arc::new(LoginOrg::new(org_id.clone(), accounts, tokens.clone())),
+            org_id,
+            bus,
+            tokens,
+        });
+    }
+    Ok((orgs, services))
+}
+
+fn serve_pubsub(
+    listener: TcpListener,
+    orgs: Orgs,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    let grpc = tonic::transport::Server::builder()
+        .add_service(PubSubServer::new(orgs).max_decoding_message_size(16 << 20))
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall each small
+            // FetchResponse by ~40 ms.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            cancel.cancelled_owned(),
+        );
+    tokio::spawn(async move {
+        if let Err(error) = grpc.await {
+            tracing::error!(%error, "Simulator Pub/Sub server stopped.");
+        }
+    })
+}
+
+fn serve_login(
+    listener: TcpListener,
+    state: LoginState,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    let login = login::router(Arc::new(state));
+    tokio::spawn(async move {
+        let server =
+            axum::serve(listener, login).with_graceful_shutdown(cancel.cancelled_owned());
+        if let Err(error) = server.await {
+            tracing::error!(%error, "Simulator login server stopped.");
+        }
+    })
+}
+
+/// Appends events at `rate` per second until cancelled: rounds (one event per entity) go
+/// to the orgs in turn, so each org gets `rate / orgs`.
+async fn produce(buses: Vec<Arc<Bus>>, rate: f64, cancel: CancellationToken) {
+    let Some(first) = buses.first() else {
+        return;
+    };
+    let per_round = first.entities.len().max(1) as f64;
     let started = tokio::time::Instant::now();
     let mut rounds_done = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -225,9 +307,12 @@ async fn produce(bus: Arc<Bus>, rate: f64, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         let due = (started.elapsed().as_secs_f64() * rate / per_round) as u64;
-        if due > rounds_done {
-            bus.generate_rounds(due - rounds_done);
-            rounds_done = due;
+        // Round r goes to org r mod n: each org takes its share in one append.
+        let (todo, n) = (due.saturating_sub(rounds_done), buses.len() as u64);
+        for k in 0..todo.min(n) {
+            let org = ((rounds_done + k) % n) as usize;
+            buses[org].generate_rounds((todo - k).div_ceil(n));
         }
+        rounds_done = rounds_done.max(due);
     }
 }

@@ -32,7 +32,7 @@ async fn soap_login_yields_a_session_and_a_rejection_says_how_to_fix_it() {
         },
     );
     let session = ok.login().await.unwrap();
-    assert_eq!(session.org_id, sim.org_id);
+    assert_eq!(session.org_id, sim.org().org_id);
     assert_eq!(session.instance_url, sim.login_url());
     let bad = Authenticator::new(
         &sim.login_url(),
@@ -67,7 +67,7 @@ async fn oauth_client_credentials_and_password_flows_read_the_org_from_userinfo(
             client_secret: "app-secret".to_string().into(),
         },
     );
-    assert_eq!(cc.login().await.unwrap().org_id, sim.org_id);
+    assert_eq!(cc.login().await.unwrap().org_id, sim.org().org_id);
     let password = Authenticator::new(
         &sim.login_url(),
         "57.0",
@@ -78,7 +78,7 @@ async fn oauth_client_credentials_and_password_flows_read_the_org_from_userinfo(
             password: "s3cret&TOKEN".to_string().into(),
         },
     );
-    assert_eq!(password.login().await.unwrap().org_id, sim.org_id);
+    assert_eq!(password.login().await.unwrap().org_id, sim.org().org_id);
     let bad = Authenticator::new(
         &sim.login_url(),
         "57.0",
@@ -125,7 +125,7 @@ async fn jwt_bearer_assertions_are_signed_with_the_key_file() {
             },
         )
     };
-    assert_eq!(login(private_pem).login().await.unwrap().org_id, sim.org_id);
+    assert_eq!(login(private_pem).login().await.unwrap().org_id, sim.org().org_id);
     let err = login(other).login().await.unwrap_err().to_string();
     assert!(err.contains("invalid_grant"), "{err}");
     sim.shutdown().await;

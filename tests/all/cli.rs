@@ -107,7 +107,7 @@ async fn secrets_never_reach_the_logs() {
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let tokens = sim.tokens.issued();
+    let tokens = sim.org().tokens.issued();
     assert!(!tokens.is_empty(), "the run logged in");
     for secret in tokens.iter().map(String::as_str).chain(["Hunter2Secret"]) {
         assert!(

@@ -208,7 +208,7 @@ async fn a_full_disk_under_the_checkpoint_fails_the_commit_and_keeps_no_torn_fil
     let sink = format!("jsonl:{}", out(dir.path()).display());
     let store = FileCheckpointStore::new(dir.path().join("state"));
     let path = store.path(&CheckpointKey {
-        org_id: sim.org_id.clone(),
+        org_id: sim.org().org_id.clone(),
         channel: "/data/AccountChangeEvent".into(),
         target: sink.clone(),
     });

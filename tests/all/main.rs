@@ -14,5 +14,6 @@ mod product;
 mod shard;
 mod source;
 mod support;
+mod tenants;
 mod transform;
 mod zerobus;

@@ -20,7 +20,7 @@ async fn delivers_every_event_in_replay_order_with_decoded_fields() {
     );
     for row in &rows {
         assert_eq!(row["entity_name"], "Account");
-        assert_eq!(row["org_id"], sim.org_id.as_str());
+        assert_eq!(row["org_id"], sim.org().org_id.as_str());
         let record: serde_json::Value =
             serde_json::from_str(row["record_data_json"].as_str().unwrap()).unwrap();
         assert!(
@@ -124,7 +124,7 @@ async fn expired_tokens_are_refreshed_and_the_stream_resumes() {
         .unwrap();
     let got: Vec<u64> = rows(&out(dir.path())).iter().map(replay).collect();
     assert_eq!(got, (1..=500).collect::<Vec<_>>());
-    assert!(sim.tokens.issued_count() >= 2, "a second login happened");
+    assert!(sim.org().tokens.issued_count() >= 2, "a second login happened");
     sim.shutdown().await;
 }
 

@@ -79,27 +79,32 @@ pub struct PubSubService {
     pub org_id: String,
     pub keepalive: Duration,
     pub faults: StreamFaults,
+    /// Events this org delivered, for `expire_tokens_after`.
+    served: AtomicU64,
     tokens_expired: AtomicBool,
     /// By developer name.
     managed: Mutex<HashMap<String, Managed>>,
 }
 
 impl PubSubService {
+    /// One org's service; `stats` are the simulator's, shared by every org.
     pub fn new(
         bus: Arc<Bus>,
         tokens: Arc<Tokens>,
         org_id: String,
+        stats: Arc<SimStats>,
         keepalive: Duration,
         faults: StreamFaults,
         managed: &[(String, String)],
     ) -> Result<Self, Status> {
         let mut service = PubSubService {
             bus,
-            stats: Arc::default(),
+            stats,
             tokens,
             org_id,
             keepalive,
             faults,
+            served: AtomicU64::new(0),
             tokens_expired: AtomicBool::new(false),
             managed: Mutex::default(),
         };
@@ -167,14 +172,16 @@ impl PubSubService {
     }
 
     fn note_served(&self, n: u64) {
-        let total = self.stats.served.fetch_add(n, Ordering::Relaxed) + n;
+        self.stats.served.fetch_add(n, Ordering::Relaxed);
+        let total = self.served.fetch_add(n, Ordering::Relaxed) + n;
         if let Some(limit) = self.faults.expire_tokens_after
             && total >= limit
             && !self.tokens_expired.swap(true, Ordering::Relaxed)
         {
             tracing::info!(
+                org_id = %self.org_id,
                 served = total,
-                "Simulator fault: expiring every access token."
+                "Simulator fault: expiring every access token of the org."
             );
             self.tokens.revoke_all();
         }
@@ -340,5 +347,88 @@ impl PubSub for Arc<PubSubService> {
             Some(name),
         );
         Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+/// Every simulated org's Pub/Sub API behind one endpoint, as `api.pubsub.salesforce.com`
+/// serves every org: a call goes to the org whose session it carries (an access token
+/// starts with its org's id); that org then checks the token and the `tenantid` header.
+#[derive(Clone)]
+pub struct Orgs(Arc<HashMap<String, Arc<PubSubService>>>);
+
+impl Orgs {
+    pub fn new(services: impl IntoIterator<Item = Arc<PubSubService>>) -> Orgs {
+        Orgs(Arc::new(
+            services
+                .into_iter()
+                .map(|s| (s.org_id.clone(), s))
+                .collect(),
+        ))
+    }
+
+    fn org(&self, metadata: &MetadataMap) -> Result<&Arc<PubSubService>, Status> {
+        let token = metadata
+            .get("accesstoken")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        token
+            .split_once('!')
+            .and_then(|(org_id, _)| self.0.get(org_id))
+            .ok_or_else(|| {
+                error(
+                    tonic::Code::Unauthenticated,
+                    codes::AUTH,
+                    "Authentication error: the access token is invalid or expired.",
+                )
+            })
+    }
+}
+
+#[tonic::async_trait]
+impl PubSub for Orgs {
+    type SubscribeStream = BoxStream<FetchResponse>;
+    type PublishStreamStream = BoxStream<PublishResponse>;
+    type ManagedSubscribeStream = BoxStream<ManagedFetchResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<FetchRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.org(request.metadata())?.subscribe(request).await
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<SchemaRequest>,
+    ) -> Result<Response<SchemaInfo>, Status> {
+        self.org(request.metadata())?.get_schema(request).await
+    }
+
+    async fn get_topic(
+        &self,
+        request: Request<TopicRequest>,
+    ) -> Result<Response<TopicInfo>, Status> {
+        self.org(request.metadata())?.get_topic(request).await
+    }
+
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        self.org(request.metadata())?.publish(request).await
+    }
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        self.org(request.metadata())?.publish_stream(request).await
+    }
+
+    async fn managed_subscribe(
+        &self,
+        request: Request<Streaming<ManagedFetchRequest>>,
+    ) -> Result<Response<Self::ManagedSubscribeStream>, Status> {
+        self.org(request.metadata())?.managed_subscribe(request).await
     }
 }

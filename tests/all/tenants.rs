@@ -1,0 +1,136 @@
+//! Many orgs: the multi-org simulator and tenants files.
+
+use std::collections::HashSet;
+
+use clap::Parser;
+use sfzb_host::cli::{Cli, Command};
+use sfzb_host::config::RunPlan;
+use sfzb_host::sim::{SimConfig, Simulator};
+
+use crate::support::*;
+
+/// A plan from flags for every tenant of `tenants`, one jsonl file each under `dir`.
+fn tenants_plan(sim: &Simulator, dir: &std::path::Path, tenants: &std::path::Path) -> RunPlan {
+    let sink = format!("jsonl:{}/{{tenant}}.jsonl", dir.display());
+    let state = dir.join("state").display().to_string();
+    let (pubsub, login) = (sim.pubsub_url(), sim.login_url());
+    let argv = [
+        "sfzb-host",
+        "run",
+        "--tenants",
+        tenants.to_str().unwrap(),
+        "--pubsub-endpoint",
+        &pubsub,
+        "--instance-url",
+        &login,
+        "--channel",
+        "AccountChangeEvent",
+        "--sink",
+        &sink,
+        "--state-dir",
+        &state,
+        "--flush-interval-ms",
+        "50",
+        "--until-idle",
+        "1",
+    ];
+    match Cli::try_parse_from(argv).expect("flags parse").into_command() {
+        Command::Run(args) => args.plan().expect("plan is valid"),
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenant_reads_its_own_org_and_a_bad_entry_stops_only_itself() {
+    let sim = start(SimConfig {
+        orgs: 4,
+        ..sim_config(&["Account", "Contact"], 20)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(
+        &tenants,
+        "[org-1]\nclient-id = \"sim-client-1\"\nclient-secret = \"sim-secret-1\"\n\
+         [org-2]\nclient-id = \"sim-client-2\"\nclient-secret = { env = \"SFZB_TEST_ORG2_SECRET\" }\n\
+         [org-3]\nclient-id = \"sim-client-3\"\nclient-secret = { file = \"org-3.secret\" }\n\
+         [wrong-secret]\nclient-id = \"sim-client-4\"\nclient-secret = \"not-it\"\n\
+         [no-secret]\nclient-id = \"sim-client-4\"\n",
+    )
+    .unwrap();
+    // SAFETY: set before any thread of this test reads the environment, and read only here.
+    unsafe { std::env::set_var("SFZB_TEST_ORG2_SECRET", "sim-secret-2") };
+    std::fs::write(dir.path().join("org-3.secret"), "sim-secret-3\n").unwrap();
+
+    let plan = tenants_plan(&sim, dir.path(), &tenants);
+    assert_eq!(plan.rejected_tenants.len(), 1, "{:?}", plan.rejected_tenants);
+    let (name, reason) = &plan.rejected_tenants[0];
+    assert_eq!(name, "no-secret");
+    assert!(reason.contains("tenants.no-secret.client-secret"), "{reason}");
+    let names: Vec<_> = plan.subscriptions.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "org-1/AccountChangeEvent",
+            "org-2/AccountChangeEvent",
+            "org-3/AccountChangeEvent",
+            "wrong-secret/AccountChangeEvent"
+        ]
+    );
+
+    let report = sfzb_host::run(plan, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let mut event_ids = HashSet::new();
+    for outcome in &report.subscriptions {
+        let tenant = outcome.name.split('/').next().unwrap();
+        if tenant == "wrong-secret" {
+            let error = outcome.result.as_ref().unwrap_err().to_string();
+            assert!(error.contains("invalid client credentials"), "{error}");
+            continue;
+        }
+        let stats = outcome.result.as_ref().unwrap();
+        assert_eq!(stats.written, 20, "{}", outcome.name);
+        let n: usize = tenant.trim_start_matches("org-").parse().unwrap();
+        let rows = rows(&dir.path().join(format!("{tenant}.jsonl")));
+        assert_eq!(
+            rows.iter().map(replay).collect::<Vec<_>>(),
+            positions(0, 2, 20),
+            "{tenant} has its own replay ids"
+        );
+        for row in &rows {
+            assert_eq!(row["org_id"], sim.orgs[n - 1].org_id.as_str());
+            assert!(event_ids.insert(row["event_id"].as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(event_ids.len(), 60, "every org's events are its own");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_accepts_only_its_own_credentials_and_a_revoked_org_refuses_logins() {
+    use sfzb_host::salesforce::auth::{Authenticator, Credentials};
+    let sim = start(SimConfig {
+        orgs: 3,
+        ..sim_config(&["Account"], 1)
+    })
+    .await;
+    let login = |n: usize, secret: &str| {
+        Authenticator::new(
+            &sim.login_url(),
+            "62.0",
+            Credentials::ClientCredentials {
+                client_id: format!("sim-client-{n}"),
+                client_secret: secret.to_string().into(),
+            },
+        )
+    };
+    let session = login(2, "sim-secret-2").login().await.unwrap();
+    assert_eq!(session.org_id, sim.orgs[1].org_id);
+    assert!(login(2, "sim-secret-3").login().await.is_err());
+    sim.orgs[2].revoke_access();
+    let error = login(3, "sim-secret-3").login().await.unwrap_err().to_string();
+    assert!(error.contains("revoked"), "{error}");
+    assert!(login(1, "sim-secret-1").login().await.is_ok(), "the others still log in");
+    sim.shutdown().await;
+}
