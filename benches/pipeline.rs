@@ -13,9 +13,8 @@
 #[allow(dead_code)]
 #[path = "../tests/all/guests.rs"]
 mod guests;
+mod measure;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,91 +90,30 @@ fn end_to_end(count: u64) {
     let sink = std::env::var("SFZB_BENCH_SINK").unwrap_or_else(|_| "jsonl:/dev/null".into());
     // A zerobus: sink writes to the Zerobus test server the simulator process also runs.
     let zerobus = sink.starts_with("zerobus:");
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
-        .args([
-            "sim",
-            "--port",
-            "0",
-            "--login-port",
-            "0",
-            "--entities",
-            "Account",
-            "--events",
-            &count.to_string(),
-        ])
-        .args(if zerobus {
-            &["--zerobus-port", "0"][..]
-        } else {
-            &[][..]
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sfzb-host sim starts");
-    let mut lines = BufReader::new(sim.stdout.take().unwrap()).lines();
-    let mut url = || {
-        lines
-            .next()
-            .unwrap()
-            .unwrap()
-            .split_once(':')
-            .unwrap()
-            .1
-            .trim()
-            .to_string()
-    };
-    let (pubsub, login) = (url(), url());
-    let zerobus_url = zerobus.then(&mut url);
-    std::thread::spawn(move || lines.for_each(drop));
+    let count_text = count.to_string();
+    let mut args = vec![
+        "--port",
+        "0",
+        "--login-port",
+        "0",
+        "--entities",
+        "Account",
+        "--events",
+        &count_text,
+    ];
+    if zerobus {
+        args.extend(["--zerobus-port", "0"]);
+    }
+    let (mut sim, urls) = measure::spawn_sim(&args);
     let state = tempfile::tempdir().unwrap();
-    let state_dir = state.path().display().to_string();
     if let Some(path) = sink.strip_prefix("delta:") {
         let _ = std::fs::remove_dir_all(path);
     }
-    let argv = [
-        "sfzb-host",
-        "run",
-        "--pubsub-endpoint",
-        &pubsub,
-        "--instance-url",
-        &login,
-        "--username",
-        "u",
-        "--password",
-        "p",
-        "--channel",
-        "/data/AccountChangeEvent",
-        "--sink",
-        &sink,
-        "--dead-letter",
-        "jsonl:/dev/null",
-        "--state-dir",
-        &state_dir,
-        "--until-idle",
-        "2",
-    ];
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     // The pipeline: a Rust mask transform on every event (`SFZB_BENCH_MASK=0` to skip).
     let mask = std::env::var("SFZB_BENCH_MASK").map_or(true, |v| v != "0");
-    if mask {
-        argv.extend([
-            "--transform".to_string(),
-            guests::component("mask").display().to_string(),
-            "--transform-config".to_string(),
-            "mask.fields=PersonEmail,Phone".to_string(),
-            "--transform-cache-dir".to_string(),
-            state_dir.clone() + "/cache",
-        ]);
-    }
-    if let Some(url) = zerobus_url {
-        argv.extend(["--zerobus-endpoint".to_string(), url]);
-    }
-    let Cmd::Run(args) = Cli::parse_from(argv).into_command() else {
-        unreachable!()
-    };
-    let plan = args.plan().unwrap();
-    let cpu_before = cpu_time();
+    let plan = host_plan(&urls, &sink, state.path(), mask);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let cpu_before = measure::cpu_time();
     let stats = runtime
         .block_on(sfzb_host::run(
             plan,
@@ -184,7 +122,7 @@ fn end_to_end(count: u64) {
         .and_then(sfzb_host::RunReport::into_result)
         .unwrap()
         .remove(0);
-    let cpu = cpu_time() - cpu_before;
+    let cpu = measure::cpu_time() - cpu_before;
     let _ = sim.kill();
     let _ = sim.wait();
     assert_eq!(stats.received, count, "every event arrived");
@@ -195,25 +133,56 @@ fn end_to_end(count: u64) {
         if mask { "Rust mask → " } else { "" },
         count as f64 / active,
         cpu.as_secs_f64() * 1e6 / count as f64,
-        peak_rss_kib() / 1024
+        measure::peak_rss_kib() / 1024
     );
 }
 
-/// User + system CPU time of this process, from /proc (Linux).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+/// `sfzb-host run` against the simulator's `urls` (Pub/Sub, login, then Zerobus if any).
+fn host_plan(
+    urls: &[String],
+    sink: &str,
+    state: &std::path::Path,
+    mask: bool,
+) -> sfzb_host::config::RunPlan {
+    let state_dir = state.display().to_string();
+    let argv = [
+        "sfzb-host",
+        "run",
+        "--pubsub-endpoint",
+        &urls[0],
+        "--instance-url",
+        &urls[1],
+        "--username",
+        "u",
+        "--password",
+        "p",
+        "--channel",
+        "/data/AccountChangeEvent",
+        "--sink",
+        sink,
+        "--dead-letter",
+        "jsonl:/dev/null",
+        "--state-dir",
+        &state_dir,
+        "--until-idle",
+        "2",
+    ];
+    let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    if mask {
+        argv.extend([
+            "--transform".to_string(),
+            guests::component("mask").display().to_string(),
+            "--transform-config".to_string(),
+            "mask.fields=PersonEmail,Phone".to_string(),
+            "--transform-cache-dir".to_string(),
+            state_dir.clone() + "/cache",
+        ]);
+    }
+    if let Some(url) = urls.get(2) {
+        argv.extend(["--zerobus-endpoint".to_string(), url.clone()]);
+    }
+    let Cmd::Run(args) = Cli::parse_from(argv).into_command() else {
+        unreachable!()
+    };
+    args.plan().unwrap()
 }

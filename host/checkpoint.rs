@@ -1,9 +1,19 @@
 //! Replay checkpoints: per (org, channel, target), the replay id up to which every event is
-//! durably written or dead-lettered. Written only after the sink's flush, atomically
-//! (temp file, fsync, rename, fsync of the directory), so a crash leaves the old or the new
-//! checkpoint, never a torn one.
+//! durably written or dead-lettered.
+//!
+//! The local store ([`LocalStore`]) keeps every checkpoint of a state directory in one file,
+//! `checkpoints.json`. A subscription stages its position once its sink's flush returned;
+//! one committer per process writes every staged position once per interval in one atomic
+//! replacement (temp file, fsync, rename, fsync of the directory), so a crash leaves the old
+//! or the new file, never a torn one, and the file never holds a position the sink has not
+//! made durable. Ten thousand subscriptions cost one write per interval, not ten thousand.
+//! Processes sharing a state directory merge their changes under a lock on it. Checkpoints
+//! of releases before the shared file (one file per key) are read when the file has none.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -42,7 +52,7 @@ pub struct CheckpointKey {
     pub target: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Stored {
     replay_id: String,
     org_id: String,
@@ -51,20 +61,229 @@ struct Stored {
     updated_at_ms: i64,
 }
 
-/// Checkpoints as small JSON files under a state directory.
+/// The shared file: every checkpoint, sorted by key.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoreFile {
+    checkpoints: Vec<Stored>,
+}
+
+impl CheckpointKey {
+    fn id(&self) -> String {
+        format!("{}\0{}\0{}", self.org_id, self.channel, self.target)
+    }
+}
+
+impl Stored {
+    fn key(&self) -> CheckpointKey {
+        CheckpointKey {
+            org_id: self.org_id.clone(),
+            channel: self.channel.clone(),
+            target: self.target.clone(),
+        }
+    }
+}
+
+/// Staged positions not yet in the file.
+#[derive(Default)]
+struct Staged {
+    entries: BTreeMap<String, Stored>,
+    /// Keys staged since the last commit: only these are written over what is on disk.
+    dirty: HashSet<String>,
+    /// Why the last commit failed, while it did.
+    failure: Option<(&'static str, std::io::ErrorKind, String)>,
+}
+
+/// Every checkpoint of a state directory, in one file (see the module documentation).
+pub struct LocalStore {
+    dir: PathBuf,
+    staged: Mutex<Staged>,
+    /// One commit at a time within the process.
+    committing: tokio::sync::Mutex<()>,
+    legacy: FileCheckpointStore,
+}
+
+impl LocalStore {
+    pub fn new(dir: impl Into<PathBuf>) -> LocalStore {
+        let dir = dir.into();
+        LocalStore {
+            legacy: FileCheckpointStore { dir: dir.clone() },
+            dir,
+            staged: Mutex::default(),
+            committing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The file, under a state directory.
+    pub fn path_in(dir: &Path) -> PathBuf {
+        dir.join("checkpoints.json")
+    }
+
+    fn lock_staged(&self) -> std::sync::MutexGuard<'_, Staged> {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The position to resume `key` from: staged here, else in the file (another process
+    /// may have written it), else in a per-key file of an earlier release.
+    pub async fn load(&self, key: &CheckpointKey) -> Result<Option<ReplayId>, CheckpointError> {
+        let path = Self::path_in(&self.dir);
+        if let Some(stored) = self.lock_staged().entries.get(&key.id()) {
+            return parse_replay(&path, stored).map(Some);
+        }
+        let file = read_file(&path).await?;
+        match file.checkpoints.iter().find(|s| s.key() == *key) {
+            Some(stored) => parse_replay(&path, stored).map(Some),
+            None => self.legacy.load(key).await,
+        }
+    }
+
+    /// Records that everything up to `replay_id` is durable in `key`'s sink; the next
+    /// commit writes it. Staged either way; the error is the last commit's, while commits
+    /// fail (a full disk): the caller stops rather than run on without a checkpoint.
+    pub fn stage(&self, key: &CheckpointKey, replay_id: &ReplayId) -> Result<(), CheckpointError> {
+        let stored = Stored {
+            replay_id: replay_id.to_hex(),
+            org_id: key.org_id.clone(),
+            channel: key.channel.clone(),
+            target: key.target.clone(),
+            updated_at_ms: crate::clock::now_ms(),
+        };
+        let id = key.id();
+        let mut staged = self.lock_staged();
+        staged.dirty.insert(id.clone());
+        staged.entries.insert(id, stored);
+        match &staged.failure {
+            None => Ok(()),
+            Some((action, kind, message)) => Err(CheckpointError::Io {
+                action,
+                path: Self::path_in(&self.dir),
+                source: std::io::Error::new(*kind, message.clone()),
+            }),
+        }
+    }
+
+    /// Writes every position staged since the last commit, merged over the file as it is
+    /// (under a lock on the directory), in one atomic replacement. Nothing staged: nothing
+    /// written. On failure the positions stay staged for the next commit.
+    pub async fn commit(&self) -> Result<(), CheckpointError> {
+        let _one = self.committing.lock().await;
+        let changed: Vec<(String, Stored)> = {
+            let staged = self.lock_staged();
+            staged
+                .dirty
+                .iter()
+                .filter_map(|id| staged.entries.get(id).map(|s| (id.clone(), s.clone())))
+                .collect()
+        };
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let dir = self.dir.clone();
+        let written = changed.clone();
+        let result = tokio::task::spawn_blocking(move || merge_and_write(&dir, written))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let mut staged = self.lock_staged();
+        staged.failure = match &result {
+            Err(CheckpointError::Io { action, source, .. }) => {
+                Some((*action, source.kind(), source.to_string()))
+            }
+            _ => None,
+        };
+        result?;
+        for (id, stored) in changed {
+            // Staged again meanwhile: still dirty, for the next commit.
+            if staged
+                .entries
+                .get(&id)
+                .is_some_and(|s| s.replay_id == stored.replay_id)
+            {
+                staged.dirty.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits every `interval` until `cancel` fires. A failed commit is logged and tried
+    /// again; the subscriptions' own last commit reports it.
+    pub async fn committer(
+        self: std::sync::Arc<Self>,
+        interval: Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(error) = self.commit().await {
+                tracing::error!(%error, "Checkpoints not committed; trying again. The data is durable; a restart now would replay from the last committed positions.");
+            }
+        }
+    }
+}
+
+async fn read_file(path: &Path) -> Result<StoreFile, CheckpointError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || read_file_blocking(&path))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+fn read_file_blocking(path: &Path) -> Result<StoreFile, CheckpointError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StoreFile::default()),
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    serde_json::from_str(&text).map_err(|e| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })
+}
+
+/// Under an exclusive lock on `dir`: the file as it is, with `changed` over it, written.
+fn merge_and_write(dir: &Path, changed: Vec<(String, Stored)>) -> Result<(), CheckpointError> {
+    let path = LocalStore::path_in(dir);
+    let io = |action, source| CheckpointError::Io {
+        action,
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
+    let lock = std::fs::File::open(dir).map_err(|e| io("open the directory of", e))?;
+    lock.lock().map_err(|e| io("lock the directory of", e))?;
+    let mut all: BTreeMap<String, Stored> = read_file_blocking(&path)?
+        .checkpoints
+        .into_iter()
+        .map(|s| (s.key().id(), s))
+        .collect();
+    all.extend(changed);
+    let file = StoreFile {
+        checkpoints: all.into_values().collect(),
+    };
+    let body = serde_json::to_vec_pretty(&file).expect("checkpoints always serialize");
+    write_atomically_blocking(&path, &body)
+}
+
+/// Checkpoints as small JSON files, one per key: how releases before [`LocalStore`] kept
+/// them. Read only.
 #[derive(Clone, Debug)]
-pub struct FileCheckpointStore {
+struct FileCheckpointStore {
     dir: PathBuf,
 }
 
 impl FileCheckpointStore {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        FileCheckpointStore { dir: dir.into() }
-    }
-
     /// `checkpoints/<org>/<channel>__<target>-<hash>.json`: readable names, made unique by
     /// a hash of the exact channel and target (`a/b.jsonl` and `a_b.jsonl` read alike).
-    pub fn path(&self, key: &CheckpointKey) -> PathBuf {
+    fn path(&self, key: &CheckpointKey) -> PathBuf {
         let mut digest = Sha256::new();
         for part in [&key.org_id, &key.channel, &key.target] {
             digest.update(part.as_bytes());
@@ -92,7 +311,7 @@ impl FileCheckpointStore {
         self.dir.join("checkpoints").join(file_safe(&key.org_id))
     }
 
-    pub async fn load(&self, key: &CheckpointKey) -> Result<Option<ReplayId>, CheckpointError> {
+    async fn load(&self, key: &CheckpointKey) -> Result<Option<ReplayId>, CheckpointError> {
         if let Some(stored) = self.read(self.path(key)).await? {
             return Ok(Some(stored));
         }
@@ -136,23 +355,6 @@ impl FileCheckpointStore {
                 detail: e.to_string(),
             })
     }
-
-    pub async fn commit(
-        &self,
-        key: &CheckpointKey,
-        replay_id: &ReplayId,
-    ) -> Result<(), CheckpointError> {
-        let path = self.path(key);
-        let stored = Stored {
-            replay_id: replay_id.to_hex(),
-            org_id: key.org_id.clone(),
-            channel: key.channel.clone(),
-            target: key.target.clone(),
-            updated_at_ms: crate::clock::now_ms(),
-        };
-        let body = serde_json::to_vec_pretty(&stored).expect("a checkpoint always serializes");
-        write_atomically(&path, &body).await
-    }
 }
 
 fn parse_replay(path: &Path, stored: &Stored) -> Result<ReplayId, CheckpointError> {
@@ -166,13 +368,6 @@ fn parse_replay(path: &Path, stored: &Stored) -> Result<ReplayId, CheckpointErro
 /// every step's error is checked. Blocking `std::fs` on purpose: tokio's `File` reports a
 /// failed background write only on the *next* operation, so `write_all` + `sync_all`
 /// there can succeed on a full disk and leave an empty file to rename into place.
-async fn write_atomically(path: &Path, body: &[u8]) -> Result<(), CheckpointError> {
-    let (path, body) = (path.to_path_buf(), body.to_vec());
-    tokio::task::spawn_blocking(move || write_atomically_blocking(&path, &body))
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-}
-
 fn write_atomically_blocking(path: &Path, body: &[u8]) -> Result<(), CheckpointError> {
     use std::io::Write;
     let io = |action, source| CheckpointError::Io {
@@ -198,10 +393,9 @@ fn write_atomically_blocking(path: &Path, body: &[u8]) -> Result<(), CheckpointE
         }
         Ok(())
     })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    // A failed temporary file stays: the next attempt truncates and rewrites it, and it
+    // is never renamed into place.
+    written?;
     std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -235,49 +429,73 @@ mod tests {
         }
     }
 
+    fn other(target: &str) -> CheckpointKey {
+        CheckpointKey {
+            target: target.into(),
+            ..key()
+        }
+    }
+
     #[tokio::test]
-    async fn commit_then_load_round_trips_exact_bytes() {
+    async fn staged_positions_reach_the_file_only_on_commit_and_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileCheckpointStore::new(dir.path());
+        let store = LocalStore::new(dir.path());
         assert_eq!(store.load(&key()).await.unwrap(), None);
         let id = ReplayId::from_hex("00000000000408760000").unwrap();
-        store.commit(&key(), &id).await.unwrap();
-        assert_eq!(store.load(&key()).await.unwrap(), Some(id));
-        let name = store.path(&key());
-        let name = name.file_name().unwrap().to_string_lossy();
+        store.stage(&key(), &id).unwrap();
         assert!(
-            name.starts_with("data_AccountChangeEvent__jsonl_out_a.jsonl-")
-                && name.ends_with(".json"),
-            "{name}"
+            !LocalStore::path_in(dir.path()).exists(),
+            "not before the commit"
         );
+        store.commit().await.unwrap();
+        let fresh = LocalStore::new(dir.path());
+        assert_eq!(fresh.load(&key()).await.unwrap(), Some(id));
+        assert_eq!(fresh.load(&other("jsonl:out_a.jsonl")).await.unwrap(), None);
     }
 
     #[tokio::test]
-    async fn targets_that_read_alike_get_their_own_checkpoints() {
+    async fn many_keys_are_one_write_and_two_processes_keep_each_others_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileCheckpointStore::new(dir.path());
-        let a = key();
-        let b = CheckpointKey {
-            target: "jsonl:out_a.jsonl".into(),
-            ..key()
-        };
-        assert_ne!(store.path(&a), store.path(&b));
-        store
-            .commit(&a, &ReplayId::from_hex("01").unwrap())
-            .await
+        let (a, b) = (LocalStore::new(dir.path()), LocalStore::new(dir.path()));
+        for i in 0..1000u64 {
+            a.stage(
+                &other(&format!("t{i}")),
+                &ReplayId::from_hex(&format!("{:04x}", i + 1)).unwrap(),
+            )
             .unwrap();
+        }
+        a.commit().await.unwrap();
+        b.stage(&key(), &ReplayId::from_hex("2a").unwrap()).unwrap();
+        b.commit().await.unwrap();
+        // a's next commit writes only what changed since its last: b's key stays.
+        a.stage(&other("t0"), &ReplayId::from_hex("ffff").unwrap())
+            .unwrap();
+        a.commit().await.unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1, "one file for every checkpoint");
+        let fresh = LocalStore::new(dir.path());
         assert_eq!(
-            store.load(&b).await.unwrap(),
-            None,
-            "b has no checkpoint yet"
+            fresh.load(&key()).await.unwrap(),
+            ReplayId::from_hex("2a").ok()
+        );
+        assert_eq!(
+            fresh.load(&other("t0")).await.unwrap(),
+            ReplayId::from_hex("ffff").ok()
+        );
+        assert_eq!(
+            fresh.load(&other("t999")).await.unwrap(),
+            ReplayId::from_hex("03e8").ok()
         );
     }
 
     #[tokio::test]
-    async fn a_checkpoint_under_the_old_name_is_read_only_for_its_own_key() {
+    async fn a_checkpoint_of_an_earlier_release_is_read_only_for_its_own_key() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileCheckpointStore::new(dir.path());
-        let old = store.legacy_path(&key());
+        let store = LocalStore::new(dir.path());
+        let legacy = FileCheckpointStore {
+            dir: dir.path().to_path_buf(),
+        };
+        let old = legacy.legacy_path(&key());
         std::fs::create_dir_all(old.parent().unwrap()).unwrap();
         let stored = |target: &str| {
             format!(
@@ -292,32 +510,61 @@ mod tests {
         // The same old file name, written for the other target: not ours.
         std::fs::write(&old, stored("jsonl:out_a.jsonl")).unwrap();
         assert_eq!(store.load(&key()).await.unwrap(), None);
+        // The hashed per-key name of the release after it.
+        let hashed = legacy.path(&key());
+        std::fs::write(&hashed, stored("jsonl:out/a.jsonl")).unwrap();
+        assert_eq!(
+            store.load(&key()).await.unwrap(),
+            ReplayId::from_hex("2a").ok()
+        );
     }
 
     /// A full disk: the temporary file is `/dev/full`, where every write fails with ENOSPC.
-    /// The commit must fail and the previous checkpoint must stay as it was.
+    /// The commit must fail, the previous file must stay as it was, and the position stays
+    /// staged for the next commit.
     #[tokio::test]
-    async fn a_failed_write_is_an_error_and_keeps_the_old_checkpoint() {
+    async fn a_failed_write_is_an_error_and_keeps_the_old_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileCheckpointStore::new(dir.path());
+        let store = LocalStore::new(dir.path());
         let old = ReplayId::from_hex("0000000000000010").unwrap();
-        store.commit(&key(), &old).await.unwrap();
-        let path = store.path(&key());
+        store.stage(&key(), &old).unwrap();
+        store.commit().await.unwrap();
+        let path = LocalStore::path_in(dir.path());
         std::os::unix::fs::symlink("/dev/full", path.with_extension("json.tmp")).unwrap();
         let new = ReplayId::from_hex("0000000000000020").unwrap();
-        let err = store.commit(&key(), &new).await.unwrap_err();
+        store.stage(&key(), &new).unwrap();
+        let err = store.commit().await.unwrap_err();
         assert!(err.to_string().contains("cannot write checkpoint"), "{err}");
-        assert_eq!(store.load(&key()).await.unwrap(), Some(old));
+        assert_eq!(
+            LocalStore::new(dir.path()).load(&key()).await.unwrap(),
+            Some(old)
+        );
+        let err = store.commit().await.unwrap_err();
+        assert!(
+            err.to_string().contains("cannot write checkpoint"),
+            "still full: {err}"
+        );
+        assert!(
+            store.stage(&key(), &new).is_err(),
+            "a subscription staging on a failing store hears it"
+        );
+        std::fs::remove_file(path.with_extension("json.tmp")).unwrap();
+        store.commit().await.unwrap();
+        assert!(
+            store.stage(&key(), &new).is_ok(),
+            "a commit went through again"
+        );
+        assert_eq!(
+            LocalStore::new(dir.path()).load(&key()).await.unwrap(),
+            Some(new)
+        );
     }
 
     #[tokio::test]
-    async fn a_corrupt_checkpoint_is_an_error_not_a_fresh_start() {
+    async fn a_corrupt_store_is_an_error_not_a_fresh_start() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileCheckpointStore::new(dir.path());
-        let path = store.path(&key());
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, "{").unwrap();
-        let err = store.load(&key()).await.unwrap_err();
+        std::fs::write(LocalStore::path_in(dir.path()), "{").unwrap();
+        let err = LocalStore::new(dir.path()).load(&key()).await.unwrap_err();
         assert!(err.to_string().contains("will not guess"), "{err}");
         assert!(err.to_string().contains("--replay earliest"), "{err}");
     }

@@ -19,10 +19,41 @@ pub enum State {
     Running,
     /// Resubscribing after a stream failure.
     Reconnecting(String),
-    /// Not reading: another process holds this subscription's Lease (see [`crate::fence`]).
+    /// Not reading: another process holds this subscription's Lease (see [`crate::lease`]).
     Standby(String),
     Stopped,
     Failed(String),
+}
+
+impl State {
+    /// Every state's name, as `/subscriptions` and `sfzb_subscriptions{state}` give it.
+    pub const NAMES: [&'static str; 6] = [
+        "starting",
+        "running",
+        "reconnecting",
+        "standby",
+        "stopped",
+        "failed",
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Reconnecting(_) => "reconnecting",
+            State::Standby(_) => "standby",
+            State::Stopped => "stopped",
+            State::Failed(_) => "failed",
+        }
+    }
+
+    /// Why it is in this state, when that has a reason.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            State::Reconnecting(r) | State::Standby(r) | State::Failed(r) => Some(r),
+            State::Starting | State::Running | State::Stopped => None,
+        }
+    }
 }
 
 /// Live figures of one subscription.
@@ -129,6 +160,10 @@ impl Health {
 
     pub fn state(&self) -> State {
         self.state.lock().expect("health lock").clone()
+    }
+
+    pub fn org_id(&self) -> Option<String> {
+        self.org_id.lock().expect("health lock").clone()
     }
 
     pub fn set_org_id(&self, org_id: &str) {

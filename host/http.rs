@@ -1,5 +1,7 @@
 //! The HTTP endpoint (`--metrics-listen`, off by default): Prometheus `/metrics`,
-//! `/healthz` (503 with the reasons when a subscription failed or is stuck) and `/stats`
+//! `/healthz` (about the process: 503 with the reasons only when no subscription is
+//! healthy, so one broken tenant does not get the process restarted), `/subscriptions`
+//! (every subscription's state and reason, filterable by `org` and `state`) and `/stats`
 //! (JSON, with the reference's `get_stats()` keys). It only reads [`Health`].
 
 use std::net::SocketAddr;
@@ -45,8 +47,9 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/stats", get(stats))
+        .route("/subscriptions", get(subscriptions))
         .with_state(Arc::new(healths));
-    tracing::info!(%local, "Serving /metrics, /healthz and /stats.");
+    tracing::info!(%local, "Serving /metrics, /healthz, /subscriptions and /stats.");
     let task = tokio::spawn(async move {
         let shutdown = async move { cancel.cancelled().await };
         if let Err(error) = axum::serve(listener, app)
@@ -67,7 +70,7 @@ async fn healthz(State(healths): State<Healths>) -> impl IntoResponse {
                 .map(|p| format!("{} ({}): {p}", h.name, h.channel))
         })
         .collect();
-    if problems.is_empty() {
+    if problems.is_empty() || problems.len() < healths.len() {
         (StatusCode::OK, "ok\n".to_string())
     } else {
         (
@@ -75,6 +78,55 @@ async fn healthz(State(healths): State<Healths>) -> impl IntoResponse {
             format!("unhealthy\n{}\n", problems.join("\n")),
         )
     }
+}
+
+/// `/subscriptions?org=…&state=…` filters.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Filter {
+    /// An org's name or id.
+    org: Option<String>,
+    state: Option<String>,
+}
+
+/// How many subscriptions are in each state, and the ones the filter selects with their
+/// state, its reason, and what is wrong (the `/healthz` judgement).
+async fn subscriptions(
+    State(healths): State<Healths>,
+    axum::extract::Query(filter): axum::extract::Query<Filter>,
+) -> impl IntoResponse {
+    let mut counts: std::collections::BTreeMap<&str, usize> = crate::health::State::NAMES
+        .iter()
+        .map(|n| (*n, 0))
+        .collect();
+    let mut listed = Vec::new();
+    for h in healths.iter() {
+        let state = h.state();
+        *counts.entry(state.name()).or_default() += 1;
+        let org_id = h.org_id();
+        let org_matches = filter
+            .org
+            .as_deref()
+            .is_none_or(|o| o == h.org || org_id.as_deref() == Some(o));
+        if !org_matches || filter.state.as_deref().is_some_and(|s| s != state.name()) {
+            continue;
+        }
+        listed.push(serde_json::json!({
+            "name": h.name,
+            "org": h.org,
+            "org_id": org_id,
+            "channel": h.channel,
+            "target": h.target,
+            "state": state.name(),
+            "reason": state.reason(),
+            "problem": h.problem(),
+            "received": h.received.load(std::sync::atomic::Ordering::Relaxed),
+        }));
+    }
+    axum::Json(serde_json::json!({
+        "total": healths.len(),
+        "counts": counts,
+        "subscriptions": listed,
+    }))
 }
 
 async fn stats(State(healths): State<Healths>) -> impl IntoResponse {
@@ -134,9 +186,13 @@ fn labels(s: &Snapshot) -> Labels {
 
 /// Per-subscription counters.
 const COUNTERS: [Metric<u64>; 6] = [
-    ("events_received", "Events received from Salesforce.", |s| s.received),
+    ("events_received", "Events received from Salesforce.", |s| {
+        s.received
+    }),
     ("events_written", "Rows written to the sink.", |s| s.written),
-    ("events_dropped", "Events a transform dropped.", |s| s.dropped),
+    ("events_dropped", "Events a transform dropped.", |s| {
+        s.dropped
+    }),
     (
         "events_dead_lettered",
         "Events sent to the dead-letter place.",
@@ -193,11 +249,24 @@ impl Collector for Figures {
                 ConstGauge::new(value(s)).encode(family.encode_family(&labels(s))?)?;
             }
         }
+        self.encode_states(&mut encoder)?;
         self.encode_transforms(&mut encoder)
     }
 }
 
 impl Figures {
+    /// `sfzb_subscriptions{state}`: how many subscriptions are in each state.
+    fn encode_states(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ty = ConstGauge::new(0i64).metric_type();
+        let mut family =
+            encoder.encode_descriptor("subscriptions", "Subscriptions by state.", None, ty)?;
+        for name in crate::health::State::NAMES {
+            let n = self.0.iter().filter(|s| s.state.name() == name).count();
+            ConstGauge::new(n as i64).encode(family.encode_family(&[("state", name)])?)?;
+        }
+        Ok(())
+    }
+
     /// One counter family for every transform of every subscription, by outcome.
     fn encode_transforms(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let ty = ConstCounter::new(0u64).metric_type();

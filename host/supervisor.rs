@@ -1,6 +1,7 @@
 //! The run: every subscription of a plan as its own task, side by side, each isolated
-//! from the others (a failure or a panic ends that subscription only), sharing one
-//! connection per org (per 100 streams), one transform runtime and the Lease fence; and the
+//! from the others (a failure or a panic ends that subscription only), sharing the Pub/Sub
+//! connections (one per 100 streams of an endpoint, any orgs), one session per org, one
+//! schema cache, the Zerobus streams, one transform runtime and the Lease fence; and the
 //! stop, bounded by the shutdown timeout.
 
 use std::collections::HashMap;
@@ -142,6 +143,13 @@ pub async fn start(mut plan: RunPlan, cancel: CancellationToken) -> Result<Start
         ),
         None => None,
     };
+    tokio::spawn(
+        shared
+            .pipeline
+            .checkpoints
+            .clone()
+            .committer(plan.options.flush_interval, observers.clone()),
+    );
     tokio::spawn(health::report(
         shared.healths.clone(),
         plan.health_interval,
@@ -171,6 +179,11 @@ impl Started {
     /// Where `/metrics`, `/healthz` and `/stats` are served, when they are.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Each subscription's live figures, for a program embedding the host to report on.
+    pub fn health(&self) -> Vec<Arc<Health>> {
+        self.healths.clone()
     }
 
     /// Waits until every subscription has ended.
@@ -226,6 +239,8 @@ fn keep_own_shard(plan: &mut RunPlan) {
 /// fence, and their health figures.
 struct Shared {
     runtime: Option<Arc<transform::Runtime>>,
+    /// The Zerobus streams and the schema cache.
+    pipeline: pipeline::Shared,
     /// Per subscription, its connection.
     connections: Vec<PubSubConnection>,
     fence: Option<lease::Fence>,
@@ -237,18 +252,32 @@ impl Shared {
         plan: &RunPlan,
         runtime: Option<Arc<transform::Runtime>>,
     ) -> Result<Shared, Error> {
-        let slots = connection_slots(plan.subscriptions.iter().map(|s| s.org));
-        let mut by_slot = HashMap::new();
-        for &(org_index, slot) in &slots {
-            if by_slot.contains_key(&(org_index, slot)) {
-                continue;
+        let endpoints = plan
+            .subscriptions
+            .iter()
+            .map(|s| plan.orgs[s.org].pubsub_endpoint.as_str());
+        let slots = connection_slots(endpoints);
+        let mut channels = HashMap::new();
+        let mut by_org = HashMap::new();
+        let http = crate::salesforce::auth::http_client();
+        let mut connections = Vec::with_capacity(slots.len());
+        for (sub, slot) in plan.subscriptions.iter().zip(&slots) {
+            if !channels.contains_key(slot) {
+                let channel = crate::salesforce::pubsub::connection::channel(slot.0)
+                    .map_err(|e| Error::from(pipeline::PipelineError::from(e)))?;
+                channels.insert(*slot, channel);
             }
-            let org = &plan.orgs[org_index];
-            let authenticator =
-                Authenticator::new(&org.login_url, &org.api_version, org.credentials.clone());
-            let connection = PubSubConnection::new(&org.pubsub_endpoint, authenticator)
-                .map_err(|e| Error::from(pipeline::PipelineError::from(e)))?;
-            by_slot.insert((org_index, slot), connection);
+            let connection = by_org.entry((sub.org, *slot)).or_insert_with(|| {
+                let org = &plan.orgs[sub.org];
+                let authenticator = Authenticator::with_client(
+                    http.clone(),
+                    &org.login_url,
+                    &org.api_version,
+                    org.credentials.clone(),
+                );
+                PubSubConnection::new(channels[slot].clone(), authenticator)
+            });
+            connections.push(connection.clone());
         }
         let fence = match &plan.lease {
             Some(settings) => Some(lease::Fence::connect(settings.clone()).await?),
@@ -273,7 +302,8 @@ impl Shared {
             .collect();
         Ok(Shared {
             runtime,
-            connections: slots.iter().map(|slot| by_slot[slot].clone()).collect(),
+            pipeline: pipeline::Shared::new(&plan.options),
+            connections,
             fence,
             healths,
         })
@@ -299,16 +329,18 @@ fn supervise(
     let org = plan.orgs[sub.org].name.clone();
     let fence = shared.fence.clone();
     let runtime = shared.runtime.clone();
+    let common = shared.pipeline.clone();
     async move {
         let mut preloaded = Some(chain);
         let mut work = |cancel: CancellationToken| {
             let preloaded = preloaded.take();
-            let (connection, config, options, health, runtime) = (
+            let (connection, config, options, health, runtime, common) = (
                 connection.clone(),
                 sub.config.clone(),
                 options.clone(),
                 health.clone(),
                 runtime.clone(),
+                common.clone(),
             );
             async move {
                 // After a lost Lease the chain went with the stopped run: load it again
@@ -319,9 +351,11 @@ fn supervise(
                     (None, None) => None,
                 };
                 health.set_state(State::Starting);
-                pipeline::run_subscription(connection, config, chain, options, health, cancel)
-                    .await
-                    .map_err(Error::from)
+                pipeline::run_subscription(
+                    connection, config, chain, options, common, health, cancel,
+                )
+                .await
+                .map_err(Error::from)
             }
         };
         let result = match &fence {
@@ -417,17 +451,20 @@ async fn join(
 /// Salesforce allows at most this many concurrent streams on one HTTP/2 connection.
 const STREAMS_PER_CONNECTION: usize = 100;
 
-/// For each subscription (given by its org), the connection it uses: (org, n) where n
-/// counts that org's subscriptions in blocks of [`STREAMS_PER_CONNECTION`].
-fn connection_slots(orgs: impl Iterator<Item = usize>) -> Vec<(usize, usize)> {
-    let mut seen = std::collections::HashMap::<usize, usize>::new();
-    orgs.map(|org| {
-        let n = seen.entry(org).or_default();
-        let slot = (org, *n / STREAMS_PER_CONNECTION);
-        *n += 1;
-        slot
-    })
-    .collect()
+/// For each subscription (given by its org's Pub/Sub endpoint), the connection it uses:
+/// (endpoint, n) where n counts that endpoint's subscriptions, of any org, in blocks of
+/// [`STREAMS_PER_CONNECTION`]. One endpoint serves every org, so 10,000 subscriptions
+/// need 100 connections, not 10,000.
+fn connection_slots<'a>(endpoints: impl Iterator<Item = &'a str>) -> Vec<(&'a str, usize)> {
+    let mut seen = HashMap::<&str, usize>::new();
+    endpoints
+        .map(|endpoint| {
+            let n = seen.entry(endpoint).or_default();
+            let slot = (endpoint, *n / STREAMS_PER_CONNECTION);
+            *n += 1;
+            slot
+        })
+        .collect()
 }
 
 /// One transform runtime (engine and compile cache) for every chain of the run.
@@ -487,16 +524,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_org_with_more_than_100_subscriptions_gets_another_connection() {
-        let orgs = (0..250).map(|i| if i % 5 == 0 { 1 } else { 0 });
-        let slots = connection_slots(orgs);
+    fn an_endpoint_with_more_than_100_subscriptions_gets_another_connection() {
+        let endpoints = (0..250).map(|i| if i % 5 == 0 { "https://b" } else { "https://a" });
+        let slots = connection_slots(endpoints);
         let distinct: std::collections::BTreeSet<_> = slots.iter().copied().collect();
         assert_eq!(
             distinct.into_iter().collect::<Vec<_>>(),
-            [(0, 0), (0, 1), (1, 0)],
-            "200 subscriptions of org 0 on two connections, 50 of org 1 on one"
+            [("https://a", 0), ("https://a", 1), ("https://b", 0)],
+            "200 subscriptions of endpoint a on two connections, 50 of b on one"
         );
-        for slot in [(0, 0), (0, 1), (1, 0)] {
+        for slot in [("https://a", 0), ("https://a", 1), ("https://b", 0)] {
             let n = slots.iter().filter(|s| **s == slot).count();
             assert!(n <= STREAMS_PER_CONNECTION, "{slot:?}: {n}");
         }

@@ -39,7 +39,13 @@ pub(super) fn resolve(
             building.add_for_tenants(tenants, default_org.as_ref(), &section, args, &options)?;
             continue;
         }
-        let org = org_index(&file, default_org.as_ref(), &prefix, &section, &mut building.orgs)?;
+        let org = org_index(
+            &file,
+            default_org.as_ref(),
+            &prefix,
+            &section,
+            &mut building.orgs,
+        )?;
         building.add(&prefix, section, org, args, &options)?;
     }
     let Building {
@@ -246,7 +252,11 @@ impl Building {
         let plan = SubscriptionPlan { name, org, config };
         self.check_distinct(prefix, &plan)?;
         self.names.insert(plan.name.clone());
-        let reader = (plan.org, plan.config.channel.clone(), plan.config.sink.to_string());
+        let reader = (
+            plan.org,
+            plan.config.channel.clone(),
+            plan.config.sink.to_string(),
+        );
         self.readers.insert(reader, plan.name.clone());
         self.subscriptions.push(plan);
         Ok(())
@@ -269,16 +279,17 @@ impl Building {
                 Some(None) => continue,
                 None => {
                     let org = base.cloned().unwrap_or_default().overlay(entry.clone());
-                    let index = match super::org::org_config(tenant, org, &format!("tenants.{tenant}.")) {
-                        Ok(config) => {
-                            self.orgs.push(config);
-                            Some(self.orgs.len() - 1)
-                        }
-                        Err(e) => {
-                            self.rejected_tenants.push((tenant.clone(), e.to_string()));
-                            None
-                        }
-                    };
+                    let index =
+                        match super::org::org_config(tenant, org, &format!("tenants.{tenant}.")) {
+                            Ok(config) => {
+                                self.orgs.push(config);
+                                Some(self.orgs.len() - 1)
+                            }
+                            Err(e) => {
+                                self.rejected_tenants.push((tenant.clone(), e.to_string()));
+                                None
+                            }
+                        };
                     self.tenant_orgs.insert(tenant.clone(), index);
                     match index {
                         Some(i) => i,

@@ -112,7 +112,10 @@ mod tests {
         let file = dir.path().join("t.toml");
         std::fs::write(&file, "[acme]\nclient-idd = \"1\"\n").unwrap();
         let err = load(&file).unwrap_err().to_string();
-        assert!(err.contains("t.toml") && err.contains("client-idd"), "{err}");
+        assert!(
+            err.contains("t.toml") && err.contains("client-idd"),
+            "{err}"
+        );
         std::fs::write(&file, "[\"a b\"]\nclient-id = \"1\"\n").unwrap();
         let err = load(&file).unwrap_err().to_string();
         assert!(err.contains("tenant name \"a b\""), "{err}");

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::flush::Databricks;
 use super::{MAX_UNFLUSHED_BYTES, PipelineError, SubscriptionStats};
-use crate::checkpoint::{CheckpointKey, FileCheckpointStore};
+use crate::checkpoint::{CheckpointKey, LocalStore};
 use crate::clock::now_ms;
 use crate::config::RunOptions;
 use crate::event::ReplayId;
@@ -29,13 +29,13 @@ pub(super) struct Flow<'a> {
     pub(super) sink: &'a mut Sink,
     pub(super) dead_spec: Option<&'a SinkSpec>,
     pub(super) app_id: &'a str,
-    pub(super) zerobus: &'a crate::sink::zerobus::ZerobusSettings,
+    pub(super) zerobus: &'a Arc<crate::sink::zerobus::ZerobusPool>,
     /// The checkpoint table, for Zerobus targets with a SQL warehouse.
     pub(super) databricks: Option<Databricks>,
     /// Opened on the first dead letter, so a clean run leaves no empty file behind.
     pub(super) dead: Option<Sink>,
     pub(super) chain: Option<Chain>,
-    pub(super) store: &'a FileCheckpointStore,
+    pub(super) store: &'a LocalStore,
     pub(super) key: &'a CheckpointKey,
     pub(super) stats: SubscriptionStats,
     /// The position written but not yet flushed and checkpointed.

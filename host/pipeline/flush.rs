@@ -25,7 +25,7 @@ impl Flow<'_> {
         match &mut self.databricks {
             Some(databricks) => databricks.commit(self.key, &position).await?,
             None if self.sink.keeps_checkpoint() => {}
-            None => self.store.commit(self.key, &position).await?,
+            None => self.store.stage(self.key, &position)?,
         }
         if self.written_since_flush > 0 {
             tracing::info!(

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::checkpoint::{CheckpointError, CheckpointKey, FileCheckpointStore};
+use crate::checkpoint::{CheckpointError, CheckpointKey, LocalStore};
 use crate::config::{RunOptions, SubscriptionConfig};
 use crate::event::ReplayId;
 use crate::health::Health;
@@ -38,6 +38,7 @@ use crate::salesforce::pubsub::{
     Subscriber,
 };
 use crate::salesforce::schema::SchemaCache;
+use crate::sink::zerobus::ZerobusPool;
 use crate::sink::{Sink, SinkError, SinkSpec};
 use crate::transform::{Chain, TransformStats};
 use flow::Flow;
@@ -46,6 +47,26 @@ use flush::Databricks;
 /// Flush before the flush interval once the rows written since the last flush hold this
 /// much: the Delta sink buffers them in memory until its commit.
 const MAX_UNFLUSHED_BYTES: usize = 64 << 20;
+
+/// What the subscriptions of a process share: the Zerobus SDK and its streams, the
+/// writer schemas (a schema id is the fingerprint of its schema, so one org's fetch serves
+/// every org with the same schema), and the local checkpoint store with its one committer.
+#[derive(Clone)]
+pub struct Shared {
+    pub zerobus: Arc<ZerobusPool>,
+    pub schemas: Arc<SchemaCache>,
+    pub checkpoints: Arc<LocalStore>,
+}
+
+impl Shared {
+    pub fn new(options: &RunOptions) -> Shared {
+        Shared {
+            zerobus: Arc::new(ZerobusPool::new(&options.zerobus)),
+            schemas: Arc::new(SchemaCache::default()),
+            checkpoints: Arc::new(LocalStore::new(&options.state_dir)),
+        }
+    }
+}
 
 /// What a subscription did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -126,6 +147,7 @@ pub async fn run_subscription(
     config: SubscriptionConfig,
     chain: Option<Chain>,
     options: RunOptions,
+    shared: Shared,
     health: Arc<Health>,
     cancel: CancellationToken,
 ) -> Result<SubscriptionStats, PipelineError> {
@@ -133,7 +155,7 @@ pub async fn run_subscription(
     async move {
         let org_id = login(&connection, &config.channel, &cancel, options.until_idle).await?;
         health.set_org_id(&org_id);
-        let store = FileCheckpointStore::new(&options.state_dir);
+        let store = shared.checkpoints.clone();
         let key = CheckpointKey {
             org_id: org_id.clone(),
             channel: config.channel.clone(),
@@ -141,8 +163,8 @@ pub async fn run_subscription(
         };
         let app_id = format!("sfzb:{org_id}:{}", config.channel);
         let (mut sink, databricks, checkpoint) =
-            open_target(&config, &options, &store, &key, &app_id).await?;
-        let schemas = Arc::new(SchemaCache::default());
+            open_target(&config, &options, &shared.zerobus, &store, &key, &app_id).await?;
+        let schemas = shared.schemas.clone();
         let source_cancel = cancel.child_token();
         let (source, mut rx, durable) = start_source(
             connection,
@@ -159,7 +181,7 @@ pub async fn run_subscription(
             sink: &mut sink,
             dead_spec: config.dead_letter.as_ref(),
             app_id: &app_id,
-            zerobus: &options.zerobus,
+            zerobus: &shared.zerobus,
             databricks,
             dead: None,
             chain: chain.filter(|c| !c.is_empty()).map(|mut chain| {
@@ -222,6 +244,9 @@ async fn finish(
         Ok(()) => flow.flush().await,
         Err(_) => Ok(()),
     };
+    // Positions staged by earlier flushes are durable whatever ended the run: into the
+    // store with them now rather than at the committer's next turn.
+    let committed = flow.store.commit().await;
     // The sign a stopping managed source waits for: the last position is durable.
     flow.durable = None;
     // rx lives until here: a source that is still delivering never sees a closed channel
@@ -233,6 +258,7 @@ async fn finish(
     }
     result?;
     flushed?;
+    committed?;
     source_result?;
     Ok(flow.stats)
 }
@@ -242,11 +268,12 @@ async fn finish(
 async fn open_target(
     config: &SubscriptionConfig,
     options: &RunOptions,
-    store: &FileCheckpointStore,
+    zerobus: &Arc<ZerobusPool>,
+    store: &LocalStore,
     key: &CheckpointKey,
     app_id: &str,
 ) -> Result<(Sink, Option<Databricks>, Option<ReplayId>), PipelineError> {
-    let sink = Sink::open(&config.sink, app_id, &options.zerobus).await?;
+    let sink = Sink::open(&config.sink, app_id, zerobus).await?;
     let mut databricks = match (&config.sink, &options.sql) {
         (SinkSpec::Zerobus(table), Some(sql)) => {
             Some(Databricks::prepare(sql, table, key, options.auto_create_table).await?)

@@ -139,14 +139,29 @@ pub struct Authenticator {
     credentials: Credentials,
 }
 
+/// An HTTP client for logins.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a reqwest client with a timeout always builds")
+}
+
 impl Authenticator {
     /// `login_url` is where to log in: `https://login.salesforce.com`, `https://test.salesforce.com`
     /// or the org's My Domain URL.
     pub fn new(login_url: &str, api_version: &str, credentials: Credentials) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("a reqwest client with a timeout always builds");
+        Self::with_client(http_client(), login_url, api_version, credentials)
+    }
+
+    /// The same with a client shared by many orgs: its TLS roots and connection pool are
+    /// loaded once per run, not once per tenant.
+    pub fn with_client(
+        http: reqwest::Client,
+        login_url: &str,
+        api_version: &str,
+        credentials: Credentials,
+    ) -> Self {
         Authenticator {
             http,
             login_url: login_url.trim_end_matches('/').to_string(),

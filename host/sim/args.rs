@@ -39,6 +39,11 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
 
+    /// Stop producing new events (--rate) this many seconds after start; the servers stay
+    /// up. A benchmark then knows exactly what was offered.
+    #[arg(long, value_name = "SECS")]
+    pub rate_for_secs: Option<f64>,
+
     /// Seed: the same seed gives the same events, and more events extend the same sequence.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -168,6 +173,7 @@ impl SimArgs {
             entities: self.entities.clone(),
             events: self.events,
             rate: self.rate,
+            rate_for: self.rate_for_secs.map(Duration::from_secs_f64),
             seed: self.seed,
             org_id: self.org_id.clone(),
             orgs: self.orgs,
@@ -255,7 +261,10 @@ pub async fn serve(
     );
     let head = sim.org().bus.head();
     let per_org = if sim.orgs.len() > 1 { " per org" } else { "" };
-    let _ = writeln!(out, "Retained:    {head} events{per_org} (replay ids 1..{head})");
+    let _ = writeln!(
+        out,
+        "Retained:    {head} events{per_org} (replay ids 1..{head})"
+    );
     if let Some(path) = &args.tenants_out {
         write_tenants(path, sim.orgs.len())?;
         let _ = writeln!(out, "Tenants:     {}", path.display());

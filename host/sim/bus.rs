@@ -259,8 +259,22 @@ mod tests {
 
     #[test]
     fn more_events_extend_the_same_sequence() {
-        let small = Bus::new(entities(), 7, 10, 1000, EventFaults::default(), Bodies::new(7));
-        let large = Bus::new(entities(), 7, 15, 1000, EventFaults::default(), Bodies::new(7));
+        let small = Bus::new(
+            entities(),
+            7,
+            10,
+            1000,
+            EventFaults::default(),
+            Bodies::new(7),
+        );
+        let large = Bus::new(
+            entities(),
+            7,
+            15,
+            1000,
+            EventFaults::default(),
+            Bodies::new(7),
+        );
         let (a, _) = small.read(1, None, 100);
         let (b, _) = large.read(1, None, 100);
         assert_eq!(a.len(), 20);
@@ -275,7 +289,14 @@ mod tests {
 
     #[test]
     fn cached_bodies_serve_the_same_events_as_uncached_generation() {
-        let bus = Bus::new(entities(), 3, 600, 10_000, EventFaults::default(), Bodies::new(3));
+        let bus = Bus::new(
+            entities(),
+            3,
+            600,
+            10_000,
+            EventFaults::default(),
+            Bodies::new(3),
+        );
         let (events, _) = bus.read(1, None, 1200);
         for e in events.iter().step_by(7) {
             let entity = &bus.entities[((e.seq - 1) % 2) as usize];

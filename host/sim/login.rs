@@ -256,10 +256,9 @@ async fn oauth_token(
     };
     let accepted = match state.org_for(&identity) {
         None => Err(("invalid_client", "invalid client credentials")),
-        Some(org) if !org.has_access() => Err((
-            "invalid_grant",
-            "the app's access to this org was revoked",
-        )),
+        Some(org) if !org.has_access() => {
+            Err(("invalid_grant", "the app's access to this org was revoked"))
+        }
         Some(org) => check_grant(&org.accounts, grant, &form).map(|()| org),
     };
     let org = match accepted {

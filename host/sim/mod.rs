@@ -50,6 +50,8 @@ pub struct SimConfig {
     pub events: u64,
     /// New events per second after start (all entities together); 0 = none.
     pub rate: f64,
+    /// Produce at `rate` only this long after start.
+    pub rate_for: Option<Duration>,
     pub seed: u64,
     /// The first org's id; the others' are numbered after it (see [`org_id`]).
     pub org_id: String,
@@ -78,6 +80,7 @@ impl Default for SimConfig {
                 .collect(),
             events: 100,
             rate: 0.0,
+            rate_for: None,
             seed: 1,
             org_id: "00DSIM0000000001AAA".into(),
             orgs: 1,
@@ -169,7 +172,8 @@ impl Simulator {
         ];
         if config.rate > 0.0 {
             let buses = orgs.iter().map(|o| o.bus.clone()).collect();
-            tasks.push(tokio::spawn(produce(buses, config.rate, cancel.clone())));
+            let (rate, limit) = (config.rate, config.rate_for);
+            tasks.push(tokio::spawn(produce(buses, rate, limit, cancel.clone())));
         }
         Ok(Simulator {
             pubsub_addr,
@@ -256,11 +260,7 @@ fn make_orgs(
     Ok((orgs, services))
 }
 
-fn serve_pubsub(
-    listener: TcpListener,
-    orgs: Orgs,
-    cancel: CancellationToken,
-) -> JoinHandle<()> {
+fn serve_pubsub(listener: TcpListener, orgs: Orgs, cancel: CancellationToken) -> JoinHandle<()> {
     let grpc = tonic::transport::Server::builder()
         .add_service(PubSubServer::new(orgs).max_decoding_message_size(16 << 20))
         .serve_with_incoming_shutdown(
@@ -283,17 +283,22 @@ fn serve_login(
 ) -> JoinHandle<()> {
     let login = login::router(Arc::new(state));
     tokio::spawn(async move {
-        let server =
-            axum::serve(listener, login).with_graceful_shutdown(cancel.cancelled_owned());
+        let server = axum::serve(listener, login).with_graceful_shutdown(cancel.cancelled_owned());
         if let Err(error) = server.await {
             tracing::error!(%error, "Simulator login server stopped.");
         }
     })
 }
 
-/// Appends events at `rate` per second until cancelled: rounds (one event per entity) go
-/// to the orgs in turn, so each org gets `rate / orgs`.
-async fn produce(buses: Vec<Arc<Bus>>, rate: f64, cancel: CancellationToken) {
+/// Appends events at `rate` per second until cancelled (or `limit` after start, having
+/// appended exactly `rate × limit` rounds): rounds (one event per entity) go to the orgs in
+/// turn, so each org gets `rate / orgs`.
+async fn produce(
+    buses: Vec<Arc<Bus>>,
+    rate: f64,
+    limit: Option<Duration>,
+    cancel: CancellationToken,
+) {
     let Some(first) = buses.first() else {
         return;
     };
@@ -306,7 +311,10 @@ async fn produce(buses: Vec<Arc<Bus>>, rate: f64, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let due = (started.elapsed().as_secs_f64() * rate / per_round) as u64;
+        let elapsed = started.elapsed();
+        let done = limit.is_some_and(|limit| elapsed >= limit);
+        let elapsed = limit.map_or(elapsed, |limit| elapsed.min(limit));
+        let due = (elapsed.as_secs_f64() * rate / per_round) as u64;
         // Round r goes to org r mod n: each org takes its share in one append.
         let (todo, n) = (due.saturating_sub(rounds_done), buses.len() as u64);
         for k in 0..todo.min(n) {
@@ -314,5 +322,8 @@ async fn produce(buses: Vec<Arc<Bus>>, rate: f64, cancel: CancellationToken) {
             buses[org].generate_rounds((todo - k).div_ceil(n));
         }
         rounds_done = rounds_done.max(due);
+        if done {
+            return;
+        }
     }
 }

@@ -82,7 +82,13 @@ impl Inner {
         inbound: &mut Streaming<EphemeralStreamRequest>,
         tx: &Replies,
     ) -> Result<(), Status> {
-        let table = match inbound.message().await.ok().flatten().and_then(|r| r.payload) {
+        let table = match inbound
+            .message()
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.payload)
+        {
             Some(ephemeral_stream_request::Payload::CreateStream(create)) => {
                 create.table_name.unwrap_or_default()
             }
@@ -93,11 +99,10 @@ impl Inner {
             }
         };
         let stream_id = self.received.streams.fetch_add(1, Ordering::Relaxed) + 1;
-        let created = ephemeral_stream_response::Payload::CreateStreamResponse(
-            CreateIngestStreamResponse {
+        let created =
+            ephemeral_stream_response::Payload::CreateStreamResponse(CreateIngestStreamResponse {
                 stream_id: Some(format!("sim-{stream_id}")),
-            },
-        );
+            });
         if !reply(tx, created).await {
             return Ok(());
         }
@@ -109,11 +114,10 @@ impl Inner {
             if !self.faults.ack_delay.is_zero() {
                 tokio::time::sleep(self.faults.ack_delay).await;
             }
-            let ack = ephemeral_stream_response::Payload::IngestRecordResponse(
-                IngestRecordResponse {
+            let ack =
+                ephemeral_stream_response::Payload::IngestRecordResponse(IngestRecordResponse {
                     durability_ack_up_to_offset: Some(offset),
-                },
-            );
+                });
             if !reply(tx, ack).await {
                 return Ok(());
             }
@@ -131,7 +135,9 @@ impl Inner {
         {
             // The batch is not acknowledged: the client must resend it.
             self.received.records.fetch_sub(count, Ordering::Relaxed);
-            return Err(Status::unavailable("simulated Zerobus fault: stream closed"));
+            return Err(Status::unavailable(
+                "simulated Zerobus fault: stream closed",
+            ));
         }
         let decoded: Vec<(String, String)> = records
             .iter()

@@ -158,7 +158,7 @@ impl Sink {
     pub async fn open(
         spec: &SinkSpec,
         app_id: &str,
-        zerobus: &zerobus::ZerobusSettings,
+        zerobus: &std::sync::Arc<zerobus::ZerobusPool>,
     ) -> Result<Sink, SinkError> {
         match spec {
             SinkSpec::Jsonl(target) => Ok(Sink::Jsonl(Box::new(

@@ -1,6 +1,8 @@
 //! Databricks tables through Zerobus, with the official `databricks-zerobus-ingest-sdk`:
-//! one SDK stream per table, rows as protobuf (`proto/sfzb_row.proto`), and `flush` waiting
-//! for the server's durability acknowledgements. The SDK recovers failed streams and resends
+//! one SDK per process ([`ZerobusPool`]) and, per table, streams shared by the
+//! subscriptions writing it (one per [`SUBSCRIPTIONS_PER_STREAM`]; each row's org and
+//! channel columns say whose it is); rows as protobuf (`proto/sfzb_row.proto`), and `flush`
+//! waiting for the server's durability acknowledgement of this subscription's last record. The SDK recovers failed streams and resends
 //! unacknowledged records itself; the checkpoint moves only after `flush` returns, so
 //! delivery is at least once. After a crash, what comes again is every row acknowledged since
 //! the last checkpoint commit plus what was in flight: at most a flush interval's worth of
@@ -8,8 +10,9 @@
 //! them).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use databricks_zerobus_ingest_sdk::{ZerobusSdk, ZerobusStream};
+use databricks_zerobus_ingest_sdk::{OffsetId, ZerobusSdk, ZerobusStream};
 use prost::Message;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -54,48 +57,124 @@ fn descriptor(name: &str) -> prost_types::DescriptorProto {
         .expect("proto/sfzb_row.proto defines the row messages")
 }
 
-pub struct ZerobusSink {
-    sdk: ZerobusSdk,
+/// Subscriptions sharing one stream of a table: enough streams to spread the load,
+/// few enough that 10,000 subscriptions need 40, not 10,000.
+pub const SUBSCRIPTIONS_PER_STREAM: usize = 250;
+
+/// A stream slot: opened on first use, replaced once it failed for good.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<ZerobusStream>>>>;
+
+/// The process's Zerobus SDK and its streams, by table and slot.
+pub struct ZerobusPool {
+    sdk: Result<ZerobusSdk, String>,
     settings: ZerobusSettings,
+    slots: Mutex<HashMap<(String, usize), Slot>>,
+    /// Subscriptions that wrote each table so far, to give the next one its slot.
+    writers: Mutex<HashMap<String, usize>>,
+}
+
+impl ZerobusPool {
+    /// The SDK for `settings`; an incomplete setting is reported when a table is opened.
+    pub fn new(settings: &ZerobusSettings) -> ZerobusPool {
+        ZerobusPool {
+            sdk: sdk(settings),
+            settings: settings.clone(),
+            slots: Mutex::default(),
+            writers: Mutex::default(),
+        }
+    }
+
+    /// The slot of the next subscription to write `table`.
+    fn assign(&self, table: &str) -> usize {
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = writers.entry(table.to_string()).or_default();
+        *n += 1;
+        (*n - 1) / SUBSCRIPTIONS_PER_STREAM
+    }
+
+    /// The open stream of `(table, slot)`, opening it (again, after a failure) if needed.
+    async fn stream(
+        &self,
+        table: &str,
+        slot: usize,
+        message: &str,
+    ) -> Result<Arc<ZerobusStream>, SinkError> {
+        let cell = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((table.to_string(), slot))
+            .or_default()
+            .clone();
+        let mut open = cell.lock().await;
+        if let Some(stream) = open.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(stream.clone());
+        }
+        let sdk = self.sdk.as_ref().map_err(|e| error(table, e))?;
+        let mut builder = sdk
+            .stream_builder()
+            .table(table)
+            .compiled_proto(descriptor(message))
+            .max_inflight_requests(self.settings.max_inflight.max(1));
+        builder = match (&self.settings.client_id, &self.settings.client_secret) {
+            (Some(id), Some(secret)) => {
+                builder.oauth(id.clone(), secret.expose_secret().to_string())
+            }
+            _ => builder.no_auth(),
+        };
+        let stream = Arc::new(builder.build().await.map_err(|e| error(table, e))?);
+        tracing::info!(table, slot, "Zerobus stream opened.");
+        *open = Some(stream.clone());
+        Ok(stream)
+    }
+}
+
+/// The SDK for `settings`, or why there is none.
+fn sdk(settings: &ZerobusSettings) -> Result<ZerobusSdk, String> {
+    if settings.endpoint.is_empty() {
+        return Err(
+            "no Zerobus endpoint: set --zerobus-endpoint or DATABRICKS_ZEROBUS_ENDPOINT".into(),
+        );
+    }
+    let mut builder = ZerobusSdk::builder().endpoint(settings.endpoint.clone());
+    let plaintext = settings.endpoint.starts_with("http://");
+    if plaintext {
+        builder = builder.no_tls();
+    }
+    // Credentials given are always used, plaintext or not: a local test server may
+    // check them too. Only a plaintext endpoint may go without.
+    if settings.has_credentials() {
+        let workspace = settings.workspace_url.clone().ok_or(
+            "no Databricks workspace URL for the OAuth token: set --databricks-workspace-url or DATABRICKS_HOST",
+        )?;
+        builder = builder.unity_catalog_url(workspace);
+    } else if !plaintext {
+        return Err(
+            "no service principal: set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET".into(),
+        );
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// One subscription's writer on the shared streams.
+pub struct ZerobusSink {
+    pool: Arc<ZerobusPool>,
     table: String,
-    streams: HashMap<String, ZerobusStream>,
+    /// Per table written: its slot's stream and the offset of this writer's last record.
+    streams: HashMap<String, (Arc<ZerobusStream>, Option<OffsetId>)>,
 }
 
 impl ZerobusSink {
-    pub fn open(table: &str, settings: &ZerobusSettings) -> Result<ZerobusSink, SinkError> {
-        if settings.endpoint.is_empty() {
-            return Err(error(
-                table,
-                "no Zerobus endpoint: set --zerobus-endpoint or DATABRICKS_ZEROBUS_ENDPOINT",
-            ));
+    pub fn open(table: &str, pool: &Arc<ZerobusPool>) -> Result<ZerobusSink, SinkError> {
+        if let Err(e) = &pool.sdk {
+            return Err(error(table, e));
         }
-        let mut builder = ZerobusSdk::builder().endpoint(settings.endpoint.clone());
-        let plaintext = settings.endpoint.starts_with("http://");
-        if plaintext {
-            builder = builder.no_tls();
-        }
-        // Credentials given are always used, plaintext or not: a local test server may
-        // check them too. Only a plaintext endpoint may go without.
-        if settings.has_credentials() {
-            let workspace = settings.workspace_url.clone().ok_or_else(|| {
-                error(table, "no Databricks workspace URL for the OAuth token: set --databricks-workspace-url or DATABRICKS_HOST")
-            })?;
-            builder = builder.unity_catalog_url(workspace);
-        } else if !plaintext {
-            return Err(error(
-                table,
-                "no service principal: set DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET",
-            ));
-        }
-        let sdk = builder.build().map_err(|e| error(table, e))?;
         Ok(ZerobusSink {
-            sdk,
-            settings: settings.clone(),
+            pool: pool.clone(),
             table: table.to_string(),
             streams: HashMap::new(),
         })
     }
-
     /// A route to the main table, or to its dead-letter table.
     pub fn route_kind(&self, table: &str) -> RouteKind {
         let table = self.qualify(table);
@@ -119,27 +198,6 @@ impl ZerobusSink {
         }
     }
 
-    async fn stream(&mut self, table: &str, message: &str) -> Result<&ZerobusStream, SinkError> {
-        if !self.streams.contains_key(table) {
-            let mut builder = self
-                .sdk
-                .stream_builder()
-                .table(table)
-                .compiled_proto(descriptor(message))
-                .max_inflight_requests(self.settings.max_inflight.max(1));
-            builder = match (&self.settings.client_id, &self.settings.client_secret) {
-                (Some(id), Some(secret)) => {
-                    builder.oauth(id.clone(), secret.expose_secret().to_string())
-                }
-                _ => builder.no_auth(),
-            };
-            let stream = builder.build().await.map_err(|e| error(table, e))?;
-            tracing::info!(table, "Zerobus stream opened.");
-            self.streams.insert(table.to_string(), stream);
-        }
-        Ok(self.streams.get(table).expect("inserted above"))
-    }
-
     async fn send(
         &mut self,
         table: String,
@@ -149,12 +207,23 @@ impl ZerobusSink {
         if records.is_empty() {
             return Ok(());
         }
-        let stream = self.stream(&table, message).await?;
-        stream
-            .ingest_records_offset(records)
-            .await
-            .map_err(|e| error(&table, e))?;
-        Ok(())
+        if !self.streams.contains_key(&table) {
+            let slot = self.pool.assign(&table);
+            let stream = self.pool.stream(&table, slot, message).await?;
+            self.streams.insert(table.clone(), (stream, None));
+        }
+        let (stream, last) = self.streams.get_mut(&table).expect("inserted above");
+        match stream.ingest_records_offset(records).await {
+            Ok(offset) => {
+                *last = offset.or(*last);
+                Ok(())
+            }
+            Err(e) => {
+                // The stream failed for good: the next write opens its slot again.
+                self.streams.remove(&table);
+                Err(error(&table, e))
+            }
+        }
     }
 
     pub async fn write(&mut self, table: Option<&str>, rows: &[Row]) -> Result<(), SinkError> {
@@ -183,12 +252,25 @@ impl ZerobusSink {
         self.send(table, "DeadLetterRow", records).await
     }
 
-    /// Waits until Zerobus acknowledged every record sent, on every table.
+    /// Waits until Zerobus acknowledged every record this writer sent, on every table.
     pub async fn flush(&mut self) -> Result<(), SinkError> {
-        for (table, stream) in &self.streams {
-            stream.flush().await.map_err(|e| error(table, e))?;
+        let mut failed = None;
+        for (table, (stream, last)) in &self.streams {
+            if let Some(offset) = *last
+                && let Err(e) = stream.wait_for_offset(offset).await
+            {
+                failed = Some(error(table, e));
+                break;
+            }
         }
-        Ok(())
+        match failed {
+            Some(e) => {
+                // Its records are resent from the checkpoint, on streams opened again.
+                self.streams.clear();
+                Err(e)
+            }
+            None => Ok(()),
+        }
     }
 }
 

@@ -125,7 +125,10 @@ async fn jwt_bearer_assertions_are_signed_with_the_key_file() {
             },
         )
     };
-    assert_eq!(login(private_pem).login().await.unwrap().org_id, sim.org().org_id);
+    assert_eq!(
+        login(private_pem).login().await.unwrap().org_id,
+        sim.org().org_id
+    );
     let err = login(other).login().await.unwrap_err().to_string();
     assert!(err.contains("invalid_grant"), "{err}");
     sim.shutdown().await;

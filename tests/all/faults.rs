@@ -192,8 +192,7 @@ async fn a_full_disk_fails_the_write_and_moves_no_checkpoint() {
         format!("{err:#}").contains("No space left on device"),
         "{err:#}"
     );
-    let checkpoints = dir.path().join("state/checkpoints");
-    let files: Vec<_> = files_under(&checkpoints);
+    let files: Vec<_> = files_under(&dir.path().join("state"));
     assert!(files.is_empty(), "no checkpoint written: {files:?}");
     sim.shutdown().await;
 }
@@ -202,16 +201,10 @@ async fn a_full_disk_fails_the_write_and_moves_no_checkpoint() {
 /// the reason, and no empty or partial checkpoint is renamed into place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_the_checkpoint_fails_the_commit_and_keeps_no_torn_file() {
-    use sfzb_host::checkpoint::{CheckpointKey, FileCheckpointStore};
     let sim = start(sim_config(&["Account"], 50)).await;
     let dir = tempfile::tempdir().unwrap();
     let sink = format!("jsonl:{}", out(dir.path()).display());
-    let store = FileCheckpointStore::new(dir.path().join("state"));
-    let path = store.path(&CheckpointKey {
-        org_id: sim.org().org_id.clone(),
-        channel: "/data/AccountChangeEvent".into(),
-        target: sink.clone(),
-    });
+    let path = sfzb_host::checkpoint::LocalStore::path_in(&dir.path().join("state"));
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink("/dev/full", path.with_extension("json.tmp")).unwrap();
     let err = run(plan(

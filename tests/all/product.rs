@@ -386,19 +386,29 @@ async fn three_subscriptions_on_two_orgs_run_side_by_side_and_one_dead_stream_af
     drop(b);
     let before = received(&metrics).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    let body = loop {
+    let listed = loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let (status, body) = get(&format!("{metrics}/healthz")).await;
-        if status == 503 {
-            break body;
+        let (_, body) = get(&format!("{metrics}/subscriptions?org=b")).await;
+        let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if listed["subscriptions"][0]["problem"].is_string() {
+            break listed;
         }
         assert!(
             Instant::now() < deadline,
-            "/healthz turned unhealthy: {body}"
+            "/subscriptions never reported org b's problem: {body}"
         );
     };
-    assert!(body.contains("AccountChangeEvent@b"), "{body}");
-    assert_eq!(body.lines().count(), 2, "only org b's subscription: {body}");
+    let only = listed["subscriptions"].as_array().unwrap();
+    assert_eq!(
+        only.len(),
+        1,
+        "the org filter selects org b's only: {listed}"
+    );
+    assert_eq!(only[0]["name"], "AccountChangeEvent@b");
+    assert_eq!(listed["total"], 3);
+    // The process still serves org a: /healthz is about the process, not one tenant.
+    let (status, body) = get(&format!("{metrics}/healthz")).await;
+    assert_eq!(status, 200, "{body}");
     let (_, text) = get(&format!("{metrics}/metrics")).await;
     let healthy = |name: &str| {
         text.lines()
@@ -412,6 +422,10 @@ async fn three_subscriptions_on_two_orgs_run_side_by_side_and_one_dead_stream_af
     assert_eq!(healthy("AccountChangeEvent"), Some(1.0), "{text}");
     assert_eq!(healthy("ContactChangeEvent"), Some(1.0), "{text}");
     assert!(text.contains("sfzb_events_received_total{"), "{text}");
+    assert!(
+        text.contains("sfzb_subscriptions{state=\"running\"}"),
+        "{text}"
+    );
     // Org a's subscriptions keep receiving while org b's fails.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

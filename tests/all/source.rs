@@ -124,7 +124,10 @@ async fn expired_tokens_are_refreshed_and_the_stream_resumes() {
         .unwrap();
     let got: Vec<u64> = rows(&out(dir.path())).iter().map(replay).collect();
     assert_eq!(got, (1..=500).collect::<Vec<_>>());
-    assert!(sim.org().tokens.issued_count() >= 2, "a second login happened");
+    assert!(
+        sim.org().tokens.issued_count() >= 2,
+        "a second login happened"
+    );
     sim.shutdown().await;
 }
 

@@ -34,7 +34,10 @@ fn tenants_plan(sim: &Simulator, dir: &std::path::Path, tenants: &std::path::Pat
         "--until-idle",
         "1",
     ];
-    match Cli::try_parse_from(argv).expect("flags parse").into_command() {
+    match Cli::try_parse_from(argv)
+        .expect("flags parse")
+        .into_command()
+    {
         Command::Run(args) => args.plan().expect("plan is valid"),
         _ => unreachable!(),
     }
@@ -63,10 +66,18 @@ async fn each_tenant_reads_its_own_org_and_a_bad_entry_stops_only_itself() {
     std::fs::write(dir.path().join("org-3.secret"), "sim-secret-3\n").unwrap();
 
     let plan = tenants_plan(&sim, dir.path(), &tenants);
-    assert_eq!(plan.rejected_tenants.len(), 1, "{:?}", plan.rejected_tenants);
+    assert_eq!(
+        plan.rejected_tenants.len(),
+        1,
+        "{:?}",
+        plan.rejected_tenants
+    );
     let (name, reason) = &plan.rejected_tenants[0];
     assert_eq!(name, "no-secret");
-    assert!(reason.contains("tenants.no-secret.client-secret"), "{reason}");
+    assert!(
+        reason.contains("tenants.no-secret.client-secret"),
+        "{reason}"
+    );
     let names: Vec<_> = plan.subscriptions.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
@@ -129,8 +140,15 @@ async fn an_org_accepts_only_its_own_credentials_and_a_revoked_org_refuses_login
     assert_eq!(session.org_id, sim.orgs[1].org_id);
     assert!(login(2, "sim-secret-3").login().await.is_err());
     sim.orgs[2].revoke_access();
-    let error = login(3, "sim-secret-3").login().await.unwrap_err().to_string();
+    let error = login(3, "sim-secret-3")
+        .login()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("revoked"), "{error}");
-    assert!(login(1, "sim-secret-1").login().await.is_ok(), "the others still log in");
+    assert!(
+        login(1, "sim-secret-1").login().await.is_ok(),
+        "the others still log in"
+    );
     sim.shutdown().await;
 }

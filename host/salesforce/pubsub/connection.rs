@@ -1,5 +1,5 @@
-//! A connection to the Pub/Sub API: one HTTP/2 channel (TLS, keepalives) and the org's
-//! session, shared by the subscriptions of one org.
+//! A connection to the Pub/Sub API: an HTTP/2 channel (TLS, keepalives), shared by up to
+//! 100 streams of any orgs as one endpoint serves every org, and an org's session on it.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -26,40 +26,19 @@ pub struct PubSubConnection {
 }
 
 impl PubSubConnection {
-    /// `endpoint` is `https://host:port` (TLS, the default service) or `http://host:port`
-    /// (plaintext, for the simulator). Connects lazily: nothing is dialled until the first call.
-    pub fn new(endpoint: &str, authenticator: Authenticator) -> Result<Self, SubscribeError> {
-        let bad = |detail: String| SubscribeError::Endpoint {
-            endpoint: endpoint.to_string(),
-            detail,
-        };
-        let mut channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(Duration::from_secs(20))
-            .tcp_keepalive(Some(Duration::from_secs(60)))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        if endpoint.starts_with("https://") {
-            channel = channel
-                .tls_config(ClientTlsConfig::new().with_native_roots())
-                .map_err(|e| bad(e.to_string()))?;
-        } else if !endpoint.starts_with("http://") {
-            return Err(bad(
-                "it must start with https:// (or http:// for the simulator)".into(),
-            ));
-        }
+    /// The org's session (by `authenticator`) on `channel`, which other orgs may share.
+    pub fn new(channel: Channel, authenticator: Authenticator) -> Self {
         let session = Arc::new(RwLock::new(None));
         let interceptor = SessionInterceptor::new(session.clone());
-        let client = PubSubClient::with_interceptor(channel.connect_lazy(), interceptor)
+        let client = PubSubClient::with_interceptor(channel, interceptor)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(PubSubConnection {
+        PubSubConnection {
             client,
             session,
             authenticator,
             login_lock: Arc::new(tokio::sync::Mutex::new(0)),
-        })
+        }
     }
 
     /// Logs in unless another task already refreshed the session since `seen_generation`.
@@ -117,21 +96,40 @@ impl PubSubConnection {
     }
 }
 
+/// An HTTP/2 channel to `endpoint`: `https://host:port` (TLS, the default service) or
+/// `http://host:port` (plaintext, for the simulator). Connects lazily: nothing is dialled
+/// until the first call.
+pub fn channel(endpoint: &str) -> Result<Channel, SubscribeError> {
+    let bad = |detail: String| SubscribeError::Endpoint {
+        endpoint: endpoint.to_string(),
+        detail,
+    };
+    let mut channel = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(Duration::from_secs(20))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    if endpoint.starts_with("https://") {
+        channel = channel
+            .tls_config(ClientTlsConfig::new().with_native_roots())
+            .map_err(|e| bad(e.to_string()))?;
+    } else if !endpoint.starts_with("http://") {
+        return Err(bad(
+            "it must start with https:// (or http:// for the simulator)".into(),
+        ));
+    }
+    Ok(channel.connect_lazy())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn endpoints_must_be_http_or_https() {
-        let auth = Authenticator::new(
-            "http://127.0.0.1:1",
-            "57.0",
-            crate::salesforce::auth::Credentials::Soap {
-                username: "u".into(),
-                password: "p".to_string().into(),
-            },
-        );
-        assert!(PubSubConnection::new("ftp://x", auth.clone()).is_err());
-        assert!(PubSubConnection::new("not a url", auth).is_err());
+    #[tokio::test]
+    async fn endpoints_must_be_http_or_https() {
+        assert!(channel("ftp://x").is_err());
+        assert!(channel("not a url").is_err());
     }
 }

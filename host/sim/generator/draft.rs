@@ -79,8 +79,13 @@ impl<'a> Draft<'a> {
                 continue;
             }
             let mut children = Vec::new();
-            self.values[i] =
-                value_for(rng, &field.name, &field.schema, self.schema, Some(&mut children));
+            self.values[i] = value_for(
+                rng,
+                &field.name,
+                &field.schema,
+                self.schema,
+                Some(&mut children),
+            );
             self.changed.push(i);
             if !children.is_empty() {
                 self.nested.push((i, children));
@@ -93,7 +98,11 @@ impl<'a> Draft<'a> {
         let mut changed = Vec::new();
         if !self.changed.is_empty() {
             changed.push(bitmap(&self.changed));
-            changed.extend(self.nested.iter().map(|(p, c)| format!("{p}-{}", bitmap(c))));
+            changed.extend(
+                self.nested
+                    .iter()
+                    .map(|(p, c)| format!("{p}-{}", bitmap(c))),
+            );
         }
         let nulled = if self.nulled.is_empty() {
             Vec::new()
@@ -234,4 +243,3 @@ fn pick(rng: &mut StdRng, from: &[usize], count: usize) -> Vec<usize> {
     chosen.sort_unstable();
     chosen
 }
-

@@ -284,10 +284,10 @@ pub fn record_id(prefix: &str, n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use draft::bitmap;
     use crate::event::ReplayId;
     use crate::salesforce::schema::{EventMeta, decode_event};
     use crate::sim::catalog::entity_names;
+    use draft::bitmap;
 
     fn decode(
         entity: &Entity,

@@ -429,6 +429,8 @@ impl PubSub for Orgs {
         &self,
         request: Request<Streaming<ManagedFetchRequest>>,
     ) -> Result<Response<Self::ManagedSubscribeStream>, Status> {
-        self.org(request.metadata())?.managed_subscribe(request).await
+        self.org(request.metadata())?
+            .managed_subscribe(request)
+            .await
     }
 }

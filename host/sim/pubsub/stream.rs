@@ -344,11 +344,15 @@ impl Subscription {
     /// Adds the request's credit and answers its commit (managed subscriptions).
     async fn on_request(&mut self, request: Ask, tx: &mpsc::Sender<Result<Reply, Status>>) -> bool {
         self.pending += i64::from(request.num_requested.clamp(0, MAX_BATCH as i32));
-        self.service.stats.max_pending.fetch_max(self.pending, Ordering::Relaxed);
+        self.service
+            .stats
+            .max_pending
+            .fetch_max(self.pending, Ordering::Relaxed);
         match (request.commit, &self.active) {
             (Some(commit), Some(active)) => {
                 let commit = self.service.commit(&active.name, commit);
-                self.reply(tx, Vec::new(), Default::default(), Some(commit)).await
+                self.reply(tx, Vec::new(), Default::default(), Some(commit))
+                    .await
             }
             _ => true,
         }
