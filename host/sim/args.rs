@@ -259,16 +259,17 @@ pub async fn serve(
         "Channels:    {}, /data/ChangeEvents",
         channels.join(", ")
     );
+    if let Some(path) = &args.tenants_out {
+        write_tenants(path, sim.orgs.len())?;
+        let _ = writeln!(out, "Tenants:     {}", path.display());
+    }
+    // Last: a reader may stop at this line.
     let head = sim.org().bus.head();
     let per_org = if sim.orgs.len() > 1 { " per org" } else { "" };
     let _ = writeln!(
         out,
         "Retained:    {head} events{per_org} (replay ids 1..{head})"
     );
-    if let Some(path) = &args.tenants_out {
-        write_tenants(path, sim.orgs.len())?;
-        let _ = writeln!(out, "Tenants:     {}", path.display());
-    }
     let _ = out.flush();
     cancel.cancelled().await;
     sim.shutdown().await;
