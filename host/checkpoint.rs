@@ -83,6 +83,9 @@ impl Stored {
     }
 }
 
+/// The file's checkpoints by key.
+type OnDisk = std::collections::HashMap<String, Stored>;
+
 /// Staged positions not yet in the file.
 #[derive(Default)]
 struct Staged {
@@ -97,6 +100,9 @@ struct Staged {
 pub struct LocalStore {
     dir: PathBuf,
     staged: Mutex<Staged>,
+    /// The file as last read, by its modification time and length: ten thousand
+    /// subscriptions starting read it once, not ten thousand times.
+    read: Mutex<Option<(std::fs::Metadata, std::sync::Arc<OnDisk>)>>,
     /// One commit at a time within the process.
     committing: tokio::sync::Mutex<()>,
     legacy: FileCheckpointStore,
@@ -109,6 +115,7 @@ impl LocalStore {
             legacy: FileCheckpointStore { dir: dir.clone() },
             dir,
             staged: Mutex::default(),
+            read: Mutex::default(),
             committing: tokio::sync::Mutex::new(()),
         }
     }
@@ -129,11 +136,37 @@ impl LocalStore {
         if let Some(stored) = self.lock_staged().entries.get(&key.id()) {
             return parse_replay(&path, stored).map(Some);
         }
-        let file = read_file(&path).await?;
-        match file.checkpoints.iter().find(|s| s.key() == *key) {
+        let file = self.file().await?;
+        match file.get(&key.id()) {
             Some(stored) => parse_replay(&path, stored).map(Some),
             None => self.legacy.load(key).await,
         }
+    }
+
+    /// The file as it is now: read again only when it changed since the last read.
+    async fn file(&self) -> Result<std::sync::Arc<OnDisk>, CheckpointError> {
+        let path = Self::path_in(&self.dir);
+        let now = tokio::fs::metadata(&path).await.ok();
+        let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
+            a.len() == b.len() && a.modified().ok() == b.modified().ok()
+        };
+        let cached = self.read.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let (Some(now), Some((then, file))) = (&now, cached)
+            && same(now, &then)
+        {
+            return Ok(file);
+        }
+        let file = read_file(&path).await?;
+        let file: std::sync::Arc<OnDisk> = std::sync::Arc::new(
+            file.checkpoints
+                .into_iter()
+                .map(|s| (s.key().id(), s))
+                .collect(),
+        );
+        if let Some(now) = now {
+            *self.read.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, file.clone()));
+        }
+        Ok(file)
     }
 
     /// Records that everything up to `replay_id` is durable in `key`'s sink; the next
