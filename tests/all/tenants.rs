@@ -152,3 +152,111 @@ async fn an_org_accepts_only_its_own_credentials_and_a_revoked_org_refuses_login
     );
     sim.shutdown().await;
 }
+
+/// 200 orgs in one process: 10 with bad credentials, 10 that revoke the app's access
+/// mid-run. The other 180 deliver every event; the 20 show as failed, with the reason, at
+/// `/subscriptions`, while `/healthz` stays 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_orgs_keep_streaming_while_twenty_fail_and_say_why() {
+    const ORGS: usize = 200;
+    let sim = start(SimConfig {
+        orgs: ORGS,
+        rate: 400.0,
+        ..sim_config(&["Account"], 5)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for n in 1..=ORGS {
+        let secret = if n <= 10 {
+            "wrong".to_string()
+        } else {
+            format!("sim-secret-{n}")
+        };
+        text.push_str(&format!(
+            "[org-{n}]\nclient-id = \"sim-client-{n}\"\nclient-secret = \"{secret}\"\n"
+        ));
+    }
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(&tenants, text).unwrap();
+    let mut plan = tenants_plan(&sim, dir.path(), &tenants);
+    plan.options.until_idle = None;
+    plan.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let started = sfzb_host::start(plan, cancel.clone()).await.unwrap();
+    let url = format!("http://{}", started.metrics_addr().unwrap());
+    let run = tokio::spawn(started.wait());
+    let listed = |query: &'static str| {
+        let url = format!("{url}/subscriptions{query}");
+        async move {
+            let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    // Everyone but the 10 with bad credentials streams.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let all = listed("").await;
+        if all["counts"]["running"] == 190 && all["counts"]["failed"] == 10 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", all["counts"]);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for org in &sim.orgs[10..20] {
+        org.revoke_access();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let failed = loop {
+        let failed = listed("?state=failed").await;
+        if failed["subscriptions"].as_array().unwrap().len() == 20 {
+            break failed;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", failed["counts"]);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    for s in failed["subscriptions"].as_array().unwrap() {
+        let n: usize = s["org"].as_str().unwrap()["org-".len()..].parse().unwrap();
+        assert!(n <= 20, "only the broken orgs failed: {s}");
+        let reason = s["reason"].as_str().unwrap();
+        let expected = if n <= 10 {
+            "invalid client credentials"
+        } else {
+            "revoked"
+        };
+        assert!(reason.contains(expected), "org-{n}: {reason}");
+    }
+    let healthz = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert_eq!(
+        healthz.status().as_u16(),
+        200,
+        "the process still serves 180 orgs"
+    );
+    // The other 180 deliver everything the simulator holds for them.
+    let heads: Vec<u64> = sim.orgs.iter().map(|o| o.bus.head()).collect();
+    let healthy_done = || {
+        (21..=ORGS).all(|n| {
+            let rows = lines(&dir.path().join(format!("org-{n}.jsonl")));
+            rows as u64 >= heads[n - 1]
+        })
+    };
+    wait_for("the 180 orgs to deliver every event", healthy_done).await;
+    cancel.cancel();
+    let report = run.await.unwrap();
+    for outcome in &report.subscriptions {
+        let n: usize = outcome.name["org-".len()..]
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if n > 20 {
+            let stats = outcome.result.as_ref().unwrap();
+            let rows = rows(&dir.path().join(format!("org-{n}.jsonl")));
+            assert_eq!(rows.len() as u64, stats.written, "{}", outcome.name);
+            let ids: HashSet<u64> = rows.iter().map(replay).collect();
+            assert_eq!(ids.len(), rows.len(), "{}: no duplicates", outcome.name);
+        }
+    }
+    sim.shutdown().await;
+}
