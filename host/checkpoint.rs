@@ -69,18 +69,20 @@ struct StoreFile {
 
 impl CheckpointKey {
     fn id(&self) -> String {
-        format!("{}\0{}\0{}", self.org_id, self.channel, self.target)
+        id(&self.org_id, &self.channel, &self.target)
     }
 }
 
 impl Stored {
-    fn key(&self) -> CheckpointKey {
-        CheckpointKey {
-            org_id: self.org_id.clone(),
-            channel: self.channel.clone(),
-            target: self.target.clone(),
-        }
+    /// Its key's [`CheckpointKey::id`].
+    fn id(&self) -> String {
+        id(&self.org_id, &self.channel, &self.target)
     }
+}
+
+/// What a checkpoint is stored under: org, channel and target.
+fn id(org_id: &str, channel: &str, target: &str) -> String {
+    format!("{org_id}\0{channel}\0{target}")
 }
 
 /// The file's checkpoints by key.
@@ -157,12 +159,8 @@ impl LocalStore {
             return Ok(file);
         }
         let file = read_file(&path).await?;
-        let file: std::sync::Arc<OnDisk> = std::sync::Arc::new(
-            file.checkpoints
-                .into_iter()
-                .map(|s| (s.key().id(), s))
-                .collect(),
-        );
+        let file: std::sync::Arc<OnDisk> =
+            std::sync::Arc::new(file.checkpoints.into_iter().map(|s| (s.id(), s)).collect());
         if let Some(now) = now {
             *self.read.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, file.clone()));
         }
@@ -296,7 +294,7 @@ fn merge_and_write(dir: &Path, changed: Vec<(String, Stored)>) -> Result<(), Che
     let mut all: BTreeMap<String, Stored> = read_file_blocking(&path)?
         .checkpoints
         .into_iter()
-        .map(|s| (s.key().id(), s))
+        .map(|s| (s.id(), s))
         .collect();
     all.extend(changed);
     let file = StoreFile {
