@@ -264,6 +264,31 @@ pub fn create_table_sql(table: &str) -> String {
     )
 }
 
+/// Creates Zerobus target `table` if it is missing (and `auto_create` allows). A failure or
+/// a timeout is an error, never read as "missing".
+pub async fn ensure_table(
+    settings: &SqlSettings,
+    table: &str,
+    auto_create: bool,
+) -> Result<(), SqlError> {
+    let mut client = SqlClient::new(settings.clone());
+    if client.table_exists(table).await? {
+        return Ok(());
+    }
+    if !auto_create {
+        return Err(SqlError::Failed {
+            statement: format!("DESCRIBE TABLE {}", ident(table)),
+            message: format!(
+                "table {table} does not exist and auto-create is off; create it (see the README's DDL) or set auto-create-table = true"
+            ),
+        });
+    }
+    tracing::info!(table, "Table {table} doesn't exist - creating it.");
+    client.run(&create_table_sql(table)).await?;
+    tracing::info!(table, "Successfully created table: {table}");
+    Ok(())
+}
+
 /// The checkpoint table next to a target: `catalog.schema.sfzb_checkpoints`.
 pub fn checkpoint_table(target: &str) -> String {
     match target.rsplit_once('.') {

@@ -28,6 +28,11 @@ impl RunPlan {
         json!({
             "config-file": self.source.as_ref().map(|p| p.display().to_string()),
             "state-dir": o.state_dir.display().to_string(),
+            "checkpoint-store": o.checkpoint_store,
+            "checkpoint-postgres": o.postgres.as_ref().map(|p| json!({
+                "server": crate::checkpoint::PostgresSettings::describe(secrecy::ExposeSecret::expose_secret(&p.url)).ok(),
+                "table": p.table,
+            })),
             "transform-cache-dir": self.cache_dir.as_ref().map(|p| p.display().to_string()),
             "flush-interval-ms": o.flush_interval.as_millis() as u64,
             "max-in-flight": o.max_in_flight,

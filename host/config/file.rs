@@ -22,6 +22,22 @@ settings! {
         /// Where compiled components are cached; defaults to $XDG_CACHE_HOME/sfzb-host or
         /// ~/.cache/sfzb-host.
         transform_cache_dir: PathBuf, flag "transform-cache-dir", env "SFZB_CACHE_DIR";
+        /// Where checkpoints are kept for sinks that keep none themselves (a Delta table keeps
+        /// its own): local (checkpoints.json in state-dir), postgres (a table in PostgreSQL
+        /// or Databricks Lakebase, checkpoint-postgres-url), warehouse (sfzb_checkpoints
+        /// next to each Zerobus table, through sql-warehouse-id), or auto: postgres when
+        /// its URL is set, else warehouse for Zerobus targets with a warehouse, else local.
+        /// Every store is written once per flush interval, in one operation, for all
+        /// subscriptions.
+        [arg(value_name = "STORE")]
+        checkpoint_store: crate::checkpoint::StoreKind = crate::checkpoint::StoreKind::Auto, flag "checkpoint-store", env "SFZB_CHECKPOINT_STORE";
+        /// The PostgreSQL checkpoint store: a URL (postgres://user:password@host:5432/db?sslmode=require)
+        /// or key=value connection string; inline, { env = "VAR" } or { file = "PATH" }. It
+        /// holds the password: prefer the environment variable. TLS unless sslmode=disable.
+        [arg(hide_env_values = true, value_name = "URL")]
+        checkpoint_postgres_url: Secret, flag "checkpoint-postgres-url", env "SFZB_CHECKPOINT_POSTGRES_URL";
+        /// The PostgreSQL checkpoint table (`name` or `schema.name`); created if missing.
+        checkpoint_postgres_table: String = "sfzb_checkpoints", flag "checkpoint-postgres-table";
         /// Flush the sink and commit the checkpoint at least this often while events flow,
         /// milliseconds.
         flush_interval_ms: u64 = 1000u64, flag "flush-interval-ms";
@@ -328,8 +344,13 @@ impl FileConfig {
         for org in orgs {
             org.rebase(dir);
         }
-        if let Some(Secret::File { file }) = &mut self.databricks.client_secret {
-            join(file);
+        for secret in [
+            &mut self.databricks.client_secret,
+            &mut self.checkpoint_postgres_url,
+        ] {
+            if let Some(Secret::File { file }) = secret {
+                join(file);
+            }
         }
         for sub in std::iter::once(&mut self.defaults).chain(self.subscriptions.iter_mut()) {
             for spec in [&mut sub.sink, &mut sub.dead_letter].into_iter().flatten() {

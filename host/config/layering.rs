@@ -363,6 +363,30 @@ impl Building {
     }
 }
 
+/// The PostgreSQL checkpoint store, when its URL is set; a URL that does not parse is an
+/// error that does not repeat it (it holds the password).
+fn postgres_store(
+    run: &FileConfig,
+) -> Result<Option<crate::checkpoint::PostgresSettings>, ConfigError> {
+    let Some(url) = &run.checkpoint_postgres_url else {
+        return Ok(None);
+    };
+    let url = url.resolve("checkpoint-postgres-url")?;
+    if let Err(detail) = crate::checkpoint::PostgresSettings::describe(&url) {
+        return Err(invalid(
+            "checkpoint-postgres-url",
+            "(not shown: it may hold a password)",
+            format!(
+                "{detail}; give postgres://user:password@host:5432/database?sslmode=require or host=… user=… dbname=…"
+            ),
+        ));
+    }
+    Ok(Some(crate::checkpoint::PostgresSettings {
+        url: SecretString::from(url),
+        table: run.checkpoint_postgres_table(),
+    }))
+}
+
 /// The run-wide settings every subscription shares.
 fn run_options(
     run: &FileConfig,
@@ -425,7 +449,26 @@ fn run_options(
         }
         _ => None,
     };
+    let checkpoint_store = run.checkpoint_store();
+    let postgres = postgres_store(run)?;
+    match checkpoint_store {
+        crate::checkpoint::StoreKind::Postgres if postgres.is_none() => {
+            return Err(missing(
+                "checkpoint-postgres-url",
+                "checkpoint-store = postgres needs the database: set SFZB_CHECKPOINT_POSTGRES_URL (postgres://user:password@host:5432/db?sslmode=require), or checkpoint-postgres-url = { env = \"VAR\" } in the file",
+            ));
+        }
+        crate::checkpoint::StoreKind::Warehouse if sql.is_none() => {
+            return Err(missing(
+                "sql-warehouse-id",
+                "checkpoint-store = warehouse keeps checkpoints through a SQL warehouse: pass --sql-warehouse-id (and --databricks-workspace-url), or choose local or postgres",
+            ));
+        }
+        _ => {}
+    }
     Ok(RunOptions {
+        checkpoint_store,
+        postgres,
         state_dir: run.state_dir(),
         until_idle,
         flush_interval: Duration::from_millis(run.flush_interval_ms().max(1)),

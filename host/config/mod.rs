@@ -151,6 +151,10 @@ pub struct RunOptions {
     pub sql: Option<crate::sql::SqlSettings>,
     /// Create a missing Zerobus target table.
     pub auto_create_table: bool,
+    /// Which store keeps checkpoints (`checkpoint-store`).
+    pub checkpoint_store: crate::checkpoint::StoreKind,
+    /// The PostgreSQL checkpoint store, when its URL is set.
+    pub postgres: Option<crate::checkpoint::PostgresSettings>,
 }
 
 pub(crate) fn invalid(

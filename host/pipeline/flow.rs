@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::flush::Databricks;
 use super::{MAX_UNFLUSHED_BYTES, PipelineError, SubscriptionStats};
-use crate::checkpoint::{CheckpointKey, LocalStore};
+use crate::checkpoint::{CheckpointKey, Checkpoints, Place};
 use crate::clock::now_ms;
 use crate::config::RunOptions;
 use crate::event::ReplayId;
@@ -30,13 +29,13 @@ pub(super) struct Flow<'a> {
     pub(super) dead_spec: Option<&'a SinkSpec>,
     pub(super) app_id: &'a str,
     pub(super) zerobus: &'a Arc<crate::sink::zerobus::ZerobusPool>,
-    /// The checkpoint table, for Zerobus targets with a SQL warehouse.
-    pub(super) databricks: Option<Databricks>,
     /// Opened on the first dead letter, so a clean run leaves no empty file behind.
     pub(super) dead: Option<Sink>,
     pub(super) chain: Option<Chain>,
-    pub(super) store: &'a LocalStore,
+    pub(super) store: &'a Checkpoints,
     pub(super) key: &'a CheckpointKey,
+    /// Where the checkpoint is staged; none for a sink that keeps its own.
+    pub(super) place: Option<Place>,
     pub(super) stats: SubscriptionStats,
     /// The position written but not yet flushed and checkpointed.
     pub(super) unflushed: Option<ReplayId>,

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::checkpoint::{CheckpointError, CheckpointKey, LocalStore};
+use crate::checkpoint::{CheckpointError, CheckpointKey, Checkpoints, Place};
 use crate::config::{RunOptions, SubscriptionConfig};
 use crate::event::ReplayId;
 use crate::health::Health;
@@ -42,7 +42,6 @@ use crate::sink::zerobus::ZerobusPool;
 use crate::sink::{Sink, SinkError, SinkSpec};
 use crate::transform::{Chain, TransformStats};
 use flow::Flow;
-use flush::Databricks;
 
 /// Flush before the flush interval once the rows written since the last flush hold this
 /// much: the Delta sink buffers them in memory until its commit.
@@ -50,12 +49,12 @@ const MAX_UNFLUSHED_BYTES: usize = 64 << 20;
 
 /// What the subscriptions of a process share: the Zerobus SDK and its streams, the
 /// writer schemas (a schema id is the fingerprint of its schema, so one org's fetch serves
-/// every org with the same schema), and the local checkpoint store with its one committer.
+/// every org with the same schema), and the checkpoint stores with their one committer.
 #[derive(Clone)]
 pub struct Shared {
     pub zerobus: Arc<ZerobusPool>,
     pub schemas: Arc<SchemaCache>,
-    pub checkpoints: Arc<LocalStore>,
+    pub checkpoints: Arc<Checkpoints>,
 }
 
 impl Shared {
@@ -63,7 +62,7 @@ impl Shared {
         Shared {
             zerobus: Arc::new(ZerobusPool::new(&options.zerobus)),
             schemas: Arc::new(SchemaCache::default()),
-            checkpoints: Arc::new(LocalStore::new(&options.state_dir)),
+            checkpoints: Arc::new(Checkpoints::new(options)),
         }
     }
 }
@@ -162,7 +161,7 @@ pub async fn run_subscription(
             target: config.sink.to_string(),
         };
         let app_id = format!("sfzb:{org_id}:{}", config.channel);
-        let (mut sink, databricks, checkpoint) =
+        let (mut sink, place, checkpoint) =
             open_target(&config, &options, &shared.zerobus, &store, &key, &app_id).await?;
         let schemas = shared.schemas.clone();
         let source_cancel = cancel.child_token();
@@ -182,7 +181,6 @@ pub async fn run_subscription(
             dead_spec: config.dead_letter.as_ref(),
             app_id: &app_id,
             zerobus: &shared.zerobus,
-            databricks,
             dead: None,
             chain: chain.filter(|c| !c.is_empty()).map(|mut chain| {
                 chain.set_home(config.sink.home_schema());
@@ -190,6 +188,7 @@ pub async fn run_subscription(
             }),
             store: &store,
             key: &key,
+            place,
             stats: SubscriptionStats {
                 channel: config.channel.clone(),
                 target: config.sink.to_string(),
@@ -263,31 +262,31 @@ async fn finish(
     Ok(flow.stats)
 }
 
-/// The sink, the SQL checkpoint table of a Zerobus target with a warehouse, and the stored
-/// position: the sink's own, the checkpoint table's, or the file's.
+/// The sink (its table made sure of, for a Zerobus target with a SQL warehouse), where
+/// its checkpoint lives, and the stored position: the sink's own, or its store's.
 async fn open_target(
     config: &SubscriptionConfig,
     options: &RunOptions,
     zerobus: &Arc<ZerobusPool>,
-    store: &LocalStore,
+    store: &Checkpoints,
     key: &CheckpointKey,
     app_id: &str,
-) -> Result<(Sink, Option<Databricks>, Option<ReplayId>), PipelineError> {
+) -> Result<(Sink, Option<Place>, Option<ReplayId>), PipelineError> {
     let sink = Sink::open(&config.sink, app_id, zerobus).await?;
-    let mut databricks = match (&config.sink, &options.sql) {
-        (SinkSpec::Zerobus(table), Some(sql)) => {
-            Some(Databricks::prepare(sql, table, key, options.auto_create_table).await?)
-        }
-        _ => None,
-    };
-    let checkpoint = match &mut databricks {
-        Some(databricks) => databricks.stored.take(),
-        None if sink.keeps_checkpoint() => sink.checkpoint(),
+    if let (SinkSpec::Zerobus(table), Some(sql)) = (&config.sink, &options.sql) {
+        crate::sql::ensure_table(sql, table, options.auto_create_table).await?;
+    }
+    if sink.keeps_checkpoint() {
+        let checkpoint = sink.checkpoint();
+        return Ok((sink, None, checkpoint));
+    }
+    let place = store.place(&config.sink);
+    let checkpoint = match config.replay {
         // An explicit start needs no checkpoint, so one that is unreadable can be passed by.
-        None if config.replay.is_some() => None,
-        None => store.load(key).await?,
+        Some(_) => None,
+        None => store.load(key, &place).await?,
     };
-    Ok((sink, databricks, checkpoint))
+    Ok((sink, Some(place), checkpoint))
 }
 
 type Source = tokio::task::JoinHandle<Result<(), SubscribeError>>;

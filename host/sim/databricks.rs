@@ -1,7 +1,7 @@
 //! A Databricks workspace on loopback for tests: the SQL Statement Execution API (submit,
 //! poll) and the OIDC token endpoint, over HTTP. It understands the few statements sfzb-host
-//! sends (DESCRIBE, CREATE TABLE, the checkpoint table's SELECT and MERGE, the reference
-//! fallback SELECT) and can be slow or failing on demand.
+//! sends (DESCRIBE, CREATE TABLE, the checkpoint table's SELECT and batched MERGE, the
+//! reference fallback SELECT) and can be slow or failing on demand.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -76,17 +76,33 @@ impl Workspace {
             return ok(vec![]);
         }
         if statement.starts_with("MERGE INTO ") {
-            let values = quoted(statement);
-            if values.len() >= 4 {
-                self.checkpoints
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(
-                        (values[0].clone(), values[1].clone(), values[2].clone()),
-                        values[3].clone(),
-                    );
+            // One row per checkpoint: org, channel, target and replay id quoted.
+            let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+            for row in quoted(statement).chunks_exact(4) {
+                checkpoints.insert(
+                    (row[0].clone(), row[1].clone(), row[2].clone()),
+                    row[3].clone(),
+                );
             }
             return ok(vec![]);
+        }
+        if let Some(table) =
+            word_after(statement, "SELECT org_id, channel, target, replay_id FROM ")
+        {
+            if !tables.contains(&table) {
+                return failed(
+                    "TABLE_OR_VIEW_NOT_FOUND",
+                    format!("[TABLE_OR_VIEW_NOT_FOUND] The table {table} cannot be found."),
+                );
+            }
+            let checkpoints = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+            let rows = checkpoints
+                .iter()
+                .map(|((org, channel, target), replay)| {
+                    vec![org.clone(), channel.clone(), target.clone(), replay.clone()]
+                })
+                .collect();
+            return ok(rows);
         }
         if let Some(table) = word_after(statement, "SELECT replay_id FROM ") {
             if !tables.contains(&table) {
@@ -95,20 +111,13 @@ impl Workspace {
                     format!("[TABLE_OR_VIEW_NOT_FOUND] The table {table} cannot be found."),
                 );
             }
-            let values = quoted(statement);
-            let found = if table.ends_with(".sfzb_checkpoints") && values.len() >= 3 {
-                self.checkpoints
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&(values[0].clone(), values[1].clone(), values[2].clone()))
-                    .cloned()
-            } else {
-                self.reference_rows
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&table)
-                    .cloned()
-            };
+            // The newest row of a table the reference library wrote.
+            let found = self
+                .reference_rows
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&table)
+                .cloned();
             return ok(found.into_iter().map(|r| vec![r]).collect());
         }
         failed(

@@ -204,7 +204,7 @@ async fn a_full_disk_under_the_checkpoint_fails_the_commit_and_keeps_no_torn_fil
     let sim = start(sim_config(&["Account"], 50)).await;
     let dir = tempfile::tempdir().unwrap();
     let sink = format!("jsonl:{}", out(dir.path()).display());
-    let path = sfzb_host::checkpoint::LocalStore::path_in(&dir.path().join("state"));
+    let path = sfzb_host::checkpoint::LocalFile::path_in(&dir.path().join("state"));
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink("/dev/full", path.with_extension("json.tmp")).unwrap();
     let err = run(plan(

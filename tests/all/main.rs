@@ -10,6 +10,7 @@ mod kube_api;
 mod lease;
 mod managed;
 mod polyglot;
+mod postgres;
 mod product;
 mod shard;
 mod source;

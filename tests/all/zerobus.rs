@@ -243,7 +243,7 @@ async fn sigkill_at_random_points_loses_nothing_and_bounds_duplicates() {
     // The checkpoint the killed process left: the position every later row is past.
     let checkpoint = || -> u64 {
         // A kill mid-write can leave a `.json.tmp` beside it: only the renamed file counts.
-        let file = sfzb_host::checkpoint::LocalStore::path_in(&dir.path().join(".sfzb-state"));
+        let file = sfzb_host::checkpoint::LocalFile::path_in(&dir.path().join(".sfzb-state"));
         std::fs::read_to_string(file).map_or(0, |text| {
             let stored: serde_json::Value = serde_json::from_str(&text).unwrap();
             let replay = stored["checkpoints"][0]["replay_id"].as_str().unwrap();

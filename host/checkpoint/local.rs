@@ -1,65 +1,19 @@
-//! Replay checkpoints: per (org, channel, target), the replay id up to which every event is
-//! durably written or dead-lettered.
-//!
-//! The local store ([`LocalStore`]) keeps every checkpoint of a state directory in one file,
-//! `checkpoints.json`. A subscription stages its position once its sink's flush returned;
-//! one committer per process writes every staged position once per interval in one atomic
-//! replacement (temp file, fsync, rename, fsync of the directory), so a crash leaves the old
-//! or the new file, never a torn one, and the file never holds a position the sink has not
-//! made durable. Ten thousand subscriptions cost one write per interval, not ten thousand.
-//! Processes sharing a state directory merge their changes under a lock on it. Checkpoints
-//! of releases before the shared file (one file per key) are read when the file has none.
+//! The local store: every checkpoint of a state directory in one file,
+//! `checkpoints.json`. A commit writes the changed positions merged over the file as it is,
+//! under a lock on the directory (processes sharing a state directory keep each other's
+//! keys), in one atomic replacement (temp file, fsync, rename, fsync of the directory): a
+//! crash leaves the old or the new file, never a torn one. Checkpoints of releases before
+//! the shared file (one file per key) are read when the file has none.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::{CheckpointError, CheckpointKey, Stored};
 use crate::event::ReplayId;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("cannot {action} checkpoint {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "checkpoint {path} is unreadable ({detail}); sfzb-host will not guess where to resume. Restore the file, or choose the start yourself with --replay earliest (the retained 72 hours again: at least once) or --replay <hex replay id>"
-    )]
-    Corrupt { path: PathBuf, detail: String },
-}
-
-impl CheckpointError {
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            CheckpointError::Io { .. } => true,
-            CheckpointError::Corrupt { .. } => false,
-        }
-    }
-}
-
-/// Identifies one checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CheckpointKey {
-    pub org_id: String,
-    pub channel: String,
-    pub target: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Stored {
-    replay_id: String,
-    org_id: String,
-    channel: String,
-    target: String,
-    updated_at_ms: i64,
-}
 
 /// The shared file: every checkpoint, sorted by key.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -67,58 +21,25 @@ struct StoreFile {
     checkpoints: Vec<Stored>,
 }
 
-impl CheckpointKey {
-    fn id(&self) -> String {
-        id(&self.org_id, &self.channel, &self.target)
-    }
-}
-
-impl Stored {
-    /// Its key's [`CheckpointKey::id`].
-    fn id(&self) -> String {
-        id(&self.org_id, &self.channel, &self.target)
-    }
-}
-
-/// What a checkpoint is stored under: org, channel and target.
-fn id(org_id: &str, channel: &str, target: &str) -> String {
-    format!("{org_id}\0{channel}\0{target}")
-}
-
 /// The file's checkpoints by key.
 type OnDisk = std::collections::HashMap<String, Stored>;
 
-/// Staged positions not yet in the file.
-#[derive(Default)]
-struct Staged {
-    entries: BTreeMap<String, Stored>,
-    /// Keys staged since the last commit: only these are written over what is on disk.
-    dirty: HashSet<String>,
-    /// Why the last commit failed, while it did.
-    failure: Option<(&'static str, std::io::ErrorKind, String)>,
-}
-
-/// Every checkpoint of a state directory, in one file (see the module documentation).
-pub struct LocalStore {
+/// The checkpoints file of a state directory (see the module documentation).
+pub struct LocalFile {
     dir: PathBuf,
-    staged: Mutex<Staged>,
     /// The file as last read, by its modification time and length: ten thousand
     /// subscriptions starting read it once, not ten thousand times.
-    read: Mutex<Option<(std::fs::Metadata, std::sync::Arc<OnDisk>)>>,
-    /// One commit at a time within the process.
-    committing: tokio::sync::Mutex<()>,
+    read: Mutex<Option<(std::fs::Metadata, Arc<OnDisk>)>>,
     legacy: FileCheckpointStore,
 }
 
-impl LocalStore {
-    pub fn new(dir: impl Into<PathBuf>) -> LocalStore {
+impl LocalFile {
+    pub fn new(dir: impl Into<PathBuf>) -> LocalFile {
         let dir = dir.into();
-        LocalStore {
+        LocalFile {
             legacy: FileCheckpointStore { dir: dir.clone() },
             dir,
-            staged: Mutex::default(),
             read: Mutex::default(),
-            committing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -127,17 +48,13 @@ impl LocalStore {
         dir.join("checkpoints.json")
     }
 
-    fn lock_staged(&self) -> std::sync::MutexGuard<'_, Staged> {
-        self.staged.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The position to resume `key` from: staged here, else in the file (another process
-    /// may have written it), else in a per-key file of an earlier release.
-    pub async fn load(&self, key: &CheckpointKey) -> Result<Option<ReplayId>, CheckpointError> {
+    /// `key`'s position in the file (another process may have written it), else in a
+    /// per-key file of an earlier release.
+    pub(super) async fn load(
+        &self,
+        key: &CheckpointKey,
+    ) -> Result<Option<ReplayId>, CheckpointError> {
         let path = Self::path_in(&self.dir);
-        if let Some(stored) = self.lock_staged().entries.get(&key.id()) {
-            return parse_replay(&path, stored).map(Some);
-        }
         let file = self.file().await?;
         match file.get(&key.id()) {
             Some(stored) => parse_replay(&path, stored).map(Some),
@@ -146,7 +63,7 @@ impl LocalStore {
     }
 
     /// The file as it is now: read again only when it changed since the last read.
-    async fn file(&self) -> Result<std::sync::Arc<OnDisk>, CheckpointError> {
+    async fn file(&self) -> Result<Arc<OnDisk>, CheckpointError> {
         let path = Self::path_in(&self.dir);
         let now = tokio::fs::metadata(&path).await.ok();
         let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
@@ -159,99 +76,20 @@ impl LocalStore {
             return Ok(file);
         }
         let file = read_file(&path).await?;
-        let file: std::sync::Arc<OnDisk> =
-            std::sync::Arc::new(file.checkpoints.into_iter().map(|s| (s.id(), s)).collect());
+        let file: Arc<OnDisk> =
+            Arc::new(file.checkpoints.into_iter().map(|s| (s.id(), s)).collect());
         if let Some(now) = now {
             *self.read.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, file.clone()));
         }
         Ok(file)
     }
 
-    /// Records that everything up to `replay_id` is durable in `key`'s sink; the next
-    /// commit writes it. Staged either way; the error is the last commit's, while commits
-    /// fail (a full disk): the caller stops rather than run on without a checkpoint.
-    pub fn stage(&self, key: &CheckpointKey, replay_id: &ReplayId) -> Result<(), CheckpointError> {
-        let stored = Stored {
-            replay_id: replay_id.to_hex(),
-            org_id: key.org_id.clone(),
-            channel: key.channel.clone(),
-            target: key.target.clone(),
-            updated_at_ms: crate::clock::now_ms(),
-        };
-        let id = key.id();
-        let mut staged = self.lock_staged();
-        staged.dirty.insert(id.clone());
-        staged.entries.insert(id, stored);
-        match &staged.failure {
-            None => Ok(()),
-            Some((action, kind, message)) => Err(CheckpointError::Io {
-                action,
-                path: Self::path_in(&self.dir),
-                source: std::io::Error::new(*kind, message.clone()),
-            }),
-        }
-    }
-
-    /// Writes every position staged since the last commit, merged over the file as it is
-    /// (under a lock on the directory), in one atomic replacement. Nothing staged: nothing
-    /// written. On failure the positions stay staged for the next commit.
-    pub async fn commit(&self) -> Result<(), CheckpointError> {
-        let _one = self.committing.lock().await;
-        let changed: Vec<(String, Stored)> = {
-            let staged = self.lock_staged();
-            staged
-                .dirty
-                .iter()
-                .filter_map(|id| staged.entries.get(id).map(|s| (id.clone(), s.clone())))
-                .collect()
-        };
-        if changed.is_empty() {
-            return Ok(());
-        }
+    /// `changed` over the file as it is, in one atomic replacement.
+    pub(super) async fn write(&self, changed: Vec<Stored>) -> Result<(), CheckpointError> {
         let dir = self.dir.clone();
-        let written = changed.clone();
-        let result = tokio::task::spawn_blocking(move || merge_and_write(&dir, written))
+        tokio::task::spawn_blocking(move || merge_and_write(&dir, changed))
             .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        let mut staged = self.lock_staged();
-        staged.failure = match &result {
-            Err(CheckpointError::Io { action, source, .. }) => {
-                Some((*action, source.kind(), source.to_string()))
-            }
-            _ => None,
-        };
-        result?;
-        for (id, stored) in changed {
-            // Staged again meanwhile: still dirty, for the next commit.
-            if staged
-                .entries
-                .get(&id)
-                .is_some_and(|s| s.replay_id == stored.replay_id)
-            {
-                staged.dirty.remove(&id);
-            }
-        }
-        Ok(())
-    }
-
-    /// Commits every `interval` until `cancel` fires. A failed commit is logged and tried
-    /// again; the subscriptions' own last commit reports it.
-    pub async fn committer(
-        self: std::sync::Arc<Self>,
-        interval: Duration,
-        cancel: tokio_util::sync::CancellationToken,
-    ) {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(error) = self.commit().await {
-                tracing::error!(%error, "Checkpoints not committed; trying again. The data is durable; a restart now would replay from the last committed positions.");
-            }
-        }
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 }
 
@@ -281,8 +119,8 @@ fn read_file_blocking(path: &Path) -> Result<StoreFile, CheckpointError> {
 }
 
 /// Under an exclusive lock on `dir`: the file as it is, with `changed` over it, written.
-fn merge_and_write(dir: &Path, changed: Vec<(String, Stored)>) -> Result<(), CheckpointError> {
-    let path = LocalStore::path_in(dir);
+fn merge_and_write(dir: &Path, changed: Vec<Stored>) -> Result<(), CheckpointError> {
+    let path = LocalFile::path_in(dir);
     let io = |action, source| CheckpointError::Io {
         action,
         path: path.clone(),
@@ -296,7 +134,7 @@ fn merge_and_write(dir: &Path, changed: Vec<(String, Stored)>) -> Result<(), Che
         .into_iter()
         .map(|s| (s.id(), s))
         .collect();
-    all.extend(changed);
+    all.extend(changed.into_iter().map(|s| (s.id(), s)));
     let file = StoreFile {
         checkpoints: all.into_values().collect(),
     };
@@ -304,7 +142,7 @@ fn merge_and_write(dir: &Path, changed: Vec<(String, Stored)>) -> Result<(), Che
     write_atomically_blocking(&path, &body)
 }
 
-/// Checkpoints as small JSON files, one per key: how releases before [`LocalStore`] kept
+/// Checkpoints as small JSON files, one per key: how releases before [`LocalFile`] kept
 /// them. Read only.
 #[derive(Clone, Debug)]
 struct FileCheckpointStore {
@@ -451,6 +289,7 @@ fn file_safe(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::{Checkpoints, Place};
 
     fn key() -> CheckpointKey {
         CheckpointKey {
@@ -470,51 +309,66 @@ mod tests {
     #[tokio::test]
     async fn staged_positions_reach_the_file_only_on_commit_and_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
-        assert_eq!(store.load(&key()).await.unwrap(), None);
+        let store = Checkpoints::in_dir(dir.path());
+        assert_eq!(store.load(&key(), &Place::Local).await.unwrap(), None);
         let id = ReplayId::from_hex("00000000000408760000").unwrap();
-        store.stage(&key(), &id).unwrap();
+        store.stage(&key(), &Place::Local, &id).unwrap();
         assert!(
-            !LocalStore::path_in(dir.path()).exists(),
+            !LocalFile::path_in(dir.path()).exists(),
             "not before the commit"
         );
         store.commit().await.unwrap();
-        let fresh = LocalStore::new(dir.path());
-        assert_eq!(fresh.load(&key()).await.unwrap(), Some(id));
-        assert_eq!(fresh.load(&other("jsonl:out_a.jsonl")).await.unwrap(), None);
+        let fresh = Checkpoints::in_dir(dir.path());
+        assert_eq!(fresh.load(&key(), &Place::Local).await.unwrap(), Some(id));
+        assert_eq!(
+            fresh
+                .load(&other("jsonl:out_a.jsonl"), &Place::Local)
+                .await
+                .unwrap(),
+            None
+        );
     }
 
     #[tokio::test]
     async fn many_keys_are_one_write_and_two_processes_keep_each_others_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (LocalStore::new(dir.path()), LocalStore::new(dir.path()));
+        let (a, b) = (
+            Checkpoints::in_dir(dir.path()),
+            Checkpoints::in_dir(dir.path()),
+        );
         for i in 0..1000u64 {
             a.stage(
                 &other(&format!("t{i}")),
+                &Place::Local,
                 &ReplayId::from_hex(&format!("{:04x}", i + 1)).unwrap(),
             )
             .unwrap();
         }
         a.commit().await.unwrap();
-        b.stage(&key(), &ReplayId::from_hex("2a").unwrap()).unwrap();
+        b.stage(&key(), &Place::Local, &ReplayId::from_hex("2a").unwrap())
+            .unwrap();
         b.commit().await.unwrap();
         // a's next commit writes only what changed since its last: b's key stays.
-        a.stage(&other("t0"), &ReplayId::from_hex("ffff").unwrap())
-            .unwrap();
+        a.stage(
+            &other("t0"),
+            &Place::Local,
+            &ReplayId::from_hex("ffff").unwrap(),
+        )
+        .unwrap();
         a.commit().await.unwrap();
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(files.len(), 1, "one file for every checkpoint");
-        let fresh = LocalStore::new(dir.path());
+        let fresh = Checkpoints::in_dir(dir.path());
         assert_eq!(
-            fresh.load(&key()).await.unwrap(),
+            fresh.load(&key(), &Place::Local).await.unwrap(),
             ReplayId::from_hex("2a").ok()
         );
         assert_eq!(
-            fresh.load(&other("t0")).await.unwrap(),
+            fresh.load(&other("t0"), &Place::Local).await.unwrap(),
             ReplayId::from_hex("ffff").ok()
         );
         assert_eq!(
-            fresh.load(&other("t999")).await.unwrap(),
+            fresh.load(&other("t999"), &Place::Local).await.unwrap(),
             ReplayId::from_hex("03e8").ok()
         );
     }
@@ -522,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn a_checkpoint_of_an_earlier_release_is_read_only_for_its_own_key() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = Checkpoints::in_dir(dir.path());
         let legacy = FileCheckpointStore {
             dir: dir.path().to_path_buf(),
         };
@@ -535,17 +389,17 @@ mod tests {
         };
         std::fs::write(&old, stored("jsonl:out/a.jsonl")).unwrap();
         assert_eq!(
-            store.load(&key()).await.unwrap(),
+            store.load(&key(), &Place::Local).await.unwrap(),
             Some(ReplayId::from_hex("2a").unwrap())
         );
         // The same old file name, written for the other target: not ours.
         std::fs::write(&old, stored("jsonl:out_a.jsonl")).unwrap();
-        assert_eq!(store.load(&key()).await.unwrap(), None);
+        assert_eq!(store.load(&key(), &Place::Local).await.unwrap(), None);
         // The hashed per-key name of the release after it.
         let hashed = legacy.path(&key());
         std::fs::write(&hashed, stored("jsonl:out/a.jsonl")).unwrap();
         assert_eq!(
-            store.load(&key()).await.unwrap(),
+            store.load(&key(), &Place::Local).await.unwrap(),
             ReplayId::from_hex("2a").ok()
         );
     }
@@ -556,18 +410,21 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_is_an_error_and_keeps_the_old_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path());
+        let store = Checkpoints::in_dir(dir.path());
         let old = ReplayId::from_hex("0000000000000010").unwrap();
-        store.stage(&key(), &old).unwrap();
+        store.stage(&key(), &Place::Local, &old).unwrap();
         store.commit().await.unwrap();
-        let path = LocalStore::path_in(dir.path());
+        let path = LocalFile::path_in(dir.path());
         std::os::unix::fs::symlink("/dev/full", path.with_extension("json.tmp")).unwrap();
         let new = ReplayId::from_hex("0000000000000020").unwrap();
-        store.stage(&key(), &new).unwrap();
+        store.stage(&key(), &Place::Local, &new).unwrap();
         let err = store.commit().await.unwrap_err();
         assert!(err.to_string().contains("cannot write checkpoint"), "{err}");
         assert_eq!(
-            LocalStore::new(dir.path()).load(&key()).await.unwrap(),
+            Checkpoints::in_dir(dir.path())
+                .load(&key(), &Place::Local)
+                .await
+                .unwrap(),
             Some(old)
         );
         let err = store.commit().await.unwrap_err();
@@ -576,17 +433,20 @@ mod tests {
             "still full: {err}"
         );
         assert!(
-            store.stage(&key(), &new).is_err(),
+            store.stage(&key(), &Place::Local, &new).is_err(),
             "a subscription staging on a failing store hears it"
         );
         std::fs::remove_file(path.with_extension("json.tmp")).unwrap();
         store.commit().await.unwrap();
         assert!(
-            store.stage(&key(), &new).is_ok(),
+            store.stage(&key(), &Place::Local, &new).is_ok(),
             "a commit went through again"
         );
         assert_eq!(
-            LocalStore::new(dir.path()).load(&key()).await.unwrap(),
+            Checkpoints::in_dir(dir.path())
+                .load(&key(), &Place::Local)
+                .await
+                .unwrap(),
             Some(new)
         );
     }
@@ -594,8 +454,11 @@ mod tests {
     #[tokio::test]
     async fn a_corrupt_store_is_an_error_not_a_fresh_start() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(LocalStore::path_in(dir.path()), "{").unwrap();
-        let err = LocalStore::new(dir.path()).load(&key()).await.unwrap_err();
+        std::fs::write(LocalFile::path_in(dir.path()), "{").unwrap();
+        let err = Checkpoints::in_dir(dir.path())
+            .load(&key(), &Place::Local)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("will not guess"), "{err}");
         assert!(err.to_string().contains("--replay earliest"), "{err}");
     }

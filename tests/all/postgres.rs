@@ -1,0 +1,407 @@
+//! The PostgreSQL checkpoint store against a real PostgreSQL server, started per test on
+//! 127.0.0.1 from the machine's PostgreSQL binaries (Debian's `postgresql` package, which
+//! `.ci/run` installs), with password (SCRAM) authentication.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sfzb_host::checkpoint::{CheckpointKey, Checkpoints};
+use sfzb_host::event::ReplayId;
+
+use crate::support::*;
+
+/// A PostgreSQL server of its own: a cluster made by initdb in a temporary directory,
+/// served on a free loopback port, stopped (and removed) when dropped.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    password: String,
+    server: Option<std::process::Child>,
+}
+
+impl Postgres {
+    pub async fn start() -> Postgres {
+        let bin = postgres_bin();
+        let dir = tempfile::tempdir().unwrap();
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, &password).unwrap();
+        let owner = Owner::find();
+        owner.give(dir.path());
+        owner.give(&pwfile);
+        let status = owner
+            .command(bin.join("initdb"))
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args([
+                "-U",
+                "sfzb",
+                "-A",
+                "scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(status.success(), "initdb failed");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut postgres = Postgres {
+            dir,
+            bin,
+            port,
+            password,
+            server: None,
+        };
+        postgres.serve().await;
+        postgres
+    }
+
+    /// Starts the server on the cluster and waits until it accepts a login.
+    pub async fn serve(&mut self) {
+        let owner = Owner::find();
+        let child = owner
+            .command(self.bin.join("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-k")
+            .arg(self.dir.path())
+            .args(["-c", "fsync=off", "-c", "max_connections=50"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("postgres starts");
+        self.server = Some(child);
+        wait_for_async("PostgreSQL to accept logins", || async {
+            tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+                .await
+                .is_ok()
+        })
+        .await;
+    }
+
+    /// Stops the server at once (SIGKILL): the cluster stays for [`Postgres::serve`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.url_with(&self.password)
+    }
+
+    pub fn url_with(&self, password: &str) -> String {
+        format!(
+            "postgres://sfzb:{password}@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// The checkpoint table: (org, channel, target) → replay id as a number.
+    pub async fn checkpoints(&self, table: &str) -> HashMap<(String, String, String), u64> {
+        let rows = self
+            .client()
+            .await
+            .query(
+                &format!("SELECT org_id, channel, target, replay_id FROM {table}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| {
+                let replay: String = r.get(3);
+                (
+                    (r.get(0), r.get(1), r.get(2)),
+                    u64::from_str_radix(&replay, 16).unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where initdb and postgres are: Debian keeps them under /usr/lib/postgresql/<version>/bin.
+fn postgres_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect(
+        "PostgreSQL's server binaries (/usr/lib/postgresql/<version>/bin/initdb) are needed for these tests: apt-get install postgresql (.ci/run does)",
+    )
+}
+
+/// Who runs the server: PostgreSQL refuses to run as root, so as root the `postgres` user
+/// the Debian package creates, else the current user.
+struct Owner(Option<(u32, u32)>);
+
+impl Owner {
+    fn find() -> Owner {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Owner(None);
+        }
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        let ids = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f[0] == "postgres")
+            .map(|f| (f[2].parse().unwrap(), f[3].parse().unwrap()))
+            .expect("as root, the tests run PostgreSQL as the postgres user (apt-get install postgresql makes it)");
+        Owner(Some(ids))
+    }
+
+    fn give(&self, path: &Path) {
+        if let Some((uid, gid)) = self.0 {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+        }
+    }
+
+    fn command(&self, program: PathBuf) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(program);
+        if let Some((uid, gid)) = self.0 {
+            command.uid(uid).gid(gid);
+        }
+        command
+    }
+}
+
+/// Waits until `check` passes (polled), failing after a minute.
+async fn wait_for_async<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited a minute for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn key(i: usize) -> CheckpointKey {
+    CheckpointKey {
+        org_id: format!("00D{i:012}"),
+        channel: "/data/AccountChangeEvent".into(),
+        target: format!("jsonl:out/{i}.jsonl"),
+    }
+}
+
+fn postgres_flags(postgres: &Postgres) -> Vec<String> {
+    vec![
+        "--checkpoint-store".into(),
+        "postgres".into(),
+        "--checkpoint-postgres-url".into(),
+        postgres.url(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_checkpoints_are_one_statement_and_read_back_by_a_new_process() {
+    let postgres = Postgres::start().await;
+    let sim = start(sim_config(&["Account"], 1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = postgres_flags(&postgres);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let options = plan(&sim, dir.path(), "/data/AccountChangeEvent", &flags).options;
+    let store = Checkpoints::new(&options);
+    let place = store.place(&"jsonl:out.jsonl".parse().unwrap());
+    for i in 0..1000 {
+        let id = ReplayId::from_hex(&format!("{:08x}", i + 1)).unwrap();
+        store.stage(&key(i), &place, &id).unwrap();
+    }
+    store.commit().await.unwrap();
+    let client = postgres.client().await;
+    let distinct = |client: tokio_postgres::Client| async move {
+        let row = client
+            .query_one(
+                "SELECT count(*), count(DISTINCT updated_at) FROM sfzb_checkpoints",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    // now() is the transaction's time: one value for all rows is one statement.
+    assert_eq!(
+        distinct(client).await,
+        (1000, 1),
+        "1000 rows from one statement"
+    );
+
+    // The next commit writes only what changed since.
+    for i in 0..10 {
+        store
+            .stage(&key(i), &place, &ReplayId::from_hex("ffffffff").unwrap())
+            .unwrap();
+    }
+    store.commit().await.unwrap();
+    store.commit().await.unwrap();
+    assert_eq!(distinct(postgres.client().await).await, (1000, 2));
+
+    let fresh = Checkpoints::new(&options);
+    assert_eq!(
+        fresh.load(&key(3), &place).await.unwrap(),
+        ReplayId::from_hex("ffffffff").ok()
+    );
+    assert_eq!(
+        fresh.load(&key(999), &place).await.unwrap(),
+        ReplayId::from_hex("000003e8").ok()
+    );
+    assert_eq!(fresh.load(&key(5000), &place).await.unwrap(), None);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_resumes_from_postgres_and_a_wrong_password_stops_it_before_it_subscribes() {
+    let postgres = Postgres::start().await;
+    let sim = start(sim_config(&["Account"], 100)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = postgres_flags(&postgres);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let channel = "/data/AccountChangeEvent";
+    let stats = run(plan(&sim, dir.path(), channel, &flags)).await.unwrap();
+    assert_eq!(stats.written, 100);
+    let stored = postgres.checkpoints("sfzb_checkpoints").await;
+    assert_eq!(
+        stored.values().copied().collect::<Vec<_>>(),
+        [u64::from_str_radix(stats.checkpoint.as_deref().unwrap(), 16).unwrap()],
+        "the run's last checkpoint, in the table"
+    );
+    assert!(
+        !dir.path().join("state").join("checkpoints.json").exists(),
+        "nothing in the local store"
+    );
+    let again = run(plan(&sim, dir.path(), channel, &flags)).await.unwrap();
+    assert_eq!(again.received, 0, "resumed after the last event");
+
+    let subscribes = || {
+        sim.stats
+            .subscribes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = subscribes();
+    let wrong = postgres.url_with("not-the-password");
+    let error = run(plan(
+        &sim,
+        dir.path(),
+        channel,
+        &[
+            "--checkpoint-store",
+            "postgres",
+            "--checkpoint-postgres-url",
+            &wrong,
+        ],
+    ))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("password authentication failed")
+            && error.contains("checkpoint-postgres-url"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("not-the-password"),
+        "the password is never shown: {error}"
+    );
+    assert_eq!(subscribes(), before, "never subscribed, never from LATEST");
+    sim.shutdown().await;
+}
+
+/// The database goes away mid-run: the subscription stops once a commit failed (it does
+/// not run on without checkpoints), the table never holds a position past the rows
+/// written, and a run after the database is back delivers the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_stops_the_run_behind_the_data_and_nothing_is_lost() {
+    let mut postgres = Postgres::start().await;
+    const PRODUCED: u64 = 400;
+    let mut config = sim_config(&["Account"], 0);
+    config.rate = 200.0;
+    config.rate_for = Some(Duration::from_secs(2));
+    let sim = start(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = postgres_flags(&postgres);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let channel = "/data/AccountChangeEvent";
+    let running = tokio::spawn(run(plan(&sim, dir.path(), channel, &flags)));
+    let out = out(dir.path());
+    wait_for("rows and a checkpoint in PostgreSQL", || lines(&out) > 50).await;
+    postgres.kill();
+    let error = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the run stops once its checkpoints cannot be committed")
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("PostgreSQL") && error.contains("not being committed"),
+        "{error}"
+    );
+    postgres.serve().await;
+    let stored = postgres.checkpoints("sfzb_checkpoints").await;
+    let checkpoint = stored
+        .values()
+        .copied()
+        .next()
+        .expect("a checkpoint was committed");
+    let written: HashSet<u64> = rows(&out).iter().map(replay).collect();
+    assert!(
+        (1..=checkpoint).all(|r| written.contains(&r)),
+        "every event up to the checkpoint ({checkpoint}) is written"
+    );
+    let bus = &sim.orgs[0].bus;
+    wait_for("the simulator to produce its events", || {
+        bus.head() == PRODUCED
+    })
+    .await;
+    let again = run(plan(
+        &sim,
+        dir.path(),
+        channel,
+        &[flags.as_slice(), &["--until-idle", "1"]].concat(),
+    ))
+    .await
+    .unwrap();
+    assert!(again.received > 0);
+    let written: HashSet<u64> = rows(&out).iter().map(replay).collect();
+    assert_eq!(
+        written,
+        (1..=PRODUCED).collect::<HashSet<u64>>(),
+        "every event produced is written"
+    );
+    sim.shutdown().await;
+}
