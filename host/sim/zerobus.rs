@@ -40,10 +40,11 @@ pub struct ZerobusFaults {
     pub require_token: Option<String>,
 }
 
-/// What the server received: per table, `(event_id, replay_id)` of every row, in order.
+/// What the server received: per table, `(event_id, replay_id, org_id)` of every row, in
+/// order.
 #[derive(Default)]
 pub struct Received {
-    pub tables: Mutex<HashMap<String, Vec<(String, String)>>>,
+    pub tables: Mutex<HashMap<String, Vec<(String, String, String)>>>,
     /// Whether `reject_replay_id` is enforced; tests turn it off to let a retry through.
     pub rejecting: AtomicBool,
     pub records: AtomicU64,
@@ -139,19 +140,20 @@ impl Inner {
                 "simulated Zerobus fault: stream closed",
             ));
         }
-        let decoded: Vec<(String, String)> = records
+        let decoded: Vec<(String, String, String)> = records
             .iter()
             .map(|record| match CdcEventRow::decode(record.as_slice()) {
                 Ok(row) => (
                     row.event_id.unwrap_or_default(),
                     row.replay_id.unwrap_or_default(),
+                    row.org_id.unwrap_or_default(),
                 ),
-                Err(_) => (String::new(), String::new()),
+                Err(_) => Default::default(),
             })
             .collect();
         if let Some(reject) = &self.faults.reject_replay_id
             && self.received.rejecting.load(Ordering::Relaxed)
-            && decoded.iter().any(|(_, replay)| replay == reject)
+            && decoded.iter().any(|(_, replay, _)| replay == reject)
         {
             self.received.records.fetch_sub(count, Ordering::Relaxed);
             return Err(Status::invalid_argument(format!(
@@ -297,7 +299,16 @@ impl ZerobusServerHandle {
         format!("http://{}", self.addr)
     }
 
+    /// `(event_id, replay_id)` of every row of `table`, in order.
     pub fn rows(&self, table: &str) -> Vec<(String, String)> {
+        self.org_rows(table)
+            .into_iter()
+            .map(|(event, replay, _)| (event, replay))
+            .collect()
+    }
+
+    /// `(event_id, replay_id, org_id)` of every row of `table`, in order.
+    pub fn org_rows(&self, table: &str) -> Vec<(String, String, String)> {
         self.received
             .tables
             .lock()

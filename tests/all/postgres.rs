@@ -405,3 +405,171 @@ async fn a_database_that_goes_away_stops_the_run_behind_the_data_and_nothing_is_
     );
     sim.shutdown().await;
 }
+
+/// 100 orgs in one host process, on one shared Zerobus stream, checkpoints in PostgreSQL;
+/// the process killed with SIGKILL at random points and restarted. Every event of every
+/// org arrives, and what comes twice is bounded, per org, by the rows the server held past
+/// that org's committed checkpoint at each kill (a flush interval's worth) plus what was
+/// in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_orgs_on_shared_streams_survive_sigkill_with_checkpoints_in_postgres() {
+    use rand::{Rng, SeedableRng};
+    use sfzb_host::sim::zerobus::{ZerobusFaults, ZerobusServerHandle};
+    use std::process::Stdio;
+    const ORGS: usize = 100;
+    // Per org, retained at start; then 2,000 events/s over all orgs for 6 s, while the
+    // host is killed and restarted.
+    const EVENTS: u64 = 100;
+    const PRODUCED: u64 = 12_000;
+    const KILLS: usize = 4;
+    const MAX_IN_FLIGHT: usize = 100;
+    const TABLE: &str = "main.sfzb.accounts";
+    let postgres = Postgres::start().await;
+    let sim = start(sfzb_host::sim::SimConfig {
+        orgs: ORGS,
+        rate: 2_000.0,
+        rate_for: Some(Duration::from_secs(6)),
+        ..sim_config(&["Account"], EVENTS)
+    })
+    .await;
+    let zerobus = ZerobusServerHandle::start(ZerobusFaults::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.toml");
+    let entries: String = (1..=ORGS)
+        .map(|n| {
+            format!(
+                "[org-{n}]\nclient-id = \"sim-client-{n}\"\nclient-secret = \"sim-secret-{n}\"\n"
+            )
+        })
+        .collect();
+    std::fs::write(&tenants, entries).unwrap();
+    let (pubsub, login, endpoint, url) = (
+        sim.pubsub_url(),
+        sim.login_url(),
+        zerobus.url(),
+        postgres.url(),
+    );
+    let host = |until_idle: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"));
+        command
+            .current_dir(dir.path())
+            .args(["run", "--tenants", tenants.to_str().unwrap()])
+            .args(["--pubsub-endpoint", &pubsub, "--instance-url", &login])
+            .args([
+                "--channel",
+                "AccountChangeEvent",
+                "--sink",
+                &format!("zerobus:{TABLE}"),
+            ])
+            .args(["--zerobus-endpoint", &endpoint])
+            .args([
+                "--checkpoint-store",
+                "postgres",
+                "--checkpoint-postgres-url",
+                &url,
+            ])
+            .args(["--flush-interval-ms", "50", "--batch-size", "20"])
+            .args([
+                "--max-in-flight",
+                &MAX_IN_FLIGHT.to_string(),
+                "--until-idle",
+                until_idle,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    let org_of: HashMap<String, usize> = sim
+        .orgs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.org_id.clone(), i))
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (mut progress, mut past_checkpoint) = (Vec::new(), Vec::new());
+    for _ in 0..KILLS {
+        let mut child = host("30").spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let committed: HashMap<String, u64> = postgres
+            .checkpoints("sfzb_checkpoints")
+            .await
+            .into_iter()
+            .map(|((org, _, _), replay)| (org, replay))
+            .collect();
+        let rows = zerobus.org_rows(TABLE);
+        past_checkpoint.push(
+            rows.iter()
+                .filter(|(_, replay, org)| {
+                    u64::from_str_radix(replay, 16).unwrap()
+                        > committed.get(org).copied().unwrap_or(0)
+                })
+                .count(),
+        );
+        progress.push(rows.len());
+    }
+    let total = ORGS as u64 * EVENTS + PRODUCED;
+    let heads = || sim.orgs.iter().map(|o| o.bus.head()).sum::<u64>();
+    wait_for("the simulator to produce its events", || heads() == total).await;
+    let mut last = host("3");
+    let status = tokio::task::spawn_blocking(move || last.status().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        progress.iter().any(|n| *n > 0 && (*n as u64) < total),
+        "kills landed mid-stream: {progress:?}"
+    );
+    let rows = zerobus.org_rows(TABLE);
+    let mut per_org = vec![HashSet::new(); ORGS];
+    for (event, _, org) in &rows {
+        per_org[org_of[org]].insert(event.clone());
+    }
+    for (i, events) in per_org.iter().enumerate() {
+        let produced = sim.orgs[i].bus.head();
+        assert_eq!(
+            events.len() as u64,
+            produced,
+            "every event of org {} arrived",
+            i + 1
+        );
+    }
+    let unique: usize = per_org.iter().map(HashSet::len).sum();
+    let duplicates = rows.len() - unique;
+    let bound = past_checkpoint.iter().sum::<usize>() + KILLS * ORGS * MAX_IN_FLIGHT;
+    println!(
+        "{duplicates} duplicates after {KILLS} kills of {ORGS} orgs; rows past the checkpoints at each kill {past_checkpoint:?}, progress {progress:?}"
+    );
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates exceed {bound}"
+    );
+    let streams = zerobus
+        .received
+        .streams
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        streams <= (KILLS + 1) as u64,
+        "{streams} Zerobus streams for {} runs of {ORGS} subscriptions: one shared stream each",
+        KILLS + 1
+    );
+    let committed = postgres.checkpoints("sfzb_checkpoints").await;
+    assert_eq!(committed.len(), ORGS, "one checkpoint per org");
+    for (i, org) in sim.orgs.iter().enumerate() {
+        let at = committed
+            .iter()
+            .find(|((id, _, _), _)| *id == org.org_id)
+            .map(|(_, r)| *r);
+        assert_eq!(
+            at,
+            Some(org.bus.head()),
+            "org {}'s checkpoint is at its last event",
+            i + 1
+        );
+    }
+    zerobus.shutdown().await;
+    sim.shutdown().await;
+}
