@@ -139,7 +139,7 @@ fn measure_run(
     let started = runtime
         .block_on(sfzb_host::start(plan, cancel.clone()))
         .unwrap();
-    let health = started.health();
+    let health = started.registry().list();
     let run = runtime.spawn(started.wait());
     let streaming = || {
         health

@@ -365,18 +365,48 @@ impl Snapshot {
     }
 }
 
+/// The subscriptions of a run, as they come and go (a live reload adds and removes them):
+/// what `/metrics`, `/healthz`, `/subscriptions` and the health reports read.
+#[derive(Clone, Default)]
+pub struct Registry(Arc<std::sync::RwLock<Vec<Arc<Health>>>>);
+
+impl Registry {
+    /// The subscriptions now.
+    pub fn list(&self) -> Vec<Arc<Health>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn add(&self, health: Arc<Health>) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(health);
+    }
+
+    /// Forgets a subscription that ended for good.
+    pub fn remove(&self, health: &Arc<Health>) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|h| !Arc::ptr_eq(h, health));
+    }
+}
+
 /// Logs a health report per subscription every `interval`, and, every 10 s, progress for
 /// subscriptions that are catching up (a backfill): done, rate, and how far behind.
-pub async fn report(
-    healths: Vec<Arc<Health>>,
-    interval: Option<Duration>,
-    cancel: CancellationToken,
-) {
+pub async fn report(registry: Registry, interval: Option<Duration>, cancel: CancellationToken) {
     let progress_every = Duration::from_secs(10);
     let period = interval.map_or(progress_every, |i| i.min(progress_every));
     let mut last_report = tokio::time::Instant::now();
     let mut last_progress = tokio::time::Instant::now();
-    let mut report_base: Vec<_> = healths.iter().map(|h| h.snapshot()).collect();
+    let snapshots = |registry: &Registry| -> std::collections::HashMap<String, Snapshot> {
+        registry
+            .list()
+            .iter()
+            .map(|h| (h.name.clone(), h.snapshot()))
+            .collect()
+    };
+    let mut report_base = snapshots(&registry);
     let mut progress_base = report_base.clone();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
@@ -384,10 +414,17 @@ pub async fn report(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now: Vec<_> = healths.iter().map(|h| h.snapshot()).collect();
+        let now = snapshots(&registry);
+        // A subscription added since the last turn is reported from the next.
+        let pairs =
+            |base: &std::collections::HashMap<String, Snapshot>| -> Vec<(Snapshot, Snapshot)> {
+                now.iter()
+                    .filter_map(|(name, s)| Some((s.clone(), base.get(name)?.clone())))
+                    .collect()
+            };
         if last_progress.elapsed() >= progress_every {
             let window = last_progress.elapsed().as_secs_f64();
-            for (s, before) in now.iter().zip(&progress_base) {
+            for (s, before) in &pairs(&progress_base) {
                 let done = s.received - before.received;
                 if done > 0 && s.lag_secs.is_some_and(|lag| lag > 60.0) {
                     let behind = humanize(s.lag_secs.unwrap_or_default());
@@ -409,7 +446,7 @@ pub async fn report(
             && last_report.elapsed() >= interval
         {
             let window = last_report.elapsed();
-            for (s, before) in now.iter().zip(&report_base) {
+            for (s, before) in &pairs(&report_base) {
                 s.log(before, window);
             }
             report_base = now;

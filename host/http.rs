@@ -5,7 +5,6 @@
 //! (JSON, with the reference's `get_stats()` keys). It only reads [`Health`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -19,7 +18,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{Health, Snapshot};
+use crate::health::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} for --metrics-listen: {source}")]
@@ -29,12 +28,12 @@ pub struct MetricsError {
     pub source: std::io::Error,
 }
 
-type Healths = Arc<Vec<Arc<Health>>>;
+type Healths = crate::health::Registry;
 
 /// Binds now (so a taken port is a startup error) and serves until `cancel`.
 pub async fn serve(
     addr: SocketAddr,
-    healths: Vec<Arc<Health>>,
+    healths: Healths,
     cancel: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), MetricsError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -48,7 +47,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/stats", get(stats))
         .route("/subscriptions", get(subscriptions))
-        .with_state(Arc::new(healths));
+        .with_state(healths);
     tracing::info!(%local, "Serving /metrics, /healthz, /subscriptions and /stats.");
     let task = tokio::spawn(async move {
         let shutdown = async move { cancel.cancelled().await };
@@ -63,6 +62,7 @@ pub async fn serve(
 }
 
 async fn healthz(State(healths): State<Healths>) -> impl IntoResponse {
+    let healths = healths.list();
     let problems: Vec<String> = healths
         .iter()
         .filter_map(|h| {
@@ -94,6 +94,7 @@ async fn subscriptions(
     State(healths): State<Healths>,
     axum::extract::Query(filter): axum::extract::Query<Filter>,
 ) -> impl IntoResponse {
+    let healths = healths.list();
     let mut counts: std::collections::BTreeMap<&str, usize> = crate::health::State::NAMES
         .iter()
         .map(|n| (*n, 0))
@@ -130,6 +131,7 @@ async fn subscriptions(
 }
 
 async fn stats(State(healths): State<Healths>) -> impl IntoResponse {
+    let healths = healths.list();
     let subscriptions: Vec<Snapshot> = healths.iter().map(|h| h.snapshot()).collect();
     let org_ids: Vec<&str> = subscriptions
         .iter()
@@ -145,6 +147,7 @@ async fn stats(State(healths): State<Healths>) -> impl IntoResponse {
 }
 
 async fn metrics(State(healths): State<Healths>) -> impl IntoResponse {
+    let healths = healths.list();
     let mut registry = Registry::with_prefix("sfzb");
     registry.register_collector(Box::new(Figures(
         healths.iter().map(|h| h.snapshot()).collect(),

@@ -79,7 +79,9 @@ use tokio_util::sync::CancellationToken;
 
 use config::RunPlan;
 pub use error::Error;
-pub use supervisor::{RunReport, Started, SubscriptionOutcome, load_chain, run, start};
+pub use supervisor::{
+    Replan, RunReport, Started, SubscriptionOutcome, load_chain, run, run_reloading, start,
+};
 
 /// The engine as a library: a plan from a configuration file and/or settings given in
 /// code, run with [`SfzbHost::run`] until done or until its shutdown handle is cancelled.

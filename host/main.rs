@@ -49,7 +49,8 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
     match command {
         Command::Run(args) => {
             let plan = args.plan().map_err(sfzb_host::Error::from)?;
-            let report = sfzb_host::run(plan, cancel).await?;
+            let report =
+                sfzb_host::run_reloading(plan, Box::new(move || args.plan()), cancel).await?;
             eprint!("{}", report.summary());
             report.into_result()?;
         }

@@ -81,6 +81,7 @@ pub(super) fn resolve(
         max_checkpoint_lag,
         shutdown_timeout: Duration::from_secs(run.shutdown_timeout_secs()),
         source,
+        tenants: run.tenants.clone(),
     })
 }
 

@@ -104,6 +104,8 @@ pub struct RunPlan {
     pub shutdown_timeout: Duration,
     /// The configuration file read, if any.
     pub source: Option<PathBuf>,
+    /// The tenants file or directory read, if any.
+    pub tenants: Option<PathBuf>,
     /// This process's share, when the subscriptions are split over several processes.
     pub shard: Option<Shard>,
     /// Kubernetes Lease fencing, when on.

@@ -11,6 +11,18 @@ use crate::support::*;
 
 /// A plan from flags for every tenant of `tenants`, one jsonl file each under `dir`.
 fn tenants_plan(sim: &Simulator, dir: &std::path::Path, tenants: &std::path::Path) -> RunPlan {
+    tenants_args(sim, dir, tenants, &["--until-idle", "1"])
+        .plan()
+        .expect("plan is valid")
+}
+
+/// The `run` arguments of [`tenants_plan`], with `extra` flags.
+fn tenants_args(
+    sim: &Simulator,
+    dir: &std::path::Path,
+    tenants: &std::path::Path,
+    extra: &[&str],
+) -> sfzb_host::cli::RunArgs {
     let sink = format!("jsonl:{}/{{tenant}}.jsonl", dir.display());
     let state = dir.join("state").display().to_string();
     let (pubsub, login) = (sim.pubsub_url(), sim.login_url());
@@ -31,14 +43,12 @@ fn tenants_plan(sim: &Simulator, dir: &std::path::Path, tenants: &std::path::Pat
         &state,
         "--flush-interval-ms",
         "50",
-        "--until-idle",
-        "1",
     ];
-    match Cli::try_parse_from(argv)
+    match Cli::try_parse_from(argv.iter().chain(extra))
         .expect("flags parse")
         .into_command()
     {
-        Command::Run(args) => args.plan().expect("plan is valid"),
+        Command::Run(args) => *args,
         _ => unreachable!(),
     }
 }
@@ -257,6 +267,149 @@ async fn two_hundred_orgs_keep_streaming_while_twenty_fail_and_say_why() {
             let ids: HashSet<u64> = rows.iter().map(replay).collect();
             assert_eq!(ids.len(), rows.len(), "{}: no duplicates", outcome.name);
         }
+    }
+    sim.shutdown().await;
+}
+
+/// Tenants added, removed and changed in a running process: the removed one stops with
+/// its last position committed, the added one delivers from EARLIEST, the changed one
+/// restarts from its checkpoint, the unchanged one never restarts; an entry that turns
+/// invalid leaves its tenant running as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_added_removed_and_changed_take_effect_without_a_restart() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    const EVENTS: u64 = 20;
+    let sim = start(SimConfig {
+        orgs: 4,
+        ..sim_config(&["Account"], EVENTS)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.toml");
+    let entry = |n: usize, extra: &str| {
+        format!(
+            "[org-{n}]\nclient-id = \"sim-client-{n}\"\nclient-secret = \"sim-secret-{n}\"\n{extra}"
+        )
+    };
+    std::fs::write(
+        &tenants,
+        [entry(1, ""), entry(2, ""), entry(3, "")].concat(),
+    )
+    .unwrap();
+    let args = tenants_args(&sim, dir.path(), &tenants, &[]);
+    let plan = args.plan().unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let started = sfzb_host::start(plan, cancel.clone())
+        .await
+        .unwrap()
+        .reloading(Box::new(move || args.plan()));
+    let registry = started.registry();
+    let running = tokio::spawn(started.wait());
+    let file = |n: usize| dir.path().join(format!("org-{n}.jsonl"));
+    let replays = |n: usize| -> Vec<u64> {
+        if file(n).exists() {
+            rows(&file(n)).iter().map(replay).collect()
+        } else {
+            Vec::new()
+        }
+    };
+    let all: Vec<u64> = positions(0, 1, EVENTS);
+    wait_for("three tenants delivered", || {
+        (1..=3).all(|n| replays(n) == all)
+    })
+    .await;
+    let health_of = |name: &str| registry.list().into_iter().find(|h| h.name == name);
+    let subscribes = || sim.stats.subscribes.load(Relaxed);
+    let before = subscribes();
+    let org2 = health_of("org-2/AccountChangeEvent").unwrap();
+    let org3 = health_of("org-3/AccountChangeEvent").unwrap();
+
+    std::fs::write(
+        &tenants,
+        [
+            entry(2, ""),
+            entry(3, "api-version = \"61.0\"\n"),
+            entry(4, ""),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    wait_for("org-4 delivered from EARLIEST", || replays(4) == all).await;
+    wait_for("org-1 gone and org-3 restarted", || {
+        health_of("org-1/AccountChangeEvent").is_none()
+            && health_of("org-3/AccountChangeEvent")
+                .is_some_and(|h| !Arc::ptr_eq(&h, &org3) && h.has_subscribed())
+    })
+    .await;
+    assert_eq!(
+        subscribes() - before,
+        2,
+        "only org-3 (changed) and org-4 (added) subscribed"
+    );
+    assert!(
+        Arc::ptr_eq(&health_of("org-2/AccountChangeEvent").unwrap(), &org2),
+        "org-2 runs on untouched"
+    );
+    let stored: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("state").join("checkpoints.json")).unwrap(),
+    )
+    .unwrap();
+    let checkpoint_of = |org_id: &str| {
+        stored["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["org_id"] == org_id)
+            .map(|c| u64::from_str_radix(c["replay_id"].as_str().unwrap(), 16).unwrap())
+    };
+    assert_eq!(
+        checkpoint_of(&sim.orgs[0].org_id),
+        all.last().copied(),
+        "the removed org-1 committed its last position"
+    );
+
+    // New events reach the unchanged and the restarted tenants, once each.
+    for org in &sim.orgs[1..3] {
+        org.bus.generate_rounds(5);
+    }
+    let more = positions(0, 1, EVENTS + 5);
+    wait_for("new events at org-2 and org-3", || {
+        replays(2) == more && replays(3) == more
+    })
+    .await;
+
+    // org-2's entry loses its secret and org-4 goes, in one change: org-4 stops, org-2 is
+    // reported and goes on as it was.
+    std::fs::write(
+        &tenants,
+        [
+            "[org-2]\nclient-id = \"sim-client-2\"\n".to_string(),
+            entry(3, "api-version = \"61.0\"\n"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    wait_for("org-4 gone", || {
+        health_of("org-4/AccountChangeEvent").is_none()
+    })
+    .await;
+    sim.orgs[1].bus.generate_rounds(5);
+    let most = positions(0, 1, EVENTS + 10);
+    wait_for("org-2 still delivering", || replays(2) == most).await;
+    assert!(Arc::ptr_eq(
+        &health_of("org-2/AccountChangeEvent").unwrap(),
+        &org2
+    ));
+    cancel.cancel();
+    let report = running.await.unwrap();
+    for outcome in &report.subscriptions {
+        assert!(
+            outcome.result.is_ok(),
+            "{}: {:?}",
+            outcome.name,
+            outcome.result
+        );
     }
     sim.shutdown().await;
 }
