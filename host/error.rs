@@ -51,6 +51,11 @@ impl Error {
         text
     }
 
+    /// Whether a subscription that failed with it may succeed when started again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Pipeline(e) if e.is_retryable())
+    }
+
     /// 2 for configuration errors (fix the settings), 1 for failures at run time.
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -21,17 +21,22 @@ pub enum State {
     Reconnecting(String),
     /// Not reading: another process holds this subscription's Lease (see [`crate::lease`]).
     Standby(String),
+    /// Stopped by an error that may pass (a sink, store or warehouse unreachable, a
+    /// panic); started again after a wait: the error and when.
+    #[serde(rename = "backing-off")]
+    BackingOff(String),
     Stopped,
     Failed(String),
 }
 
 impl State {
     /// Every state's name, as `/subscriptions` and `sfzb_subscriptions{state}` give it.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "starting",
         "running",
         "reconnecting",
         "standby",
+        "backing-off",
         "stopped",
         "failed",
     ];
@@ -42,6 +47,7 @@ impl State {
             State::Running => "running",
             State::Reconnecting(_) => "reconnecting",
             State::Standby(_) => "standby",
+            State::BackingOff(_) => "backing-off",
             State::Stopped => "stopped",
             State::Failed(_) => "failed",
         }
@@ -50,7 +56,10 @@ impl State {
     /// Why it is in this state, when that has a reason.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            State::Reconnecting(r) | State::Standby(r) | State::Failed(r) => Some(r),
+            State::Reconnecting(r)
+            | State::Standby(r)
+            | State::BackingOff(r)
+            | State::Failed(r) => Some(r),
             State::Starting | State::Running | State::Stopped => None,
         }
     }
@@ -221,6 +230,7 @@ impl Health {
     pub fn problem(&self) -> Option<String> {
         match self.state() {
             State::Failed(error) => return Some(format!("failed: {error}")),
+            State::BackingOff(error) => return Some(format!("backing off: {error}")),
             State::Stopped | State::Standby(_) => return None,
             _ => {}
         }

@@ -35,6 +35,8 @@ impl RunPlan {
             })),
             "transform-cache-dir": self.cache_dir.as_ref().map(|p| p.display().to_string()),
             "flush-interval-ms": o.flush_interval.as_millis() as u64,
+            "login-rate": o.login_rate,
+            "subscribe-rate": o.subscribe_rate,
             "max-in-flight": o.max_in_flight,
             "until-idle": o.until_idle.map(|d| d.as_secs_f64()),
             "metrics-listen": self.metrics_listen.map(|a| a.to_string()),

@@ -38,6 +38,12 @@ settings! {
         checkpoint_postgres_url: Secret, flag "checkpoint-postgres-url", env "SFZB_CHECKPOINT_POSTGRES_URL";
         /// The PostgreSQL checkpoint table (`name` or `schema.name`); created if missing.
         checkpoint_postgres_table: String = "sfzb_checkpoints", flag "checkpoint-postgres-table";
+        /// Logins this process starts per second at most, in order of arrival, so thousands
+        /// of tenants starting at once stay within Salesforce's login limits; 0: no limit.
+        login_rate: f64 = 100.0, flag "login-rate";
+        /// Subscribe streams this process opens per second at most when subscriptions
+        /// start; 0: no limit.
+        subscribe_rate: f64 = 500.0, flag "subscribe-rate";
         /// Flush the sink and commit the checkpoint at least this often while events flow,
         /// milliseconds.
         flush_interval_ms: u64 = 1000u64, flag "flush-interval-ms";

@@ -467,7 +467,21 @@ fn run_options(
         }
         _ => {}
     }
+    for (key, rate) in [
+        ("login-rate", run.login_rate()),
+        ("subscribe-rate", run.subscribe_rate()),
+    ] {
+        if !(rate >= 0.0 && rate.is_finite()) {
+            return Err(invalid(
+                key,
+                rate.to_string(),
+                "give a number per second, or 0 for no limit",
+            ));
+        }
+    }
     Ok(RunOptions {
+        login_rate: run.login_rate(),
+        subscribe_rate: run.subscribe_rate(),
         checkpoint_store,
         postgres,
         state_dir: run.state_dir(),

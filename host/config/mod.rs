@@ -157,6 +157,10 @@ pub struct RunOptions {
     pub checkpoint_store: crate::checkpoint::StoreKind,
     /// The PostgreSQL checkpoint store, when its URL is set.
     pub postgres: Option<crate::checkpoint::PostgresSettings>,
+    /// Logins per second at most (`login-rate`; 0: no limit).
+    pub login_rate: f64,
+    /// Subscribes per second at most at start (`subscribe-rate`; 0: no limit).
+    pub subscribe_rate: f64,
 }
 
 pub(crate) fn invalid(

@@ -11,12 +11,14 @@
 //! | [`chain`] | the transform chain, off the async workers; reloads |
 //! | [`route`] | each output to its table, re-encoded, as a row |
 //! | [`write`] | rows and dead letters to their sinks; the figures |
-//! | [`flush`] | sinks made durable, then the checkpoint (file, sink or SQL table) |
+//! | [`flush`] | sinks made durable, then the checkpoint staged (or the sink's own) |
+//! | [`pace`] | logins and subscribes at most so many a second |
 
 mod chain;
 mod decode;
 mod flow;
 mod flush;
+mod pace;
 mod route;
 mod write;
 
@@ -42,6 +44,7 @@ use crate::sink::zerobus::ZerobusPool;
 use crate::sink::{Sink, SinkError, SinkSpec};
 use crate::transform::{Chain, TransformStats};
 use flow::Flow;
+use pace::Pace;
 
 /// Flush before the flush interval once the rows written since the last flush hold this
 /// much: the Delta sink buffers them in memory until its commit.
@@ -49,12 +52,15 @@ const MAX_UNFLUSHED_BYTES: usize = 64 << 20;
 
 /// What the subscriptions of a process share: the Zerobus SDK and its streams, the
 /// writer schemas (a schema id is the fingerprint of its schema, so one org's fetch serves
-/// every org with the same schema), and the checkpoint stores with their one committer.
+/// every org with the same schema), the checkpoint stores with their one committer, and
+/// the pace of logins and subscribes.
 #[derive(Clone)]
 pub struct Shared {
     pub zerobus: Arc<ZerobusPool>,
     pub schemas: Arc<SchemaCache>,
     pub checkpoints: Arc<Checkpoints>,
+    logins: Arc<Pace>,
+    subscribes: Arc<Pace>,
 }
 
 impl Shared {
@@ -63,6 +69,8 @@ impl Shared {
             zerobus: Arc::new(ZerobusPool::new(&options.zerobus)),
             schemas: Arc::new(SchemaCache::default()),
             checkpoints: Arc::new(Checkpoints::new(options)),
+            logins: Arc::new(Pace::per_second(options.login_rate)),
+            subscribes: Arc::new(Pace::per_second(options.subscribe_rate)),
         }
     }
 }
@@ -127,6 +135,26 @@ pub enum PipelineError {
     },
 }
 
+impl PipelineError {
+    /// Whether starting the subscription again, after a wait, may succeed: the store,
+    /// sink or warehouse was unreachable, or a panic. The source already retried what
+    /// passes by itself (streams, logins); a topic, permission, replay or transform error
+    /// needs a human.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PipelineError::Sink(e) => e.is_retryable(),
+            PipelineError::Checkpoint(e) => e.is_retryable(),
+            PipelineError::Sql(e) => e.is_retryable(),
+            PipelineError::Auth { source, .. } => source.is_retryable(),
+            PipelineError::Panicked { .. } => true,
+            PipelineError::Subscribe(_)
+            | PipelineError::TransformStop(..)
+            | PipelineError::NeverSubscribed { .. }
+            | PipelineError::ShutdownTimeout { .. } => false,
+        }
+    }
+}
+
 /// A panic's message, for [`PipelineError::Panicked`].
 pub fn panic_message(error: tokio::task::JoinError) -> String {
     match error.try_into_panic() {
@@ -152,7 +180,14 @@ pub async fn run_subscription(
 ) -> Result<SubscriptionStats, PipelineError> {
     let span = tracing::info_span!("subscription", name = %health.name, channel = %config.channel, target = %config.sink);
     async move {
-        let org_id = login(&connection, &config.channel, &cancel, options.until_idle).await?;
+        let org_id = login(
+            &connection,
+            &config.channel,
+            &shared.logins,
+            &cancel,
+            options.until_idle,
+        )
+        .await?;
         health.set_org_id(&org_id);
         let store = shared.checkpoints.clone();
         let key = CheckpointKey {
@@ -164,6 +199,8 @@ pub async fn run_subscription(
         let (mut sink, place, checkpoint) =
             open_target(&config, &options, &shared.zerobus, &store, &key, &app_id).await?;
         let schemas = shared.schemas.clone();
+        // A cancelled wait goes on: the source sees the cancel and ends at once.
+        shared.subscribes.wait(&cancel).await;
         let source_cancel = cancel.child_token();
         let (source, mut rx, durable) = start_source(
             connection,
@@ -346,9 +383,15 @@ fn start_source(
 async fn login(
     connection: &PubSubConnection,
     channel: &str,
+    pace: &Pace,
     cancel: &CancellationToken,
     give_up: Option<Duration>,
 ) -> Result<String, PipelineError> {
+    if let Some(org) = connection.org_id() {
+        return Ok(org);
+    }
+    pace.wait(cancel).await;
+    // Another subscription of the org may have logged in meanwhile.
     if let Some(org) = connection.org_id() {
         return Ok(org);
     }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::connections::{Connections, Slot};
 use super::live::{fingerprint, tenant_of};
 use super::{SubscriptionOutcome, load_chain_with};
+use crate::backoff::Backoff;
 use crate::config::{OrgConfig, RunOptions, RunPlan, SubscriptionPlan};
 use crate::error::Error;
 use crate::health::{Health, Registry, State};
@@ -316,6 +317,9 @@ impl Running {
     }
 }
 
+/// The longest wait before a failed subscription is started again.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
 /// What one subscription's task needs.
 struct Task {
     index: usize,
@@ -377,15 +381,38 @@ impl Task {
                 .map_err(Error::from)
             }
         };
-        let result = match &fence {
-            None => work(cancel).await.map(Some),
-            Some(fence) => {
-                let lease = lease::Fence::lease_name(
-                    &org,
-                    &sub.config.channel,
-                    &sub.config.sink.to_string(),
-                );
-                fence.hold(&lease, &cancel, &health, work).await
+        // A bounded run (`until-idle`) reports its failures; a service starts a
+        // subscription again after an error that may pass, waiting longer each time.
+        let restarts = options.until_idle.is_none();
+        let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
+        let result = loop {
+            let attempt = std::time::Instant::now();
+            let result = match &fence {
+                None => work(cancel.clone()).await.map(Some),
+                Some(fence) => {
+                    let lease = lease::Fence::lease_name(
+                        &org,
+                        &sub.config.channel,
+                        &sub.config.sink.to_string(),
+                    );
+                    fence.hold(&lease, &cancel, &health, &mut work).await
+                }
+            };
+            let error = match result {
+                Err(error) if restarts && error.is_retryable() && !cancel.is_cancelled() => error,
+                other => break other,
+            };
+            // A run that went well for a while before it failed starts again soon.
+            if attempt.elapsed() > MAX_BACKOFF {
+                backoff.reset();
+            }
+            let within = backoff.delay().as_secs_f64();
+            tracing::warn!(subscription = %sub.name, %error, "Subscription stopped by an error that may pass; starting it again within {within:.0} s.");
+            health.set_state(State::BackingOff(format!(
+                "{error}; next attempt within {within:.0} s"
+            )));
+            if backoff.wait(&cancel).await {
+                break Err(error);
             }
         };
         match &result {

@@ -342,28 +342,38 @@ async fn a_run_resumes_from_postgres_and_a_wrong_password_stops_it_before_it_sub
     sim.shutdown().await;
 }
 
-/// The database goes away mid-run: the subscription stops once a commit failed (it does
-/// not run on without checkpoints), the table never holds a position past the rows
-/// written, and a run after the database is back delivers the rest.
+/// The database goes away mid-run. A bounded run (`--until-idle`) stops once a commit
+/// failed (it does not run on without checkpoints) with the table never past the rows
+/// written; a service backs off, says why at /subscriptions, and goes on by itself once
+/// the database is back. Nothing is lost either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_that_goes_away_stops_the_run_behind_the_data_and_nothing_is_lost() {
-    let mut postgres = Postgres::start().await;
+async fn a_database_that_goes_away_stops_a_bounded_run_and_a_service_backs_off_until_it_is_back() {
+    use sfzb_host::health::State;
     const PRODUCED: u64 = 400;
+    let mut postgres = Postgres::start().await;
     let mut config = sim_config(&["Account"], 0);
-    config.rate = 200.0;
-    config.rate_for = Some(Duration::from_secs(2));
+    config.rate = 100.0;
+    config.rate_for = Some(Duration::from_secs(4));
     let sim = start(config).await;
     let dir = tempfile::tempdir().unwrap();
     let flags = postgres_flags(&postgres);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let channel = "/data/AccountChangeEvent";
-    let running = tokio::spawn(run(plan(&sim, dir.path(), channel, &flags)));
     let out = out(dir.path());
-    wait_for("rows and a checkpoint in PostgreSQL", || lines(&out) > 50).await;
+    let written = || -> HashSet<u64> {
+        if out.exists() {
+            rows(&out).iter().map(replay).collect()
+        } else {
+            HashSet::new()
+        }
+    };
+
+    let bounded = tokio::spawn(run(plan(&sim, dir.path(), channel, &flags)));
+    wait_for("rows and a checkpoint in PostgreSQL", || lines(&out) > 20).await;
     postgres.kill();
-    let error = tokio::time::timeout(Duration::from_secs(60), running)
+    let error = tokio::time::timeout(Duration::from_secs(60), bounded)
         .await
-        .expect("the run stops once its checkpoints cannot be committed")
+        .expect("the bounded run stops once its checkpoints cannot be committed")
         .unwrap()
         .unwrap_err()
         .to_string();
@@ -372,37 +382,56 @@ async fn a_database_that_goes_away_stops_the_run_behind_the_data_and_nothing_is_
         "{error}"
     );
     postgres.serve().await;
-    let stored = postgres.checkpoints("sfzb_checkpoints").await;
-    let checkpoint = stored
+    let checkpoint = postgres
+        .checkpoints("sfzb_checkpoints")
+        .await
         .values()
         .copied()
-        .next()
-        .expect("a checkpoint was committed");
-    let written: HashSet<u64> = rows(&out).iter().map(replay).collect();
+        .next();
+    let checkpoint = checkpoint.expect("a checkpoint was committed");
+    let seen = written();
     assert!(
-        (1..=checkpoint).all(|r| written.contains(&r)),
+        (1..=checkpoint).all(|r| seen.contains(&r)),
         "every event up to the checkpoint ({checkpoint}) is written"
     );
+
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let service = sfzb_host::start(
+        service_plan(&sim, dir.path(), channel, &flags),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let health = service.registry().list().remove(0);
+    let service = tokio::spawn(service.wait());
+    let before = lines(&out);
+    wait_for("the service delivering", || lines(&out) > before).await;
+    postgres.kill();
+    wait_for("the service backing off", || {
+        matches!(health.state(), State::BackingOff(_))
+    })
+    .await;
+    let reason = health.state().reason().unwrap_or_default().to_string();
+    assert!(
+        reason.contains("PostgreSQL") && reason.contains("next attempt within"),
+        "{reason}"
+    );
+    postgres.serve().await;
     let bus = &sim.orgs[0].bus;
     wait_for("the simulator to produce its events", || {
         bus.head() == PRODUCED
     })
     .await;
-    let again = run(plan(
-        &sim,
-        dir.path(),
-        channel,
-        &[flags.as_slice(), &["--until-idle", "1"]].concat(),
-    ))
-    .await
-    .unwrap();
-    assert!(again.received > 0);
-    let written: HashSet<u64> = rows(&out).iter().map(replay).collect();
-    assert_eq!(
-        written,
-        (1..=PRODUCED).collect::<HashSet<u64>>(),
-        "every event produced is written"
-    );
+    wait_for("every event produced, written", || {
+        written() == (1..=PRODUCED).collect::<HashSet<u64>>()
+    })
+    .await;
+    assert_eq!(health.state(), State::Running, "streaming again");
+    cancel.cancel();
+    let report = service.await.unwrap();
+    report
+        .into_result()
+        .expect("the service ends cleanly once the database is back");
     sim.shutdown().await;
 }
 

@@ -24,8 +24,18 @@ pub async fn start(config: SimConfig) -> Simulator {
     Simulator::start(config).await.expect("simulator starts")
 }
 
-/// A run plan from `sfzb-host run` flags, pointed at `sim`, writing under `dir`.
+/// A run plan from `sfzb-host run` flags, pointed at `sim`, writing under `dir`, ending
+/// after a second without events unless `extra` sets `--until-idle`.
 pub fn plan(sim: &Simulator, dir: &Path, channel: &str, extra: &[&str]) -> RunPlan {
+    plan_with(sim, dir, channel, extra, true)
+}
+
+/// [`plan`] for a run that goes on until cancelled, as a service does.
+pub fn service_plan(sim: &Simulator, dir: &Path, channel: &str, extra: &[&str]) -> RunPlan {
+    plan_with(sim, dir, channel, extra, false)
+}
+
+fn plan_with(sim: &Simulator, dir: &Path, channel: &str, extra: &[&str], idle: bool) -> RunPlan {
     let sink = format!("jsonl:{}", dir.join("out.jsonl").display());
     let state = dir.join("state").display().to_string();
     let pubsub = sim.pubsub_url();
@@ -47,7 +57,7 @@ pub fn plan(sim: &Simulator, dir: &Path, channel: &str, extra: &[&str]) -> RunPl
     if !extra.contains(&"--sink") {
         argv.extend(["--sink", &sink]);
     }
-    if !extra.contains(&"--until-idle") {
+    if idle && !extra.contains(&"--until-idle") {
         argv.extend(["--until-idle", "1"]);
     }
     let has_auth = extra
