@@ -18,13 +18,14 @@
 //! | Wasm engine, host functions, sandbox limits, the chain | [`transform`] (`engine`, `host`, `limits`, `chain`) |
 //! | one subscription's steps: decode, chain, route, write, flush | [`pipeline`] |
 //! | every table's columns; rows; dead letters; each sink | [`sink`] (`columns`, `row`, `deadletter`, `jsonl`, `delta`, `zerobus`) |
-//! | local checkpoints | [`checkpoint`] |
-//! | Databricks tables and the checkpoint table (SQL Statement API) | [`sql`] |
+//! | checkpoints: staging, the one committer, the local, PostgreSQL and warehouse stores | [`checkpoint`] (`local`, `postgres`, `warehouse`) |
+//! | Databricks tables (SQL Statement API) | [`sql`] |
 //! | settings (each defined once), the file, layering, the plan | [`config`] (`settings`, `file`, `layering`, …), [`cli`] |
-//! | the subscriptions of a run, the stop | [`supervisor`] |
+//! | the subscriptions of a run: restarts, live reload, shared connections, the stop | [`supervisor`] (`running`, `live`, `connections`) |
+//! | files changed or SIGHUP, for reloads | [`watch`] |
 //! | health figures and reports; the `/metrics` `/healthz` `/stats` server | [`health`], [`http`] |
 //! | Kubernetes Lease fencing | [`lease`] |
-//! | retry delays | [`backoff`] |
+//! | retry delays; the pace of logins and subscribes | [`backoff`], [`pipeline`] (`pace`) |
 //! | simulated Salesforce, Zerobus and Databricks servers; `sim`'s flags | [`sim`] |
 //! | `transform test`/`bench`, `transform init`, `demo` | [`authoring`], [`scaffold`], [`demo`] |
 //!
@@ -71,6 +72,7 @@ pub mod sink;
 pub mod sql;
 pub mod supervisor;
 pub mod transform;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;

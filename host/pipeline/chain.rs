@@ -1,12 +1,6 @@
 //! The transform chain, run on a blocking thread (a guest may take its whole timeout), and
 //! swapped for a freshly loaded one on SIGHUP or when a component file changes.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
 use super::flow::Flow;
 use super::{PipelineError, panic_message};
 use crate::event::ChangeEvent;
@@ -79,56 +73,4 @@ pub(super) fn transform_letter(failed: Failed, at: i64) -> DeadLetter {
         payload: failed.payload.to_vec(),
         dead_lettered_at: at,
     }
-}
-
-/// Signals a reload on SIGHUP or when a component file changes (checked every second).
-pub(super) fn spawn_reload_watcher(
-    paths: Vec<PathBuf>,
-    cancel: CancellationToken,
-) -> mpsc::Receiver<()> {
-    let (tx, rx) = mpsc::channel(1);
-    let stamps = |paths: &[PathBuf]| -> Vec<Option<(std::time::SystemTime, u64)>> {
-        paths
-            .iter()
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
-            })
-            .collect()
-    };
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut seen = stamps(&paths);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            #[cfg(unix)]
-            let hup = async {
-                match hangup.as_mut() {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hup = std::future::pending::<Option<()>>();
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = hup => {
-                    tracing::info!("SIGHUP: reloading transforms.");
-                    let _ = tx.try_send(());
-                }
-                _ = tick.tick() => {
-                    let now = stamps(&paths);
-                    if now != seen {
-                        seen = now;
-                        tracing::info!("A transform file changed: reloading.");
-                        let _ = tx.try_send(());
-                    }
-                }
-            }
-        }
-    });
-    rx
 }

@@ -66,7 +66,7 @@ impl Flow<'_> {
         let mut reload = self
             .chain
             .as_ref()
-            .map(|chain| super::chain::spawn_reload_watcher(chain.paths(), cancel.clone()));
+            .map(|chain| crate::watch::changes(chain.paths(), "transforms", cancel.clone()));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),

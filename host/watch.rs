@@ -1,0 +1,82 @@
+//! A signal each time files change (polled every second: a file's modification time and
+//! size, or those of every entry of a directory) or the process gets SIGHUP: what reloads
+//! transforms and the configuration listen to.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How often the files are looked at.
+const POLL: Duration = Duration::from_secs(1);
+
+type Stamp = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
+
+/// A file's modification time and size; a directory's entries'.
+fn stamp(path: &Path) -> Stamp {
+    let of = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    match std::fs::read_dir(path) {
+        Ok(entries) => {
+            let mut stamps: Stamp = entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    let s = of(&p);
+                    (p, s)
+                })
+                .collect();
+            stamps.sort();
+            stamps
+        }
+        Err(_) => vec![(path.to_path_buf(), of(path))],
+    }
+}
+
+/// Signals (at most one waiting) when `paths` change or on SIGHUP, until `cancel`; `what`
+/// names them in the log ("transforms", "the configuration").
+pub fn changes(
+    paths: Vec<PathBuf>,
+    what: &'static str,
+    cancel: CancellationToken,
+) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let stamps = |paths: &[PathBuf]| paths.iter().map(|p| stamp(p)).collect::<Vec<_>>();
+        let mut seen = stamps(&paths);
+        let mut tick = tokio::time::interval(POLL);
+        loop {
+            #[cfg(unix)]
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = hup => tracing::info!("SIGHUP: reading {what} again."),
+                _ = tick.tick() => {
+                    let now = stamps(&paths);
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                    tracing::info!("A file of {what} changed: reading it again.");
+                }
+            }
+            // A signal already waiting covers this change too.
+            let _ = tx.try_send(());
+        }
+    });
+    rx
+}
