@@ -344,7 +344,8 @@ pub struct Snapshot {
 impl Snapshot {
     /// The periodic health report line.
     pub fn log(&self, since: &Snapshot, window: Duration) {
-        let rate = (self.received - since.received) as f64 / window.as_secs_f64().max(0.001);
+        let rate =
+            self.received.saturating_sub(since.received) as f64 / window.as_secs_f64().max(0.001);
         let transforms: Vec<String> = self
             .transforms
             .iter()
@@ -435,7 +436,8 @@ pub async fn report(registry: Registry, interval: Option<Duration>, cancel: Canc
         if last_progress.elapsed() >= progress_every {
             let window = last_progress.elapsed().as_secs_f64();
             for (s, before) in &pairs(&progress_base) {
-                let done = s.received - before.received;
+                // A subscription restarted since counts from zero again.
+                let done = s.received.saturating_sub(before.received);
                 if done > 0 && s.lag_secs.is_some_and(|lag| lag > 60.0) {
                     let behind = humanize(s.lag_secs.unwrap_or_default());
                     tracing::info!(

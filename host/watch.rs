@@ -1,6 +1,7 @@
 //! A signal each time files change (polled every second: a file's modification time and
-//! size, or those of every entry of a directory) or the process gets SIGHUP: what reloads
-//! transforms and the configuration listen to.
+//! size, or those of every entry of a directory; signalled once they stayed the same for a
+//! poll, so a file being written is not read half done) or the process gets SIGHUP: what
+//! reloads transforms and the configuration listen to.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -51,6 +52,7 @@ pub fn changes(
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let stamps = |paths: &[PathBuf]| paths.iter().map(|p| stamp(p)).collect::<Vec<_>>();
         let mut seen = stamps(&paths);
+        let mut changed = false;
         let mut tick = tokio::time::interval(POLL);
         loop {
             #[cfg(unix)]
@@ -67,10 +69,16 @@ pub fn changes(
                 _ = hup => tracing::info!("SIGHUP: reading {what} again."),
                 _ = tick.tick() => {
                     let now = stamps(&paths);
-                    if now == seen {
+                    if now != seen {
+                        // Written, perhaps not finished: read once it stayed the same for
+                        // a poll, not half of it.
+                        seen = now;
+                        changed = true;
                         continue;
                     }
-                    seen = now;
+                    if !std::mem::take(&mut changed) {
+                        continue;
+                    }
                     tracing::info!("A file of {what} changed: reading it again.");
                 }
             }

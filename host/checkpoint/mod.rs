@@ -52,7 +52,7 @@ pub enum CheckpointError {
     #[error("checkpoint table through the SQL warehouse: {0}")]
     Warehouse(#[from] crate::sql::SqlError),
     #[error(
-        "checkpoints are not being committed to the {store} store ({detail}); stopping rather than run on without one. The data written is durable; the next start replays from the last committed position"
+        "checkpoints are not being committed to the {store} store ({detail}); the subscription stops rather than run on without one (a service starts it again after a wait). The data written is durable; the next start replays from the last committed position"
     )]
     Failing { store: &'static str, detail: String },
 }
@@ -158,8 +158,9 @@ struct Staged {
     entries: HashMap<String, Entry>,
     /// Keys staged since the last commit: only these are written.
     dirty: HashSet<String>,
-    /// Per store, why its last commit failed, while it does.
-    failures: HashMap<&'static str, String>,
+    /// Per place (each warehouse table on its own), why its last commit failed, while it
+    /// does.
+    failures: HashMap<Place, String>,
 }
 
 /// The process's checkpoints (see the module documentation).
@@ -279,7 +280,7 @@ impl Checkpoints {
                 stored,
             },
         );
-        match staged.failures.get(place.store()) {
+        match staged.failures.get(place) {
             None => Ok(()),
             Some(detail) => Err(CheckpointError::Failing {
                 store: place.store(),
@@ -331,10 +332,10 @@ impl Checkpoints {
     fn committed(&self, place: &Place, changed: &[Stored], result: &Result<(), CheckpointError>) {
         let mut staged = self.lock_staged();
         if let Err(error) = result {
-            staged.failures.insert(place.store(), error.to_string());
+            staged.failures.insert(place.clone(), error.to_string());
             return;
         }
-        staged.failures.remove(place.store());
+        staged.failures.remove(place);
         for stored in changed {
             let id = stored.id();
             if staged

@@ -98,14 +98,22 @@ impl PostgresStore {
                 async move { client.query(&statement, &[]).await }
             })
             .await?;
-        Ok(rows
-            .iter()
+        // A table made by hand with other types or NULLs is an error, not a panic.
+        let text = |row: &tokio_postgres::Row, i| {
+            row.try_get::<_, String>(i)
+                .map_err(|e| CheckpointError::Postgres {
+                    action: "read the checkpoints",
+                    detail: format!(
+                        "{e}; the table needs text columns org_id, channel, target, replay_id"
+                    ),
+                })
+        };
+        rows.iter()
             .map(|row| {
-                let (org, channel, target): (&str, &str, &str) =
-                    (row.get(0), row.get(1), row.get(2));
-                (super::id(org, channel, target), row.get::<_, String>(3))
+                let id = super::id(&text(row, 0)?, &text(row, 1)?, &text(row, 2)?);
+                Ok((id, text(row, 3)?))
             })
-            .collect())
+            .collect()
     }
 
     /// Every changed checkpoint in one statement.
@@ -147,7 +155,14 @@ impl PostgresStore {
         let failed = |detail: String| CheckpointError::Postgres { action, detail };
         let mut slot = self.client.lock().await;
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            *slot = Some(Arc::new(self.connect().await?));
+            // The whole of it: TCP, TLS, login and the table, not only the TCP connect.
+            let connected = tokio::time::timeout(TIMEOUT, self.connect())
+                .await
+                .map_err(|_| CheckpointError::Postgres {
+                    action: "connect",
+                    detail: format!("no answer within {} s", TIMEOUT.as_secs()),
+                })??;
+            *slot = Some(Arc::new(connected));
         }
         let client = slot.clone().expect("connected above");
         match tokio::time::timeout(TIMEOUT, work(client)).await {
@@ -177,6 +192,11 @@ impl PostgresStore {
             config.connect_timeout(TIMEOUT);
         }
         config.application_name("sfzb-host");
+        // libpq's default, prefer, falls back to plaintext when the server declines TLS:
+        // the password could cross in the clear. TLS unless sslmode=disable says otherwise.
+        if config.get_ssl_mode() == SslMode::Prefer {
+            config.ssl_mode(SslMode::Require);
+        }
         let client = if config.get_ssl_mode() == SslMode::Disable {
             let (client, connection) = config
                 .connect(tokio_postgres::NoTls)

@@ -266,6 +266,10 @@ impl Started {
                 _ = sleep_until(idle_until), if empty => break,
             }
         }
+        // What aborted or late subscriptions staged goes in with one last commit.
+        if let Err(error) = self.running.ctx.pipeline.checkpoints.commit().await {
+            tracing::error!(%error, "Last checkpoint commit failed; the next start replays from the positions committed before.");
+        }
         self.observers.cancel();
         RunReport {
             subscriptions: self.running.into_outcomes(),

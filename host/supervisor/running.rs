@@ -60,8 +60,9 @@ pub(super) struct Running {
     next_index: usize,
     outcomes: Vec<(usize, SubscriptionOutcome)>,
     /// Subscriptions of the current plan that ended on their own, by name, with what they
-    /// ran: a reload starts one again only when its configuration changed.
-    ended: HashMap<String, String>,
+    /// ran and their figures (still at /subscriptions): a reload starts one again only
+    /// when its configuration changed.
+    ended: HashMap<String, (String, Arc<Health>)>,
     /// Names of the current plan that were started.
     current: HashSet<String>,
     cancel: CancellationToken,
@@ -130,7 +131,9 @@ impl Running {
             next: None,
         };
         self.current.insert(sub.name.clone());
-        self.ended.remove(&sub.name);
+        if let Some((_, old)) = self.ended.remove(&sub.name) {
+            self.ctx.registry.remove(&old);
+        }
         let task = Task {
             index,
             org: org.name.clone(),
@@ -189,7 +192,8 @@ impl Running {
         if entry.retiring {
             self.ctx.registry.remove(&entry.health);
         } else {
-            self.ended.insert(entry.name.clone(), entry.fingerprint);
+            self.ended
+                .insert(entry.name.clone(), (entry.fingerprint, entry.health));
         }
         let name = entry.name;
         self.outcomes
@@ -224,16 +228,26 @@ impl Running {
             .iter()
             .map(|s| (s.name.as_str(), (fingerprint(&plan.orgs[s.org], s), s)))
             .collect();
+        let kept_as_it_was = |name: &str| tenant_of(name).is_some_and(|t| rejected.contains(t));
+        // What the plan runs from now on: the rest stops, or, once ended, is forgotten.
+        let planned: HashSet<String> = wanted.keys().map(|n| n.to_string()).collect();
+        self.current
+            .retain(|name| planned.contains(name) || kept_as_it_was(name));
         let (mut removed, mut changed, mut kept, mut added) = (0, 0, 0, 0);
         let mut restarts = Vec::new();
-        for (index, entry) in self.entries.iter_mut().filter(|(_, e)| !e.retiring) {
+        for (index, entry) in self.entries.iter_mut() {
             match wanted.remove(entry.name.as_str()) {
-                None if tenant_of(&entry.name).is_some_and(|t| rejected.contains(t)) => kept += 1,
+                // Still stopping after an earlier reload: it starts as planned now once
+                // stopped, never beside itself.
+                Some((_, sub)) if entry.retiring => restarts.push((*index, sub)),
+                None if kept_as_it_was(&entry.name) => kept += usize::from(!entry.retiring),
+                // Stopping, and no longer planned: nothing starts after it.
+                None if entry.retiring => entry.next = None,
                 None => {
                     tracing::info!(subscription = %entry.name, "Removed from the configuration: stopping it with a final flush and commit.");
                     entry.retiring = true;
+                    entry.next = None;
                     entry.cancel.cancel();
-                    self.current.remove(&entry.name);
                     removed += 1;
                 }
                 Some((print, _)) if print == entry.fingerprint => kept += 1,
@@ -257,10 +271,19 @@ impl Running {
             entry.cancel.cancel();
             changed += 1;
         }
-        self.ended
-            .retain(|name, _| wanted.contains_key(name.as_str()));
+        let registry = &self.ctx.registry;
+        self.ended.retain(|name, (_, health)| {
+            let stays = planned.contains(name) || kept_as_it_was(name);
+            if !stays {
+                registry.remove(health);
+            }
+            stays
+        });
         for (name, (print, sub)) in wanted {
-            if self.ended.get(name) == Some(&print) {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            if self.ended.get(name).is_some_and(|(ran, _)| *ran == print) {
                 continue;
             }
             let Some(chain) = self.chain_for(sub).await else {
@@ -412,7 +435,8 @@ impl Task {
                 "{error}; next attempt within {within:.0} s"
             )));
             if backoff.wait(&cancel).await {
-                break Err(error);
+                // Stopped while waiting: stopped, not failed.
+                break Ok(None);
             }
         };
         match &result {
