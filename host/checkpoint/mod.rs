@@ -327,6 +327,24 @@ impl Checkpoints {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// [`Checkpoints::commit`], for a subscription whose checkpoint lives at `place`: the
+    /// error is its own store's, never another's (a PostgreSQL outage does not fail a
+    /// subscription on the local store). A sink that keeps its own (`None`) commits nothing.
+    pub async fn commit_for(&self, place: Option<&Place>) -> Result<(), CheckpointError> {
+        let Some(place) = place else {
+            return Ok(());
+        };
+        // Another store's failure is for its own subscriptions to report.
+        let _ = self.commit().await;
+        match self.lock_staged().failures.get(place) {
+            None => Ok(()),
+            Some(detail) => Err(CheckpointError::Failing {
+                store: place.store(),
+                detail: detail.clone(),
+            }),
+        }
+    }
+
     /// After a store's commit: its positions are no longer dirty (unless staged again
     /// meanwhile), or its failure is remembered for [`Checkpoints::stage`].
     fn committed(&self, place: &Place, changed: &[Stored], result: &Result<(), CheckpointError>) {

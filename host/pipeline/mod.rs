@@ -282,7 +282,7 @@ async fn finish(
     };
     // Positions staged by earlier flushes are durable whatever ended the run: into the
     // store with them now rather than at the committer's next turn.
-    let committed = flow.store.commit().await;
+    let committed = flow.store.commit_for(flow.place.as_ref()).await;
     // The sign a stopping managed source waits for: the last position is durable.
     flow.durable = None;
     // rx lives until here: a source that is still delivering never sees a closed channel
