@@ -8,7 +8,8 @@
 //!
 //! `SFZB_CAPACITY_ORGS=N` runs one size (default: 1000, 5000 and 10000, each in a fresh
 //! process so that peak RSS is its own); `SFZB_CAPACITY_RATE` events/s per org (default 1);
-//! `SFZB_CAPACITY_SECS` how long the simulator produces (default 60).
+//! `SFZB_CAPACITY_SECS` how long the simulator produces (default 60);
+//! `SFZB_CAPACITY_IN_FLIGHT` the process's `max-in-flight-total` (default: the setting's).
 
 mod measure;
 
@@ -110,7 +111,11 @@ fn host_plan(
         "--subscribe-rate",
         "0",
     ];
-    let Cmd::Run(args) = Cli::parse_from(argv).into_command() else {
+    let in_flight = std::env::var("SFZB_CAPACITY_IN_FLIGHT").ok();
+    let extra = in_flight
+        .iter()
+        .flat_map(|n| ["--max-in-flight-total", n.as_str()]);
+    let Cmd::Run(args) = Cli::parse_from(argv.into_iter().chain(extra)).into_command() else {
         unreachable!()
     };
     args.plan().unwrap()

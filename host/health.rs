@@ -377,14 +377,36 @@ impl Snapshot {
 }
 
 /// The subscriptions of a run, as they come and go (a live reload adds and removes them):
-/// what `/metrics`, `/healthz`, `/subscriptions` and the health reports read.
+/// what `/metrics`, `/healthz`, `/subscriptions` and the health reports read; and the
+/// process's room for decoded events, for `/metrics`.
 #[derive(Clone, Default)]
-pub struct Registry(Arc<std::sync::RwLock<Vec<Arc<Health>>>>);
+pub struct Registry(
+    Arc<std::sync::RwLock<Vec<Arc<Health>>>>,
+    crate::salesforce::pubsub::Budget,
+);
 
 impl Registry {
+    pub fn with_budget(budget: crate::salesforce::pubsub::Budget) -> Registry {
+        Registry(Arc::default(), budget)
+    }
+
+    /// The events every subscription holds together, and its bound.
+    pub fn in_flight(&self) -> &crate::salesforce::pubsub::Budget {
+        &self.1
+    }
+
     /// The subscriptions now.
     pub fn list(&self) -> Vec<Arc<Health>> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many subscriptions there are, without copying the list.
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn add(&self, health: Arc<Health>) {

@@ -147,10 +147,12 @@ async fn stats(State(healths): State<Healths>) -> impl IntoResponse {
 }
 
 async fn metrics(State(healths): State<Healths>) -> impl IntoResponse {
+    let budget = healths.in_flight().clone();
     let healths = healths.list();
     let mut registry = Registry::with_prefix("sfzb");
     registry.register_collector(Box::new(Figures(
         healths.iter().map(|h| h.snapshot()).collect(),
+        budget,
     )));
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
@@ -172,7 +174,7 @@ async fn metrics(State(healths): State<Healths>) -> impl IntoResponse {
 
 /// The snapshots of one scrape.
 #[derive(Debug)]
-struct Figures(Vec<Snapshot>);
+struct Figures(Vec<Snapshot>, crate::salesforce::pubsub::Budget);
 
 type Labels = [(&'static str, String); 3];
 
@@ -253,6 +255,7 @@ impl Collector for Figures {
             }
         }
         self.encode_states(&mut encoder)?;
+        self.encode_in_flight(&mut encoder)?;
         self.encode_transforms(&mut encoder)
     }
 }
@@ -266,6 +269,34 @@ impl Figures {
         for name in crate::health::State::NAMES {
             let n = self.0.iter().filter(|s| s.state.name() == name).count();
             ConstGauge::new(n as i64).encode(family.encode_family(&[("state", name)])?)?;
+        }
+        Ok(())
+    }
+
+    /// `sfzb_events_in_flight`, `…_peak` and `…_limit`: decoded events every subscription
+    /// holds together (`max-in-flight-total`; a limit of 0 is none).
+    fn encode_in_flight(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let figures = [
+            (
+                "events_in_flight",
+                "Decoded events held by all subscriptions now.",
+                self.1.in_use(),
+            ),
+            (
+                "events_in_flight_peak",
+                "The most decoded events held at once.",
+                self.1.peak(),
+            ),
+            (
+                "events_in_flight_limit",
+                "max-in-flight-total; 0: no limit.",
+                self.1.size(),
+            ),
+        ];
+        for (name, help, n) in figures {
+            let ty = ConstGauge::new(0i64).metric_type();
+            let family = encoder.encode_descriptor(name, help, None, ty)?;
+            ConstGauge::new(n as i64).encode(family)?;
         }
         Ok(())
     }

@@ -38,6 +38,7 @@ impl RunPlan {
             "login-rate": o.login_rate,
             "subscribe-rate": o.subscribe_rate,
             "max-in-flight": o.max_in_flight,
+            "max-in-flight-total": o.max_in_flight_total,
             "until-idle": o.until_idle.map(|d| d.as_secs_f64()),
             "metrics-listen": self.metrics_listen.map(|a| a.to_string()),
             "health-interval-secs": self.health_interval.map(|d| d.as_secs()),

@@ -488,6 +488,7 @@ fn run_options(
         until_idle,
         flush_interval: Duration::from_millis(run.flush_interval_ms().max(1)),
         max_in_flight: run.max_in_flight(),
+        max_in_flight_total: run.max_in_flight_total(),
         zerobus: crate::sink::zerobus::ZerobusSettings {
             endpoint: databricks.zerobus_endpoint.clone().unwrap_or_default(),
             workspace_url: databricks.workspace_url.clone(),

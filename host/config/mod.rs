@@ -148,6 +148,8 @@ pub struct RunOptions {
     pub flush_interval: Duration,
     /// Events held by one subscription between fetch and write; fetch credit waits for room.
     pub max_in_flight: usize,
+    /// Events held by all subscriptions together (`max-in-flight-total`; 0: no limit).
+    pub max_in_flight_total: usize,
     pub zerobus: crate::sink::zerobus::ZerobusSettings,
     /// The SQL warehouse for Zerobus targets: table management and the checkpoint table.
     pub sql: Option<crate::sql::SqlSettings>,

@@ -36,8 +36,8 @@ use crate::event::ReplayId;
 use crate::health::Health;
 use crate::salesforce::auth::AuthError;
 use crate::salesforce::pubsub::{
-    ManagedOptions, PubSubConnection, SourceMsg, StartPosition, SubscribeError, SubscribeOptions,
-    Subscriber,
+    Budget, ManagedOptions, PubSubConnection, SourceMsg, StartPosition, SubscribeError,
+    SubscribeOptions, Subscriber,
 };
 use crate::salesforce::schema::SchemaCache;
 use crate::sink::zerobus::ZerobusPool;
@@ -61,6 +61,8 @@ pub struct Shared {
     pub checkpoints: Arc<Checkpoints>,
     logins: Arc<Pace>,
     subscribes: Arc<Pace>,
+    /// Room for decoded events, for every subscription together.
+    pub in_flight: Budget,
 }
 
 impl Shared {
@@ -71,6 +73,7 @@ impl Shared {
             checkpoints: Arc::new(Checkpoints::new(options)),
             logins: Arc::new(Pace::per_second(options.login_rate)),
             subscribes: Arc::new(Pace::per_second(options.subscribe_rate)),
+            in_flight: Budget::new(options.max_in_flight_total),
         }
     }
 }
@@ -208,6 +211,7 @@ pub async fn run_subscription(
             start_position(&config, checkpoint),
             schemas.clone(),
             &options,
+            &shared.in_flight,
             &health,
             source_cancel.clone(),
         );
@@ -348,6 +352,7 @@ fn start_source(
     start: StartPosition,
     schemas: Arc<SchemaCache>,
     options: &RunOptions,
+    budget: &Budget,
     health: &Arc<Health>,
     cancel: CancellationToken,
 ) -> (
@@ -370,6 +375,7 @@ fn start_source(
     subscribe.idle_timeout = config.idle_timeout;
     subscribe.on_invalid_replay = config.on_invalid_replay;
     subscribe.health = Some(health.clone());
+    subscribe.budget = budget.clone();
     let subscriber = Subscriber::new(connection, subscribe, schemas, capacity, tx, cancel);
     (
         tokio::spawn(subscriber.run().in_current_span()),

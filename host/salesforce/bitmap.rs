@@ -15,38 +15,49 @@ use crate::event::FieldNames;
 /// schema's field count, whatever the header holds: a bit past the last field is not even
 /// expanded, so a megabyte of `f`s costs a scan, not a list of millions of positions.
 pub fn decode(bitmaps: &[String], names: &FieldNames) -> Vec<String> {
+    if bitmaps.is_empty() {
+        return Vec::new();
+    }
     let mut top = vec![false; names.top.len()];
-    let mut children: Vec<Vec<bool>> = names
-        .children
-        .iter()
-        .map(|c| vec![false; c.as_ref().map_or(0, Vec::len)])
-        .collect();
+    // Only the compound fields an entry names get a set: this runs three times per event,
+    // and most schemas have a hundred fields but few compound ones.
+    let mut nested: Vec<(usize, Vec<bool>)> = Vec::new();
     for entry in bitmaps {
         match entry.split_once('-') {
             None => mark(entry, &mut top),
             Some((position, bitmap)) => {
-                if let Some(set) = position
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|p| children.get_mut(p))
-                {
-                    mark(bitmap, set);
-                }
+                let Some((p, children)) = position.trim().parse::<usize>().ok().and_then(|p| {
+                    let children = names.children.get(p)?.as_ref()?;
+                    Some((p, children))
+                }) else {
+                    continue;
+                };
+                let i = match nested.iter().position(|(q, _)| *q == p) {
+                    Some(i) => i,
+                    None => {
+                        nested.push((p, vec![false; children.len()]));
+                        nested.len() - 1
+                    }
+                };
+                mark(bitmap, &mut nested[i].1);
             }
         }
     }
+    nested.sort_unstable_by_key(|(p, _)| *p);
     let mut out: Vec<String> = top
         .iter()
         .zip(&names.top)
         .filter(|(set, _)| **set)
         .map(|(_, name)| name.to_string())
         .collect();
-    for ((set, parent), names) in children.iter().zip(&names.top).zip(&names.children) {
-        let Some(names) = names else { continue };
+    for (p, set) in &nested {
+        let (Some(parent), Some(Some(children))) = (names.top.get(*p), names.children.get(*p))
+        else {
+            continue;
+        };
         out.extend(
             set.iter()
-                .zip(names)
+                .zip(children)
                 .filter(|(set, _)| **set)
                 .map(|(_, child)| format!("{parent}.{child}")),
         );

@@ -157,7 +157,8 @@ pub async fn start(mut plan: RunPlan, cancel: CancellationToken) -> Result<Start
         Some(settings) => Some(lease::Fence::connect(settings.clone()).await?),
         None => None,
     };
-    let registry = Registry::default();
+    let pipeline = pipeline::Shared::new(&plan.options);
+    let registry = Registry::with_budget(pipeline.in_flight.clone());
     let observers = cancel.child_token();
     let metrics_addr = match plan.metrics_listen {
         Some(addr) => Some(
@@ -169,7 +170,7 @@ pub async fn start(mut plan: RunPlan, cancel: CancellationToken) -> Result<Start
     };
     let context = Context {
         runtime,
-        pipeline: pipeline::Shared::new(&plan.options),
+        pipeline,
         connections: connections::Connections::new(),
         fence,
         registry: registry.clone(),

@@ -143,7 +143,7 @@ impl Running {
             fence: self.ctx.fence.clone(),
             runtime: self.ctx.runtime.clone(),
             common: self.ctx.pipeline.clone(),
-            others: self.ctx.registry.list().len() > 1,
+            others: self.ctx.registry.len() > 1,
         };
         let handle = self.tasks.spawn(task.supervise(sub, chain, cancel));
         self.by_task.insert(handle.id(), index);

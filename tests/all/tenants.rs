@@ -413,3 +413,66 @@ async fn tenants_added_removed_and_changed_take_effect_without_a_restart() {
     }
     sim.shutdown().await;
 }
+
+/// Forty orgs catching up at once, each with more retained events than a fetch batch,
+/// under a process budget of 16 decoded events: every event arrives once, and the
+/// subscriptions together never held more than the budget (read at `/metrics` while
+/// they run, and from the budget after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_orgs_catching_up_hold_no_more_events_than_the_process_budget() {
+    const ORGS: usize = 40;
+    let sim = start(SimConfig {
+        orgs: ORGS,
+        ..sim_config(&["Account"], 150)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (1..=ORGS)
+        .map(|n| {
+            format!(
+                "[org-{n}]\nclient-id = \"sim-client-{n}\"\nclient-secret = \"sim-secret-{n}\"\n"
+            )
+        })
+        .collect();
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(&tenants, text).unwrap();
+    let mut plan = tenants_args(
+        &sim,
+        dir.path(),
+        &tenants,
+        &["--until-idle", "1", "--max-in-flight-total", "16"],
+    )
+    .plan()
+    .expect("plan is valid");
+    plan.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let started = sfzb_host::start(plan, cancel.clone()).await.unwrap();
+    let budget = started.registry().in_flight().clone();
+    let url = format!("http://{}/metrics", started.metrics_addr().unwrap());
+    let run = tokio::spawn(started.wait());
+    let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("sfzb_events_in_flight_limit 16"),
+        "{metrics}"
+    );
+    let report = run.await.unwrap();
+    for outcome in &report.subscriptions {
+        assert!(
+            outcome.result.is_ok(),
+            "{}: {:?}",
+            outcome.name,
+            outcome.result
+        );
+    }
+    for (n, org) in (1..=ORGS).zip(&sim.orgs) {
+        let rows = rows(&dir.path().join(format!("org-{n}.jsonl")));
+        let ids: HashSet<u64> = rows.iter().map(replay).collect();
+        assert_eq!(rows.len() as u64, org.bus.head(), "org-{n}: every event");
+        assert_eq!(ids.len(), rows.len(), "org-{n}: once");
+    }
+    assert!(budget.peak() <= 16, "held {} events at once", budget.peak());
+    // 40 batches of up to 100 competed for 16 places: the budget was what bounded them.
+    assert!(budget.peak() >= 8, "held only {} at once", budget.peak());
+    assert_eq!(budget.in_use(), 0, "every place was given back");
+    sim.shutdown().await;
+}

@@ -46,7 +46,7 @@ use crate::salesforce::auth::AuthError;
 pub use crate::salesforce::replay::{ReplayFallback, StartPosition};
 use crate::salesforce::schema::SchemaCache;
 pub use connection::PubSubConnection;
-pub use credit::Credit;
+pub use credit::{Budget, Credit};
 pub use error::{Failure, classify};
 
 /// The Pub/Sub API's global endpoint.
@@ -71,6 +71,8 @@ pub struct SubscribeOptions {
     pub backoff_max: Duration,
     /// Read through this managed subscription (ManagedSubscribe) instead of Subscribe.
     pub managed: Option<ManagedOptions>,
+    /// The process's room for decoded events, shared by its subscriptions.
+    pub budget: Budget,
 }
 
 /// A managed subscription and the durable positions to commit to it.
@@ -94,6 +96,7 @@ impl SubscribeOptions {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             managed: None,
+            budget: Budget::new(0),
         }
     }
 }

@@ -199,10 +199,19 @@ impl Subscriber {
             self.capacity.add_permits(permits as usize);
             return Received::End(StreamEnd::Failed(status));
         }
+        let budget = tokio::select! {
+            _ = self.cancel.cancelled() => {
+                self.capacity.add_permits(permits as usize);
+                self.stop(open).await;
+                return Received::End(StreamEnd::Cancelled);
+            }
+            room = self.options.budget.room(received) => room,
+        };
         let last = events.last().map(|e| e.replay_id.clone());
         let credit = Credit {
             pool: self.capacity.clone(),
             permits: permits as usize,
+            _room: budget,
         };
         let msg = SourceMsg::Events {
             events,
