@@ -273,22 +273,22 @@ impl Figures {
         Ok(())
     }
 
-    /// `sfzb_events_in_flight`, `…_peak` and `…_limit`: decoded events every subscription
+    /// `sfzb_process_in_flight_events`, `…_peak` and `…_limit`: decoded events every subscription
     /// holds together (`max-in-flight-total`; a limit of 0 is none).
     fn encode_in_flight(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let figures = [
             (
-                "events_in_flight",
+                "process_in_flight_events",
                 "Decoded events held by all subscriptions now.",
                 self.1.in_use(),
             ),
             (
-                "events_in_flight_peak",
+                "process_in_flight_events_peak",
                 "The most decoded events held at once.",
                 self.1.peak(),
             ),
             (
-                "events_in_flight_limit",
+                "process_in_flight_events_limit",
                 "max-in-flight-total; 0: no limit.",
                 self.1.size(),
             ),

@@ -452,7 +452,7 @@ async fn many_orgs_catching_up_hold_no_more_events_than_the_process_budget() {
     let run = tokio::spawn(started.wait());
     let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert!(
-        metrics.contains("sfzb_events_in_flight_limit 16"),
+        metrics.contains("sfzb_process_in_flight_events_limit 16"),
         "{metrics}"
     );
     let report = run.await.unwrap();
