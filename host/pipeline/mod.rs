@@ -209,9 +209,8 @@ pub async fn run_subscription(
             connection,
             &config,
             start_position(&config, checkpoint),
-            schemas.clone(),
+            &shared,
             &options,
-            &shared.in_flight,
             &health,
             source_cancel.clone(),
         );
@@ -350,9 +349,8 @@ fn start_source(
     connection: PubSubConnection,
     config: &SubscriptionConfig,
     start: StartPosition,
-    schemas: Arc<SchemaCache>,
+    shared: &Shared,
     options: &RunOptions,
-    budget: &Budget,
     health: &Arc<Health>,
     cancel: CancellationToken,
 ) -> (
@@ -375,8 +373,15 @@ fn start_source(
     subscribe.idle_timeout = config.idle_timeout;
     subscribe.on_invalid_replay = config.on_invalid_replay;
     subscribe.health = Some(health.clone());
-    subscribe.budget = budget.clone();
-    let subscriber = Subscriber::new(connection, subscribe, schemas, capacity, tx, cancel);
+    subscribe.budget = shared.in_flight.clone();
+    let subscriber = Subscriber::new(
+        connection,
+        subscribe,
+        shared.schemas.clone(),
+        capacity,
+        tx,
+        cancel,
+    );
     (
         tokio::spawn(subscriber.run().in_current_span()),
         rx,
