@@ -430,8 +430,8 @@ impl Registry {
 pub async fn report(registry: Registry, interval: Option<Duration>, cancel: CancellationToken) {
     let progress_every = Duration::from_secs(10);
     let period = interval.map_or(progress_every, |i| i.min(progress_every));
-    let mut last_report = tokio::time::Instant::now();
-    let mut last_progress = tokio::time::Instant::now();
+    let start = tokio::time::Instant::now();
+    let (mut last_report, mut last_progress) = (start, start);
     let snapshots = |registry: &Registry| -> std::collections::HashMap<String, Snapshot> {
         registry
             .list()
@@ -441,12 +441,14 @@ pub async fn report(registry: Registry, interval: Option<Duration>, cancel: Canc
     };
     let mut report_base = snapshots(&registry);
     let mut progress_base = report_base.clone();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut tick = tokio::time::interval_at(start + period, period);
     loop {
-        tokio::select! {
+        // Intervals count between ticks, not from when the last report finished: taking
+        // thousands of snapshots takes a while, and would otherwise skip every other turn.
+        let at = tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+            at = tick.tick() => at,
+        };
         let now = snapshots(&registry);
         // A subscription added since the last turn is reported from the next.
         let pairs =
@@ -455,8 +457,8 @@ pub async fn report(registry: Registry, interval: Option<Duration>, cancel: Canc
                     .filter_map(|(name, s)| Some((s.clone(), base.get(name)?.clone())))
                     .collect()
             };
-        if last_progress.elapsed() >= progress_every {
-            let window = last_progress.elapsed().as_secs_f64();
+        if at - last_progress >= progress_every {
+            let window = (at - last_progress).as_secs_f64();
             for (s, before) in &pairs(&progress_base) {
                 // A subscription restarted since counts from zero again.
                 let done = s.received.saturating_sub(before.received);
@@ -474,17 +476,17 @@ pub async fn report(registry: Registry, interval: Option<Duration>, cancel: Canc
                 }
             }
             progress_base = now.clone();
-            last_progress = tokio::time::Instant::now();
+            last_progress = at;
         }
         if let Some(interval) = interval
-            && last_report.elapsed() >= interval
+            && at - last_report >= interval
         {
-            let window = last_report.elapsed();
+            let window = at - last_report;
             for (s, before) in &pairs(&report_base) {
                 s.log(before, window);
             }
             report_base = now;
-            last_report = tokio::time::Instant::now();
+            last_report = at;
         }
     }
 }

@@ -16,6 +16,18 @@ fn tenants_plan(sim: &Simulator, dir: &std::path::Path, tenants: &std::path::Pat
         .expect("plan is valid")
 }
 
+/// Asserts that no subscription of `report` failed, naming the ones that did.
+fn every_subscription_ended_cleanly(report: &sfzb_host::RunReport) {
+    for outcome in &report.subscriptions {
+        assert!(
+            outcome.result.is_ok(),
+            "{}: {:?}",
+            outcome.name,
+            outcome.result
+        );
+    }
+}
+
 /// The `run` arguments of [`tenants_plan`], with `extra` flags.
 fn tenants_args(
     sim: &Simulator,
@@ -403,14 +415,7 @@ async fn tenants_added_removed_and_changed_take_effect_without_a_restart() {
     ));
     cancel.cancel();
     let report = running.await.unwrap();
-    for outcome in &report.subscriptions {
-        assert!(
-            outcome.result.is_ok(),
-            "{}: {:?}",
-            outcome.name,
-            outcome.result
-        );
-    }
+    every_subscription_ended_cleanly(&report);
     sim.shutdown().await;
 }
 
@@ -456,14 +461,7 @@ async fn many_orgs_catching_up_hold_no_more_events_than_the_process_budget() {
         "{metrics}"
     );
     let report = run.await.unwrap();
-    for outcome in &report.subscriptions {
-        assert!(
-            outcome.result.is_ok(),
-            "{}: {:?}",
-            outcome.name,
-            outcome.result
-        );
-    }
+    every_subscription_ended_cleanly(&report);
     for (n, org) in (1..=ORGS).zip(&sim.orgs) {
         let rows = rows(&dir.path().join(format!("org-{n}.jsonl")));
         let ids: HashSet<u64> = rows.iter().map(replay).collect();
