@@ -380,29 +380,32 @@ impl Snapshot {
 /// what `/metrics`, `/healthz`, `/subscriptions` and the health reports read; and the
 /// process's room for decoded events, for `/metrics`.
 #[derive(Clone, Default)]
-pub struct Registry(
-    Arc<std::sync::RwLock<Vec<Arc<Health>>>>,
-    crate::salesforce::pubsub::Budget,
-);
+pub struct Registry {
+    list: Arc<std::sync::RwLock<Vec<Arc<Health>>>>,
+    in_flight: crate::salesforce::pubsub::Budget,
+}
 
 impl Registry {
     pub fn with_budget(budget: crate::salesforce::pubsub::Budget) -> Registry {
-        Registry(Arc::default(), budget)
+        Registry {
+            list: Arc::default(),
+            in_flight: budget,
+        }
     }
 
     /// The events every subscription holds together, and its bound.
     pub fn in_flight(&self) -> &crate::salesforce::pubsub::Budget {
-        &self.1
+        &self.in_flight
     }
 
     /// The subscriptions now.
     pub fn list(&self) -> Vec<Arc<Health>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.list.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// How many subscriptions there are, without copying the list.
     pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.list.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -410,7 +413,7 @@ impl Registry {
     }
 
     pub fn add(&self, health: Arc<Health>) {
-        self.0
+        self.list
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(health);
@@ -418,7 +421,7 @@ impl Registry {
 
     /// Forgets a subscription that ended for good.
     pub fn remove(&self, health: &Arc<Health>) {
-        self.0
+        self.list
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|h| !Arc::ptr_eq(h, health));

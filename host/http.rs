@@ -150,10 +150,10 @@ async fn metrics(State(healths): State<Healths>) -> impl IntoResponse {
     let budget = healths.in_flight().clone();
     let healths = healths.list();
     let mut registry = Registry::with_prefix("sfzb");
-    registry.register_collector(Box::new(Figures(
-        healths.iter().map(|h| h.snapshot()).collect(),
-        budget,
-    )));
+    registry.register_collector(Box::new(Figures {
+        subscriptions: healths.iter().map(|h| h.snapshot()).collect(),
+        in_flight: budget,
+    }));
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
         Ok(()) => (
@@ -174,7 +174,10 @@ async fn metrics(State(healths): State<Healths>) -> impl IntoResponse {
 
 /// The snapshots of one scrape.
 #[derive(Debug)]
-struct Figures(Vec<Snapshot>, crate::salesforce::pubsub::Budget);
+struct Figures {
+    subscriptions: Vec<Snapshot>,
+    in_flight: crate::salesforce::pubsub::Budget,
+}
 
 type Labels = [(&'static str, String); 3];
 
@@ -243,14 +246,14 @@ impl Collector for Figures {
         for (name, help, value) in COUNTERS {
             let ty = ConstCounter::new(0u64).metric_type();
             let mut family = encoder.encode_descriptor(name, help, None, ty)?;
-            for s in &self.0 {
+            for s in &self.subscriptions {
                 ConstCounter::new(value(s)).encode(family.encode_family(&labels(s))?)?;
             }
         }
         for (name, help, value) in GAUGES {
             let ty = ConstGauge::new(0f64).metric_type();
             let mut family = encoder.encode_descriptor(name, help, None, ty)?;
-            for s in &self.0 {
+            for s in &self.subscriptions {
                 ConstGauge::new(value(s)).encode(family.encode_family(&labels(s))?)?;
             }
         }
@@ -267,7 +270,11 @@ impl Figures {
         let mut family =
             encoder.encode_descriptor("subscriptions", "Subscriptions by state.", None, ty)?;
         for name in crate::health::State::NAMES {
-            let n = self.0.iter().filter(|s| s.state.name() == name).count();
+            let n = self
+                .subscriptions
+                .iter()
+                .filter(|s| s.state.name() == name)
+                .count();
             ConstGauge::new(n as i64).encode(family.encode_family(&[("state", name)])?)?;
         }
         Ok(())
@@ -280,17 +287,17 @@ impl Figures {
             (
                 "process_in_flight_events",
                 "Decoded events held by all subscriptions now.",
-                self.1.in_use(),
+                self.in_flight.in_use(),
             ),
             (
                 "process_in_flight_events_peak",
                 "The most decoded events held at once.",
-                self.1.peak(),
+                self.in_flight.peak(),
             ),
             (
                 "process_in_flight_events_limit",
                 "max-in-flight-total; 0: no limit.",
-                self.1.size(),
+                self.in_flight.size(),
             ),
         ];
         for (name, help, n) in figures {
@@ -310,7 +317,7 @@ impl Figures {
             None,
             ty,
         )?;
-        for s in &self.0 {
+        for s in &self.subscriptions {
             for t in &s.transforms {
                 for (outcome, n) in [
                     ("in", t.events_in),
