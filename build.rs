@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
         .bytes(".eventbus.v1")
+        // Small starting buffers per stream; see `proto::PubSubCodec`.
+        .codec_path("crate::proto::PubSubCodec")
         .compile_protos(&["proto/pubsub_api.proto"], &["proto"])?;
     // Zerobus needs the rows' message descriptors at run time.
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

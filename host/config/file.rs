@@ -51,9 +51,10 @@ settings! {
         /// for room.
         max_in_flight: usize = 1000usize, flag "max-in-flight";
         /// Events held in memory by all subscriptions of the process together between
-        /// receipt and write (a few tens of KB each); a received batch waits for room, so
-        /// thousands of subscriptions catching up at once stay within memory; 0: no limit.
-        max_in_flight_total: usize = 10000usize, flag "max-in-flight-total";
+        /// receipt and write (about 25 KB each in the reference layout); a received batch
+        /// waits for room, so thousands of subscriptions catching up at once stay within
+        /// memory (2,000: about 50 MB); 0: no limit.
+        max_in_flight_total: usize = 2000usize, flag "max-in-flight-total";
         /// Exit 0 once no event arrived for this many seconds (keepalives do not count);
         /// idle time counts once the subscription is streaming: a run that never
         /// subscribed (an unreachable endpoint) exits 1 with the reason.

@@ -183,13 +183,15 @@ pub async fn run_subscription(
 ) -> Result<SubscriptionStats, PipelineError> {
     let span = tracing::info_span!("subscription", name = %health.name, channel = %config.channel, target = %config.sink);
     async move {
-        let org_id = login(
+        // What runs once (login, opening, the end) is boxed, so that only the loop's state
+        // stays in the future while the subscription streams.
+        let org_id = Box::pin(login(
             &connection,
             &config.channel,
             &shared.logins,
             &cancel,
             options.until_idle,
-        )
+        ))
         .await?;
         health.set_org_id(&org_id);
         let store = shared.checkpoints.clone();
@@ -199,8 +201,15 @@ pub async fn run_subscription(
             target: config.sink.to_string(),
         };
         let app_id = format!("sfzb:{org_id}:{}", config.channel);
-        let (mut sink, place, checkpoint) =
-            open_target(&config, &options, &shared.zerobus, &store, &key, &app_id).await?;
+        let (mut sink, place, checkpoint) = Box::pin(open_target(
+            &config,
+            &options,
+            &shared.zerobus,
+            &store,
+            &key,
+            &app_id,
+        ))
+        .await?;
         let schemas = shared.schemas.clone();
         // A cancelled wait goes on: the source sees the cancel and ends at once.
         shared.subscribes.wait(&cancel).await;
@@ -247,7 +256,7 @@ pub async fn run_subscription(
         let result = flow.drive(&mut rx, &options, &cancel).await;
         source_cancel.cancel();
         let source = Running { source, rx };
-        let mut stats = finish(flow, result, source, &config.channel).await?;
+        let mut stats = Box::pin(finish(flow, result, source, &config.channel)).await?;
         stats.elapsed_ms = started.elapsed().as_millis() as u64;
         tracing::info!(
             received = stats.received,

@@ -393,13 +393,16 @@ impl Task {
                 // (from the compile cache) for the next.
                 let chain = match (preloaded, runtime) {
                     (Some(chain), _) => chain,
-                    (None, Some(runtime)) => load_chain_with(runtime, &config.transforms).await?,
+                    (None, Some(runtime)) => {
+                        Box::pin(load_chain_with(runtime, &config.transforms)).await?
+                    }
                     (None, None) => None,
                 };
                 health.set_state(State::Starting);
-                pipeline::run_subscription(
+                // Boxed: the task then holds only what runs, not every path's state.
+                Box::pin(pipeline::run_subscription(
                     connection, config, chain, options, common, health, cancel,
-                )
+                ))
                 .await
                 .map_err(Error::from)
             }
@@ -418,7 +421,7 @@ impl Task {
                         &sub.config.channel,
                         &sub.config.sink.to_string(),
                     );
-                    fence.hold(&lease, &cancel, &health, &mut work).await
+                    Box::pin(fence.hold(&lease, &cancel, &health, &mut work)).await
                 }
             };
             let error = match result {
