@@ -10,7 +10,8 @@ pub mod pubsub {
 /// with 8 KB for encoding and 8 KB for decoding, and keeps them for the stream's life:
 /// 160 MB for 10,000 subscriptions whose requests are a few dozen bytes and whose
 /// responses, one event a second, a kilobyte or two. The buffers grow when a message
-/// needs more, so a busy stream reads large batches as before.
+/// needs more, so a busy stream reads large batches as before. The simulator's server
+/// uses the same codec.
 #[derive(Debug, Clone)]
 pub struct PubSubCodec<T, U>(std::marker::PhantomData<(T, U)>);
 
@@ -31,7 +32,7 @@ where
     type Decoder = tonic_prost::ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        // tonic's yield threshold (32 KB) stays: a large message still goes out in pieces.
+        // tonic's yield threshold stays: ready messages are sent together up to 32 KB.
         tonic_prost::ProstCodec::<T, U>::raw_encoder(tonic::codec::BufferSettings::new(
             256,
             32 << 10,

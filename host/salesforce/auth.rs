@@ -140,7 +140,8 @@ pub struct Authenticator {
 }
 
 /// Idle connections kept per login host: one per org kept for 90 s (reqwest's default)
-/// held 33 KB each, 330 MB for 10,000 orgs starting.
+/// held 33 KB each, 330 MB for 10,000 orgs starting. Orgs with a host of their own (My
+/// Domain) keep one each, for the idle timeout.
 const IDLE_LOGIN_CONNECTIONS: usize = 16;
 
 /// An HTTP client for logins.

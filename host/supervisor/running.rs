@@ -399,7 +399,7 @@ impl Task {
                     (None, None) => None,
                 };
                 health.set_state(State::Starting);
-                // Boxed: the task then holds only what runs, not every path's state.
+                // Boxed: its state is on the heap only while it runs, not in every task's future.
                 Box::pin(pipeline::run_subscription(
                     connection, config, chain, options, common, health, cancel,
                 ))

@@ -41,9 +41,12 @@ enum Received {
     End(StreamEnd),
 }
 
-/// The request side of a stream, whichever RPC it is.
+/// The request side of a stream, whichever RPC it is. After the first request a Subscribe
+/// stream only asks for more events, so its channel carries the count: a tokio channel
+/// allocates 32 slots at once, 128 bytes of counts rather than 2.8 KB of requests for
+/// every subscription.
 pub(super) enum Requests {
-    Plain(mpsc::Sender<FetchRequest>),
+    Plain(mpsc::Sender<i32>),
     Managed(mpsc::Sender<ManagedFetchRequest>),
 }
 
@@ -52,13 +55,7 @@ impl Requests {
     pub(super) async fn more(&self, n: u32) -> bool {
         let n = n as i32;
         match self {
-            Requests::Plain(tx) => tx
-                .send(FetchRequest {
-                    num_requested: n,
-                    ..Default::default()
-                })
-                .await
-                .is_ok(),
+            Requests::Plain(tx) => tx.send(n).await.is_ok(),
             Requests::Managed(tx) => tx
                 .send(ManagedFetchRequest {
                     num_requested: n,
@@ -235,13 +232,19 @@ impl Subscriber {
         match &self.options.managed {
             None => {
                 let (preset, replay_id) = self.resume.preset();
-                let (requests, outbound) = opening(FetchRequest {
-                    topic_name: self.options.topic.clone(),
-                    replay_preset: preset as i32,
-                    replay_id,
-                    num_requested: credit,
-                    auth_refresh: String::new(),
-                });
+                let (requests, outbound) = opening(
+                    FetchRequest {
+                        topic_name: self.options.topic.clone(),
+                        replay_preset: preset as i32,
+                        replay_id,
+                        num_requested: credit,
+                        auth_refresh: String::new(),
+                    },
+                    |n| FetchRequest {
+                        num_requested: n,
+                        ..Default::default()
+                    },
+                );
                 let inbound = client.subscribe(outbound).await?.into_inner().map(|r| {
                     r.map(|r| Fetched {
                         events: r.events,
@@ -253,11 +256,14 @@ impl Subscriber {
                 Ok((Requests::Plain(requests), Box::pin(inbound)))
             }
             Some(managed) => {
-                let (requests, outbound) = opening(ManagedFetchRequest {
-                    developer_name: managed.developer_name.clone(),
-                    num_requested: credit,
-                    ..Default::default()
-                });
+                let (requests, outbound) = opening(
+                    ManagedFetchRequest {
+                        developer_name: managed.developer_name.clone(),
+                        num_requested: credit,
+                        ..Default::default()
+                    },
+                    |request| request,
+                );
                 let inbound = client
                     .managed_subscribe(outbound)
                     .await?
@@ -327,14 +333,15 @@ fn raw_event(e: ConsumerEvent) -> RawEvent {
     }
 }
 
-/// The request side of a new stream with its first request queued, and what the RPC sends.
-fn opening<T>(first: T) -> (mpsc::Sender<T>, tokio_stream::wrappers::ReceiverStream<T>) {
+/// The request side of a new stream, and what the RPC sends: `first`, then each later
+/// request as `next` makes it from what is sent. The RPC's side ends when the sender is
+/// dropped.
+fn opening<T: Send + 'static, C: Send + 'static>(
+    first: T,
+    next: fn(C) -> T,
+) -> (mpsc::Sender<C>, impl Stream<Item = T> + Send + 'static) {
     let (requests, outbound) = mpsc::channel(4);
-    requests
-        .try_send(first)
-        .unwrap_or_else(|_| unreachable!("a new channel has room"));
-    (
-        requests,
-        tokio_stream::wrappers::ReceiverStream::new(outbound),
-    )
+    let outbound = futures::stream::once(std::future::ready(first))
+        .chain(tokio_stream::wrappers::ReceiverStream::new(outbound).map(next));
+    (requests, outbound)
 }
