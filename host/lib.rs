@@ -17,7 +17,7 @@
 //! | the decoded event (with its writer schema), replay ids | [`event`] |
 //! | Wasm engine, host functions, sandbox limits, the chain | [`transform`] (`engine`, `host`, `limits`, `chain`) |
 //! | one subscription's steps: decode, chain, route, write, flush | [`pipeline`] |
-//! | every table's columns; rows; dead letters; each sink | [`sink`] (`columns`, `row`, `deadletter`, `jsonl`, `delta`, `zerobus`) |
+//! | every table's columns; rows; the typed layout; dead letters; each sink | [`sink`] (`columns`, `row`, `typed`, `deadletter`, `jsonl`, `delta`, `zerobus`) |
 //! | checkpoints: staging, the one committer, the local, PostgreSQL and warehouse stores | [`checkpoint`] (`local`, `postgres`, `warehouse`) |
 //! | Databricks tables (SQL Statement API) | [`sql`] |
 //! | settings (each defined once), the file, layering, the plan | [`config`] (`settings`, `file`, `layering`, …), [`cli`] |

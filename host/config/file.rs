@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::cli::AuthFlow;
 use crate::salesforce::pubsub::ReplayFallback;
+use crate::sink::Layout;
 use crate::transform::OnError;
 
 use super::settings::settings;
@@ -234,6 +235,12 @@ settings! {
         /// delta:PATH_OR_URL (a Delta table, created if missing; exactly once) or
         /// jsonl:PATH (a JSON row per line; jsonl:- is standard output).
         sink: String = "jsonl:-", flag "sink";
+        /// How rows are laid out: reference (the reference library's 16 columns: the record
+        /// as JSON, the Avro payload and schema) or typed (a column per Salesforce field,
+        /// added as the schema grows; `{object}` in the sink's table name makes a table per
+        /// object). See "Typed tables" in the README.
+        [arg(value_enum)]
+        layout: Layout = Layout::Reference, flag "layout";
         /// Where undeliverable events go, with the error, stage and payload: jsonl:PATH or
         /// delta:PATH. Defaults to the sink's own dead-letter place (PATH_dead_letter.jsonl,
         /// <table>_dead_letter).

@@ -117,6 +117,7 @@ pub struct RunPlan {
 pub struct SubscriptionConfig {
     pub channel: String,
     pub sink: SinkSpec,
+    pub layout: crate::sink::Layout,
     /// Where dead letters go; `None` = the sink's own dead-letter place.
     pub dead_letter: Option<SinkSpec>,
     /// Overrides the checkpoint and the backfill rule.

@@ -7,7 +7,7 @@ use super::{ConfigError, SubscriptionConfig, invalid, missing, rekey};
 use crate::cli::TransformArgs;
 use crate::event::ReplayId;
 use crate::salesforce::pubsub::StartPosition;
-use crate::sink::SinkSpec;
+use crate::sink::{Layout, SinkSpec};
 
 pub(super) fn subscription_config(
     prefix: &str,
@@ -23,6 +23,8 @@ pub(super) fn subscription_config(
     })?;
     let channel = normalize_channel(channel).map_err(|e| rekey(e, &key("channel")))?;
     let sink = sink_spec(&key("sink"), &section.sink())?;
+    let layout = section.layout();
+    check_layout(&key("layout"), layout, &channel, &sink)?;
     let dead_letter = match &section.dead_letter {
         Some(spec) => Some(spec.parse().map_err(|e: crate::sink::SinkSpecError| {
             invalid(key("dead-letter"), spec, e.to_string())
@@ -54,6 +56,7 @@ pub(super) fn subscription_config(
     Ok(SubscriptionConfig {
         channel,
         sink,
+        layout,
         dead_letter,
         replay,
         backfill_historical: section.backfill_historical(),
@@ -98,6 +101,40 @@ fn sink_spec(key: &str, text: &str) -> Result<SinkSpec, ConfigError> {
         ));
     }
     Ok(sink)
+}
+
+/// The typed layout writes local Delta tables and JSON lines, one object per table.
+fn check_layout(
+    key: &str,
+    layout: Layout,
+    channel: &str,
+    sink: &SinkSpec,
+) -> Result<(), ConfigError> {
+    if layout != Layout::Typed {
+        return Ok(());
+    }
+    if matches!(sink, SinkSpec::Zerobus(_)) {
+        return Err(invalid(
+            key,
+            "typed",
+            "typed tables through Zerobus are not built yet: write them to delta:PATH/{object} or jsonl:PATH/{object}.jsonl, or use layout = \"reference\" for zerobus: sinks",
+        ));
+    }
+    let one_object = channel.ends_with("ChangeEvent") && channel.starts_with("/data/");
+    if !one_object && sink.object_template().is_none() {
+        return Err(invalid(
+            key,
+            "typed",
+            format!(
+                "{channel} carries several objects and a typed table holds one: put {{object}} in the sink's table name ({})",
+                match sink {
+                    SinkSpec::Jsonl(_) => "jsonl:./out/{object}.jsonl",
+                    _ => "delta:./tables/{object}",
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `AccountChangeEvent` → `/data/AccountChangeEvent`; full channel names are kept.

@@ -135,8 +135,8 @@ impl Flow<'_> {
         let last = events.last().map(|e| e.replay_id.clone());
         // Only a Delta sink (main or dead-letter) may hold rows from before a crash, and
         // needs to hear which events came again.
-        let holding = matches!(self.sink, Sink::Delta(_))
-            || matches!(self.dead_spec, Some(SinkSpec::Delta(_)));
+        let holding =
+            self.sink.keeps_checkpoint() || matches!(self.dead_spec, Some(SinkSpec::Delta(_)));
         let batch: Vec<ReplayId> = match holding {
             true => events.iter().map(|e| e.replay_id.clone()).collect(),
             false => Vec::new(),
@@ -164,7 +164,7 @@ impl Flow<'_> {
             self.stats.dropped += inputs - routed_count - chain_failures;
         }
         let tables = self.route(output.routed, &mut letters, processed);
-        self.write(&tables, &letters).await?;
+        self.write(&tables, &mut letters).await?;
         if holding {
             self.sink.processed(&batch);
             if let Some(dead) = self.dead.as_mut() {

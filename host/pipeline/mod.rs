@@ -321,7 +321,7 @@ async fn open_target(
     key: &CheckpointKey,
     app_id: &str,
 ) -> Result<(Sink, Option<Place>, Option<ReplayId>), PipelineError> {
-    let sink = Sink::open(&config.sink, app_id, zerobus).await?;
+    let sink = Sink::open(&config.sink, config.layout, app_id, zerobus).await?;
     if let (SinkSpec::Zerobus(table), Some(sql)) = (&config.sink, &options.sql) {
         crate::sql::ensure_table(sql, table, options.auto_create_table).await?;
     }

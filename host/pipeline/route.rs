@@ -18,7 +18,7 @@ impl Flow<'_> {
         let mut tables: Tables = Vec::new();
         for routed in routed {
             let mut event = routed.event;
-            let table = match self.sink.route(routed.table) {
+            let table = match self.sink.route(routed.table, &event.header.entity_name) {
                 Ok(table) => table,
                 Err(error) => {
                     tracing::error!(replay_id = %event.replay_id, %error, "Event routed where it cannot go; dead-lettered.");
@@ -43,7 +43,7 @@ impl Flow<'_> {
             }
             self.health
                 .event_committed_at(event.header.commit_timestamp);
-            let row = Row::from_event(event, processed);
+            let row = Row::with_layout(event, processed, self.sink.layout());
             self.unflushed_bytes +=
                 row.event.payload.len() + row.record_data_json.len() + row.schema().json.len();
             match tables.iter_mut().find(|(t, _)| *t == table) {

@@ -4,18 +4,30 @@
 use super::PipelineError;
 use super::flow::Flow;
 use super::route::Tables;
-use crate::sink::{DeadLetter, Sink};
+use crate::sink::{DeadLetter, Layout, Sink, Stage};
 
 impl Flow<'_> {
+    /// Rows that do not fit their typed table join `letters`.
     pub(super) async fn write(
         &mut self,
         tables: &Tables,
-        letters: &[DeadLetter],
+        letters: &mut Vec<DeadLetter>,
     ) -> Result<(), PipelineError> {
         for (table, rows) in tables {
-            self.sink.write(table.as_deref(), rows).await?;
-            self.stats.written += rows.len() as u64;
-            self.written_since_flush += rows.len() as u64;
+            let misfits = self.sink.write(table.as_deref(), rows).await?;
+            let written = (rows.len() - misfits.len()) as u64;
+            self.stats.written += written;
+            self.written_since_flush += written;
+            for (i, misfit) in misfits {
+                let row = &rows[i];
+                tracing::error!(replay_id = %row.replay_id, error = %misfit, "Event does not fit its typed table; dead-lettered.");
+                letters.push(DeadLetter::of_event(
+                    Stage::Write,
+                    misfit.to_string(),
+                    &row.event,
+                    row.processed_timestamp,
+                ));
+            }
         }
         if let Some(row) = tables.last().and_then(|(_, rows)| rows.last()) {
             let h = &row.event.header;
@@ -33,7 +45,8 @@ impl Flow<'_> {
             None => self.sink.write_dead_letters(letters).await?,
             Some(spec) => {
                 if self.dead.is_none() {
-                    self.dead = Some(Sink::open(spec, self.app_id, self.zerobus).await?);
+                    self.dead =
+                        Some(Sink::open(spec, Layout::Reference, self.app_id, self.zerobus).await?);
                 }
                 if let Some(dead) = self.dead.as_mut() {
                     dead.write_dead_letters(letters).await?;

@@ -129,7 +129,7 @@ pub const DEAD_LETTER: [Column; 9] = [
     column(
         "stage",
         Type::Text,
-        "Where it failed: decode, or transform:<name>",
+        "Where it failed: decode, transform:<name> or write",
     ),
     column("error", Type::Text, "Why it could not be written"),
     column("org_id", Type::Text, "Salesforce organization ID"),

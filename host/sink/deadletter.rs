@@ -15,6 +15,8 @@ use crate::sink::row::base64_bytes;
 pub enum Stage {
     Decode,
     Transform(String),
+    /// The row does not fit its typed table (a field changed type).
+    Write,
 }
 
 impl Stage {
@@ -23,6 +25,7 @@ impl Stage {
         match self {
             Stage::Decode => "decode".to_string(),
             Stage::Transform(name) => format!("transform:{name}"),
+            Stage::Write => "write".to_string(),
         }
     }
 }

@@ -7,7 +7,8 @@ use std::io::SeekFrom;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::sink::{JsonlTarget, RouteKind, SinkError};
+use crate::sink::typed::{TypedJson, TypedTable};
+use crate::sink::{JsonlTarget, Layout, Misfits, RouteKind, Row, SinkError};
 
 enum Output {
     /// Written with blocking `std::fs` calls: tokio's `File` reports a failed background
@@ -24,6 +25,9 @@ pub struct JsonlSink {
     target: JsonlTarget,
     out: Output,
     buffer: Vec<u8>,
+    /// The columns of this file's typed rows so far (typed layout; taken while a batch
+    /// is written).
+    typed: Option<TypedTable>,
 }
 
 impl JsonlSink {
@@ -60,6 +64,7 @@ impl JsonlSink {
             target,
             out,
             buffer: Vec::with_capacity(1 << 20),
+            typed: None,
         })
     }
 
@@ -140,39 +145,79 @@ pub struct JsonlTables {
     main: JsonlSink,
     target: JsonlTarget,
     routed: HashMap<String, JsonlSink>,
+    layout: Layout,
+    /// A file per object: the configured file is the dead-letter file.
+    per_object: bool,
 }
 
 impl JsonlTables {
-    pub async fn open(target: JsonlTarget) -> Result<JsonlTables, SinkError> {
+    pub async fn open(
+        target: JsonlTarget,
+        layout: Layout,
+        per_object: bool,
+    ) -> Result<JsonlTables, SinkError> {
         Ok(JsonlTables {
             main: JsonlSink::open(target.clone()).await?,
             target,
             routed: HashMap::new(),
+            layout,
+            per_object,
         })
     }
 
-    pub async fn write<T: Serialize>(
+    /// The file of `table` (`None`: the configured one), opened on first use.
+    async fn output(&mut self, table: Option<&str>) -> Result<&mut JsonlSink, SinkError> {
+        let Some(table) = table else {
+            return Ok(&mut self.main);
+        };
+        if !self.routed.contains_key(table) {
+            let JsonlTarget::File(path) = &self.target else {
+                // Standard streams have no siblings: routed rows share the stream.
+                return Ok(&mut self.main);
+            };
+            let sibling = path.with_file_name(format!("{table}.jsonl"));
+            let sink = JsonlSink::open(JsonlTarget::File(sibling)).await?;
+            self.routed.insert(table.to_string(), sink);
+        }
+        Ok(self.routed.get_mut(table).expect("opened above"))
+    }
+
+    /// Rows in the sink's layout; in the typed layout, a row whose fields changed type
+    /// in its file is left out and returned.
+    pub async fn write_rows(
         &mut self,
         table: Option<&str>,
-        items: &[T],
-    ) -> Result<(), SinkError> {
-        let Some(table) = table else {
-            return self.main.write(items).await;
-        };
-        let sink = match (self.routed.contains_key(table), &self.target) {
-            (true, _) => self.routed.get_mut(table),
-            (false, JsonlTarget::File(path)) => {
-                let sibling = path.with_file_name(format!("{table}.jsonl"));
-                let sink = JsonlSink::open(JsonlTarget::File(sibling)).await?;
-                Some(self.routed.entry(table.to_string()).or_insert(sink))
-            }
-            // Standard streams have no siblings: routed rows share the stream.
-            (false, _) => None,
-        };
-        match sink {
-            Some(sink) => sink.write(items).await,
-            None => self.main.write(items).await,
+        rows: &[Row],
+    ) -> Result<Misfits, SinkError> {
+        let layout = self.layout;
+        let out = self.output(table).await?;
+        if layout == Layout::Reference {
+            out.write(rows).await?;
+            return Ok(Vec::new());
         }
+        let mut typed = out.typed.take().unwrap_or_default();
+        let mut misfits = Vec::new();
+        let mut planned = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            match typed.plan(&row.event.schema) {
+                Ok(plan) => planned.push((plan, row)),
+                Err(misfit) => misfits.push((i, misfit)),
+            }
+        }
+        // A JSON line needs no stored schema: the new columns are simply there.
+        typed.take_added();
+        let lines: Vec<TypedJson<'_>> = planned
+            .iter()
+            .map(|(plan, row)| TypedJson {
+                columns: typed.columns(),
+                plan,
+                row,
+            })
+            .collect();
+        let result = out.write(&lines).await;
+        drop(lines);
+        out.typed = Some(typed);
+        result.map(|()| misfits)
     }
 
     /// A route to the file's own stem, or to its dead-letter file's; standard streams have
@@ -194,16 +239,20 @@ impl JsonlTables {
         }
     }
 
-    /// Dead letters go to `<stem>_dead_letter.jsonl` next to a file, to standard error
-    /// for standard output.
+    /// Dead letters go to `<stem>_dead_letter.jsonl` next to a file (with a file per
+    /// object, to the configured file: `dead_letter.jsonl`), to standard error for
+    /// standard output.
     pub async fn write_dead_letters<T: Serialize>(&mut self, items: &[T]) -> Result<(), SinkError> {
         match &self.target {
+            JsonlTarget::File(_) if self.per_object => self.main.write(items).await,
             JsonlTarget::File(path) => {
                 let stem = path
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                self.write(Some(&format!("{stem}_dead_letter")), items)
+                self.output(Some(&format!("{stem}_dead_letter")))
+                    .await?
+                    .write(items)
                     .await
             }
             _ => {

@@ -6,6 +6,7 @@ pub mod deadletter;
 pub mod delta;
 pub mod jsonl;
 pub mod row;
+pub mod typed;
 pub mod zerobus;
 
 use std::path::PathBuf;
@@ -14,6 +15,19 @@ use crate::event::ReplayId;
 
 pub use deadletter::{DeadLetter, Stage};
 pub use row::Row;
+pub use typed::{Layout, Misfit};
+
+/// In a sink's table name, `{object}` is the Salesforce object of each row
+/// (`delta:./tables/{object}`): one table per object.
+pub const OBJECT: &str = "{object}";
+
+/// What `{object}` becomes for the dead letters of a sink with a table per object; its
+/// Delta table also carries the checkpoint.
+pub const DEAD_LETTER_OBJECT: &str = "dead_letter";
+
+/// Rows a sink did not write because they do not fit their table, by position in the
+/// batch, with the reason: they are dead-lettered.
+pub type Misfits = Vec<(usize, Misfit)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -87,6 +101,14 @@ pub enum SinkSpecError {
         "Zerobus table {0:?} is not catalog.schema.table with each part letters, digits and _ (not starting with a digit)"
     )]
     BadTable(String),
+    #[error(
+        "sink {0:?} has {{object}} outside its table name; put it in the last part only (delta:./tables/{{object}}, jsonl:./out/{{object}}.jsonl)"
+    )]
+    ObjectOutsideName(String),
+    #[error(
+        "sink {0:?}: {{object}} (a table per object) is not available for Zerobus yet; name one table, or write to delta:PATH/{{object}}"
+    )]
+    ObjectInZerobus(String),
 }
 
 impl std::str::FromStr for SinkSpec {
@@ -98,6 +120,14 @@ impl std::str::FromStr for SinkSpec {
             .ok_or_else(|| SinkSpecError::NoKind(spec.to_string()))?;
         if rest.is_empty() {
             return Err(SinkSpecError::NoPath(spec.to_string()));
+        }
+        if let Some((dir, _)) = rest.rsplit_once('/')
+            && dir.contains(OBJECT)
+        {
+            return Err(SinkSpecError::ObjectOutsideName(spec.to_string()));
+        }
+        if kind == "zerobus" && rest.contains(OBJECT) {
+            return Err(SinkSpecError::ObjectInZerobus(spec.to_string()));
         }
         match kind {
             "jsonl" => Ok(SinkSpec::Jsonl(match rest {
@@ -121,6 +151,29 @@ impl std::str::FromStr for SinkSpec {
 }
 
 impl SinkSpec {
+    /// The table name with `{object}` in it, for a sink with a table per object: a file's
+    /// stem, a Delta table's last path segment.
+    pub fn object_template(&self) -> Option<String> {
+        let name = match self {
+            SinkSpec::Jsonl(JsonlTarget::File(path)) => path.file_stem()?.to_str()?.to_string(),
+            SinkSpec::Delta(target) => target.trim_end_matches('/').rsplit('/').next()?.to_string(),
+            SinkSpec::Jsonl(_) | SinkSpec::Zerobus(_) => return None,
+        };
+        name.contains(OBJECT).then_some(name)
+    }
+
+    /// The place opened as the sink's own: with `{object}`, its dead-letter table.
+    fn opened(&self) -> SinkSpec {
+        match self {
+            SinkSpec::Jsonl(JsonlTarget::File(path)) => {
+                let text = path.to_string_lossy().replace(OBJECT, DEAD_LETTER_OBJECT);
+                SinkSpec::Jsonl(JsonlTarget::File(PathBuf::from(text)))
+            }
+            SinkSpec::Delta(target) => SinkSpec::Delta(target.replace(OBJECT, DEAD_LETTER_OBJECT)),
+            other => other.clone(),
+        }
+    }
+
     /// The `catalog.schema` of a Zerobus target: where its routed tables may go.
     pub fn home_schema(&self) -> Option<String> {
         match self {
@@ -146,7 +199,18 @@ impl std::fmt::Display for SinkSpec {
 /// target: for `jsonl:dir/out.jsonl`, table `emea` is `dir/emea.jsonl`; for
 /// `delta:lake/accounts`, `lake/emea`. Dead letters go to `out_dead_letter.jsonl` or the
 /// Delta table `accounts_dead_letter` unless `--dead-letter` names another place.
-pub enum Sink {
+///
+/// With `{object}` in the table name every row goes to its object's table, a sibling
+/// (`delta:lake/{object}` → `lake/Account`, also for a routed name with `{object}`), and
+/// the sink's own place is its dead-letter table (`lake/dead_letter`).
+pub struct Sink {
+    target: Target,
+    layout: Layout,
+    /// The table name with `{object}`, for a table per object.
+    template: Option<String>,
+}
+
+enum Target {
     Jsonl(Box<jsonl::JsonlTables>),
     Delta(Box<delta::DeltaSink>),
     Zerobus(Box<zerobus::ZerobusSink>),
@@ -157,77 +221,94 @@ impl Sink {
     /// their own checkpoint.
     pub async fn open(
         spec: &SinkSpec,
+        layout: Layout,
         app_id: &str,
         zerobus: &std::sync::Arc<zerobus::ZerobusPool>,
     ) -> Result<Sink, SinkError> {
-        match spec {
-            SinkSpec::Jsonl(target) => Ok(Sink::Jsonl(Box::new(
-                jsonl::JsonlTables::open(target.clone()).await?,
-            ))),
-            SinkSpec::Zerobus(table) => Ok(Sink::Zerobus(Box::new(zerobus::ZerobusSink::open(
-                table, zerobus,
-            )?))),
-            SinkSpec::Delta(target) => Ok(Sink::Delta(Box::new(
-                delta::DeltaSink::open(target, app_id.to_string()).await?,
-            ))),
-        }
+        let template = spec.object_template();
+        let per_object = template.is_some();
+        let target = match &spec.opened() {
+            SinkSpec::Jsonl(target) => Target::Jsonl(Box::new(
+                jsonl::JsonlTables::open(target.clone(), layout, per_object).await?,
+            )),
+            SinkSpec::Zerobus(table) => {
+                Target::Zerobus(Box::new(zerobus::ZerobusSink::open(table, zerobus)?))
+            }
+            SinkSpec::Delta(target) => Target::Delta(Box::new(
+                delta::DeltaSink::open(target, app_id.to_string(), layout, per_object).await?,
+            )),
+        };
+        Ok(Sink {
+            target,
+            layout,
+            template,
+        })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// Whether the sink stores the checkpoint with its data (in the same atomic commit).
     pub fn keeps_checkpoint(&self) -> bool {
-        matches!(self, Sink::Delta(_))
+        matches!(self.target, Target::Delta(_))
     }
 
     /// The checkpoint the sink keeps, if it keeps one.
     pub fn checkpoint(&self) -> Option<ReplayId> {
-        match self {
-            Sink::Jsonl(_) | Sink::Zerobus(_) => None,
-            Sink::Delta(s) => s.checkpoint(),
+        match &self.target {
+            Target::Jsonl(_) | Target::Zerobus(_) => None,
+            Target::Delta(s) => s.checkpoint(),
         }
     }
 
-    /// Where a transform's route goes: a route naming the sink's own table is that table
-    /// (`None`); one naming its dead-letter table is refused, with the reason.
-    pub fn route(&self, table: Option<String>) -> Result<Option<String>, String> {
-        let Some(table) = table else {
-            return Ok(None);
+    /// Where a row of `object` goes, given its transform's route: the sink's own table
+    /// (`None`), or another by name (`{object}` in it replaced); a route naming the
+    /// dead-letter table is refused, with the reason.
+    pub fn route(&self, table: Option<String>, object: &str) -> Result<Option<String>, String> {
+        let table = match (table, &self.template) {
+            (Some(table), _) => table.replace(OBJECT, object),
+            (None, Some(template)) => template.replace(OBJECT, object),
+            (None, None) => return Ok(None),
         };
-        let kind = match self {
-            Sink::Jsonl(s) => s.route_kind(&table),
-            Sink::Delta(s) => s.route_kind(&table),
-            Sink::Zerobus(s) => s.route_kind(&table),
+        let kind = match &self.target {
+            Target::Jsonl(s) => s.route_kind(&table),
+            Target::Delta(s) => s.route_kind(&table),
+            Target::Zerobus(s) => s.route_kind(&table),
         };
         match kind {
-            RouteKind::Own => Ok(None),
-            RouteKind::DeadLetter => Err(format!(
+            // With a table per object, the own place holds the dead letters.
+            RouteKind::Own if self.template.is_none() => Ok(None),
+            RouteKind::Own | RouteKind::DeadLetter => Err(format!(
                 "routed to {table}, the dead-letter table; route events to a table of their own"
             )),
             RouteKind::Other => Ok(Some(table)),
         }
     }
 
-    /// Writes rows to the configured target (`table = None`) or a routed table.
-    pub async fn write(&mut self, table: Option<&str>, rows: &[Row]) -> Result<(), SinkError> {
-        match self {
-            Sink::Jsonl(s) => s.write(table, rows).await,
-            Sink::Delta(s) => s.write(table, rows).await,
-            Sink::Zerobus(s) => s.write(table, rows).await,
+    /// Writes rows to the configured target (`table = None`) or a routed table; rows that
+    /// do not fit a typed table are left out and returned, to be dead-lettered.
+    pub async fn write(&mut self, table: Option<&str>, rows: &[Row]) -> Result<Misfits, SinkError> {
+        match &mut self.target {
+            Target::Jsonl(s) => s.write_rows(table, rows).await,
+            Target::Delta(s) => s.write(table, rows).await,
+            Target::Zerobus(s) => s.write(table, rows).await.map(|()| Vec::new()),
         }
     }
 
     /// Writes dead letters to the sink's own dead-letter place.
     pub async fn write_dead_letters(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
-        match self {
-            Sink::Jsonl(s) => s.write_dead_letters(letters).await,
-            Sink::Delta(s) => s.write_dead_letters(letters).await,
-            Sink::Zerobus(s) => s.write_dead_letters(letters).await,
+        match &mut self.target {
+            Target::Jsonl(s) => s.write_dead_letters(letters).await,
+            Target::Delta(s) => s.write_dead_letters(letters).await,
+            Target::Zerobus(s) => s.write_dead_letters(letters).await,
         }
     }
 
     /// Says that these events (every one of a batch, however it ended) have been processed
     /// and their rows handed to `write`: the Delta sink stops holding rows for them.
     pub fn processed(&mut self, replay_ids: &[ReplayId]) {
-        if let Sink::Delta(s) = self {
+        if let Target::Delta(s) = &mut self.target {
             s.processed(replay_ids);
         }
     }
@@ -235,10 +316,10 @@ impl Sink {
     /// Makes everything written so far, to every table, durable, covering events up to
     /// `position` (recorded with the data by sinks that keep their checkpoint).
     pub async fn flush(&mut self, position: &ReplayId) -> Result<(), SinkError> {
-        match self {
-            Sink::Jsonl(s) => s.flush().await,
-            Sink::Delta(s) => s.flush(position).await,
-            Sink::Zerobus(s) => s.flush().await,
+        match &mut self.target {
+            Target::Jsonl(s) => s.flush().await,
+            Target::Delta(s) => s.flush(position).await,
+            Target::Zerobus(s) => s.flush().await,
         }
     }
 }
@@ -272,6 +353,22 @@ mod tests {
                 .contains("known kinds")
         );
         assert!("jsonl:".parse::<SinkSpec>().is_err());
+        let per_object: SinkSpec = "delta:./tables/sf_{object}".parse().unwrap();
+        assert_eq!(per_object.object_template().as_deref(), Some("sf_{object}"));
+        assert_eq!(
+            per_object.opened(),
+            SinkSpec::Delta("./tables/sf_dead_letter".into())
+        );
+        let jsonl: SinkSpec = "jsonl:out/{object}.jsonl".parse().unwrap();
+        assert_eq!(jsonl.object_template().as_deref(), Some("{object}"));
+        assert_eq!(
+            "delta:./t/a".parse::<SinkSpec>().unwrap().object_template(),
+            None
+        );
+        for bad in ["delta:./{object}/events", "zerobus:main.sf.{object}"] {
+            let err = bad.parse::<SinkSpec>().unwrap_err().to_string();
+            assert!(err.contains("{object}"), "{bad}: {err}");
+        }
         assert_eq!(
             "zerobus:main.sales.accounts".parse::<SinkSpec>().unwrap(),
             SinkSpec::Zerobus("main.sales.accounts".into())

@@ -7,6 +7,7 @@ use serde::Serialize;
 use std::borrow::Cow;
 
 use crate::event::{ChangeEvent, EventSchema};
+use crate::sink::Layout;
 use crate::sink::columns::{self, Cell, Cells, Column, ROW};
 
 /// One row: the event it comes from, moved in rather than copied (a row is ~15 KB, most of
@@ -14,7 +15,8 @@ use crate::sink::columns::{self, Cell, Cells, Column, ROW};
 #[derive(Debug)]
 pub struct Row {
     pub event: ChangeEvent,
-    /// The `record_data_json` column.
+    /// The `record_data_json` column; empty in the typed layout, which has a column per
+    /// field instead.
     pub record_data_json: String,
     /// The replay id as lowercase hex.
     pub replay_id: String,
@@ -27,9 +29,17 @@ pub(crate) fn base64_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S
 }
 
 impl Row {
+    /// A row of the reference layout.
     pub fn from_event(event: ChangeEvent, processed_timestamp: i64) -> Row {
+        Row::with_layout(event, processed_timestamp, Layout::Reference)
+    }
+
+    pub fn with_layout(event: ChangeEvent, processed_timestamp: i64, layout: Layout) -> Row {
         Row {
-            record_data_json: event.record_json(),
+            record_data_json: match layout {
+                Layout::Reference => event.record_json(),
+                Layout::Typed => String::new(),
+            },
             replay_id: event.replay_id.to_hex(),
             event,
             processed_timestamp,

@@ -33,15 +33,16 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, ArrayType, DataType, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use url::Url;
 
-use batches::batch;
+use batches::{batch, typed_batch};
 use recovery::{recorded, rows_after};
 
 use crate::event::ReplayId;
 use crate::sink::columns::{self, Column, Type};
-use crate::sink::{DeadLetter, RouteKind, Row, SinkError};
+use crate::sink::typed::{HEADER, Storage, TypedColumn, TypedTable};
+use crate::sink::{DeadLetter, Layout, Misfits, RouteKind, Row, SinkError};
 
 const REPLAY_KEY: &str = "sfzb.replay_id";
 const APP_KEY: &str = "sfzb.app_id";
@@ -101,15 +102,57 @@ fn last_segment(url: &Url) -> String {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// The reference layout's 16 columns.
     Rows,
+    /// A typed table: the header columns, then a column per field seen so far.
+    Typed,
     DeadLetters,
 }
 
-/// The table's columns, from their one definition in [`crate::sink::columns`].
+/// A typed column's Delta type.
+fn delta_type(storage: Storage) -> DataType {
+    match storage {
+        Storage::Text => DataType::STRING,
+        Storage::Int => DataType::INTEGER,
+        Storage::Long => DataType::LONG,
+        Storage::Double => DataType::DOUBLE,
+        Storage::Bool => DataType::BOOLEAN,
+        Storage::Bytes => DataType::BINARY,
+        Storage::Date => DataType::DATE,
+        Storage::Timestamp => DataType::TIMESTAMP,
+        Storage::TextList => DataType::Array(Box::new(ArrayType::new(DataType::STRING, true))),
+    }
+}
+
+/// A stored column's storage, if it is one a typed table has.
+fn storage_of(ty: &DataType) -> Option<Storage> {
+    [
+        Storage::Text,
+        Storage::Int,
+        Storage::Long,
+        Storage::Double,
+        Storage::Bool,
+        Storage::Bytes,
+        Storage::Date,
+        Storage::Timestamp,
+        Storage::TextList,
+    ]
+    .into_iter()
+    .find(|s| &delta_type(*s) == ty)
+}
+
+/// The table's columns, from their one definition in [`crate::sink::columns`] (a typed
+/// table starts with the header's and gains the fields' with its first rows).
 fn columns(kind: Kind) -> Vec<StructField> {
     let columns: &[Column] = match kind {
         Kind::Rows => &columns::ROW,
         Kind::DeadLetters => &columns::DEAD_LETTER,
+        Kind::Typed => {
+            return HEADER
+                .iter()
+                .map(|(name, storage, _)| StructField::new(*name, delta_type(*storage), true))
+                .collect();
+        }
     };
     columns
         .iter()
@@ -128,6 +171,40 @@ fn columns(kind: Kind) -> Vec<StructField> {
 /// Sibling table → replay ids of rows it already holds for events the checkpoint does not cover.
 type Held = BTreeMap<String, BTreeSet<String>>;
 
+/// The typed columns of a typed table, refusing a table of the other layout: rows of one
+/// layout written into the other's table would be unreadable.
+fn layout_of(table: &DeltaTable, kind: Kind) -> Result<Option<TypedTable>, String> {
+    let schema = table.snapshot().map_err(|e| e.to_string())?.schema();
+    let has = |name: &str| schema.fields().any(|f| f.name() == name);
+    match kind {
+        Kind::Typed => {
+            for (name, storage, _) in HEADER {
+                let field = schema.fields().find(|f| f.name() == name);
+                if field.is_none_or(|f| f.data_type() != &delta_type(storage)) {
+                    return Err(format!(
+                        "the table is not a typed table (its column {name} is missing or not {}): write the typed layout to a new table, or set layout = \"reference\"",
+                        storage.sql()
+                    ));
+                }
+            }
+            let columns = schema
+                .fields()
+                .filter_map(|f| {
+                    Some(TypedColumn {
+                        name: f.name().as_str().into(),
+                        storage: storage_of(f.data_type())?,
+                    })
+                })
+                .collect();
+            Ok(Some(TypedTable::with_columns(columns)))
+        }
+        Kind::Rows if !has("record_data_json") => Err(
+            "the table is not a reference-layout table (it has no record_data_json column): write to a new table, or set layout = \"typed\" if it is a typed table".into(),
+        ),
+        Kind::Rows | Kind::DeadLetters => Ok(None),
+    }
+}
+
 struct Table {
     url: Url,
     table: DeltaTable,
@@ -136,6 +213,8 @@ struct Table {
     buffered: usize,
     /// Our application transaction's version here: the last flush this table took part in.
     txn: Option<i64>,
+    /// A typed table's columns and plans.
+    typed: Option<TypedTable>,
 }
 
 impl Table {
@@ -152,6 +231,9 @@ impl Table {
                 .with_table_name(last_segment(&url))
                 .with_comment(match kind {
                     Kind::Rows => "Salesforce Change Data Capture events (sfzb-host)",
+                    Kind::Typed => {
+                        "Salesforce Change Data Capture events, a column per field (sfzb-host, typed layout)"
+                    }
                     Kind::DeadLetters => {
                         "Events sfzb-host could not deliver, with the reason (sfzb-host)"
                     }
@@ -167,6 +249,7 @@ impl Table {
             .transaction_version(table.log_store().as_ref(), app_id)
             .await
             .map_err(|e| error(&url, e))?;
+        let typed = layout_of(&table, kind).map_err(|e| error(&url, e))?;
         let writer = RecordBatchWriter::for_table(&table).map_err(|e| error(&url, e))?;
         let schema = writer.arrow_schema();
         Ok(Table {
@@ -176,15 +259,39 @@ impl Table {
             schema,
             buffered: 0,
             txn,
+            typed,
         })
     }
 
-    async fn write(&mut self, batch: RecordBatch, rows: usize) -> Result<(), SinkError> {
+    /// Adds a typed table's new columns in a commit of their own, before any row has them.
+    async fn add_columns(&mut self, added: &[TypedColumn]) -> Result<(), SinkError> {
+        let fields: Vec<StructField> = added
+            .iter()
+            .map(|c| StructField::new(c.name.to_string(), delta_type(c.storage), true))
+            .collect();
+        self.table = self
+            .table
+            .clone()
+            .add_columns()
+            .with_fields(fields)
+            .await
+            .map_err(|e| error(&self.url, e))?;
+        let names: Vec<&str> = added.iter().map(|c| &*c.name).collect();
+        tracing::info!(table = %self.url, columns = %names.join(","), "Added columns for a new writer schema.");
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        batch: RecordBatch,
+        rows: usize,
+        mode: WriteMode,
+    ) -> Result<(), SinkError> {
         if rows == 0 {
             return Ok(());
         }
         self.writer
-            .write(batch)
+            .write_with_mode(batch, mode)
             .await
             .map_err(|e| error(&self.url, e))?;
         self.buffered += rows;
@@ -238,6 +345,9 @@ impl Table {
 pub struct DeltaSink {
     url: Url,
     app_id: String,
+    layout: Layout,
+    /// A table per object: the main table is the dead-letter table.
+    per_object: bool,
     main: Table,
     others: HashMap<String, Table>,
     /// The siblings the main table names (`sfzb.tables`).
@@ -258,12 +368,22 @@ pub struct DeltaSink {
 impl DeltaSink {
     /// Opens (or creates) the table and every sibling it names. `app_id` identifies the
     /// writer (org and channel).
-    pub async fn open(target: &str, app_id: String) -> Result<DeltaSink, SinkError> {
+    pub async fn open(
+        target: &str,
+        app_id: String,
+        layout: Layout,
+        per_object: bool,
+    ) -> Result<DeltaSink, SinkError> {
         let url = table_url(target).map_err(|detail| SinkError::Delta {
             target: target.to_string(),
             detail,
         })?;
-        let main = Table::open(url.clone(), Kind::Rows, &app_id).await?;
+        let kind = match (per_object, layout) {
+            (true, _) => Kind::DeadLetters,
+            (false, Layout::Reference) => Kind::Rows,
+            (false, Layout::Typed) => Kind::Typed,
+        };
+        let main = Table::open(url.clone(), kind, &app_id).await?;
         let recorded = recorded(&main.table, &app_id)
             .await
             .map_err(|e| error(&url, e))?;
@@ -279,6 +399,8 @@ impl DeltaSink {
         let mut sink = DeltaSink {
             url,
             app_id,
+            layout,
+            per_object,
             main,
             others: HashMap::new(),
             known: recorded.tables.clone(),
@@ -312,15 +434,18 @@ impl DeltaSink {
     }
 
     fn dead_letter_name(&self) -> String {
+        if self.per_object {
+            return last_segment(&self.url);
+        }
         format!("{}_dead_letter", last_segment(&self.url))
     }
 
     /// Opens a sibling and holds the rows it has past the checkpoint.
     async fn open_sibling(&mut self, name: &str) -> Result<(), SinkError> {
-        let kind = if name == self.dead_letter_name() {
-            Kind::DeadLetters
-        } else {
-            Kind::Rows
+        let kind = match self.layout {
+            _ if name == self.dead_letter_name() => Kind::DeadLetters,
+            Layout::Reference => Kind::Rows,
+            Layout::Typed => Kind::Typed,
         };
         let table = Table::open(sibling(&self.url, name), kind, &self.app_id).await?;
         if let Some(txn) = table.txn {
@@ -349,28 +474,63 @@ impl DeltaSink {
         Ok((table, self.held.get(name)))
     }
 
-    pub async fn write(&mut self, table: Option<&str>, rows: &[Row]) -> Result<(), SinkError> {
+    /// Buffers rows for the next flush; a typed table first gets the columns of new
+    /// fields (a schema change commit), and rows whose fields changed type are returned.
+    pub async fn write(&mut self, table: Option<&str>, rows: &[Row]) -> Result<Misfits, SinkError> {
         let (target, held) = match table {
             None => (&mut self.main, None),
             Some(name) => self.other(name).await?,
         };
-        let rows: Vec<&Row> = rows
+        let rows: Vec<(usize, &Row)> = rows
             .iter()
-            .filter(|r| held.is_none_or(|h| !h.contains(&r.replay_id)))
+            .enumerate()
+            .filter(|(_, r)| held.is_none_or(|h| !h.contains(&r.replay_id)))
             .collect();
-        let batch = batch(&target.schema, &rows).map_err(|e| error(&target.url, e))?;
-        target.write(batch, rows.len()).await
+        let Some(typed) = target.typed.as_mut() else {
+            let rows: Vec<&Row> = rows.into_iter().map(|(_, r)| r).collect();
+            let batch = batch(&target.schema, &rows).map_err(|e| error(&target.url, e))?;
+            target.write(batch, rows.len(), WriteMode::Default).await?;
+            return Ok(Vec::new());
+        };
+        let mut misfits = Vec::new();
+        let mut planned = Vec::with_capacity(rows.len());
+        for (i, row) in rows {
+            match typed.plan(&row.event.schema) {
+                Ok(plan) => planned.push((plan, row)),
+                Err(misfit) => misfits.push((i, misfit)),
+            }
+        }
+        let added = typed.take_added();
+        let columns = typed.columns().to_vec();
+        if !added.is_empty() {
+            // Should this fail, the table has columns the plans do not know: the error
+            // restarts the subscription, which reads them back.
+            target.add_columns(&added).await?;
+        }
+        let (batch, widens) = typed_batch(&target.writer.arrow_schema(), &columns, &planned)
+            .map_err(|e| error(&target.url, e))?;
+        let mode = match widens {
+            true => WriteMode::MergeSchema,
+            false => WriteMode::Default,
+        };
+        target.write(batch, planned.len(), mode).await?;
+        Ok(misfits)
     }
 
     pub async fn write_dead_letters(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
-        let name = self.dead_letter_name();
-        let (target, held) = self.other(&name).await?;
+        let (target, held) = match self.per_object {
+            true => (&mut self.main, None),
+            false => {
+                let name = self.dead_letter_name();
+                self.other(&name).await?
+            }
+        };
         let letters: Vec<&DeadLetter> = letters
             .iter()
             .filter(|l| held.is_none_or(|h| !h.contains(&l.replay_id)))
             .collect();
         let batch = batch(&target.schema, &letters).map_err(|e| error(&target.url, e))?;
-        target.write(batch, letters.len()).await
+        target.write(batch, letters.len(), WriteMode::Default).await
     }
 
     /// These events have been processed again (written, routed, dead-lettered or dropped):

@@ -1,0 +1,736 @@
+//! The typed layout (`layout = "typed"`): a table per Salesforce object with the change
+//! header as columns and one column per field, named by its Salesforce API name, typed from
+//! the writer schema and the field's Salesforce type (the schema's field `doc`,
+//! `Data:DateTime`).
+//!
+//! A table's columns only grow. Each writer schema gets a [`Plan`] against the table: where
+//! each column's value comes from in its events. A schema with fields the table lacks adds
+//! them (nullable, at the end) and reports them once through [`TypedTable::take_added`], so
+//! the sink widens the stored table before it writes a row that has them; a field the
+//! table has with another storage type is a [`Misfit`], and its events are dead-lettered.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use apache_avro::schema::{Name, RecordSchema};
+
+use crate::event::{EventSchema, Value};
+use crate::sink::Row;
+
+/// How rows are laid out in their tables.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// The reference library's 16 columns: the record as JSON, the Avro payload and schema.
+    #[default]
+    Reference,
+    /// A column per field of the object, typed; a table per object with `{object}`.
+    Typed,
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Reference => "reference",
+            Layout::Typed => "typed",
+        })
+    }
+}
+
+/// How a column is stored; every column is nullable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    Text,
+    Int,
+    Long,
+    Double,
+    Bool,
+    Bytes,
+    /// Days since the epoch.
+    Date,
+    /// Microseconds since the epoch, UTC.
+    Timestamp,
+    TextList,
+}
+
+impl Storage {
+    /// As Databricks SQL spells it.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Storage::Text => "STRING",
+            Storage::Int => "INT",
+            Storage::Long => "BIGINT",
+            Storage::Double => "DOUBLE",
+            Storage::Bool => "BOOLEAN",
+            Storage::Bytes => "BINARY",
+            Storage::Date => "DATE",
+            Storage::Timestamp => "TIMESTAMP",
+            Storage::TextList => "ARRAY<STRING>",
+        }
+    }
+}
+
+/// What a field's value means, which decides its storage and its conversion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Int,
+    Long,
+    Double,
+    Bool,
+    Bytes,
+    /// Salesforce `Date`, `DateOnly`, `Birthday`: epoch milliseconds at midnight UTC.
+    DateMillis,
+    /// Avro's `date`: days since the epoch.
+    DateDays,
+    /// Salesforce `DateTime`, Avro `timestamp-millis`: epoch milliseconds.
+    TimestampMillis,
+    /// Avro `timestamp-micros`.
+    TimestampMicros,
+    /// Salesforce `TimeOnly`, Avro `time-millis`: milliseconds since midnight, stored as
+    /// text the way the REST API shows it (`13:30:00.000Z`).
+    TimeMillis,
+}
+
+impl Kind {
+    pub fn storage(self) -> Storage {
+        match self {
+            Kind::Text | Kind::TimeMillis => Storage::Text,
+            Kind::Int => Storage::Int,
+            Kind::Long => Storage::Long,
+            Kind::Double => Storage::Double,
+            Kind::Bool => Storage::Bool,
+            Kind::Bytes => Storage::Bytes,
+            Kind::DateMillis | Kind::DateDays => Storage::Date,
+            Kind::TimestampMillis | Kind::TimestampMicros => Storage::Timestamp,
+        }
+    }
+}
+
+/// A change header column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Header {
+    ChangeType,
+    CommitTimestamp,
+    CommitNumber,
+    CommitUser,
+    TransactionKey,
+    SequenceNumber,
+    ChangeOrigin,
+    RecordIds,
+    ChangedFields,
+    NulledFields,
+    DiffFields,
+    OrgId,
+    ReplayId,
+    EventId,
+    SchemaId,
+    ProcessedTimestamp,
+}
+
+/// The header columns, first in every typed table. Salesforce API names start with a
+/// capital letter or end in `__c`, so these lower-case names cannot be a field's.
+pub const HEADER: [(&str, Storage, Header); 16] = [
+    ("change_type", Storage::Text, Header::ChangeType),
+    (
+        "commit_timestamp",
+        Storage::Timestamp,
+        Header::CommitTimestamp,
+    ),
+    ("commit_number", Storage::Long, Header::CommitNumber),
+    ("commit_user", Storage::Text, Header::CommitUser),
+    ("transaction_key", Storage::Text, Header::TransactionKey),
+    ("sequence_number", Storage::Int, Header::SequenceNumber),
+    ("change_origin", Storage::Text, Header::ChangeOrigin),
+    ("record_ids", Storage::TextList, Header::RecordIds),
+    ("changed_fields", Storage::TextList, Header::ChangedFields),
+    ("nulled_fields", Storage::TextList, Header::NulledFields),
+    ("diff_fields", Storage::TextList, Header::DiffFields),
+    ("org_id", Storage::Text, Header::OrgId),
+    ("replay_id", Storage::Text, Header::ReplayId),
+    ("event_id", Storage::Text, Header::EventId),
+    ("schema_id", Storage::Text, Header::SchemaId),
+    (
+        "processed_timestamp",
+        Storage::Timestamp,
+        Header::ProcessedTimestamp,
+    ),
+];
+
+/// A column of a typed table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypedColumn {
+    pub name: Arc<str>,
+    pub storage: Storage,
+}
+
+/// A field of a writer schema as a column: its API name, kind and place in the event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldColumn {
+    pub name: String,
+    pub kind: Kind,
+    /// Position in `ChangeEvent::fields`.
+    pub top: usize,
+    /// Position in the compound field's record, for a child.
+    pub child: Option<usize>,
+}
+
+/// The Salesforce type in a field's doc: `Data:DateTime` → `DateTime`.
+fn salesforce_type(doc: Option<&str>) -> &str {
+    doc.and_then(|d| d.split(':').nth(1)).unwrap_or("")
+}
+
+/// A compound field's child as its API name: `BillingAddress` + `City` → `BillingCity`,
+/// `Name` + `FirstName` → `FirstName`, `Place__c` + `Latitude` → `Place__Latitude__s`.
+pub fn child_name(parent: &str, salesforce_type: &str, child: &str) -> String {
+    match salesforce_type {
+        "Address" => format!(
+            "{}{child}",
+            parent.strip_suffix("Address").unwrap_or(parent)
+        ),
+        "Location" => match parent.strip_suffix("__c") {
+            Some(base) => format!("{base}__{child}__s"),
+            None => format!("{parent}{child}"),
+        },
+        t if t.ends_with("PersonName") => child.to_string(),
+        _ => format!("{parent}_{child}"),
+    }
+}
+
+fn kind_of(schema: &Schema, salesforce_type: &str) -> Option<Kind> {
+    Some(match schema {
+        Schema::Boolean => Kind::Bool,
+        Schema::Int => Kind::Int,
+        Schema::Long => match salesforce_type {
+            "DateTime" => Kind::TimestampMillis,
+            "Date" | "DateOnly" | "Birthday" => Kind::DateMillis,
+            "TimeOnly" | "Time" => Kind::TimeMillis,
+            _ => Kind::Long,
+        },
+        Schema::Float | Schema::Double => Kind::Double,
+        Schema::Bytes | Schema::Fixed(_) => Kind::Bytes,
+        Schema::String | Schema::Uuid | Schema::Enum(_) => Kind::Text,
+        Schema::Date => Kind::DateDays,
+        Schema::TimeMillis => Kind::TimeMillis,
+        Schema::TimestampMillis | Schema::LocalTimestampMillis => Kind::TimestampMillis,
+        Schema::TimestampMicros | Schema::LocalTimestampMicros => Kind::TimestampMicros,
+        _ => return None,
+    })
+}
+
+fn record<'a>(schema: &'a Schema, root: &'a Schema) -> Option<&'a RecordSchema> {
+    fn find<'a>(s: &'a Schema, name: &Name) -> Option<&'a RecordSchema> {
+        match s {
+            Schema::Record(r) if &r.name == name => Some(r),
+            Schema::Record(r) => r.fields.iter().find_map(|f| find(&f.schema, name)),
+            Schema::Union(u) => u.variants().iter().find_map(|v| find(v, name)),
+            _ => None,
+        }
+    }
+    match schema {
+        Schema::Record(r) => Some(r),
+        Schema::Ref { name } => find(root, name),
+        _ => None,
+    }
+}
+
+/// Why a schema's events do not fit a typed table.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Misfit {
+    #[error(
+        "field {field} is {new:?} in schema {schema_id}, but the table's column is {old:?}: Delta cannot change a column's type in place; write this object to a new table or migrate the column"
+    )]
+    TypeChange {
+        field: String,
+        schema_id: String,
+        old: Storage,
+        new: Storage,
+    },
+    #[error(
+        "field {field} of schema {schema_id} has Avro type {avro}, which has no typed column; use layout = \"reference\""
+    )]
+    Unsupported {
+        field: String,
+        schema_id: String,
+        avro: String,
+    },
+}
+
+/// A writer schema's data fields as columns, compound fields flattened into their
+/// children's API names: the documented rule (README, "Typed tables").
+pub fn field_columns(schema: &EventSchema) -> Result<Vec<FieldColumn>, Misfit> {
+    let Schema::Record(root) = &schema.avro else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(root.fields.len());
+    for (i, field) in root.fields.iter().enumerate().skip(1) {
+        let sf = salesforce_type(field.doc.as_deref());
+        let variants: Vec<&Schema> = match &field.schema {
+            Schema::Union(u) => u
+                .variants()
+                .iter()
+                .filter(|v| !matches!(v, Schema::Null))
+                .collect(),
+            other => vec![other],
+        };
+        let top = i - 1;
+        let mut placed = false;
+        for variant in variants {
+            if let Some(compound) = record(variant, &schema.avro) {
+                for (j, child) in compound.fields.iter().enumerate() {
+                    let inner = match &child.schema {
+                        Schema::Union(u) => u
+                            .variants()
+                            .iter()
+                            .find(|v| !matches!(v, Schema::Null))
+                            .unwrap_or(&Schema::Null),
+                        other => other,
+                    };
+                    let kind =
+                        kind_of(inner, salesforce_type(child.doc.as_deref())).ok_or_else(|| {
+                            Misfit::Unsupported {
+                                field: format!("{}.{}", field.name, child.name),
+                                schema_id: schema.id.clone(),
+                                avro: format!("{inner:?}"),
+                            }
+                        })?;
+                    out.push(FieldColumn {
+                        name: child_name(&field.name, sf, &child.name),
+                        kind,
+                        top,
+                        child: Some(j),
+                    });
+                }
+            } else if !placed {
+                // A switchable field (Account's Name: text, or a person's name record) has
+                // its text column and its children's columns.
+                let kind = kind_of(variant, sf).ok_or_else(|| Misfit::Unsupported {
+                    field: field.name.clone(),
+                    schema_id: schema.id.clone(),
+                    avro: format!("{variant:?}"),
+                })?;
+                out.push(FieldColumn {
+                    name: field.name.clone(),
+                    kind,
+                    top,
+                    child: None,
+                });
+                placed = true;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where a column's value comes from in an event of one writer schema.
+#[derive(Clone, Debug)]
+enum Source {
+    Null,
+    Header(Header),
+    Field {
+        top: usize,
+        child: Option<usize>,
+        kind: Kind,
+    },
+}
+
+/// One writer schema's events in one table: a source per column of the table as it was
+/// when the plan was made (columns added since read as null).
+#[derive(Debug)]
+pub struct Plan {
+    sources: Vec<Source>,
+    /// Header field lists name compound children as `BillingAddress.City`; the table
+    /// names them by column: `BillingCity`.
+    renames: HashMap<String, String>,
+}
+
+/// One value of a typed row.
+#[derive(Debug, PartialEq)]
+pub enum TypedCell<'a> {
+    Null,
+    Text(Cow<'a, str>),
+    Int(i32),
+    Long(i64),
+    Double(f64),
+    Bool(bool),
+    Bytes(&'a [u8]),
+    /// Days since the epoch.
+    Date(i32),
+    /// Microseconds since the epoch.
+    Timestamp(i64),
+    TextList(Vec<&'a str>),
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A typed cell in JSON: dates as `2026-12-02`, timestamps as RFC 3339 in UTC, bytes as
+/// base64.
+impl serde::Serialize for TypedCell<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use chrono::{DateTime, SecondsFormat};
+        match self {
+            TypedCell::Null => s.serialize_unit(),
+            TypedCell::Text(t) => s.serialize_str(t),
+            TypedCell::Int(v) => s.serialize_i32(*v),
+            TypedCell::Long(v) => s.serialize_i64(*v),
+            TypedCell::Double(v) => s.serialize_f64(*v),
+            TypedCell::Bool(v) => s.serialize_bool(*v),
+            TypedCell::Bytes(v) => crate::sink::row::base64_bytes(v, s),
+            TypedCell::Date(days) => match DateTime::from_timestamp(i64::from(*days) * 86_400, 0) {
+                Some(t) => s.collect_str(&t.date_naive()),
+                None => s.serialize_unit(),
+            },
+            TypedCell::Timestamp(us) => match DateTime::from_timestamp_micros(*us) {
+                Some(t) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+                None => s.serialize_unit(),
+            },
+            TypedCell::TextList(v) => v.serialize(s),
+        }
+    }
+}
+
+/// A typed row as a JSON object: the header and the fields of its own writer schema,
+/// by column name.
+pub struct TypedJson<'a> {
+    pub columns: &'a [TypedColumn],
+    pub plan: &'a Plan,
+    pub row: &'a Row,
+}
+
+impl serde::Serialize for TypedJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        for (i, column) in self.columns.iter().enumerate() {
+            if self.plan.covers(i) {
+                map.serialize_entry(&*column.name, &self.plan.cell(self.row, i))?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl Plan {
+    /// Whether column `i` is a header column or a field of this plan's schema.
+    pub fn covers(&self, i: usize) -> bool {
+        !matches!(self.sources.get(i), None | Some(Source::Null))
+    }
+
+    /// The value of column `i` for `row`.
+    pub fn cell<'a>(&'a self, row: &'a Row, i: usize) -> TypedCell<'a> {
+        let e = &row.event;
+        let h = &e.header;
+        let list = |names: &'a [String]| {
+            TypedCell::TextList(
+                names
+                    .iter()
+                    .map(|n| self.renames.get(n).map_or(n.as_str(), String::as_str))
+                    .collect(),
+            )
+        };
+        match self.sources.get(i).unwrap_or(&Source::Null) {
+            Source::Null => TypedCell::Null,
+            Source::Header(header) => match header {
+                Header::ChangeType => TypedCell::Text(Cow::Borrowed(h.change_type.as_str())),
+                Header::CommitTimestamp => TypedCell::Timestamp(h.commit_timestamp * 1000),
+                Header::CommitNumber => TypedCell::Long(h.commit_number),
+                Header::CommitUser => TypedCell::Text(Cow::Borrowed(&h.commit_user)),
+                Header::TransactionKey => TypedCell::Text(Cow::Borrowed(&h.transaction_key)),
+                Header::SequenceNumber => TypedCell::Int(h.sequence_number),
+                Header::ChangeOrigin => TypedCell::Text(Cow::Borrowed(&h.change_origin)),
+                Header::RecordIds => {
+                    TypedCell::TextList(h.record_ids.iter().map(String::as_str).collect())
+                }
+                Header::ChangedFields => list(&h.changed_fields),
+                Header::NulledFields => list(&h.nulled_fields),
+                Header::DiffFields => list(&h.diff_fields),
+                Header::OrgId => TypedCell::Text(Cow::Borrowed(&e.org_id)),
+                Header::ReplayId => TypedCell::Text(Cow::Borrowed(&row.replay_id)),
+                Header::EventId => TypedCell::Text(Cow::Borrowed(&e.event_id)),
+                Header::SchemaId => TypedCell::Text(Cow::Borrowed(&e.schema.id)),
+                Header::ProcessedTimestamp => TypedCell::Timestamp(row.processed_timestamp * 1000),
+            },
+            Source::Field { top, child, kind } => {
+                let value = match (e.fields.get(*top).map(|f| &f.value), child) {
+                    (Some(Value::Record(children)), Some(j)) => children.get(*j).map(|c| &c.value),
+                    // The text branch of a switchable field that holds a record is null.
+                    (Some(Value::Record(_)), None) | (_, Some(_)) => None,
+                    (value, None) => value,
+                };
+                value.map_or(TypedCell::Null, |v| convert(v, *kind))
+            }
+        }
+    }
+}
+
+/// A field's value in its column's form; a value the schema does not allow for the field
+/// (never produced: events are checked against their schema) reads as null.
+fn convert(value: &Value, kind: Kind) -> TypedCell<'_> {
+    match (kind, value) {
+        (_, Value::Null) => TypedCell::Null,
+        (Kind::Text, Value::Text(t)) => TypedCell::Text(Cow::Borrowed(t)),
+        (Kind::Int, Value::Int(v)) => TypedCell::Int(*v as i32),
+        (Kind::Long, Value::Int(v)) => TypedCell::Long(*v),
+        (Kind::Double, Value::Float(v)) => TypedCell::Double(*v),
+        (Kind::Bool, Value::Bool(v)) => TypedCell::Bool(*v),
+        (Kind::Bytes, Value::Bytes(v)) => TypedCell::Bytes(v),
+        (Kind::DateMillis, Value::Int(ms)) => TypedCell::Date(ms.div_euclid(DAY_MS) as i32),
+        (Kind::DateDays, Value::Int(days)) => TypedCell::Date(*days as i32),
+        (Kind::TimestampMillis, Value::Int(ms)) => TypedCell::Timestamp(ms * 1000),
+        (Kind::TimestampMicros, Value::Int(us)) => TypedCell::Timestamp(*us),
+        (Kind::TimeMillis, Value::Int(ms)) => {
+            let ms = ms.rem_euclid(DAY_MS);
+            TypedCell::Text(Cow::Owned(format!(
+                "{:02}:{:02}:{:02}.{:03}Z",
+                ms / 3_600_000,
+                ms / 60_000 % 60,
+                ms / 1000 % 60,
+                ms % 1000
+            )))
+        }
+        _ => TypedCell::Null,
+    }
+}
+
+/// A typed table's columns and the plans of the writer schemas seen so far.
+#[derive(Debug)]
+pub struct TypedTable {
+    columns: Vec<TypedColumn>,
+    /// Column position by lower-cased name: Delta and Databricks match names ignoring case.
+    index: HashMap<String, usize>,
+    plans: HashMap<String, Result<Arc<Plan>, Misfit>>,
+    /// Columns added by plans since the last `take_added`.
+    added: Vec<TypedColumn>,
+}
+
+impl Default for TypedTable {
+    fn default() -> Self {
+        Self::with_columns(Vec::new())
+    }
+}
+
+impl TypedTable {
+    /// A table that has `columns` (read back from storage); the header columns are added
+    /// where missing, so a new table starts with them.
+    pub fn with_columns(columns: Vec<TypedColumn>) -> TypedTable {
+        let mut table = TypedTable {
+            columns: Vec::new(),
+            index: HashMap::new(),
+            plans: HashMap::new(),
+            added: Vec::new(),
+        };
+        for column in columns {
+            table.push(column);
+        }
+        for (name, storage, _) in HEADER {
+            if !table.index.contains_key(name) {
+                table.push(TypedColumn {
+                    name: name.into(),
+                    storage,
+                });
+            }
+        }
+        table.added.clear();
+        table
+    }
+
+    fn push(&mut self, column: TypedColumn) {
+        self.index
+            .insert(column.name.to_lowercase(), self.columns.len());
+        self.added.push(column.clone());
+        self.columns.push(column);
+    }
+
+    pub fn columns(&self) -> &[TypedColumn] {
+        &self.columns
+    }
+
+    /// The columns added since the last call: the stored table must get them before a row
+    /// planned with them is written.
+    pub fn take_added(&mut self) -> Vec<TypedColumn> {
+        std::mem::take(&mut self.added)
+    }
+
+    /// The plan of `schema`'s events, adding the columns of fields the table lacks.
+    pub fn plan(&mut self, schema: &EventSchema) -> Result<Arc<Plan>, Misfit> {
+        if let Some(plan) = self.plans.get(&schema.id) {
+            return plan.clone();
+        }
+        let plan = self.make_plan(schema);
+        self.plans.insert(schema.id.clone(), plan.clone());
+        plan
+    }
+
+    fn make_plan(&mut self, schema: &EventSchema) -> Result<Arc<Plan>, Misfit> {
+        let fields = field_columns(schema)?;
+        let headers: HashMap<&str, Header> = HEADER.iter().map(|(n, _, h)| (*n, *h)).collect();
+        // Check every field before adding any, so a misfit schema leaves the table as it was.
+        let mut new = Vec::new();
+        for field in &fields {
+            let storage = field.kind.storage();
+            let key = field.name.to_lowercase();
+            match self.index.get(&key) {
+                Some(&i) if headers.contains_key(self.columns[i].name.as_ref()) => {
+                    return Err(Misfit::Unsupported {
+                        field: field.name.clone(),
+                        schema_id: schema.id.clone(),
+                        avro: "a name of a header column".into(),
+                    });
+                }
+                Some(&i) if self.columns[i].storage != storage => {
+                    return Err(Misfit::TypeChange {
+                        field: field.name.clone(),
+                        schema_id: schema.id.clone(),
+                        old: self.columns[i].storage,
+                        new: storage,
+                    });
+                }
+                Some(_) => {}
+                None if new
+                    .iter()
+                    .any(|c: &TypedColumn| c.name.to_lowercase() == key) => {}
+                None => new.push(TypedColumn {
+                    name: field.name.as_str().into(),
+                    storage,
+                }),
+            }
+        }
+        for column in new {
+            self.push(column);
+        }
+        let mut sources = vec![Source::Null; self.columns.len()];
+        for (i, column) in self.columns.iter().enumerate() {
+            if let Some(h) = headers.get(column.name.as_ref()) {
+                sources[i] = Source::Header(*h);
+            }
+        }
+        let mut renames = HashMap::new();
+        for field in fields {
+            let i = self.index[&field.name.to_lowercase()];
+            if let Some(j) = field.child {
+                let names = &schema.names;
+                let parent = &names.top[field.top + 1];
+                if let Some(child) = names.children[field.top + 1]
+                    .as_ref()
+                    .and_then(|c| c.get(j))
+                {
+                    renames.insert(format!("{parent}.{child}"), field.name.clone());
+                }
+            }
+            sources[i] = Source::Field {
+                top: field.top,
+                child: field.child,
+                kind: field.kind,
+            };
+        }
+        Ok(Arc::new(Plan { sources, renames }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::catalog::Entity;
+
+    #[test]
+    fn compound_fields_flatten_into_their_api_names() {
+        assert_eq!(
+            child_name("BillingAddress", "Address", "City"),
+            "BillingCity"
+        );
+        assert_eq!(child_name("Address", "Address", "Street"), "Street");
+        assert_eq!(
+            child_name("Name", "Switchable_PersonName", "FirstName"),
+            "FirstName"
+        );
+        assert_eq!(
+            child_name("Some_Geolocation__c", "Location", "Latitude"),
+            "Some_Geolocation__Latitude__s"
+        );
+        let entity = Entity::load("Account").unwrap().unwrap();
+        let columns = field_columns(&entity.schema).unwrap();
+        let find = |n: &str| columns.iter().find(|c| c.name == n).cloned();
+        assert_eq!(find("BillingCity").unwrap().kind, Kind::Text);
+        assert_eq!(find("BillingLatitude").unwrap().kind, Kind::Double);
+        assert_eq!(find("CreatedDate").unwrap().kind, Kind::TimestampMillis);
+        assert_eq!(find("PersonBirthdate").unwrap().kind, Kind::DateMillis);
+        assert_eq!(find("NumberOfEmployees").unwrap().kind, Kind::Int);
+        // Account's Name is text or a person's name: both have columns.
+        assert_eq!(find("Name").unwrap().kind, Kind::Text);
+        assert!(find("FirstName").is_some());
+        assert!(
+            find("BillingAddress").is_none(),
+            "a compound field is its children"
+        );
+    }
+
+    #[test]
+    fn a_wider_schema_adds_its_columns_once_and_a_type_change_is_a_misfit() {
+        let entity = Entity::load("Account").unwrap().unwrap();
+        let mut table = TypedTable::default();
+        assert_eq!(table.take_added(), Vec::new(), "a new table has the header");
+        let old = table.plan(&entity.schema).unwrap();
+        let first = table.take_added();
+        assert!(first.iter().any(|c| &*c.name == "BillingCity"));
+        table.plan(&entity.changed_schema).unwrap();
+        let added = table.take_added();
+        assert_eq!(
+            added.iter().map(|c| &*c.name).collect::<Vec<_>>(),
+            [crate::sim::catalog::ADDED_FIELD]
+        );
+        table.plan(&entity.schema).unwrap();
+        assert!(table.take_added().is_empty());
+        assert!(old.sources.len() < table.columns().len());
+
+        let mut narrow = TypedTable::with_columns(vec![TypedColumn {
+            name: "billingcity".into(),
+            storage: Storage::Long,
+        }]);
+        let err = narrow.plan(&entity.schema).unwrap_err();
+        assert!(
+            matches!(err, Misfit::TypeChange { ref field, .. } if field == "BillingCity"),
+            "{err}"
+        );
+        assert_eq!(
+            narrow.columns().len(),
+            1 + HEADER.len(),
+            "a misfit adds nothing"
+        );
+    }
+
+    #[test]
+    fn values_take_their_column_form() {
+        assert_eq!(
+            convert(&Value::Int(86_400_000 * 3 + 5), Kind::DateMillis),
+            TypedCell::Date(3)
+        );
+        assert_eq!(
+            convert(&Value::Int(-1), Kind::DateMillis),
+            TypedCell::Date(-1)
+        );
+        assert_eq!(
+            convert(&Value::Int(1500), Kind::TimestampMillis),
+            TypedCell::Timestamp(1_500_000)
+        );
+        assert_eq!(
+            convert(
+                &Value::Int(13 * 3_600_000 + 30 * 60_000 + 5_007),
+                Kind::TimeMillis
+            ),
+            TypedCell::Text(Cow::Owned("13:30:05.007Z".into()))
+        );
+        assert_eq!(convert(&Value::Null, Kind::Long), TypedCell::Null);
+    }
+}
