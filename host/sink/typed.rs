@@ -250,7 +250,9 @@ fn record<'a>(schema: &'a Schema, root: &'a Schema) -> Option<&'a RecordSchema> 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Misfit {
     #[error(
-        "field {field} is {new:?} in schema {schema_id}, but the table's column is {old:?}: Delta cannot change a column's type in place; write this object to a new table or migrate the column"
+        "field {field} is {} in schema {schema_id}, but the table's column is {}: a column's type cannot change in place; write this object to a new table or migrate the column",
+        new.sql(),
+        old.sql()
     )]
     TypeChange {
         field: String,

@@ -72,6 +72,81 @@ async fn undecodable_events_land_in_the_dead_letter_table() {
     sim.shutdown().await;
 }
 
+/// A typed table per object from one `/data/ChangeEvents` subscription. Account's table
+/// already holds `BillingCity` as a number, a type its events cannot have: they go to the
+/// dead-letter table (which carries the checkpoint) and stop nothing; Contact's fill its
+/// table, and a second run with more events adds exactly the new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_tables_per_object_resume_and_dead_letter_a_type_change() {
+    use deltalake::kernel::{ArrayType, DataType, StructField};
+    use sfzb_host::sink::typed::{HEADER, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let tables = dir.path().join("tables");
+    let account = tables.join("Account");
+    std::fs::create_dir_all(&account).unwrap();
+    let mut columns: Vec<StructField> = HEADER
+        .iter()
+        .map(|(name, storage, _)| {
+            let ty = match storage {
+                Storage::Text => DataType::STRING,
+                Storage::Int => DataType::INTEGER,
+                Storage::Long => DataType::LONG,
+                Storage::Timestamp => DataType::TIMESTAMP,
+                Storage::TextList => {
+                    DataType::Array(Box::new(ArrayType::new(DataType::STRING, true)))
+                }
+                other => unreachable!("no header column is {other:?}"),
+            };
+            StructField::new(*name, ty, true)
+        })
+        .collect();
+    columns.push(StructField::new("BillingCity", DataType::LONG, true));
+    let url = url::Url::from_directory_path(account.canonicalize().unwrap()).unwrap();
+    deltalake::DeltaTable::try_from_url(url)
+        .await
+        .unwrap()
+        .create()
+        .with_columns(columns)
+        .await
+        .unwrap();
+
+    let sink = format!("delta:{}/{{object}}", tables.display());
+    for (events, new) in [(20, 40), (30, 20)] {
+        let sim = start(sim_config(&["Account", "Contact"], events)).await;
+        let stats = run(plan(
+            &sim,
+            dir.path(),
+            "/data/ChangeEvents",
+            &["--sink", &sink, "--layout", "typed"],
+        ))
+        .await
+        .unwrap();
+        assert_eq!(stats.received, new, "resumed from the checkpoint in dead_letter");
+        assert_eq!(stats.dead_lettered, new / 2, "every Account event, no other");
+        sim.shutdown().await;
+    }
+    let contacts = delta_rows(&tables.join("Contact")).await;
+    assert_eq!(contacts.len(), 30);
+    assert_eq!(
+        contacts.iter().map(|(id, _)| id).collect::<HashSet<_>>().len(),
+        30,
+        "no event twice"
+    );
+    assert!(delta_rows(&account).await.is_empty(), "no row against the wrong type");
+    let dead = delta_rows_with(&tables.join("dead_letter"), Some("error")).await;
+    assert_eq!(dead.len(), 30);
+    for (_, replay, error) in &dead {
+        let error = error.as_deref().unwrap();
+        assert!(
+            error.contains("BillingCity") && error.contains("BIGINT"),
+            "{replay}: {error}"
+        );
+    }
+    let stages = delta_rows_with(&tables.join("dead_letter"), Some("stage")).await;
+    assert!(stages.iter().all(|(_, _, s)| s.as_deref() == Some("write")));
+    assert!(!dir.path().join("state").exists(), "the checkpoint is in the tables");
+}
+
 /// The simulator and the host in their own processes; the host is killed with SIGKILL at
 /// random points and restarted. Every event must end up in its table exactly once, with a
 /// transform chain that routes Contact events to a second table.
