@@ -7,7 +7,9 @@
 //!
 //! `SFZB_BENCH_EVENTS` sets the end-to-end event count (default 200000); `SFZB_BENCH_SINK`
 //! the sink (default `jsonl:/dev/null`; `delta:/tmp/bench-table`, emptied first;
-//! `zerobus:main.bench.events` to the Zerobus test server of the simulator's process).
+//! `zerobus:main.bench.events` to the Zerobus test server of the simulator's process);
+//! `SFZB_BENCH_LAYOUT=typed` runs the typed layout too, after the reference layout, and
+//! prints both.
 
 // The tests' guest builder; the bench uses only its Rust components.
 #[allow(dead_code)]
@@ -26,6 +28,7 @@ use sfzb_host::salesforce::schema::{EventMeta, decode_event};
 use sfzb_host::sim::catalog::Entity;
 use sfzb_host::sim::generator::{Position, generate};
 use sfzb_host::sink::Row;
+use sfzb_host::sink::typed::{Layout, TypedJson, TypedTable};
 
 fn main() {
     let entity = Entity::load("Account").unwrap().unwrap();
@@ -69,6 +72,24 @@ fn main() {
         row_time += started.elapsed();
     }
     let row_us = row_time.as_secs_f64() * 1e6 / (rounds * decoded.len()) as f64;
+    let (mut typed_bytes, mut typed_time) = (0usize, Duration::ZERO);
+    let mut table = TypedTable::default();
+    for _ in 0..rounds {
+        let batch = decoded.clone();
+        let started = Instant::now();
+        for event in batch {
+            let row = Row::with_layout(event, 0, Layout::Typed);
+            let plan = table.plan(&row.event.schema).unwrap();
+            let json = TypedJson {
+                columns: table.columns(),
+                plan: &plan,
+                row: &row,
+            };
+            typed_bytes += serde_json::to_vec(&json).unwrap().len();
+        }
+        typed_time += started.elapsed();
+    }
+    let typed_us = typed_time.as_secs_f64() * 1e6 / (rounds * decoded.len()) as f64;
     let avg_payload = events.iter().map(|e| e.payload.len()).sum::<usize>() / events.len();
     println!(
         "decode (Account, {} fields, {avg_payload} B payload): {decode_us:.2} µs/event",
@@ -78,15 +99,25 @@ fn main() {
         "row + JSON line ({} B/row):                    {row_us:.2} µs/event",
         bytes / (rounds * decoded.len())
     );
+    println!(
+        "typed row + JSON line ({} B/row):               {typed_us:.2} µs/event",
+        typed_bytes / (rounds * decoded.len())
+    );
 
     let count: u64 = std::env::var("SFZB_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
-    end_to_end(count);
+    let layouts: &[&str] = match std::env::var("SFZB_BENCH_LAYOUT").as_deref() {
+        Ok("typed") => &["reference", "typed"],
+        _ => &["reference"],
+    };
+    for layout in layouts {
+        end_to_end(count, layout);
+    }
 }
 
-fn end_to_end(count: u64) {
+fn end_to_end(count: u64, layout: &str) {
     let sink = std::env::var("SFZB_BENCH_SINK").unwrap_or_else(|_| "jsonl:/dev/null".into());
     // A zerobus: sink writes to the Zerobus test server the simulator process also runs.
     let zerobus = sink.starts_with("zerobus:");
@@ -111,7 +142,7 @@ fn end_to_end(count: u64) {
     }
     // The pipeline: a Rust mask transform on every event (`SFZB_BENCH_MASK=0` to skip).
     let mask = std::env::var("SFZB_BENCH_MASK").map_or(true, |v| v != "0");
-    let plan = host_plan(&urls, &sink, state.path(), mask);
+    let plan = host_plan(&urls, &sink, state.path(), mask, layout);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let cpu_before = measure::cpu_time();
     let stats = runtime
@@ -129,7 +160,7 @@ fn end_to_end(count: u64) {
     let active = Duration::from_millis(stats.active_ms.max(1)).as_secs_f64();
     // The idle wait at the end costs next to no CPU, so CPU over all events is fair.
     println!(
-        "sim → subscribe → decode → {}{sink}, {count} events: {:.0} events/s, {:.1} µs host CPU/event, peak RSS {} MiB",
+        "{layout:>9} layout: sim → subscribe → decode → {}{sink}, {count} events: {:.0} events/s, {:.1} µs host CPU/event, peak RSS {} MiB",
         if mask { "Rust mask → " } else { "" },
         count as f64 / active,
         cpu.as_secs_f64() * 1e6 / count as f64,
@@ -143,6 +174,7 @@ fn host_plan(
     sink: &str,
     state: &std::path::Path,
     mask: bool,
+    layout: &str,
 ) -> sfzb_host::config::RunPlan {
     let state_dir = state.display().to_string();
     let argv = [
@@ -166,6 +198,8 @@ fn host_plan(
         &state_dir,
         "--until-idle",
         "2",
+        "--layout",
+        layout,
     ];
     let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     if mask {
