@@ -133,8 +133,12 @@ pub enum StoreKind {
 pub enum Place {
     Local,
     Postgres,
-    /// The checkpoint table next to this Zerobus table.
-    Warehouse(Arc<str>),
+    /// The checkpoint table next to this Zerobus table; `reference`: the table has the
+    /// reference layout, so a table the reference library wrote tells where to resume.
+    Warehouse {
+        table: Arc<str>,
+        reference: bool,
+    },
 }
 
 impl Place {
@@ -142,7 +146,7 @@ impl Place {
         match self {
             Place::Local => "local",
             Place::Postgres => "PostgreSQL",
-            Place::Warehouse(_) => "SQL warehouse",
+            Place::Warehouse { .. } => "SQL warehouse",
         }
     }
 }
@@ -202,11 +206,12 @@ impl Checkpoints {
 
     /// Where the checkpoint of a subscription writing `sink` lives (a sink keeping its own
     /// needs none). Configuration checks made sure the store named exists.
-    pub fn place(&self, sink: &SinkSpec) -> Place {
+    pub fn place(&self, sink: &SinkSpec, layout: crate::sink::Layout) -> Place {
         let warehouse = match (sink, &self.warehouse) {
-            (SinkSpec::Zerobus(table), Some(_)) => {
-                Some(Place::Warehouse(Arc::from(table.as_str())))
-            }
+            (SinkSpec::Zerobus(table), Some(_)) => Some(Place::Warehouse {
+                table: Arc::from(table.as_str()),
+                reference: layout == crate::sink::Layout::Reference,
+            }),
             _ => None,
         };
         match self.kind {
@@ -232,7 +237,9 @@ impl Checkpoints {
         match place {
             Place::Local => self.local.load(key).await,
             Place::Postgres => self.postgres()?.load(key).await,
-            Place::Warehouse(table) => self.warehouse()?.load(key, table).await,
+            Place::Warehouse { table, reference } => {
+                self.warehouse()?.load(key, table, *reference).await
+            }
         }
     }
 
@@ -314,7 +321,7 @@ impl Checkpoints {
                     Ok(store) => store.write(&changed).await,
                     Err(e) => Err(e),
                 },
-                Place::Warehouse(table) => match self.warehouse() {
+                Place::Warehouse { table, .. } => match self.warehouse() {
                     Ok(store) => store.write(table, &changed).await,
                     Err(e) => Err(e),
                 },

@@ -29,12 +29,14 @@ impl WarehouseStore {
         }
     }
 
-    /// `key`'s checkpoint next to Zerobus table `table`; without one (a table the
-    /// reference library wrote), the replay id of the org's newest row in the table.
+    /// `key`'s checkpoint next to Zerobus table `table`; without one, for a table of the
+    /// `reference` layout (one the reference library wrote), the replay id of the org's
+    /// newest row in the table.
     pub(super) async fn load(
         &self,
         key: &CheckpointKey,
         table: &str,
+        reference: bool,
     ) -> Result<Option<ReplayId>, CheckpointError> {
         let checkpoints = ident(&checkpoint_table(table));
         self.create(&checkpoints).await?;
@@ -53,6 +55,9 @@ impl WarehouseStore {
                     path: format!("{checkpoints} (channel {})", key.channel).into(),
                     detail: format!("replay_id: {e}"),
                 });
+        }
+        if !reference {
+            return Ok(None);
         }
         let newest = self
             .run(&format!(

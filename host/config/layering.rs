@@ -249,6 +249,15 @@ impl Building {
                 "pass --zerobus-endpoint, set DATABRICKS_ZEROBUS_ENDPOINT, or set zerobus-endpoint under [databricks] (https://<workspace-id>.zerobus.<region>.cloud.databricks.com)",
             ));
         }
+        if matches!(config.sink, SinkSpec::Zerobus(_))
+            && config.layout == crate::sink::Layout::Typed
+            && options.sql.is_none()
+        {
+            return Err(missing(
+                "sql-warehouse-id",
+                "typed tables through Zerobus are created and widened through a SQL warehouse: pass --sql-warehouse-id, set DATABRICKS_WAREHOUSE_ID, or set sql-warehouse-id under [databricks]",
+            ));
+        }
         let name = self.name(prefix, &section, &config.channel, org)?;
         let plan = SubscriptionPlan { name, org, config };
         self.check_distinct(prefix, &plan)?;

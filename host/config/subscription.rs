@@ -103,7 +103,7 @@ fn sink_spec(key: &str, text: &str) -> Result<SinkSpec, ConfigError> {
     Ok(sink)
 }
 
-/// The typed layout writes local Delta tables and JSON lines, one object per table.
+/// A typed table holds one object; a table per object through Zerobus is typed.
 fn check_layout(
     key: &str,
     layout: Layout,
@@ -111,14 +111,14 @@ fn check_layout(
     sink: &SinkSpec,
 ) -> Result<(), ConfigError> {
     if layout != Layout::Typed {
+        if matches!(sink, SinkSpec::Zerobus(_)) && sink.object_template().is_some() {
+            return Err(invalid(
+                key,
+                "reference",
+                "{object} in a Zerobus table name (a table per object) is for layout = \"typed\", which creates the tables; name one table for the reference layout",
+            ));
+        }
         return Ok(());
-    }
-    if matches!(sink, SinkSpec::Zerobus(_)) {
-        return Err(invalid(
-            key,
-            "typed",
-            "typed tables through Zerobus are not built yet: write them to delta:PATH/{object} or jsonl:PATH/{object}.jsonl, or use layout = \"reference\" for zerobus: sinks",
-        ));
     }
     let one_object = channel.ends_with("ChangeEvent") && channel.starts_with("/data/");
     if !one_object && sink.object_template().is_none() {
@@ -129,7 +129,8 @@ fn check_layout(
                 "{channel} carries several objects and a typed table holds one: put {{object}} in the sink's table name ({})",
                 match sink {
                     SinkSpec::Jsonl(_) => "jsonl:./out/{object}.jsonl",
-                    _ => "delta:./tables/{object}",
+                    SinkSpec::Zerobus(_) => "zerobus:main.salesforce.{object}",
+                    SinkSpec::Delta(_) => "delta:./tables/{object}",
                 }
             ),
         ));

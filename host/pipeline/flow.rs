@@ -110,10 +110,13 @@ impl Flow<'_> {
                         }
                     }
                     Some(SourceMsg::Events { events, org_id, credit }) => {
-                        idle_deadline = tokio::time::Instant::now() + idle;
                         self.health.message();
                         Box::pin(self.handle(events, org_id)).await?;
                         drop(credit);
+                        // Idle time counts from the end of the batch: one that took long
+                        // to write (a table created first) must not leave the next batch,
+                        // waiting meanwhile, looking late.
+                        idle_deadline = tokio::time::Instant::now() + idle;
                         if self.last_flush.elapsed() >= options.flush_interval
                             || self.unflushed_bytes >= MAX_UNFLUSHED_BYTES
                         {

@@ -41,7 +41,7 @@ use crate::salesforce::pubsub::{
 };
 use crate::salesforce::schema::SchemaCache;
 use crate::sink::zerobus::ZerobusPool;
-use crate::sink::{Sink, SinkError, SinkSpec};
+use crate::sink::{Layout, Sink, SinkError, SinkSpec};
 use crate::transform::{Chain, TransformStats};
 use flow::Flow;
 use pace::Pace;
@@ -68,7 +68,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(options: &RunOptions) -> Shared {
         Shared {
-            zerobus: Arc::new(ZerobusPool::new(&options.zerobus)),
+            zerobus: Arc::new(ZerobusPool::new(&options.zerobus, options.sql.as_ref())),
             schemas: Arc::new(SchemaCache::default()),
             checkpoints: Arc::new(Checkpoints::new(options)),
             logins: Arc::new(Pace::per_second(options.login_rate)),
@@ -322,14 +322,17 @@ async fn open_target(
     app_id: &str,
 ) -> Result<(Sink, Option<Place>, Option<ReplayId>), PipelineError> {
     let sink = Sink::open(&config.sink, config.layout, app_id, zerobus).await?;
-    if let (SinkSpec::Zerobus(table), Some(sql)) = (&config.sink, &options.sql) {
+    // A typed table is created with the columns of its first rows, by the sink.
+    if let (SinkSpec::Zerobus(table), Some(sql), Layout::Reference) =
+        (&config.sink, &options.sql, config.layout)
+    {
         crate::sql::ensure_table(sql, table, options.auto_create_table).await?;
     }
     if sink.keeps_checkpoint() {
         let checkpoint = sink.checkpoint();
         return Ok((sink, None, checkpoint));
     }
-    let place = store.place(&config.sink);
+    let place = store.place(&config.sink, config.layout);
     let checkpoint = match config.replay {
         // An explicit start needs no checkpoint, so one that is unreadable can be passed by.
         Some(_) => None,

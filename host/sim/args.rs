@@ -230,7 +230,7 @@ pub async fn serve(
         Some(port) => {
             let addr = (args.host, port).into();
             Some(
-                super::zerobus::ZerobusServerHandle::start_on(addr, Default::default())
+                super::zerobus::ZerobusServerHandle::start_on(addr, Default::default(), None)
                     .await
                     .map_err(|source| super::SimError::Bind { addr, source })?,
             )

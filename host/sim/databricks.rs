@@ -1,7 +1,8 @@
 //! A Databricks workspace on loopback for tests: the SQL Statement Execution API (submit,
 //! poll) and the OIDC token endpoint, over HTTP. It understands the few statements sfzb-host
-//! sends (DESCRIBE, CREATE TABLE, the checkpoint table's SELECT and batched MERGE, the
-//! reference fallback SELECT) and can be slow or failing on demand.
+//! sends (DESCRIBE, CREATE TABLE, ALTER TABLE … ADD COLUMNS, the checkpoint table's SELECT
+//! and batched MERGE, the reference fallback SELECT), keeps the tables' columns, and can be
+//! slow or failing on demand.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ pub enum SqlFault {
 #[derive(Default)]
 pub struct Workspace {
     pub tables: Mutex<HashSet<String>>,
+    /// The columns of each table created here, `(name, type)`, widened by `ALTER TABLE`.
+    pub columns: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// (org, channel, target) → replay id, the checkpoint table's rows.
     pub checkpoints: Mutex<HashMap<(String, String, String), String>>,
     /// The newest replay id in a table written by the reference library, by table.
@@ -42,6 +45,21 @@ fn quoted(text: &str) -> Vec<String> {
         .skip(1)
         .step_by(2)
         .map(str::to_string)
+        .collect()
+}
+
+/// The `(name, type)` of each column a `CREATE TABLE` or `ALTER TABLE … ADD COLUMNS` lists,
+/// one per line as sfzb-host writes them.
+fn column_defs(statement: &str) -> Vec<(String, String)> {
+    statement
+        .lines()
+        .skip(1)
+        .take_while(|line| !line.starts_with(')'))
+        .filter_map(|line| {
+            let mut words = line.trim().trim_end_matches(',').split_whitespace();
+            let name = words.next()?.replace('`', "");
+            Some((name, words.next()?.to_string()))
+        })
         .collect()
 }
 
@@ -63,7 +81,13 @@ impl Workspace {
         let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(table) = word_after(statement, "DESCRIBE TABLE ") {
             return if tables.contains(&table) {
-                ok(vec![])
+                let columns = self.columns.lock().unwrap_or_else(|e| e.into_inner());
+                let rows = columns.get(&table).map_or_else(Vec::new, |c| {
+                    c.iter()
+                        .map(|(name, ty)| vec![name.clone(), ty.to_lowercase(), String::new()])
+                        .collect()
+                });
+                ok(rows)
             } else {
                 failed(
                     "TABLE_OR_VIEW_NOT_FOUND",
@@ -72,7 +96,32 @@ impl Workspace {
             };
         }
         if let Some(table) = word_after(statement, "CREATE TABLE IF NOT EXISTS ") {
-            tables.insert(table);
+            if tables.insert(table.clone()) {
+                let mut columns = self.columns.lock().unwrap_or_else(|e| e.into_inner());
+                columns.insert(table, column_defs(statement));
+            }
+            return ok(vec![]);
+        }
+        if let Some(table) = word_after(statement, "ALTER TABLE ") {
+            if !tables.contains(&table) {
+                return failed(
+                    "TABLE_OR_VIEW_NOT_FOUND",
+                    format!("[TABLE_OR_VIEW_NOT_FOUND] The table {table} cannot be found."),
+                );
+            }
+            let mut columns = self.columns.lock().unwrap_or_else(|e| e.into_inner());
+            let have = columns.entry(table.clone()).or_default();
+            let added = column_defs(statement);
+            if let Some((name, _)) = added
+                .iter()
+                .find(|(n, _)| have.iter().any(|(h, _)| h.eq_ignore_ascii_case(n)))
+            {
+                return failed(
+                    "FIELDS_ALREADY_EXISTS",
+                    format!("[FIELDS_ALREADY_EXISTS] Cannot add column {name}: {table} has it."),
+                );
+            }
+            have.extend(added);
             return ok(vec![]);
         }
         if statement.starts_with("MERGE INTO ") {

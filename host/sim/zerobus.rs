@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::row::CdcEventRow;
+use crate::sim::databricks::Workspace;
+use prost_types::DescriptorProto;
 
 /// Faults the server applies.
 #[derive(Clone, Debug, Default)]
@@ -45,6 +47,11 @@ pub struct ZerobusFaults {
 #[derive(Default)]
 pub struct Received {
     pub tables: Mutex<HashMap<String, Vec<(String, String, String)>>>,
+    /// Rows of streams with a descriptor other than the reference row's, decoded with the
+    /// stream's descriptor: field name → value (nulls absent), per table.
+    pub typed_rows: Mutex<HashMap<String, Vec<serde_json::Map<String, serde_json::Value>>>>,
+    /// Streams refused because their descriptor has a field that is not a column.
+    pub refused: AtomicU64,
     /// Whether `reject_replay_id` is enforced; tests turn it off to let a retry through.
     pub rejecting: AtomicBool,
     pub records: AtomicU64,
@@ -55,6 +62,8 @@ struct Inner {
     received: Arc<Received>,
     faults: ZerobusFaults,
     closed_once: AtomicBool,
+    /// The workspace whose tables' columns a typed stream's descriptor must match.
+    workspace: Option<Arc<Workspace>>,
 }
 
 /// The answers of one ingest stream.
@@ -83,7 +92,7 @@ impl Inner {
         inbound: &mut Streaming<EphemeralStreamRequest>,
         tx: &Replies,
     ) -> Result<(), Status> {
-        let table = match inbound
+        let (table, descriptor) = match inbound
             .message()
             .await
             .ok()
@@ -91,7 +100,12 @@ impl Inner {
             .and_then(|r| r.payload)
         {
             Some(ephemeral_stream_request::Payload::CreateStream(create)) => {
-                create.table_name.unwrap_or_default()
+                let descriptor = create
+                    .descriptor_proto
+                    .as_deref()
+                    .and_then(|d| DescriptorProto::decode(d).ok())
+                    .filter(|d| d.name() == "TypedRow");
+                (create.table_name.unwrap_or_default(), descriptor)
             }
             _ => {
                 return Err(Status::invalid_argument(
@@ -99,6 +113,9 @@ impl Inner {
                 ));
             }
         };
+        if let Some(descriptor) = &descriptor {
+            self.check_columns(&table, descriptor)?;
+        }
         let stream_id = self.received.streams.fetch_add(1, Ordering::Relaxed) + 1;
         let created =
             ephemeral_stream_response::Payload::CreateStreamResponse(CreateIngestStreamResponse {
@@ -111,7 +128,7 @@ impl Inner {
             let Some((offset, records)) = records_of(request) else {
                 continue;
             };
-            self.accept(&table, &records)?;
+            self.accept(&table, &records, descriptor.as_ref())?;
             if !self.faults.ack_delay.is_zero() {
                 tokio::time::sleep(self.faults.ack_delay).await;
             }
@@ -126,8 +143,39 @@ impl Inner {
         Ok(())
     }
 
+    /// As Zerobus does, refuses a stream whose descriptor names a field the table does not
+    /// have as a column (with a workspace to ask).
+    fn check_columns(&self, table: &str, descriptor: &DescriptorProto) -> Result<(), Status> {
+        let Some(workspace) = &self.workspace else {
+            return Ok(());
+        };
+        let columns = workspace.columns.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(columns) = columns.get(table) else {
+            self.received.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::not_found(format!("table {table} does not exist")));
+        };
+        for field in &descriptor.field {
+            if !columns
+                .iter()
+                .any(|(c, _)| c.eq_ignore_ascii_case(field.name()))
+            {
+                self.received.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Status::invalid_argument(format!(
+                    "descriptor field {} is not a column of {table}",
+                    field.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps one batch's rows, or refuses it (a fault) without keeping any of them.
-    fn accept(&self, table: &str, records: &[Vec<u8>]) -> Result<(), Status> {
+    fn accept(
+        &self,
+        table: &str,
+        records: &[Vec<u8>],
+        descriptor: Option<&DescriptorProto>,
+    ) -> Result<(), Status> {
         let count = records.len() as u64;
         let total = self.received.records.fetch_add(count, Ordering::Relaxed) + count;
         if let Some(limit) = self.faults.close_after
@@ -139,6 +187,40 @@ impl Inner {
             return Err(Status::unavailable(
                 "simulated Zerobus fault: stream closed",
             ));
+        }
+        if let Some(descriptor) = descriptor {
+            let rows = records
+                .iter()
+                .map(|r| decode_dynamic(descriptor, r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    self.received.records.fetch_sub(count, Ordering::Relaxed);
+                    Status::invalid_argument(format!("a record does not decode: {e}"))
+                })?;
+            let text = |row: &serde_json::Map<String, serde_json::Value>, name: &str| {
+                row.get(name)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let ids = rows
+                .iter()
+                .map(|r| (text(r, "event_id"), text(r, "replay_id"), text(r, "org_id")));
+            self.received
+                .tables
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(table.to_string())
+                .or_default()
+                .extend(ids);
+            self.received
+                .typed_rows
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(table.to_string())
+                .or_default()
+                .extend(rows);
+            return Ok(());
         }
         let decoded: Vec<(String, String, String)> = records
             .iter()
@@ -169,6 +251,73 @@ impl Inner {
             .extend(decoded);
         Ok(())
     }
+}
+
+/// A record decoded with its stream's descriptor, as a server that knows no generated
+/// type must: field name → value; repeated fields as arrays; bytes as base64.
+fn decode_dynamic(
+    descriptor: &DescriptorProto,
+    mut record: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    use prost_types::field_descriptor_proto::{Label, Type};
+    use serde_json::Value;
+    let mut row = serde_json::Map::new();
+    while !record.is_empty() {
+        let (tag, wire) = decode_key(&mut record).map_err(|e| e.to_string())?;
+        let field = descriptor.field.iter().find(|f| f.number() == tag as i32);
+        let value = match wire {
+            WireType::Varint => {
+                let v = decode_varint(&mut record).map_err(|e| e.to_string())?;
+                match field.map(|f| f.r#type()) {
+                    Some(Type::Bool) => Value::Bool(v != 0),
+                    Some(Type::Int32) => Value::from(v as i32),
+                    _ => Value::from(v as i64),
+                }
+            }
+            WireType::SixtyFourBit => {
+                let (bytes, rest) = record
+                    .split_at_checked(8)
+                    .ok_or_else(|| "a 64-bit field ends early".to_string())?;
+                record = rest;
+                Value::from(f64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+            }
+            WireType::LengthDelimited => {
+                let len = decode_varint(&mut record).map_err(|e| e.to_string())? as usize;
+                let (bytes, rest) = record
+                    .split_at_checked(len)
+                    .ok_or_else(|| "a field ends early".to_string())?;
+                record = rest;
+                match field.map(|f| f.r#type()) {
+                    Some(Type::String) => Value::String(
+                        String::from_utf8(bytes.to_vec())
+                            .map_err(|_| "a string is not UTF-8".to_string())?,
+                    ),
+                    _ => {
+                        use base64::Engine;
+                        Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                    }
+                }
+            }
+            other => {
+                return Err(format!("unexpected wire type {other:?}"));
+            }
+        };
+        let Some(field) = field else {
+            return Err(format!("field {tag} is not in the descriptor"));
+        };
+        if field.label() == Label::Repeated {
+            let list = row
+                .entry(field.name().to_string())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(items) = list {
+                items.push(value);
+            }
+        } else {
+            row.insert(field.name().to_string(), value);
+        }
+    }
+    Ok(row)
 }
 
 /// Sends one answer; false when the client went away.
@@ -257,12 +406,26 @@ pub struct ZerobusServerHandle {
 
 impl ZerobusServerHandle {
     pub async fn start(faults: ZerobusFaults) -> std::io::Result<ZerobusServerHandle> {
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), faults).await
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), faults, None).await
+    }
+
+    /// A server that checks typed streams' descriptors against `workspace`'s tables.
+    pub async fn start_with_workspace(
+        faults: ZerobusFaults,
+        workspace: Arc<Workspace>,
+    ) -> std::io::Result<ZerobusServerHandle> {
+        Self::start_on(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            faults,
+            Some(workspace),
+        )
+        .await
     }
 
     pub async fn start_on(
         addr: SocketAddr,
         faults: ZerobusFaults,
+        workspace: Option<Arc<Workspace>>,
     ) -> std::io::Result<ZerobusServerHandle> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -274,6 +437,7 @@ impl ZerobusServerHandle {
             received: received.clone(),
             faults,
             closed_once: AtomicBool::new(false),
+            workspace,
         }));
         let cancel = CancellationToken::new();
         let server = tonic::transport::Server::builder()

@@ -102,13 +102,9 @@ pub enum SinkSpecError {
     )]
     BadTable(String),
     #[error(
-        "sink {0:?} has {{object}} outside its table name; put it in the last part only (delta:./tables/{{object}}, jsonl:./out/{{object}}.jsonl)"
+        "sink {0:?} has {{object}} outside its table name; put it in the last part only (delta:./tables/{{object}}, jsonl:./out/{{object}}.jsonl, zerobus:main.salesforce.{{object}})"
     )]
     ObjectOutsideName(String),
-    #[error(
-        "sink {0:?}: {{object}} (a table per object) is not available for Zerobus yet; name one table, or write to delta:PATH/{{object}}"
-    )]
-    ObjectInZerobus(String),
 }
 
 impl std::str::FromStr for SinkSpec {
@@ -121,13 +117,11 @@ impl std::str::FromStr for SinkSpec {
         if rest.is_empty() {
             return Err(SinkSpecError::NoPath(spec.to_string()));
         }
-        if let Some((dir, _)) = rest.rsplit_once('/')
+        let separator = if kind == "zerobus" { '.' } else { '/' };
+        if let Some((dir, _)) = rest.rsplit_once(separator)
             && dir.contains(OBJECT)
         {
             return Err(SinkSpecError::ObjectOutsideName(spec.to_string()));
-        }
-        if kind == "zerobus" && rest.contains(OBJECT) {
-            return Err(SinkSpecError::ObjectInZerobus(spec.to_string()));
         }
         match kind {
             "jsonl" => Ok(SinkSpec::Jsonl(match rest {
@@ -137,7 +131,9 @@ impl std::str::FromStr for SinkSpec {
             "delta" => Ok(SinkSpec::Delta(rest.to_string())),
             "zerobus" => {
                 let qualified = rest.split('.').count() == 3;
-                if !qualified || !crate::transform::engine::valid_table_name(rest) {
+                // `{object}` stands for an object's API name: letters, digits and `_`.
+                let named = rest.replace(OBJECT, "Object");
+                if !qualified || !crate::transform::engine::valid_table_name(&named) {
                     return Err(SinkSpecError::BadTable(rest.to_string()));
                 }
                 Ok(SinkSpec::Zerobus(rest.to_string()))
@@ -157,7 +153,8 @@ impl SinkSpec {
         let name = match self {
             SinkSpec::Jsonl(JsonlTarget::File(path)) => path.file_stem()?.to_str()?.to_string(),
             SinkSpec::Delta(target) => target.trim_end_matches('/').rsplit('/').next()?.to_string(),
-            SinkSpec::Jsonl(_) | SinkSpec::Zerobus(_) => return None,
+            SinkSpec::Zerobus(table) => table.rsplit('.').next()?.to_string(),
+            SinkSpec::Jsonl(_) => return None,
         };
         name.contains(OBJECT).then_some(name)
     }
@@ -170,6 +167,9 @@ impl SinkSpec {
                 SinkSpec::Jsonl(JsonlTarget::File(PathBuf::from(text)))
             }
             SinkSpec::Delta(target) => SinkSpec::Delta(target.replace(OBJECT, DEAD_LETTER_OBJECT)),
+            SinkSpec::Zerobus(table) => {
+                SinkSpec::Zerobus(table.replace(OBJECT, DEAD_LETTER_OBJECT))
+            }
             other => other.clone(),
         }
     }
@@ -231,9 +231,9 @@ impl Sink {
             SinkSpec::Jsonl(target) => Target::Jsonl(Box::new(
                 jsonl::JsonlTables::open(target.clone(), layout, per_object).await?,
             )),
-            SinkSpec::Zerobus(table) => {
-                Target::Zerobus(Box::new(zerobus::ZerobusSink::open(table, zerobus)?))
-            }
+            SinkSpec::Zerobus(table) => Target::Zerobus(Box::new(zerobus::ZerobusSink::open(
+                table, zerobus, layout, per_object,
+            )?)),
             SinkSpec::Delta(target) => Target::Delta(Box::new(
                 delta::DeltaSink::open(target, app_id.to_string(), layout, per_object).await?,
             )),
@@ -292,7 +292,7 @@ impl Sink {
         match &mut self.target {
             Target::Jsonl(s) => s.write_rows(table, rows).await,
             Target::Delta(s) => s.write(table, rows).await,
-            Target::Zerobus(s) => s.write(table, rows).await.map(|()| Vec::new()),
+            Target::Zerobus(s) => s.write(table, rows).await,
         }
     }
 
@@ -365,7 +365,13 @@ mod tests {
             "delta:./t/a".parse::<SinkSpec>().unwrap().object_template(),
             None
         );
-        for bad in ["delta:./{object}/events", "zerobus:main.sf.{object}"] {
+        let zerobus: SinkSpec = "zerobus:main.sf.{object}".parse().unwrap();
+        assert_eq!(zerobus.object_template().as_deref(), Some("{object}"));
+        assert_eq!(
+            zerobus.opened(),
+            SinkSpec::Zerobus("main.sf.dead_letter".into())
+        );
+        for bad in ["delta:./{object}/events", "zerobus:main.{object}.t"] {
             let err = bad.parse::<SinkSpec>().unwrap_err().to_string();
             assert!(err.contains("{object}"), "{bad}: {err}");
         }

@@ -121,18 +121,32 @@ async fn typed_tables_per_object_resume_and_dead_letter_a_type_change() {
         ))
         .await
         .unwrap();
-        assert_eq!(stats.received, new, "resumed from the checkpoint in dead_letter");
-        assert_eq!(stats.dead_lettered, new / 2, "every Account event, no other");
+        assert_eq!(
+            stats.received, new,
+            "resumed from the checkpoint in dead_letter"
+        );
+        assert_eq!(
+            stats.dead_lettered,
+            new / 2,
+            "every Account event, no other"
+        );
         sim.shutdown().await;
     }
     let contacts = delta_rows(&tables.join("Contact")).await;
     assert_eq!(contacts.len(), 30);
     assert_eq!(
-        contacts.iter().map(|(id, _)| id).collect::<HashSet<_>>().len(),
+        contacts
+            .iter()
+            .map(|(id, _)| id)
+            .collect::<HashSet<_>>()
+            .len(),
         30,
         "no event twice"
     );
-    assert!(delta_rows(&account).await.is_empty(), "no row against the wrong type");
+    assert!(
+        delta_rows(&account).await.is_empty(),
+        "no row against the wrong type"
+    );
     let dead = delta_rows_with(&tables.join("dead_letter"), Some("error")).await;
     assert_eq!(dead.len(), 30);
     for (_, replay, error) in &dead {
@@ -144,7 +158,10 @@ async fn typed_tables_per_object_resume_and_dead_letter_a_type_change() {
     }
     let stages = delta_rows_with(&tables.join("dead_letter"), Some("stage")).await;
     assert!(stages.iter().all(|(_, _, s)| s.as_deref() == Some("write")));
-    assert!(!dir.path().join("state").exists(), "the checkpoint is in the tables");
+    assert!(
+        !dir.path().join("state").exists(),
+        "the checkpoint is in the tables"
+    );
 }
 
 /// The simulator and the host in their own processes; the host is killed with SIGKILL at

@@ -238,7 +238,10 @@ async fn a_thousand_checkpoints_are_one_statement_and_read_back_by_a_new_process
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let options = plan(&sim, dir.path(), "/data/AccountChangeEvent", &flags).options;
     let store = Checkpoints::new(&options);
-    let place = store.place(&"jsonl:out.jsonl".parse().unwrap());
+    let place = store.place(
+        &"jsonl:out.jsonl".parse().unwrap(),
+        sfzb_host::sink::Layout::Reference,
+    );
     for i in 0..1000 {
         let id = ReplayId::from_hex(&format!("{:08x}", i + 1)).unwrap();
         store.stage(&key(i), &place, &id).unwrap();

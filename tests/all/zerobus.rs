@@ -449,3 +449,118 @@ mod tables {
         setup.shutdown().await;
     }
 }
+
+/// Typed tables through Zerobus, a table per object: each is created through the SQL
+/// Statement API with its generated DDL, widened by `ALTER TABLE … ADD COLUMNS` when the
+/// schema gains a field, and the test server (which, as Zerobus does, refuses a stream whose
+/// descriptor has a field the table lacks) decodes every row with the descriptor it was
+/// given. The values are those of the same events written as typed JSON lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_tables_are_created_and_widened_before_rows_use_their_new_columns() {
+    use sfzb_host::sim::databricks::WorkspaceServer;
+    let mut config = sim_config(&["Account", "Contact"], 40);
+    config.event_faults.schema_change_at = Some(41);
+    let sim = start(config).await;
+    let workspace = WorkspaceServer::start().await.unwrap();
+    let zerobus = ZerobusServerHandle::start_with_workspace(
+        ZerobusFaults::default(),
+        workspace.workspace.clone(),
+    )
+    .await
+    .unwrap();
+    let (ws, zb) = (workspace.url(), zerobus.url());
+    let dir = tempfile::tempdir().unwrap();
+    // Batches of 10, so the first rows are all of the first schema and a later batch
+    // brings the new field.
+    let typed = ["--layout", "typed", "--batch-size", "10"];
+    let mut flags = vec![
+        "--sink",
+        "zerobus:main.sf.{object}",
+        "--zerobus-endpoint",
+        &zb,
+        "--databricks-workspace-url",
+        &ws,
+        "--sql-warehouse-id",
+        "wh1",
+    ];
+    flags.extend(typed);
+    let stats = run(plan(&sim, dir.path(), "/data/ChangeEvents", &flags))
+        .await
+        .unwrap();
+    assert_eq!((stats.written, stats.dead_lettered), (80, 0), "{stats:?}");
+    let json_dir = tempfile::tempdir().unwrap();
+    let jsonl = format!("jsonl:{}/{{object}}.jsonl", json_dir.path().display());
+    let mut flags = vec!["--sink", jsonl.as_str()];
+    flags.extend(typed);
+    run(plan(&sim, json_dir.path(), "/data/ChangeEvents", &flags))
+        .await
+        .unwrap();
+
+    let received = &zerobus.received;
+    assert_eq!(
+        received.refused.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    let statements = workspace.workspace.statements.lock().unwrap().clone();
+    for object in ["Account", "Contact"] {
+        let table = format!("main.sf.{object}");
+        let ident = format!("`main`.`sf`.`{object}`");
+        let create = statements
+            .iter()
+            .position(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {ident} (")))
+            .unwrap_or_else(|| panic!("{table} was created: {statements:#?}"));
+        assert!(statements[create].contains("'delta.enableRowTracking' = 'false'"));
+        assert!(
+            !statements[create].contains("Sim_Tier__c"),
+            "created with the first schema"
+        );
+        assert!(statements[create].contains("`BillingCity` STRING") == (object == "Account"));
+        let alter = statements
+            .iter()
+            .position(|s| {
+                s == &format!("ALTER TABLE {ident} ADD COLUMNS (\n  `Sim_Tier__c` STRING\n)")
+            })
+            .unwrap_or_else(|| panic!("{table} was widened: {statements:#?}"));
+        assert!(create < alter);
+
+        let columns = workspace.workspace.columns.lock().unwrap()[&table].clone();
+        let mut got_rows = received.typed_rows.lock().unwrap()[&table].clone();
+        got_rows.sort_by_key(|r| r["replay_id"].as_str().unwrap().to_string());
+        assert_eq!(got_rows.len(), 40, "{table}");
+        assert!(
+            got_rows.iter().any(|r| r.contains_key("Sim_Tier__c")),
+            "rows fill the new column"
+        );
+        let mut expected = rows(&json_dir.path().join(format!("{object}.jsonl")));
+        expected.sort_by_key(|r| r["replay_id"].as_str().unwrap().to_string());
+        assert_eq!(expected.len(), 40);
+        for (got, want) in got_rows.iter().zip(&expected) {
+            let want = want.as_object().unwrap();
+            // When each run wrote its rows differs, by design.
+            for (name, ty) in columns.iter().filter(|(n, _)| n != "processed_timestamp") {
+                let value = want.get(name).cloned().unwrap_or(serde_json::Value::Null);
+                let value = match (ty.as_str(), value) {
+                    (_, serde_json::Value::Null) => None,
+                    ("TIMESTAMP", v) => Some(serde_json::Value::from(
+                        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+                            .unwrap()
+                            .timestamp_micros(),
+                    )),
+                    ("DATE", v) => Some(serde_json::Value::from(
+                        (chrono::NaiveDate::parse_from_str(v.as_str().unwrap(), "%Y-%m-%d")
+                            .unwrap()
+                            - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap())
+                        .num_days(),
+                    )),
+                    // An empty repeated field is no field at all.
+                    (_, serde_json::Value::Array(a)) if a.is_empty() => None,
+                    (_, v) => Some(v),
+                };
+                assert_eq!(got.get(name), value.as_ref(), "{table} {name}: {got:?}");
+            }
+        }
+    }
+    workspace.shutdown();
+    zerobus.shutdown().await;
+    sim.shutdown().await;
+}
