@@ -90,6 +90,19 @@ fn main() {
         typed_time += started.elapsed();
     }
     let typed_us = typed_time.as_secs_f64() * 1e6 / (rounds * decoded.len()) as f64;
+    // Bytes of one Account row as protobuf, the record Zerobus carries, in each layout.
+    let (mut reference_proto, mut typed_proto) = (0usize, 0usize);
+    for event in decoded.iter().cloned() {
+        let mut buf = Vec::new();
+        let row = Row::from_event(event.clone(), 0);
+        row.encode_proto(&mut buf);
+        reference_proto += buf.len();
+        buf.clear();
+        let row = Row::with_layout(event, 0, Layout::Typed);
+        let plan = table.plan(&row.event.schema).unwrap();
+        sfzb_host::sink::zerobus::typed::encode(&plan, &row, table.columns().len(), &mut buf);
+        typed_proto += buf.len();
+    }
     let avg_payload = events.iter().map(|e| e.payload.len()).sum::<usize>() / events.len();
     println!(
         "decode (Account, {} fields, {avg_payload} B payload): {decode_us:.2} µs/event",
@@ -102,6 +115,11 @@ fn main() {
     println!(
         "typed row + JSON line ({} B/row):               {typed_us:.2} µs/event",
         typed_bytes / (rounds * decoded.len())
+    );
+    println!(
+        "Account row as protobuf (Zerobus record): reference {} B, typed {} B",
+        reference_proto / decoded.len(),
+        typed_proto / decoded.len()
     );
 
     let count: u64 = std::env::var("SFZB_BENCH_EVENTS")
@@ -142,8 +160,19 @@ fn end_to_end(count: u64, layout: &str) {
     }
     // The pipeline: a Rust mask transform on every event (`SFZB_BENCH_MASK=0` to skip).
     let mask = std::env::var("SFZB_BENCH_MASK").map_or(true, |v| v != "0");
-    let plan = host_plan(&urls, &sink, state.path(), mask, layout);
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Typed tables through Zerobus are created through a SQL warehouse: a test workspace
+    // in this process (a few statements; its CPU is in the host's figure).
+    let workspace = (zerobus && layout == "typed").then(|| {
+        runtime
+            .block_on(sfzb_host::sim::databricks::WorkspaceServer::start())
+            .unwrap()
+    });
+    let mut urls = urls;
+    if let Some(workspace) = &workspace {
+        urls.push(workspace.url());
+    }
+    let plan = host_plan(&urls, &sink, state.path(), mask, layout);
     let cpu_before = measure::cpu_time();
     let stats = runtime
         .block_on(sfzb_host::run(
@@ -214,6 +243,14 @@ fn host_plan(
     }
     if let Some(url) = urls.get(2) {
         argv.extend(["--zerobus-endpoint".to_string(), url.clone()]);
+    }
+    if let Some(url) = urls.get(3) {
+        argv.extend([
+            "--databricks-workspace-url".to_string(),
+            url.clone(),
+            "--sql-warehouse-id".to_string(),
+            "bench".to_string(),
+        ]);
     }
     let Cmd::Run(args) = Cli::parse_from(argv).into_command() else {
         unreachable!()

@@ -47,8 +47,8 @@ pub struct ZerobusFaults {
 #[derive(Default)]
 pub struct Received {
     pub tables: Mutex<HashMap<String, Vec<(String, String, String)>>>,
-    /// Rows of streams with a descriptor other than the reference row's, decoded with the
-    /// stream's descriptor: field name → value (nulls absent), per table.
+    /// Rows of typed streams, decoded with the stream's descriptor: field name → value
+    /// (nulls absent), per table; kept by a server started with a workspace.
     pub typed_rows: Mutex<HashMap<String, Vec<serde_json::Map<String, serde_json::Value>>>>,
     /// Streams refused because their descriptor has a field that is not a column.
     pub refused: AtomicU64,
@@ -213,13 +213,17 @@ impl Inner {
                 .entry(table.to_string())
                 .or_default()
                 .extend(ids);
-            self.received
-                .typed_rows
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(table.to_string())
-                .or_default()
-                .extend(rows);
+            // Whole rows are kept for tests (a server with a workspace); the `sim`
+            // command's server would grow by kilobytes per row.
+            if self.workspace.is_some() {
+                self.received
+                    .typed_rows
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(table.to_string())
+                    .or_default()
+                    .extend(rows);
+            }
             return Ok(());
         }
         let decoded: Vec<(String, String, String)> = records
