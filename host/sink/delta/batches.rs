@@ -101,8 +101,13 @@ pub(super) fn typed_batch(
     let mut widens = false;
     for (i, column) in columns.iter().enumerate() {
         let array = typed_array(rows, i, column.storage);
-        match writer.field_with_name(&column.name) {
-            Ok(field) => {
+        // The writer has the table's columns in the table's order: look by position first.
+        let known = match writer.fields().get(i) {
+            Some(field) if field.name() == &*column.name => Some(field.as_ref()),
+            _ => writer.field_with_name(&column.name).ok(),
+        };
+        match known {
+            Some(field) => {
                 arrays.push(if array.data_type() == field.data_type() {
                     array
                 } else {
@@ -110,7 +115,7 @@ pub(super) fn typed_batch(
                 });
                 fields.push(field.clone());
             }
-            Err(_) => {
+            None => {
                 widens = true;
                 fields.push(Field::new(&*column.name, array.data_type().clone(), true));
                 arrays.push(array);
