@@ -161,6 +161,24 @@ fn named_records(schema: &Schema) -> HashMap<Name, RecordSchema> {
 
 /// The record a field holds, whether bare, in a `["null", T]` union, in the 3-way
 /// `["null", "string", T]` Name union, or as a reference to a record named earlier.
+/// The record a field's (non-union) type is: itself, or the named record of `root` it
+/// refers to (`"type": "Address"` after the first use).
+pub(crate) fn record_of<'a>(schema: &'a Schema, root: &'a Schema) -> Option<&'a RecordSchema> {
+    fn find<'a>(s: &'a Schema, name: &Name) -> Option<&'a RecordSchema> {
+        match s {
+            Schema::Record(r) if &r.name == name => Some(r),
+            Schema::Record(r) => r.fields.iter().find_map(|f| find(&f.schema, name)),
+            Schema::Union(u) => u.variants().iter().find_map(|v| find(v, name)),
+            _ => None,
+        }
+    }
+    match schema {
+        Schema::Record(r) => Some(r),
+        Schema::Ref { name } => find(root, name),
+        _ => None,
+    }
+}
+
 fn compound_record<'a>(
     schema: &'a Schema,
     named: &'a HashMap<Name, RecordSchema>,

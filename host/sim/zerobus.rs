@@ -206,23 +206,11 @@ impl Inner {
             let ids = rows
                 .iter()
                 .map(|r| (text(r, "event_id"), text(r, "replay_id"), text(r, "org_id")));
-            self.received
-                .tables
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(table.to_string())
-                .or_default()
-                .extend(ids);
+            keep(&self.received.tables, table, ids);
             // Whole rows are kept for tests (a server with a workspace); the `sim`
             // command's server would grow by kilobytes per row.
             if self.workspace.is_some() {
-                self.received
-                    .typed_rows
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(table.to_string())
-                    .or_default()
-                    .extend(rows);
+                keep(&self.received.typed_rows, table, rows);
             }
             return Ok(());
         }
@@ -246,15 +234,23 @@ impl Inner {
                 "simulated Zerobus fault: record {reject} rejected"
             )));
         }
-        self.received
-            .tables
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(table.to_string())
-            .or_default()
-            .extend(decoded);
+        keep(&self.received.tables, table, decoded);
         Ok(())
     }
+}
+
+/// Appends what arrived for `table`.
+fn keep<T>(
+    by_table: &Mutex<HashMap<String, Vec<T>>>,
+    table: &str,
+    items: impl IntoIterator<Item = T>,
+) {
+    by_table
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(table.to_string())
+        .or_default()
+        .extend(items);
 }
 
 /// A record decoded with its stream's descriptor, as a server that knows no generated

@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use apache_avro::Schema;
-use apache_avro::schema::{Name, RecordSchema};
 
 use crate::event::{EventSchema, Value};
+use crate::salesforce::schema::record_of;
 use crate::sink::Row;
 
 /// How rows are laid out in their tables.
@@ -66,6 +66,18 @@ pub enum Storage {
 }
 
 impl Storage {
+    pub const ALL: [Storage; 9] = [
+        Storage::Text,
+        Storage::Int,
+        Storage::Long,
+        Storage::Double,
+        Storage::Bool,
+        Storage::Bytes,
+        Storage::Date,
+        Storage::Timestamp,
+        Storage::TextList,
+    ];
+
     /// As Databricks SQL spells it.
     pub fn sql(self) -> &'static str {
         match self {
@@ -230,22 +242,6 @@ fn kind_of(schema: &Schema, salesforce_type: &str) -> Option<Kind> {
     })
 }
 
-fn record<'a>(schema: &'a Schema, root: &'a Schema) -> Option<&'a RecordSchema> {
-    fn find<'a>(s: &'a Schema, name: &Name) -> Option<&'a RecordSchema> {
-        match s {
-            Schema::Record(r) if &r.name == name => Some(r),
-            Schema::Record(r) => r.fields.iter().find_map(|f| find(&f.schema, name)),
-            Schema::Union(u) => u.variants().iter().find_map(|v| find(v, name)),
-            _ => None,
-        }
-    }
-    match schema {
-        Schema::Record(r) => Some(r),
-        Schema::Ref { name } => find(root, name),
-        _ => None,
-    }
-}
-
 /// Why a schema's events do not fit a typed table.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Misfit {
@@ -290,7 +286,7 @@ pub fn field_columns(schema: &EventSchema) -> Result<Vec<FieldColumn>, Misfit> {
         let top = i - 1;
         let mut placed = false;
         for variant in variants {
-            if let Some(compound) = record(variant, &schema.avro) {
+            if let Some(compound) = record_of(variant, &schema.avro) {
                 for (j, child) in compound.fields.iter().enumerate() {
                     let inner = match &child.schema {
                         Schema::Union(u) => u

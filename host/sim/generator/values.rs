@@ -57,21 +57,8 @@ fn value_schema<'a>(field: &'a Schema, name: &str) -> Option<Inner<'a>> {
 }
 
 fn resolve<'a>(record: &'a Schema, schema: &'a EventSchema) -> &'a RecordSchema {
-    fn find<'a>(s: &'a Schema, name: &apache_avro::schema::Name) -> Option<&'a RecordSchema> {
-        match s {
-            Schema::Record(r) if &r.name == name => Some(r),
-            Schema::Record(r) => r.fields.iter().find_map(|f| find(&f.schema, name)),
-            Schema::Union(u) => u.variants().iter().find_map(|v| find(v, name)),
-            _ => None,
-        }
-    }
-    match record {
-        Schema::Record(r) => r,
-        Schema::Ref { name } => {
-            find(&schema.avro, name).expect("references name a record of the schema")
-        }
-        _ => unreachable!("value_schema returns records only as Record or Ref"),
-    }
+    crate::salesforce::schema::record_of(record, &schema.avro)
+        .expect("value_schema returns records, and references name a record of the schema")
 }
 
 fn compound(rng: &mut StdRng, record: &RecordSchema, children: Option<&mut Vec<usize>>) -> Avro {

@@ -126,19 +126,7 @@ fn delta_type(storage: Storage) -> DataType {
 
 /// A stored column's storage, if it is one a typed table has.
 fn storage_of(ty: &DataType) -> Option<Storage> {
-    [
-        Storage::Text,
-        Storage::Int,
-        Storage::Long,
-        Storage::Double,
-        Storage::Bool,
-        Storage::Bytes,
-        Storage::Date,
-        Storage::Timestamp,
-        Storage::TextList,
-    ]
-    .into_iter()
-    .find(|s| &delta_type(*s) == ty)
+    Storage::ALL.into_iter().find(|s| &delta_type(*s) == ty)
 }
 
 /// The table's columns, from their one definition in [`crate::sink::columns`] (a typed

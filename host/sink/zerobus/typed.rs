@@ -108,19 +108,9 @@ pub fn add_columns_sql(table: &str, columns: &[TypedColumn]) -> String {
 /// A column type as `DESCRIBE TABLE` shows it.
 fn storage_of_sql(text: &str) -> Option<Storage> {
     let text = text.to_ascii_uppercase();
-    [
-        Storage::Text,
-        Storage::Int,
-        Storage::Long,
-        Storage::Double,
-        Storage::Bool,
-        Storage::Bytes,
-        Storage::Date,
-        Storage::Timestamp,
-        Storage::TextList,
-    ]
-    .into_iter()
-    .find(|s| s.sql() == text || (*s == Storage::Int && text == "INTEGER"))
+    Storage::ALL
+        .into_iter()
+        .find(|s| s.sql() == text || (*s == Storage::Int && text == "INTEGER"))
 }
 
 /// One typed table of the process: its columns and plans, the generation of its
