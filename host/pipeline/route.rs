@@ -2,7 +2,7 @@
 //! payload re-encoded when a transform changed a field, as a row grouped by table.
 
 use super::flow::Flow;
-use crate::sink::{DeadLetter, Row, Stage};
+use crate::sink::{DeadLetter, Layout, Row, Stage};
 use crate::transform::Routed;
 
 /// Rows by table (`None`: the sink's own), in the order they came.
@@ -43,9 +43,14 @@ impl Flow<'_> {
             }
             self.health
                 .event_committed_at(event.header.commit_timestamp);
-            let row = Row::with_layout(event, processed, self.sink.layout());
-            self.unflushed_bytes +=
-                row.event.payload.len() + row.record_data_json.len() + row.schema().json.len();
+            let layout = self.sink.layout();
+            let row = Row::with_layout(event, processed, layout);
+            // What a sink may hold of the row until the flush: typed rows carry no schema.
+            let schema = match layout {
+                Layout::Reference => row.schema().json.len(),
+                Layout::Typed => 0,
+            };
+            self.unflushed_bytes += row.event.payload.len() + row.record_data_json.len() + schema;
             match tables.iter_mut().find(|(t, _)| *t == table) {
                 Some((_, rows)) => rows.push(row),
                 None => tables.push((table, vec![row])),
