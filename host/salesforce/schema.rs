@@ -161,6 +161,18 @@ fn named_records(schema: &Schema) -> HashMap<Name, RecordSchema> {
 
 /// The record a field holds, whether bare, in a `["null", T]` union, in the 3-way
 /// `["null", "string", T]` Name union, or as a reference to a record named earlier.
+/// The type of a `["null", T]` field: its first branch that is not null (null if none).
+pub(crate) fn non_null(schema: &Schema) -> &Schema {
+    match schema {
+        Schema::Union(u) => u
+            .variants()
+            .iter()
+            .find(|v| !matches!(v, Schema::Null))
+            .unwrap_or(&Schema::Null),
+        other => other,
+    }
+}
+
 /// The record a field's (non-union) type is: itself, or the named record of `root` it
 /// refers to (`"type": "Address"` after the first use).
 pub(crate) fn record_of<'a>(schema: &'a Schema, root: &'a Schema) -> Option<&'a RecordSchema> {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use apache_avro::Schema;
 
 use crate::event::{EventSchema, Value};
-use crate::salesforce::schema::record_of;
+use crate::salesforce::schema::{non_null, record_of};
 use crate::sink::Row;
 
 /// How rows are laid out in their tables.
@@ -288,14 +288,7 @@ pub fn field_columns(schema: &EventSchema) -> Result<Vec<FieldColumn>, Misfit> {
         for variant in variants {
             if let Some(compound) = record_of(variant, &schema.avro) {
                 for (j, child) in compound.fields.iter().enumerate() {
-                    let inner = match &child.schema {
-                        Schema::Union(u) => u
-                            .variants()
-                            .iter()
-                            .find(|v| !matches!(v, Schema::Null))
-                            .unwrap_or(&Schema::Null),
-                        other => other,
-                    };
+                    let inner = non_null(&child.schema);
                     let kind =
                         kind_of(inner, salesforce_type(child.doc.as_deref())).ok_or_else(|| {
                             Misfit::Unsupported {

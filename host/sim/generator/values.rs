@@ -82,14 +82,7 @@ fn compound(rng: &mut StdRng, record: &RecordSchema, children: Option<&mut Vec<u
             );
             let v = if plausible && rng.random_range(0..3) > 0 {
                 set.push(i);
-                let kind = match &f.schema {
-                    Schema::Union(u) => u
-                        .variants()
-                        .iter()
-                        .find(|v| !matches!(v, Schema::Null))
-                        .unwrap_or(&Schema::Null),
-                    other => other,
-                };
+                let kind = crate::salesforce::schema::non_null(&f.schema);
                 simple(rng, &f.name, kind)
             } else {
                 Avro::Null
