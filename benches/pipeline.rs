@@ -28,7 +28,7 @@ use sfzb_host::salesforce::schema::{EventMeta, decode_event};
 use sfzb_host::sim::catalog::Entity;
 use sfzb_host::sim::generator::{Position, generate};
 use sfzb_host::sink::Row;
-use sfzb_host::sink::typed::{Layout, TypedJson, TypedTable};
+use sfzb_host::sink::typed::{Layout, TypedTable};
 
 fn main() {
     let entity = Entity::load("Account").unwrap().unwrap();
@@ -80,12 +80,9 @@ fn main() {
         for event in batch {
             let row = Row::with_layout(event, 0, Layout::Typed);
             let plan = table.plan(&row.event.schema).unwrap();
-            let json = TypedJson {
-                columns: table.columns(),
-                plan: &plan,
-                row: &row,
-            };
-            typed_bytes += serde_json::to_vec(&json).unwrap().len();
+            let mut line = Vec::new();
+            table.write_json(&plan, &row, &mut line);
+            typed_bytes += line.len();
         }
         typed_time += started.elapsed();
     }
@@ -173,7 +170,8 @@ fn end_to_end(count: u64, layout: &str) {
         urls.push(workspace.url());
     }
     let plan = host_plan(&urls, &sink, state.path(), mask, layout);
-    let cpu_before = measure::cpu_time();
+    let sim_pid = sim.id().to_string();
+    let (cpu_before, sim_before) = (measure::cpu_time(), measure::cpu_time_of(&sim_pid));
     let stats = runtime
         .block_on(sfzb_host::run(
             plan,
@@ -183,17 +181,25 @@ fn end_to_end(count: u64, layout: &str) {
         .unwrap()
         .remove(0);
     let cpu = measure::cpu_time() - cpu_before;
+    // Read before the kill: a reaped process has no /proc entry.
+    let sim_cpu = measure::cpu_time_of(&sim_pid) - sim_before;
     let _ = sim.kill();
     let _ = sim.wait();
     assert_eq!(stats.received, count, "every event arrived");
     let active = Duration::from_millis(stats.active_ms.max(1)).as_secs_f64();
     // The idle wait at the end costs next to no CPU, so CPU over all events is fair.
     println!(
-        "{layout:>9} layout: sim → subscribe → decode → {}{sink}, {count} events: {:.0} events/s, {:.1} µs host CPU/event, peak RSS {} MiB",
+        "{layout:>9} layout: sim → subscribe → decode → {}{sink}, {count} events: {:.0} events/s, {:.1} µs host CPU/event, peak RSS {} MiB; simulator{} {:.1} µs CPU/event",
         if mask { "Rust mask → " } else { "" },
         count as f64 / active,
         cpu.as_secs_f64() * 1e6 / count as f64,
-        measure::peak_rss_kib() / 1024
+        measure::peak_rss_kib() / 1024,
+        if zerobus {
+            " and its Zerobus server"
+        } else {
+            ""
+        },
+        sim_cpu.as_secs_f64() * 1e6 / count as f64,
     );
 }
 

@@ -7,7 +7,7 @@ use std::io::SeekFrom;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::sink::typed::{TypedJson, TypedTable};
+use crate::sink::typed::TypedTable;
 use crate::sink::{JsonlTarget, Layout, Misfits, RouteKind, Row, SinkError};
 
 enum Output {
@@ -88,6 +88,11 @@ impl JsonlSink {
             })?;
             self.buffer.push(b'\n');
         }
+        self.write_buffer().await
+    }
+
+    /// Writes the lines in `buffer` out.
+    async fn write_buffer(&mut self) -> Result<(), SinkError> {
         let result = match &mut self.out {
             Output::File { file, .. } => {
                 let (file, buffer) = (file.clone(), std::mem::take(&mut self.buffer));
@@ -206,18 +211,16 @@ impl JsonlTables {
         }
         // A JSON line needs no stored schema: the new columns are simply there.
         typed.take_added();
-        let lines: Vec<TypedJson<'_>> = planned
-            .iter()
-            .map(|(plan, row)| TypedJson {
-                columns: typed.columns(),
-                plan,
-                row,
-            })
-            .collect();
-        let result = out.write(&lines).await;
-        drop(lines);
+        out.buffer.clear();
+        for (plan, row) in &planned {
+            typed.write_json(plan, row, &mut out.buffer);
+            out.buffer.push(b'\n');
+        }
         out.typed = Some(typed);
-        result.map(|()| misfits)
+        if planned.is_empty() {
+            return Ok(misfits);
+        }
+        out.write_buffer().await.map(|()| misfits)
     }
 
     /// A route to the file's own stem, or to its dead-letter file's; standard streams have

@@ -64,9 +64,9 @@ pub fn encode(plan: &Plan, row: &Row, columns: usize, buf: &mut Vec<u8>) {
         encode_varint(value.len() as u64, buf);
         buf.extend_from_slice(value);
     };
-    for i in 0..columns {
+    for (i, cell) in plan.cells(row).take_while(|(i, _)| *i < columns) {
         let tag = i as u32 + 1;
-        match plan.cell(row, i) {
+        match cell {
             TypedCell::Null => {}
             TypedCell::Text(v) => bytes(tag, v.as_bytes(), buf),
             TypedCell::Int(v) | TypedCell::Date(v) => int32::encode(tag, &v, buf),
