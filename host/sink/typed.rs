@@ -546,8 +546,8 @@ impl TypedTable {
 
     /// Appends `row`, planned against this table, to `buf` as a JSON object: the header
     /// and the fields of its writer schema by column name, dates as `2026-12-02`,
-    /// timestamps as RFC 3339 in UTC, bytes as base64. Null values are left out, as in
-    /// the Zerobus and Delta rows: a change event's unchanged fields are null, and
+    /// timestamps as RFC 3339 in UTC, bytes as base64. Null values are left out, as they
+    /// are absent from a Zerobus row: a change event's unchanged fields are null, and
     /// `nulled_fields` names the fields the change set to null.
     pub fn write_json(&self, plan: &Plan, row: &Row, buf: &mut Vec<u8>) {
         buf.push(b'{');
