@@ -1,13 +1,15 @@
 //! `cargo bench --bench transform`: the cost of the WIT design, per event, on the standard
-//! 30-field Account event with a Rust mask transform.
+//! 30-field Account event with a Rust mask transform, and the mask in hash mode in each
+//! language, as `sfzb-host transform bench` measures it.
 //!
 //! - chosen: the event is a host resource; the guest gets and sets only what it touches
 //!   (`wit/transform.wit`, through the real chain: the same code a run uses).
 //! - rejected: the whole event is lowered into the guest as a typed record and lifted back
 //!   (`benches/wit-record/record.wit`), including the host-side conversions both ways.
+//! - hash mode: two fields pseudonymised with the host's `hmac-sha256`, in Rust, Python
+//!   (componentize-py) and JavaScript (componentize-js).
 
-// The tests' guest builder; this bench uses only its Rust components.
-#[allow(dead_code)]
+// The tests' guest builder.
 #[path = "../tests/all/guests.rs"]
 mod guests;
 
@@ -17,7 +19,7 @@ use sfzb_host::config::file::TransformSection;
 use sfzb_host::event::Value;
 use sfzb_host::sim::catalog::Entity;
 use sfzb_host::sim::generator::standard_account_event;
-use sfzb_host::transform::{Chain, OnError, Runtime, RuntimeOptions, TransformSpec};
+use sfzb_host::transform::{Chain, Keys, OnError, Runtime, RuntimeOptions, TransformSpec};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 
@@ -62,6 +64,32 @@ fn main() {
     println!("Rust mask ({fields}) on the standard 30-field Account event, {EVENTS} events:");
     println!("  chosen   (event as a host resource): {resource_us:.2} µs/event (target ≤ 3 µs)");
     println!("  rejected (event as a typed record):  {record_us:.2} µs/event");
+    println!("mask mode=hash ({fields}, the host's hmac-sha256), as `transform bench` measures:");
+    let cache = guests::dir().join("../compile-cache");
+    for (lang, component, events, target) in [
+        ("Rust", guests::component("mask"), 50_000, 5),
+        ("Python", guests::polyglot("python", "mask"), 20_000, 20),
+        ("JavaScript", guests::polyglot("js", "mask"), 5_000, 100),
+    ] {
+        let spec = TransformSpec {
+            name: "mask".into(),
+            path: component,
+            config: vec![
+                ("fields".into(), fields.into()),
+                ("mode".into(), "hash".into()),
+                ("key".into(), "pii".into()),
+            ],
+            on_error: OnError::DeadLetter,
+            limits: TransformSection::default().limits(),
+            allow_tables: vec![],
+            keys: Keys::default().with("pii", b"bench-key"),
+        };
+        let report = sfzb_host::authoring::bench(&spec, events, Some(cache.clone())).unwrap();
+        println!(
+            "  {lang:<10} {:>7.2} µs/event over {} events (target ≤ {target} µs)",
+            report.us_per_event, report.events
+        );
+    }
 }
 
 /// The chosen design through the host's own chain: µs per event.
@@ -74,6 +102,7 @@ fn resource_design(standard: &sfzb_host::event::ChangeEvent, fields: &str) -> f6
         on_error: OnError::DeadLetter,
         limits: TransformSection::default().limits(),
         allow_tables: vec![],
+        keys: Default::default(),
     };
     let mut chain = Chain::load(runtime, &[spec]).unwrap();
     chain.run(vec![standard.clone(); 200]);

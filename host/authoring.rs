@@ -12,8 +12,7 @@ use base64::Engine;
 
 use crate::cli::ComponentArgs;
 use crate::clock::now_ms;
-use crate::event::EventSchema;
-use crate::event::{ChangeEvent, ReplayId};
+use crate::event::{ChangeEvent, EventSchema, ReplayId, Value};
 use crate::salesforce::schema::{EventMeta, decode_event, parse_schema};
 use crate::sink::Row;
 use crate::transform::engine::LoadedFrom;
@@ -121,39 +120,171 @@ fn load(
     Ok((chain, started.elapsed().as_secs_f64() * 1e3, from))
 }
 
-/// Runs the component on each event and writes one JSON line per output (`table`, `row`)
-/// or failure (`dead_letter`) to `out`.
+/// How `transform test` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// For a person: per event, what the chain did and the fields it changed.
+    Changes,
+    /// One JSON line per output (`table`, `row`) or failure (`dead_letter`).
+    Json,
+}
+
+/// A failure: the transform, its error, the event's replay id (hex).
+type Failure = (String, String, String);
+
+/// What the chain made of one event: its outputs (re-encoded as a run re-encodes them) and
+/// its failures.
+struct Outcome {
+    outputs: Vec<(Option<String>, ChangeEvent)>,
+    dead: Vec<Failure>,
+}
+
+fn outcome(result: crate::transform::ChainOutput) -> Outcome {
+    let mut dead: Vec<Failure> = result
+        .failed
+        .into_iter()
+        .chain(result.stop)
+        .map(|f| (f.transform, f.error, f.replay_id.to_hex()))
+        .collect();
+    let mut outputs = Vec::new();
+    for routed in result.routed {
+        let mut event = routed.event;
+        match event.reencode() {
+            Ok(()) => outputs.push((routed.table, event)),
+            Err((by, error)) => dead.push((by.to_string(), error, event.replay_id.to_hex())),
+        }
+    }
+    Outcome { outputs, dead }
+}
+
+/// A value as `transform test` shows it: JSON-like, long text cut.
+fn show(value: Option<Value>) -> String {
+    match value {
+        None | Some(Value::Record(_)) => "(none)".into(),
+        Some(Value::Null) => "null".into(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Int(i)) => i.to_string(),
+        Some(Value::Float(f)) => f.to_string(),
+        Some(Value::Text(t)) if t.chars().count() > 80 => {
+            format!("{:?}…", t.chars().take(80).collect::<String>())
+        }
+        Some(Value::Text(t)) => format!("{t:?}"),
+        Some(Value::Bytes(b)) => format!("<{} bytes>", b.len()),
+    }
+}
+
+/// The fields (and `nulled_fields` entries) that differ between `before` and `after`.
+fn changes(before: &ChangeEvent, after: &ChangeEvent) -> Vec<String> {
+    let mut lines: Vec<String> = before
+        .schema
+        .names
+        .data_field_names()
+        .into_iter()
+        .filter_map(|name| {
+            let (a, b) = (before.get(&name), after.get(&name));
+            (a != b).then(|| format!("{name}: {} → {}", show(a), show(b)))
+        })
+        .collect();
+    let (was, is) = (&before.header.nulled_fields, &after.header.nulled_fields);
+    let added: Vec<&str> = is.iter().filter(|n| !was.contains(n)).map(String::as_str).collect();
+    let removed: Vec<&str> = was.iter().filter(|n| !is.contains(n)).map(String::as_str).collect();
+    if !added.is_empty() || !removed.is_empty() {
+        let mut line = "nulled_fields:".to_string();
+        for n in added {
+            line.push_str(&format!(" +{n}"));
+        }
+        for n in removed {
+            line.push_str(&format!(" -{n}"));
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+/// One event's outcome for a person: which event, then kept / dropped / fanned out /
+/// routed / dead-lettered, and the fields each output changed.
+fn write_changes(
+    out: &mut dyn Write,
+    n: usize,
+    before: &ChangeEvent,
+    outcome: &Outcome,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "#{n} {} {} {} (replay {})",
+        before.header.entity_name,
+        before.header.change_type.as_str(),
+        before.first_record_id(),
+        before.replay_id.to_hex()
+    )?;
+    for (transform, error, _) in &outcome.dead {
+        writeln!(out, "  dead-lettered by {transform}: {error}")?;
+    }
+    match outcome.outputs.len() {
+        0 if outcome.dead.is_empty() => writeln!(out, "  dropped")?,
+        0 => {}
+        1 => {}
+        k => writeln!(out, "  fanned out to {k} outputs")?,
+    }
+    let many = outcome.outputs.len() > 1;
+    for (i, (table, after)) in outcome.outputs.iter().enumerate() {
+        let to = match table {
+            Some(t) => format!("→ table {t}"),
+            None => "→ its own table".to_string(),
+        };
+        let label = if many { format!("[{}] ", i + 1) } else { String::new() };
+        let changed = changes(before, after);
+        if changed.is_empty() {
+            writeln!(out, "  {label}kept {to}, unchanged")?;
+        } else {
+            writeln!(out, "  {label}kept {to}, changed:")?;
+            for line in changed {
+                writeln!(out, "    {line}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the component on each event and writes what it did to `out`, in `format`.
 pub fn test(
     spec: &TransformSpec,
     events_path: &Path,
     cache_dir: Option<PathBuf>,
+    format: Format,
     out: &mut dyn Write,
 ) -> Result<(), AuthoringError> {
     let events = read_events(events_path)?;
     let (mut chain, _, _) = load(spec, cache_dir)?;
-    for event in events {
-        let result = chain.run(vec![event]);
-        for failed in result.failed.iter().chain(result.stop.iter()) {
-            let letter = serde_json::json!({"dead_letter": {"transform": failed.transform, "error": failed.error, "replay_id": failed.replay_id.to_hex()}});
+    for (i, event) in events.into_iter().enumerate() {
+        let before = (format == Format::Changes).then(|| event.clone());
+        let result = outcome(chain.run(vec![event]));
+        if let Some(before) = before {
+            write_changes(out, i + 1, &before, &result)?;
+            continue;
+        }
+        for (transform, error, replay_id) in &result.dead {
+            let letter = serde_json::json!({"dead_letter": {"transform": transform, "error": error, "replay_id": replay_id}});
             writeln!(out, "{letter}")?;
         }
-        for routed in result.routed {
-            let mut event = routed.event;
-            if let Err((by, error)) = event.reencode() {
-                let letter = serde_json::json!({"dead_letter": {"transform": by.as_ref(), "error": error, "replay_id": event.replay_id.to_hex()}});
-                writeln!(out, "{letter}")?;
-                continue;
-            }
-            let line =
-                serde_json::json!({"table": routed.table, "row": Row::from_event(event, now_ms())});
+        for (table, event) in result.outputs {
+            let line = serde_json::json!({"table": table, "row": Row::from_event(event, now_ms())});
             writeln!(out, "{line}")?;
         }
     }
     let stats = &chain.stats()[0];
-    eprintln!(
+    let mut summary = format!(
         "{}: {} in, {} out, {} dropped, {} dead-lettered",
         stats.name, stats.events_in, stats.events_out, stats.dropped, stats.dead_lettered
     );
+    // The metrics it defines, as /metrics would show them.
+    for (name, n) in &stats.metrics.counters {
+        summary.push_str(&format!("; counter {name}={n}"));
+    }
+    for (name, v) in &stats.metrics.gauges {
+        summary.push_str(&format!("; gauge {name}={v}"));
+    }
+    eprintln!("{summary}");
     Ok(())
 }
 
@@ -183,13 +314,48 @@ impl std::fmt::Display for BenchReport {
 }
 
 /// `transform test`: the component of `args` on the events of `events`, off the async
-/// workers (compiling takes seconds), its outputs on standard output.
-pub async fn test_command(args: &ComponentArgs, events: PathBuf) -> Result<(), crate::Error> {
+/// workers (compiling takes seconds), what it did on standard output. With `watch`, again
+/// each time the component or the events file changes, until interrupted; an error then
+/// is printed and waited out, not fatal.
+pub async fn test_command(
+    args: &ComponentArgs,
+    events: PathBuf,
+    format: Format,
+    watch: bool,
+) -> Result<(), crate::Error> {
     let spec = args.spec()?;
     let cache = args.cache();
-    tokio::task::spawn_blocking(move || test(&spec, &events, cache, &mut std::io::stdout().lock()))
-        .await
-        .expect("transform test does not panic")?;
+    let run = || {
+        let (spec, events, cache) = (spec.clone(), events.clone(), cache.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                test(&spec, &events, cache, format, &mut std::io::stdout().lock())
+            })
+            .await
+            .expect("transform test does not panic")
+        }
+    };
+    let first = run().await;
+    if !watch {
+        return Ok(first?);
+    }
+    if let Err(error) = first {
+        eprintln!("{error}");
+    }
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let paths = vec![spec.path.clone(), events.clone()];
+    let mut changed = crate::watch::changes(paths, "the transform and its events", cancel.clone());
+    eprintln!(
+        "Watching {} and {}; Ctrl-C stops.",
+        spec.path.display(),
+        events.display()
+    );
+    while changed.recv().await.is_some() {
+        println!("--- {} ---", spec.path.display());
+        if let Err(error) = run().await {
+            eprintln!("{error}");
+        }
+    }
     Ok(())
 }
 

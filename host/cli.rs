@@ -99,14 +99,22 @@ pub struct DemoArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TransformCommand {
-    /// Run a component on sample events (rows as the jsonl sink writes them) and print
-    /// each output as a JSON line: {"table": …, "row": …} or {"dead_letter": …}.
+    /// Run a component on sample events (rows as the jsonl sink writes them) and print,
+    /// per event, what it did: kept, dropped, fanned out, routed or dead-lettered (with the
+    /// reason), and each field it changed (before → after).
     Test {
         #[command(flatten)]
         component: ComponentArgs,
         /// A JSON file with one row, or JSON lines of rows.
         #[arg(long)]
         event: PathBuf,
+        /// Print each output as a JSON line instead: {"table": …, "row": …} or
+        /// {"dead_letter": …}.
+        #[arg(long)]
+        json: bool,
+        /// Run again each time the component or the events file changes.
+        #[arg(long)]
+        watch: bool,
     },
     /// Create a ready-to-build transform: the WIT, a starting transform, its build setup, a
     /// sample event and a README; prints the commands that build and test it.
@@ -143,6 +151,9 @@ pub struct ComponentArgs {
     /// A setting KEY=VALUE passed to the transform's init (repeatable).
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub config: Vec<String>,
+    /// A secret key for its `hmac-sha256` as KEY=env:VAR or KEY=file:PATH (repeatable).
+    #[arg(long = "key", value_name = "KEY=env:VAR|file:PATH")]
+    pub keys: Vec<String>,
     #[command(flatten, next_help_heading = "Limits")]
     pub limits: TransformSection,
     /// Where compiled components are cached (default: the user's cache directory).
@@ -187,6 +198,12 @@ pub struct TransformArgs {
     /// A transform setting as NAME.KEY=VALUE, e.g. `mask.fields=Email,Phone` (repeatable).
     #[arg(long = "transform-config", value_name = "NAME.KEY=VALUE")]
     pub config: Vec<String>,
+
+    /// A secret key for a transform's `hmac-sha256` as NAME.KEY=env:VAR or
+    /// NAME.KEY=file:PATH, e.g. `mask.pii=env:MASK_KEY` (repeatable; never the key itself,
+    /// which `ps` would show).
+    #[arg(long = "transform-key", value_name = "NAME.KEY=env:VAR|file:PATH")]
+    pub keys: Vec<String>,
 
     /// What to do with an event a transform fails on: dead-letter, skip or stop; for all
     /// transforms, or one as NAME=POLICY (repeatable).

@@ -171,7 +171,9 @@ backfill-historical = true
 
 [[defaults.transform]]
 path = "transforms/mask.wasm"
-config = {{ fields = "Email,*Phone,Fax", mode = "hash", salt = "demo-salt" }}
+config = {{ fields = "Email,*Phone,Fax", mode = "hash", key = "pii" }}
+# The demo's own key; a real one comes from {{ env = "VAR" }} or {{ file = "PATH" }}.
+keys = {{ pii = "demo-key" }}
 
 [[defaults.transform]]
 path = "transforms/tenant-filter.wasm"

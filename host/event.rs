@@ -270,11 +270,35 @@ impl ChangeEvent {
     }
 
     /// Sets a field; false when the schema has no such data field. Setting a child of a
-    /// null compound field creates the record with its other children null.
+    /// null compound field creates the record with its other children null. The header's
+    /// `nulled_fields` follows, as Salesforce lists the fields an update nulled: a null
+    /// lists the field (a whole compound field as its children), a value takes it off.
     pub fn set(&mut self, name: &str, value: Value, by: &Arc<str>) -> bool {
         let Some(path) = self.schema.names.resolve(name) else {
             return false;
         };
+        let nulled = &mut self.header.nulled_fields;
+        match (&value, path) {
+            (Value::Null, FieldPath::Top(i)) => match &self.schema.names.children[i + 1] {
+                Some(children) => {
+                    for child in children {
+                        let child = format!("{name}.{child}");
+                        if !nulled.contains(&child) {
+                            nulled.push(child);
+                        }
+                    }
+                }
+                None if !nulled.iter().any(|n| n == name) => nulled.push(name.to_string()),
+                None => {}
+            },
+            (Value::Null, FieldPath::Child(..)) => {
+                if !nulled.iter().any(|n| n == name) {
+                    nulled.push(name.to_string());
+                }
+            }
+            (_, FieldPath::Top(_)) => nulled.retain(|n| n != name && !n.strip_prefix(name).is_some_and(|rest| rest.starts_with('.'))),
+            (_, FieldPath::Child(..)) => nulled.retain(|n| n != name),
+        }
         match path {
             FieldPath::Top(i) => match self.fields.get_mut(i) {
                 Some(field) => field.value = value,

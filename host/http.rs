@@ -335,6 +335,48 @@ impl Figures {
                 }
             }
         }
+        drop(family);
+        self.encode_guest_metrics(encoder)
+    }
+
+    /// The counters and gauges transforms define (`host.counter-add`, `host.gauge-set`).
+    fn encode_guest_metrics(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let labels = |s: &Snapshot, t: &crate::transform::TransformStats, name: &str| {
+            [
+                ("subscription", s.name.clone()),
+                ("transform", t.name.clone()),
+                ("name", name.to_string()),
+            ]
+        };
+        let ty = ConstCounter::new(0u64).metric_type();
+        let mut family = encoder.encode_descriptor(
+            "transform_counter",
+            "Counters transforms define (host.counter-add), by name.",
+            None,
+            ty,
+        )?;
+        for s in &self.subscriptions {
+            for t in &s.transforms {
+                for (name, n) in &t.metrics.counters {
+                    ConstCounter::new(*n).encode(family.encode_family(&labels(s, t, name))?)?;
+                }
+            }
+        }
+        drop(family);
+        let ty = ConstGauge::new(0f64).metric_type();
+        let mut family = encoder.encode_descriptor(
+            "transform_gauge",
+            "Gauges transforms define (host.gauge-set), by name.",
+            None,
+            ty,
+        )?;
+        for s in &self.subscriptions {
+            for t in &s.transforms {
+                for (name, v) in &t.metrics.gauges {
+                    ConstGauge::new(*v).encode(family.encode_family(&labels(s, t, name))?)?;
+                }
+            }
+        }
         Ok(())
     }
 }

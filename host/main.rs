@@ -69,8 +69,17 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
         Command::Config(ConfigCommand::Settings) => {
             print!("{}", sfzb_host::config::settings::reference_markdown());
         }
-        Command::Transform(TransformCommand::Test { component, event }) => {
-            sfzb_host::authoring::test_command(&component, event).await?;
+        Command::Transform(TransformCommand::Test {
+            component,
+            event,
+            json,
+            watch,
+        }) => {
+            let format = match json {
+                true => sfzb_host::authoring::Format::Json,
+                false => sfzb_host::authoring::Format::Changes,
+            };
+            sfzb_host::authoring::test_command(&component, event, format, watch).await?;
         }
         Command::Transform(TransformCommand::Init { lang, name, dir }) => {
             let made =

@@ -147,7 +147,7 @@ fn readme(lang: Lang, name: &str, build: &[String], test: &str, wasm: &str) -> S
         r#"# {name}
 
 A {tool} transform for sfzb-host. It implements the `transform` world of
-`wit/transform.wit` (package `sfzb:transform@0.1.0`): `init` gets the settings, `process`
+`wit/transform.wit` (package `sfzb:transform@0.1.1`): `init` gets the settings, `process`
 gets each change event and returns the events to write.
 
 ## Build

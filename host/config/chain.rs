@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::file::{TransformSection, setting_text};
+use super::file::{Secret, TransformSection, setting_text};
 use super::{ConfigError, invalid, missing};
 use crate::cli::{ComponentArgs, TransformArgs};
-use crate::transform::{Limits, OnError, TransformSpec, chain::name_from_path};
+use crate::transform::{Keys, Limits, OnError, TransformSpec, chain::name_from_path};
 
 impl TransformSection {
     /// The limits it sets, the rest at their defaults.
@@ -79,6 +79,12 @@ fn transform_spec(prefix: &str, section: TransformSection) -> Result<TransformSp
             ))
         })
         .collect::<Result<_, ConfigError>>()?;
+    let keys = section
+        .keys
+        .iter()
+        .flatten()
+        .map(|(name, secret)| Ok((name.clone(), secret.resolve(&key(&format!("transform.keys.{name}")))?)))
+        .collect::<Result<Vec<_>, ConfigError>>()?;
     Ok(TransformSpec {
         name: section
             .name
@@ -88,9 +94,28 @@ fn transform_spec(prefix: &str, section: TransformSection) -> Result<TransformSp
         on_error: section.on_error.unwrap_or_default(),
         limits: section.limits(),
         allow_tables: section.allow_tables.unwrap_or_default(),
+        keys: Keys::new(keys.iter().map(|(n, k)| (n.clone(), k.as_bytes()))),
         path,
     })
 }
+
+/// A key given on the command line: `env:VAR` or `file:PATH`, read now. `flag` and `name`
+/// (NAME.KEY or KEY) name it in errors, which never carry a value.
+fn key_from_flag(flag: &str, name: &str, source: &str) -> Result<String, ConfigError> {
+    let secret = if let Some(var) = source.strip_prefix("env:") {
+        Secret::Env { env: var.to_string() }
+    } else if let Some(path) = source.strip_prefix("file:") {
+        Secret::File { file: PathBuf::from(path) }
+    } else {
+        return Err(invalid(
+            flag,
+            name,
+            "give where the key is, as env:VAR or file:PATH, never the key itself (a command line is visible to every user of the machine)",
+        ));
+    };
+    secret.resolve(&format!("{flag} {name}"))
+}
+
 
 /// `--transform-config NAME.KEY=VALUE` and `--transform-on-error [NAME=]POLICY`.
 fn apply_flags(specs: &mut [TransformSpec], flags: &TransformArgs) -> Result<(), ConfigError> {
@@ -123,6 +148,29 @@ fn apply_flags(specs: &mut [TransformSpec], flags: &TransformArgs) -> Result<(),
         })?;
         spec.config.retain(|(k, _)| k != setting);
         spec.config.push((setting.to_string(), value.to_string()));
+    }
+    for item in &flags.keys {
+        let named = item.split_once('=').map_or("(no =)", |(k, _)| k);
+        let parsed = item
+            .split_once('=')
+            .and_then(|(k, v)| k.split_once('.').map(|(n, k)| (n, k, v)))
+            .filter(|(n, k, _)| !n.is_empty() && !k.is_empty());
+        let Some((name, key_name, source)) = parsed else {
+            return Err(invalid(
+                "transform-key",
+                named,
+                "write it as NAME.KEY=env:VAR or NAME.KEY=file:PATH, e.g. mask.pii=env:MASK_KEY",
+            ));
+        };
+        let spec = specs.iter_mut().find(|s| s.name == name).ok_or_else(|| {
+            invalid(
+                "transform-key",
+                named,
+                format!("no transform named {name} in the chain (transforms: {chain})"),
+            )
+        })?;
+        let key = key_from_flag("transform-key", named, source)?;
+        spec.keys = spec.keys.with(key_name, key.as_bytes());
     }
     for item in &flags.on_error {
         let (name, policy) = match item.split_once('=') {
@@ -179,6 +227,17 @@ impl ComponentArgs {
                     })
             })
             .collect::<Result<_, _>>()?;
+        let mut keys = Keys::default();
+        for item in &self.keys {
+            let Some((name, source)) = item.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                return Err(invalid(
+                    "key",
+                    item.split_once('=').map_or("(no =)", |(k, _)| k),
+                    "write it as KEY=env:VAR or KEY=file:PATH, e.g. pii=env:MASK_KEY",
+                ));
+            };
+            keys = keys.with(name, key_from_flag("key", name, source)?.as_bytes());
+        }
         Ok(TransformSpec {
             name: name_from_path(&self.component),
             path: self.component.clone(),
@@ -186,6 +245,7 @@ impl ComponentArgs {
             on_error: OnError::DeadLetter,
             limits: self.limits.limits(),
             allow_tables: Vec::new(),
+            keys,
         })
     }
 

@@ -118,6 +118,7 @@ fn describe_transform(t: &crate::transform::TransformSpec) -> serde_json::Value 
         "on-error": t.on_error,
         // Any setting may be a secret: keys only.
         "config": t.config.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        "keys": t.keys.names().collect::<Vec<_>>(),
         "memory-mib": t.limits.memory_bytes >> 20,
         "timeout-ms": t.limits.timeout.as_millis() as u64,
         "fuel": t.limits.fuel,

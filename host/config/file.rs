@@ -328,6 +328,10 @@ settings! {
         /// Passed to its `init`: { key = value, … }; lists become comma-separated text, and
         /// any value may be { env = "VAR" } or { file = "PATH" }.
         config: BTreeMap<String, toml::Value>;
+        /// Secret keys `host.hmac-sha256` hashes with, by name: { pii = { env = "VAR" } }
+        /// or { file = "PATH" } (or text). The transform names a key; it never sees one,
+        /// and `config check` prints only the names.
+        keys: BTreeMap<String, Secret>;
     }
 }
 

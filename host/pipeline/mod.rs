@@ -79,7 +79,7 @@ impl Shared {
 }
 
 /// What a subscription did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SubscriptionStats {
     pub channel: String,
     pub target: String,

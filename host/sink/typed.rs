@@ -200,7 +200,7 @@ pub struct FieldColumn {
 }
 
 /// The Salesforce type in a field's doc: `Data:DateTime` → `DateTime`.
-fn salesforce_type(doc: Option<&str>) -> &str {
+pub(crate) fn salesforce_type(doc: Option<&str>) -> &str {
     doc.and_then(|d| d.split(':').nth(1)).unwrap_or("")
 }
 

@@ -10,9 +10,11 @@ use bytes::Bytes;
 
 use crate::event::{ChangeEvent, ReplayId};
 use crate::transform::engine::{
-    CallFailure, Instance, LoadedFrom, Runtime, State, TransformError, TransformPre,
+    CallFailure, Instance, LoadedFrom, Runtime, Shared, State, TransformError, TransformPre,
 };
-use crate::transform::limits::{Limits, LogBudget};
+use crate::transform::keys::Keys;
+use crate::transform::limits::Limits;
+use crate::transform::metrics::GuestMetrics;
 
 /// What to do with an event a transform fails on.
 #[derive(
@@ -49,10 +51,12 @@ pub struct TransformSpec {
     /// `allow-tables`: qualified tables (`catalog.schema.table`, `*` at the end matches any
     /// rest) the transform may route to beyond the subscription's own catalog and schema.
     pub allow_tables: Vec<String>,
+    /// `keys`: the secrets `host.hmac-sha256` hashes with, by name; never given to the guest.
+    pub keys: Keys,
 }
 
 /// Counts for one transform.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct TransformStats {
     pub name: String,
     pub events_in: u64,
@@ -64,11 +68,14 @@ pub struct TransformStats {
     pub skipped: u64,
     /// Instances replaced (after a trap, N events, or the memory high-water mark).
     pub recycled: u64,
+    /// The counters and gauges it defines (`host.counter-add`, `host.gauge-set`).
+    pub metrics: GuestMetrics,
 }
 
 struct Loaded {
     spec: TransformSpec,
-    name: Arc<str>,
+    /// Its name, log budget, metrics and keys, kept across instances.
+    shared: Arc<Shared>,
     pre: TransformPre<State>,
     instance: Option<Instance>,
     stats: TransformStats,
@@ -76,8 +83,6 @@ struct Loaded {
     batch_bytes: usize,
     /// The distinct tables it has routed to in this subscription (`max-tables`).
     tables: std::collections::HashSet<String>,
-    /// Its guest log budget, kept across instances.
-    log: Arc<std::sync::Mutex<LogBudget>>,
 }
 
 /// An event the chain could not pass, with what is needed to dead-letter it: the event's
@@ -125,12 +130,9 @@ impl Chain {
         for spec in specs {
             let started = Instant::now();
             let (component, from) = runtime.component(&spec.path)?;
-            let name: Arc<str> = Arc::from(spec.name.as_str());
             let pre = runtime.prepare(&spec.name, &component)?;
-            let log = Arc::new(std::sync::Mutex::new(LogBudget::new(
-                spec.limits.max_log_lines_per_sec,
-            )));
-            let instance = runtime.instantiate(&name, &pre, &spec.limits, &spec.config, &log)?;
+            let shared = Shared::new(&spec.name, &spec.limits, spec.keys.clone());
+            let instance = runtime.instantiate(&shared, &pre, &spec.limits, &spec.config)?;
             tracing::info!(
                 transform = %spec.name,
                 path = %spec.path.display(),
@@ -144,12 +146,11 @@ impl Chain {
                     ..Default::default()
                 },
                 spec: spec.clone(),
-                name,
+                shared,
                 pre,
                 instance: Some(instance),
                 batch_bytes: 0,
                 tables: Default::default(),
-                log,
             });
         }
         Ok(Chain {
@@ -179,6 +180,8 @@ impl Chain {
             new.stats = old.stats.clone();
             new.stats.recycled += recycled + 1;
             new.tables = old.tables.clone();
+            // A reload is a new instance, not a new transform: its metrics go on.
+            *new.shared.metrics.lock().unwrap_or_else(|e| e.into_inner()) = old.shared.metrics();
         }
         Ok(fresh)
     }
@@ -192,7 +195,13 @@ impl Chain {
     }
 
     pub fn stats(&self) -> Vec<TransformStats> {
-        self.transforms.iter().map(|t| t.stats.clone()).collect()
+        self.transforms
+            .iter()
+            .map(|t| TransformStats {
+                metrics: t.shared.metrics(),
+                ..t.stats.clone()
+            })
+            .collect()
     }
 
     /// Runs every event through the chain.
@@ -262,11 +271,10 @@ impl Loaded {
         let result = match self.instance.as_mut() {
             Some(instance) => instance.process(event, &self.spec.limits),
             None => match runtime.instantiate(
-                &self.name,
+                &self.shared,
                 &self.pre,
                 &self.spec.limits,
                 &self.spec.config,
-                &self.log,
             ) {
                 Ok(instance) => self
                     .instance

@@ -1,7 +1,8 @@
 //! The wasmtime side: one Engine and Linker per process, components compiled once and
 //! cached on disk, the host half of the WIT contract, and a warm instance per transform.
 //! WASI is linked because guest toolchains import it, but it grants nothing: no files,
-//! network, environment, arguments or stdin; output streams are discarded.
+//! network, environment, arguments or stdin; stdout and stderr become log lines
+//! ([`super::stdio`]).
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -13,7 +14,10 @@ use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::WasiCtx;
 
 use crate::event::ChangeEvent;
+use crate::transform::keys::Keys;
 use crate::transform::limits::{EpochTicker, Limits, LogBudget, MemoryCap};
+use crate::transform::metrics::GuestMetrics;
+use crate::transform::stdio::GuestOutput;
 
 wasmtime::component::bindgen!({
     path: "wit",
@@ -21,6 +25,10 @@ wasmtime::component::bindgen!({
     with: { "sfzb:transform/types.event": crate::event::ChangeEvent },
     imports: { default: trappable },
 });
+
+/// The contract this host implements (`wit/transform.wit`); components built against an
+/// earlier 0.1 patch link too (wasmtime matches semver-compatible imports).
+pub const CONTRACT: &str = "sfzb:transform@0.1.1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
@@ -36,6 +44,10 @@ pub enum TransformError {
         "transform {name} needs something sfzb-host does not provide: {detail}. Transforms get only the sfzb:transform host interface and WASI without files, network or environment; build JavaScript guests with `--disable http fetch-event`"
     )]
     Link { name: String, detail: String },
+    #[error(
+        "transform {name} was built against {built}, which this sfzb-host does not run (it implements {CONTRACT}): rebuild it against this host's wit/transform.wit (`sfzb-host transform init` writes it) — Rust: cargo build --release --target wasm32-wasip2; Python: componentize-py -d wit -w transform componentize app -o {name}.wasm; JavaScript: jco componentize … --wit wit"
+    )]
+    Contract { name: String, built: String },
     #[error("transform {name} refused its configuration: {message}")]
     Init { name: String, message: String },
     #[error("transform {name} failed to start: {detail}")]
@@ -50,6 +62,7 @@ impl TransformError {
             TransformError::Read { .. }
             | TransformError::Compile { .. }
             | TransformError::Link { .. }
+            | TransformError::Contract { .. }
             | TransformError::Init { .. }
             | TransformError::Start { .. }
             | TransformError::Engine(_) => false,
@@ -60,16 +73,41 @@ impl TransformError {
 /// The least time `init` may take.
 const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What every instance of one transform shares, so a guest that traps (and is replaced)
+/// cannot reset it: its name, log budget, metrics and keys.
+pub struct Shared {
+    pub name: Arc<str>,
+    pub log: std::sync::Mutex<LogBudget>,
+    pub metrics: std::sync::Mutex<GuestMetrics>,
+    pub keys: Keys,
+}
+
+impl Shared {
+    pub fn new(name: &str, limits: &Limits, keys: Keys) -> Arc<Shared> {
+        Arc::new(Shared {
+            name: Arc::from(name),
+            log: std::sync::Mutex::new(LogBudget::new(limits.max_log_lines_per_sec)),
+            metrics: Default::default(),
+            keys,
+        })
+    }
+
+    pub fn metrics(&self) -> GuestMetrics {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// Per-store state: WASI (denied), the resource table holding events, the memory cap, and
 /// what the current call has made the host hold.
 pub struct State {
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) memory: MemoryCap,
-    pub(super) name: Arc<str>,
+    pub(super) shared: Arc<Shared>,
     pub(super) limits: Limits,
-    /// Shared by every instance of the transform, so a guest that traps cannot reset it.
-    pub(super) log: Arc<std::sync::Mutex<LogBudget>>,
     /// Bytes `set` put into events during the current call.
     pub(super) added_bytes: usize,
     /// The bytes each event in the resource table holds (by handle): the one handed over
@@ -121,12 +159,13 @@ impl State {
 impl Drop for State {
     fn drop(&mut self) {
         let held_back = self
+            .shared
             .log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take_suppressed();
         if let Some(n) = held_back {
-            let transform = &*self.name;
+            let transform = &*self.shared.name;
             tracing::warn!(
                 transform,
                 suppressed = n,
@@ -247,6 +286,12 @@ impl Runtime {
             name: name.to_string(),
             detail: format!("{e:#}"),
         };
+        if let Some(built) = foreign_contract(&self.engine, component) {
+            return Err(TransformError::Contract {
+                name: name.to_string(),
+                built,
+            });
+        }
         let pre = self.linker.instantiate_pre(component).map_err(link)?;
         TransformPre::new(pre).map_err(link)
     }
@@ -254,12 +299,12 @@ impl Runtime {
     /// A fresh, initialised instance.
     pub fn instantiate(
         &self,
-        name: &Arc<str>,
+        shared: &Arc<Shared>,
         pre: &TransformPre<State>,
         limits: &Limits,
         config: &[(String, String)],
-        log: &Arc<std::sync::Mutex<LogBudget>>,
     ) -> Result<Instance, TransformError> {
+        let name = &shared.name;
         let start = |e: wasmtime::Error| TransformError::Start {
             name: name.to_string(),
             detail: format!("{e:#}"),
@@ -269,12 +314,13 @@ impl Runtime {
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
+                .stdout(GuestOutput::stdout(shared))
+                .stderr(GuestOutput::stderr(shared))
                 .build(),
             table: ResourceTable::new(),
             memory: MemoryCap::new(limits.memory_bytes),
-            name: name.clone(),
+            shared: shared.clone(),
             limits: *limits,
-            log: log.clone(),
             added_bytes: 0,
             held: Default::default(),
             held_bytes: 0,
@@ -314,6 +360,28 @@ impl Runtime {
             }),
         }
     }
+}
+
+/// The `sfzb:transform` version a component imports when it is not one this host links
+/// (another 0.x minor, or a 1.0): a rebuild, not a missing capability, is the fix.
+fn foreign_contract(engine: &Engine, component: &Component) -> Option<String> {
+    let ours = semver_minor(CONTRACT.split_once('@')?.1)?;
+    component
+        .component_type()
+        .imports(engine)
+        .filter_map(|(name, _)| name.strip_prefix("sfzb:transform/").map(str::to_string))
+        .find_map(|import| {
+            let version = import.split_once('@').map(|(_, v)| v).unwrap_or("");
+            (semver_minor(version) != Some(ours)).then(|| format!("sfzb:transform@{version}"))
+        })
+}
+
+/// `0.1.3` → `(0, 1)`; semver-compatible versions share it (for 0.x, the minor).
+fn semver_minor(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().ok());
+    let major = parts.next()??;
+    let minor = parts.next()??;
+    Some(if major == 0 { (0, minor) } else { (major, 0) })
 }
 
 fn write_cache(file: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -1,16 +1,20 @@
 //! The host half of the WIT contract (`wit/transform.wit`): the `host` interface (logging,
-//! rate-limited) and the `types` interface (the event resource: read, set, copy, drop),
-//! with every host-side bound a guest could push against. WASI is linked with nothing
-//! granted (see [`super::engine`]).
+//! rate-limited; keyed hashing; the transform's own metrics) and the `types` interface (the
+//! event resource: read, set, type, copy, drop), with every host-side bound a guest could
+//! push against. WASI is linked with nothing granted (see [`super::engine`]).
 
+use apache_avro::Schema;
 use wasmtime::component::Resource;
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
 use super::engine::State;
 use super::engine::sfzb;
-use crate::event::{self, ChangeEvent};
+use crate::event::{self, ChangeEvent, EventSchema, FieldPath};
+use crate::salesforce::schema::record_of;
 use sfzb::transform::host::Level;
-use sfzb::transform::types::{ChangeType as WitChangeType, Header, Value as WitValue};
+use sfzb::transform::types::{
+    ChangeType as WitChangeType, FieldType, Header, Value as WitValue, ValueKind,
+};
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -22,40 +26,227 @@ impl WasiView for State {
 }
 
 /// Longest log line a guest may write.
-const MAX_LOG_BYTES: usize = 1024;
+pub(super) const MAX_LOG_BYTES: usize = 1024;
+/// Fields of one `log-with` line, and the longest value of one.
+const MAX_LOG_FIELDS: usize = 16;
+const MAX_LOG_FIELD_BYTES: usize = 256;
 
-impl sfzb::transform::host::Host for State {
-    fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
-        let (admitted, held_back) = self.log.lock().unwrap_or_else(|e| e.into_inner()).admit();
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
+fn cut(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push('…');
+    }
+}
+
+fn tracing_level(level: Level) -> tracing::Level {
+    match level {
+        Level::Debug => tracing::Level::DEBUG,
+        Level::Info => tracing::Level::INFO,
+        Level::Warn => tracing::Level::WARN,
+        Level::Error => tracing::Level::ERROR,
+    }
+}
+
+impl super::engine::Shared {
+    /// One guest log line (from `host.log` or its stdout and stderr), under the
+    /// transform's line budget; `fields` already rendered.
+    pub(super) fn log(&self, level: Level, mut message: String, fields: Option<String>) {
+        let (admitted, held_back, per_sec) = {
+            let mut budget = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let (admitted, held_back) = budget.admit();
+            (admitted, held_back, budget.per_sec())
+        };
         if let Some(n) = held_back {
             let transform = &*self.name;
             tracing::warn!(
                 transform,
                 suppressed = n,
-                "Transform {transform}: {n} log lines held back in the last second (max-log-lines-per-sec = {}).",
-                self.limits.max_log_lines_per_sec
+                "Transform {transform}: {n} log lines held back in the last second (max-log-lines-per-sec = {per_sec})."
             );
         }
         if !admitted {
+            return;
+        }
+        cut(&mut message, MAX_LOG_BYTES);
+        let transform = &*self.name;
+        // tracing's levels are static per call site, hence one line per level.
+        match (level, fields) {
+            (Level::Debug, None) => tracing::debug!(transform, "{message}"),
+            (Level::Info, None) => tracing::info!(transform, "{message}"),
+            (Level::Warn, None) => tracing::warn!(transform, "{message}"),
+            (Level::Error, None) => tracing::error!(transform, "{message}"),
+            (Level::Debug, Some(fields)) => tracing::debug!(transform, fields, "{message}"),
+            (Level::Info, Some(fields)) => tracing::info!(transform, fields, "{message}"),
+            (Level::Warn, Some(fields)) => tracing::warn!(transform, fields, "{message}"),
+            (Level::Error, Some(fields)) => tracing::error!(transform, fields, "{message}"),
+        }
+    }
+}
+
+impl State {
+    /// A metric the guest asked for was refused: said once per transform.
+    fn refused_metric(&mut self, refused: crate::transform::metrics::Refused) {
+        let first = self
+            .shared
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first_refusal();
+        if first {
+            let transform = &*self.shared.name;
+            tracing::warn!(transform, "Transform {transform}: {refused}; ignored (said once).");
+        }
+    }
+}
+
+impl sfzb::transform::host::Host for State {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.shared.log(level, message, None);
+        Ok(())
+    }
+
+    fn log_with(
+        &mut self,
+        level: Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        if !<Self as sfzb::transform::host::Host>::log_enabled(self, level)? {
             return Ok(());
         }
-        if message.len() > MAX_LOG_BYTES {
-            let mut cut = MAX_LOG_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
+        // logfmt: `key=value`, quoted when the value has spaces, quotes or `=`.
+        let mut rendered = String::new();
+        for (mut key, mut value) in fields.into_iter().take(MAX_LOG_FIELDS) {
+            cut(&mut key, 64);
+            cut(&mut value, MAX_LOG_FIELD_BYTES);
+            if !rendered.is_empty() {
+                rendered.push(' ');
             }
-            message.truncate(cut);
-            message.push('…');
+            rendered.push_str(&key);
+            rendered.push('=');
+            if value.is_empty() || value.contains([' ', '"', '=']) {
+                rendered.push_str(&format!("{value:?}"));
+            } else {
+                rendered.push_str(&value);
+            }
         }
-        let transform = &*self.name;
-        match level {
-            Level::Debug => tracing::debug!(transform, "{message}"),
-            Level::Info => tracing::info!(transform, "{message}"),
-            Level::Warn => tracing::warn!(transform, "{message}"),
-            Level::Error => tracing::error!(transform, "{message}"),
+        self.shared.log(level, message, Some(rendered));
+        Ok(())
+    }
+
+    fn log_enabled(&mut self, level: Level) -> wasmtime::Result<bool> {
+        Ok(match tracing_level(level) {
+            tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
+            tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
+            tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
+            _ => tracing::enabled!(tracing::Level::ERROR),
+        })
+    }
+
+    fn hmac_sha256(
+        &mut self,
+        key_name: String,
+        data: String,
+    ) -> wasmtime::Result<Result<String, String>> {
+        Ok(self.shared.keys.hmac_sha256_hex(&key_name, data.as_bytes()))
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        let result = self
+            .shared
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(&name, delta);
+        if let Err(refused) = result {
+            self.refused_metric(refused);
         }
         Ok(())
     }
+
+    fn gauge_set(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
+        let result = self
+            .shared
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(&name, value);
+        if let Err(refused) = result {
+            self.refused_metric(refused);
+        }
+        Ok(())
+    }
+}
+
+/// The `value` case a field's (non-null) values take in an Avro type.
+fn value_kind(schema: &Schema) -> ValueKind {
+    match schema {
+        Schema::Boolean => ValueKind::Boolean,
+        Schema::Int
+        | Schema::Long
+        | Schema::Date
+        | Schema::TimeMillis
+        | Schema::TimeMicros
+        | Schema::TimestampMillis
+        | Schema::TimestampMicros
+        | Schema::LocalTimestampMillis
+        | Schema::LocalTimestampMicros => ValueKind::Integer,
+        Schema::Float | Schema::Double => ValueKind::Float,
+        Schema::Bytes | Schema::Fixed(_) => ValueKind::Bytes,
+        Schema::Record(_) | Schema::Ref { .. } => ValueKind::Compound,
+        _ => ValueKind::Text,
+    }
+}
+
+/// A data field's type from the writer schema: the Avro type of its non-null branch (text
+/// for a switchable field such as Account's `Name`) and the Salesforce type in its `doc`.
+fn field_type(schema: &EventSchema, name: &str) -> Option<FieldType> {
+    let Schema::Record(root) = &schema.avro else {
+        return None;
+    };
+    let branches = |s: &'_ Schema| -> Vec<Schema> {
+        match s {
+            Schema::Union(u) => u
+                .variants()
+                .iter()
+                .filter(|v| !matches!(v, Schema::Null))
+                .cloned()
+                .collect(),
+            other => vec![other.clone()],
+        }
+    };
+    let (ty, doc) = match schema.names.resolve(name)? {
+        FieldPath::Top(i) => {
+            let field = root.fields.get(i + 1)?;
+            let branches = branches(&field.schema);
+            let kinds: Vec<ValueKind> = branches.iter().map(value_kind).collect();
+            let kind = if kinds.contains(&ValueKind::Text) {
+                ValueKind::Text
+            } else {
+                *kinds.first()?
+            };
+            (kind, field.doc.clone())
+        }
+        FieldPath::Child(i, j) => {
+            let field = root.fields.get(i + 1)?;
+            let child = branches(&field.schema)
+                .iter()
+                .find_map(|b| record_of(b, &schema.avro).and_then(|r| r.fields.get(j).cloned()))?;
+            let kind = branches(&child.schema)
+                .first()
+                .map_or(ValueKind::Text, value_kind);
+            (kind, child.doc.clone())
+        }
+    };
+    Some(FieldType {
+        kind: ty,
+        salesforce_type: crate::sink::typed::salesforce_type(doc.as_deref()).to_string(),
+    })
 }
 
 impl sfzb::transform::types::Host for State {}
@@ -171,7 +362,7 @@ impl sfzb::transform::types::HostEvent for State {
             return Err(self.exceeded(message));
         }
         self.hold(this.rep(), size)?;
-        let by = self.name.clone();
+        let by = self.shared.name.clone();
         let event = self.table.get_mut(&this)?;
         Ok(if event.set(&name, from_wit(value), &by) {
             Ok(())
@@ -181,7 +372,7 @@ impl sfzb::transform::types::HostEvent for State {
     }
 
     fn remove(&mut self, this: Resource<ChangeEvent>, name: String) -> wasmtime::Result<bool> {
-        let by = self.name.clone();
+        let by = self.shared.name.clone();
         Ok(self
             .table
             .get_mut(&this)?
@@ -190,6 +381,14 @@ impl sfzb::transform::types::HostEvent for State {
 
     fn field_names(&mut self, this: Resource<ChangeEvent>) -> wasmtime::Result<Vec<String>> {
         Ok(self.table.get(&this)?.schema.names.data_field_names())
+    }
+
+    fn field_type(
+        &mut self,
+        this: Resource<ChangeEvent>,
+        name: String,
+    ) -> wasmtime::Result<Option<FieldType>> {
+        Ok(field_type(&self.table.get(&this)?.schema, &name))
     }
 
     fn duplicate(

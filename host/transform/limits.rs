@@ -139,6 +139,10 @@ impl LogBudget {
         }
     }
 
+    pub fn per_sec(&self) -> u32 {
+        self.per_sec
+    }
+
     pub fn take_suppressed(&mut self) -> Option<u64> {
         (self.suppressed > 0).then(|| std::mem::take(&mut self.suppressed))
     }

@@ -7,6 +7,9 @@
 //! | `host.rs` | the host half of the contract: the `host` and `types` interfaces |
 //! | `chain.rs` | ordered transforms, routing, failure policy, counts |
 //! | `limits.rs` | memory cap, epoch deadlines, fuel; no event data |
+//! | `keys.rs` | the secret keys `hmac-sha256` uses, by name, never shown to guests |
+//! | `metrics.rs` | counters and gauges a transform defines, bounded |
+//! | `stdio.rs` | a guest's stdout and stderr, as lines of the host log |
 //!
 //! The contract is `wit/transform.wit`. Guests run on blocking threads, never on the async
 //! workers, so a slow guest cannot stall I/O.
@@ -14,8 +17,12 @@
 pub mod chain;
 pub mod engine;
 pub mod host;
+pub mod keys;
 pub mod limits;
+pub mod metrics;
+pub mod stdio;
 
 pub use chain::{Chain, ChainOutput, Failed, OnError, Routed, TransformSpec, TransformStats};
-pub use engine::{Runtime, RuntimeOptions, TransformError};
+pub use engine::{CONTRACT, Runtime, RuntimeOptions, TransformError};
+pub use keys::Keys;
 pub use limits::Limits;

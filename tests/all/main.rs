@@ -2,6 +2,7 @@
 //! 127.0.0.1, over gRPC and HTTP.
 
 mod auth;
+mod authoring;
 mod cli;
 mod delta;
 mod faults;

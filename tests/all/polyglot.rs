@@ -25,16 +25,18 @@ fn python_and_javascript_transforms_give_exactly_the_rust_outputs() {
         ],
     );
     let cache = guests::dir().join("../compile-cache");
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 7] = [
         ("mask", &["fields=Email,*Phone,Name.LastName"]),
         (
             "mask",
             &[
                 "fields=Email,*Phone,BillingAddress.City",
                 "mode=hash",
-                "salt=pepper",
+                "key=pii",
+                "--key=pii=env:SFZB_TEST_KEY",
             ],
         ),
+        ("mask", &["types=Email,Url,Currency", "fields=Name.LastName"]),
         ("mask", &["fields=NumberOfEmployees,AnnualRevenue,Name"]),
         (
             "tenant-filter",
@@ -67,9 +69,144 @@ fn python_and_javascript_transforms_give_exactly_the_rust_outputs() {
     }
 }
 
+/// The host functions of contract 0.1.1 from each language's mask: `hmac-sha256` (checked
+/// against an HMAC computed here), `field-type` (`types=Url` masks `Website`, which no
+/// pattern names, nor `Some_URL__c`), `counter-add` (the count of masked values, counted here), `log-with`
+/// and `log-enabled` (the debug line only when debug is on).
+#[test]
+fn each_language_reaches_the_host_functions_with_the_same_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample_rows(dir.path(), &["--entities", "Account", "--events", "60"]);
+    let cache = guests::dir().join("../compile-cache");
+    let inputs: Vec<serde_json::Value> = std::fs::read_to_string(&sample)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let record = |row: &serde_json::Value| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(row["record_data_json"].as_str().unwrap()).unwrap()
+    };
+    // Account has no Email; its Url fields are Website and Some_URL__c.
+    let masked_here = |name: &str| {
+        name == "Email" || name.ends_with("Phone") || name == "Website" || name == "Some_URL__c"
+    };
+    let expected_count: usize = inputs
+        .iter()
+        .map(|row| {
+            record(row)
+                .iter()
+                .filter(|(k, v)| masked_here(k) && v.is_string())
+                .count()
+        })
+        .sum();
+    assert!(expected_count > 20, "the sample has values to mask");
+    let config = [
+        "fields=Email,*Phone",
+        "types=Url",
+        "mode=hash",
+        "key=pii",
+        "--key=pii=env:SFZB_TEST_KEY",
+        "--log=sfzb_host=debug",
+    ];
+    let mut outputs = Vec::new();
+    for (lang, component) in [
+        ("rust", guests::component("mask")),
+        ("python", guests::polyglot("python", "mask")),
+        ("js", guests::polyglot("js", "mask")),
+    ] {
+        let (rows, stderr) = transform_test(&component, &sample, &config, &cache);
+        assert_eq!(rows.len(), inputs.len(), "{lang}: {stderr}");
+        for (input, output) in inputs.iter().zip(&rows) {
+            let (before, after) = (record(input), record(&output["row"]));
+            for (name, value) in &before {
+                let got = &after[name];
+                match value.as_str() {
+                    Some(text) if masked_here(name) => {
+                        assert_eq!(got.as_str(), Some(test_hmac(text).as_str()), "{lang} {name}")
+                    }
+                    _ => assert_eq!(got, value, "{lang} {name} is untouched"),
+                }
+            }
+        }
+        assert!(
+            stderr.contains(&format!("counter masked_values={expected_count}")),
+            "{lang}: {stderr}"
+        );
+        let ready = stderr
+            .lines()
+            .find(|l| l.contains("mask ready"))
+            .unwrap_or_else(|| panic!("{lang} logs its configuration: {stderr}"));
+        assert!(
+            ready.contains("mode=hash") && ready.contains("types=Url") && ready.contains("INFO"),
+            "{lang}: {ready}"
+        );
+        let matched = stderr
+            .lines()
+            .find(|l| l.contains("mask matched"))
+            .unwrap_or_else(|| panic!("{lang} logs what it matched at debug: {stderr}"));
+        assert!(
+            matched.contains("Website") && matched.contains("PersonMobilePhone"),
+            "{lang}: {matched}"
+        );
+        // At the default level the guest's debug line is not written.
+        let quiet: Vec<&str> = config.iter().copied().filter(|c| !c.starts_with("--log")).collect();
+        let (_, stderr) = transform_test(&component, &sample, &quiet, &cache);
+        assert!(!stderr.contains("mask matched"), "{lang}: {stderr}");
+        outputs.push(rows);
+    }
+    assert_eq!(outputs[0], outputs[1], "python gives the rust rows");
+    assert_eq!(outputs[0], outputs[2], "javascript gives the rust rows");
+}
+
+/// A key the transform names must be one it was given; the error says which it has, and
+/// a key is never taken from the command line itself.
+#[test]
+fn a_missing_or_inline_key_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample_rows(dir.path(), &["--entities", "Account", "--events", "5"]);
+    let cases: [(&[&str], &str); 3] = [
+        (&["fields=Email", "mode=hash", "key=pii"], "this transform has no keys"),
+        (
+            &["fields=Email", "mode=hash", "key=pii", "--key=other=env:SFZB_TEST_KEY"],
+            "its keys are other",
+        ),
+        (
+            &["fields=Email", "mode=hash", "key=pii", "--key=pii=test-key"],
+            "never the key itself",
+        ),
+    ];
+    for lang in ["rust", "python", "js"] {
+        let component = match lang {
+            "rust" => guests::component("mask"),
+            other => guests::polyglot(other, "mask"),
+        };
+        for (config, expected) in cases {
+            let output = Command::new(BIN)
+                .args(["transform", "test"])
+                .arg(&component)
+                .arg("--event")
+                .arg(&sample)
+                .args(config.iter().flat_map(|c| match c.strip_prefix("--") {
+                    Some(_) => vec![c.to_string()],
+                    None => vec!["--config".to_string(), c.to_string()],
+                }))
+                .env("SFZB_TEST_KEY", TEST_KEY)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{lang} {config:?}");
+            assert!(stderr.contains(expected), "{lang} {config:?}: {stderr}");
+            assert!(!stderr.contains(TEST_KEY), "{lang}: the key is never printed");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_mask_then_javascript_filter_chain_writes_the_rows_of_the_rust_chain() {
     let sim = start(sim_config(&["Account", "Contact"], 150)).await;
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("pii.key");
+    std::fs::write(&key_file, format!("{TEST_KEY}\n")).unwrap();
     let chain = |mask: PathBuf, filter: PathBuf| {
         vec![
             "--transform".to_string(),
@@ -81,7 +218,9 @@ async fn a_python_mask_then_javascript_filter_chain_writes_the_rows_of_the_rust_
             "--transform-config".into(),
             "mask.mode=hash".into(),
             "--transform-config".into(),
-            "mask.salt=s".into(),
+            "mask.key=pii".into(),
+            "--transform-key".into(),
+            format!("mask.pii=file:{}", key_file.display()),
             "--transform-config".into(),
             "tenant-filter.change-types=CREATE,UPDATE".into(),
         ]
@@ -105,6 +244,8 @@ async fn a_python_mask_then_javascript_filter_chain_writes_the_rows_of_the_rust_
             .unwrap();
         assert_eq!(stats.received, 300);
         assert!(stats.dropped > 0, "deletes are dropped");
+        let masked = stats.transforms[0].metrics.counters["masked_values"];
+        assert!(masked > 0, "{:?}", stats.transforms[0]);
         let rows: Vec<serde_json::Value> = rows(&out(dir.path()))
             .into_iter()
             .map(|mut r| {
@@ -112,12 +253,13 @@ async fn a_python_mask_then_javascript_filter_chain_writes_the_rows_of_the_rust_
                 r
             })
             .collect();
-        results.push((stats.written, rows));
+        results.push((stats.written, masked, rows));
     }
     sim.shutdown().await;
     let (rust, polyglot) = (&results[0], &results[1]);
     assert_eq!(polyglot.0, rust.0);
-    assert_eq!(polyglot.1, rust.1, "the same rows, byte for byte");
+    assert_eq!(polyglot.1, rust.1, "the same count of masked values");
+    assert_eq!(polyglot.2, rust.2, "the same rows, byte for byte");
 }
 
 /// `load_ms` of each "Transform loaded." log line, with where it came from.

@@ -79,7 +79,7 @@ fn bad_configuration_files_exit_2_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let org = org_section("salesforce", "http://127.0.0.1:9", "http://127.0.0.1:9");
     let sub = "[[subscription]]\nchannel = \"AccountChangeEvent\"\n";
-    let cases: [(&str, String, &[&str]); 9] = [
+    let cases: [(&str, String, &[&str]); 10] = [
         (
             "two readers of one checkpoint",
             format!(
@@ -97,6 +97,13 @@ fn bad_configuration_files_exit_2_naming_the_problem() {
                 "{org}\n{sub}\n[[subscription.transform]]\npath = \"bad.toml\"\nconfig = {{ salt = {{ vault = \"x\" }} }}\n"
             ),
             &["transform.config.salt", "{ env = "],
+        ),
+        (
+            "a transform key from an unset variable",
+            format!(
+                "{org}\n{sub}\n[[subscription.transform]]\npath = \"bad.toml\"\nkeys = {{ pii = {{ env = \"SFZB_TEST_UNSET_KEY\" }} }}\n"
+            ),
+            &["transform.keys.pii", "SFZB_TEST_UNSET_KEY"],
         ),
         (
             "missing channel",
@@ -186,7 +193,8 @@ batch-size = 50
 [[defaults.transform]]
 path = "mask.wasm"
 on-error = "skip"
-config = {{ fields = ["Email", "Phone"], mode = "hash", salt = {{ env = "MASK_SALT" }} }}
+config = {{ fields = ["Email", "Phone"], mode = "hash", key = "pii" }}
+keys = {{ pii = {{ env = "MASK_KEY" }} }}
 
 [[subscription]]
 channel = "AccountChangeEvent"
@@ -212,7 +220,7 @@ sink = "delta:tables/acme_accounts"
     let output = Command::new(BIN)
         .args(["config", "check", file.to_str().unwrap()])
         .env("ACME_SECRET", "AcmeSecretValue")
-        .env("MASK_SALT", "SaltSecretValue")
+        .env("MASK_KEY", "KeySecretValue")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -221,7 +229,7 @@ sink = "delta:tables/acme_accounts"
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    for secret in ["Hunter2Secret", "AcmeSecretValue", "SaltSecretValue"] {
+    for secret in ["Hunter2Secret", "AcmeSecretValue", "KeySecretValue"] {
         assert!(!stdout.contains(secret), "{secret} printed: {stdout}");
     }
     let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -242,8 +250,9 @@ sink = "delta:tables/acme_accounts"
     // Any transform setting may be a secret: the plan names them, never shows them.
     assert_eq!(
         mask["config"],
-        serde_json::json!(["fields", "mode", "salt"])
+        serde_json::json!(["fields", "key", "mode"])
     );
+    assert_eq!(mask["keys"], serde_json::json!(["pii"]), "keys by name only");
     let sink = subs[0]["sink"].as_str().unwrap();
     assert!(
         sink.starts_with("delta:")
@@ -257,7 +266,7 @@ sink = "delta:tables/acme_accounts"
     let output = Command::new(BIN)
         .args(["config", "check", file.to_str().unwrap()])
         .env_remove("ACME_SECRET")
-        .env("MASK_SALT", "SaltSecretValue")
+        .env("MASK_KEY", "KeySecretValue")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
@@ -536,7 +545,10 @@ fn the_demo_components_behave_as_their_sources() {
     let cache = guests::dir().join("../compile-cache");
     let prebuilt = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-transforms/prebuilt");
     for (name, config) in [
-        ("mask", &["fields=Email,*Phone", "mode=hash", "salt=s"][..]),
+        (
+            "mask",
+            &["fields=Email,*Phone", "mode=hash", "key=pii", "--key=pii=env:SFZB_TEST_KEY"][..],
+        ),
         ("tenant-filter", &["change-types=CREATE,UPDATE"][..]),
     ] {
         let built = transform_outputs(&guests::component(name), &sample, config, &cache);

@@ -251,33 +251,59 @@ pub fn sample_rows(dir: &Path, sim_args: &[&str]) -> PathBuf {
     dir.join("sample.jsonl")
 }
 
+/// The key `transform_outputs` gives components for `--key=NAME=env:SFZB_TEST_KEY`.
+pub const TEST_KEY: &str = "test-key-0123456789";
+
+/// HMAC-SHA256 of `data` under [`TEST_KEY`], hex, computed here (not by sfzb-host).
+pub fn test_hmac(data: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(TEST_KEY.as_bytes()).unwrap();
+    mac.update(data.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// What `sfzb-host transform test` prints for `component` on `sample`, without the time
-/// each row was made.
+/// each row was made. Items of `config` that start with `--` are flags (`--key=…`).
 pub fn transform_outputs(
     component: &Path,
     sample: &Path,
     config: &[&str],
     cache: &Path,
 ) -> Vec<serde_json::Value> {
+    transform_test(component, sample, config, cache).0
+}
+
+/// `sfzb-host transform test`: its output lines, and its standard error (the log and the
+/// summary line with the transform's counters).
+pub fn transform_test(
+    component: &Path,
+    sample: &Path,
+    config: &[&str],
+    cache: &Path,
+) -> (Vec<serde_json::Value>, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"));
     command
-        .args(["transform", "test"])
+        .args(["transform", "test", "--json"])
         .arg(component)
         .arg("--event")
         .arg(sample)
         .arg("--cache-dir")
         .arg(cache);
+    // `--key=…` items are flags; the keys they name come from SFZB_TEST_KEY.
     for setting in config {
-        command.args(["--config", setting]);
+        match setting.strip_prefix("--") {
+            Some(_) => command.arg(setting),
+            None => command.args(["--config", setting]),
+        };
     }
-    let output = command.output().unwrap();
+    let output = command.env("SFZB_TEST_KEY", TEST_KEY).output().unwrap();
     assert!(
         output.status.success(),
         "{}: {}",
         component.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8_lossy(&output.stdout)
+    let rows = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
@@ -286,7 +312,8 @@ pub fn transform_outputs(
             }
             v
         })
-        .collect()
+        .collect();
+    (rows, String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 /// A process whose stderr lines are collected as they come; killed when dropped.

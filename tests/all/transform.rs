@@ -115,13 +115,20 @@ async fn mask_leaves_no_email_or_phone_in_any_column() {
     sim.shutdown().await;
 }
 
+/// `mode=hash` with the host's HMAC: the same key gives the same pseudonyms, another key
+/// other ones, and the pseudonym is the HMAC of the value (checked here, not by sfzb-host).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hashing_is_salted_and_stable() {
+async fn hashing_is_keyed_and_stable() {
     let sim = start(sim_config(&["Lead"], 80)).await;
+    let keys = tempfile::tempdir().unwrap();
     let mut hashes = Vec::new();
-    for salt in ["salt=pepper", "salt=pepper", "salt=paprika"] {
+    let mut originals = Vec::new();
+    for key in [TEST_KEY, TEST_KEY, "another-key"] {
         let dir = tempfile::tempdir().unwrap();
-        let flags = chain(&[("mask", &["fields=Email", "mode=hash", salt])]);
+        let file = keys.path().join(format!("{}.key", hashes.len()));
+        std::fs::write(&file, key).unwrap();
+        let mut flags = chain(&[("mask", &["fields=Email", "mode=hash", "key=pii"])]);
+        flags.extend(["--transform-key".into(), format!("mask.pii=file:{}", file.display())]);
         run(plan(
             &sim,
             dir.path(),
@@ -136,18 +143,28 @@ async fn hashing_is_salted_and_stable() {
                 .flat_map(|r| values_of(r, &["Email"]))
                 .collect::<Vec<_>>(),
         );
+        if originals.is_empty() {
+            let plain = tempfile::tempdir().unwrap();
+            run(plan(&sim, plain.path(), "/data/LeadChangeEvent", &[]))
+                .await
+                .unwrap();
+            originals = rows(&out(plain.path()))
+                .iter()
+                .flat_map(|r| values_of(r, &["Email"]))
+                .collect();
+        }
     }
     assert!(!hashes[0].is_empty());
+    assert_eq!(
+        hashes[0],
+        originals.iter().map(|e| test_hmac(e)).collect::<Vec<_>>(),
+        "each Email is its HMAC-SHA256 under the key"
+    );
     assert_eq!(hashes[0], hashes[1], "the same input hashes the same way");
     assert_eq!(hashes[0].len(), hashes[2].len());
     assert!(
         hashes[0].iter().zip(&hashes[2]).all(|(a, b)| a != b),
-        "another salt gives other hashes"
-    );
-    assert!(
-        hashes[0]
-            .iter()
-            .all(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+        "another key gives other hashes"
     );
     sim.shutdown().await;
 }
@@ -302,6 +319,7 @@ fn faulty_chain(
         on_error: Default::default(),
         limits,
         allow_tables: vec![],
+        keys: Default::default(),
     };
     sfzb_host::transform::Chain::load(runtime, &[spec]).unwrap()
 }
@@ -533,6 +551,7 @@ fn a_component_needing_an_unknown_import_fails_at_load_naming_it() {
         on_error: Default::default(),
         limits: sfzb_host::config::file::TransformSection::default().limits(),
         allow_tables: vec![],
+        keys: Default::default(),
     };
     let err = sfzb_host::transform::Chain::load(runtime, &[spec])
         .err()
@@ -643,4 +662,86 @@ async fn a_changed_component_is_swapped_in_between_events_and_a_bad_one_is_refus
     assert!(rows(&out(dir.path())).is_empty());
     let stats = single(stats).unwrap();
     assert_eq!(stats.transforms[0].name, "t");
+}
+
+/// A component built against contract 0.1.0 (the mask before 0.1.1, kept as it was built
+/// in tests/fixtures) runs on this host unchanged: its 0.1.0 imports link to the 0.1.1
+/// host, and it masks exactly as the mask built from today's source.
+#[test]
+fn a_component_of_the_0_1_0_contract_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample_rows(dir.path(), &["--entities", "Account,Contact", "--events", "40"]);
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mask-contract-0.1.0.wasm");
+    let bytes = std::fs::read(&old).unwrap();
+    let imports = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        imports("sfzb:transform/types@0.1.0") && !imports("@0.1.1"),
+        "the fixture is a 0.1.0 component"
+    );
+    let cache = guests::dir().join("../compile-cache");
+    let config = ["fields=Email,*Phone,Name.LastName"];
+    let rows = transform_outputs(&old, &sample, &config, &cache);
+    let events = std::fs::read_to_string(&sample).unwrap().lines().count();
+    assert_eq!(rows.len(), events);
+    assert!(rows.iter().any(|r| values_of(&r["row"], &["Phone"]) == ["REDACTED"]));
+    assert_eq!(rows, transform_outputs(&guests::component("mask"), &sample, &config, &cache));
+}
+
+/// A component of a contract this host does not implement is refused before it runs,
+/// with the version it wants and the commands that rebuild it.
+#[test]
+fn a_component_of_an_unknown_contract_is_refused_with_the_rebuild_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("future.wasm");
+    let wasm = wat::parse_str(
+        r#"(component
+            (import "sfzb:transform/host@0.2.0" (instance
+                (export "log" (func (param "message" string)))
+            ))
+        )"#,
+    )
+    .unwrap();
+    std::fs::write(&component, wasm).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
+        .args(["transform", "bench"])
+        .arg(&component)
+        .args(["--events", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    for expected in [
+        "built against sfzb:transform@0.2.0",
+        "it implements sfzb:transform@0.1.1",
+        "cargo build --release --target wasm32-wasip2",
+        "componentize-py",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+}
+
+/// What a guest prints goes to the host's log (stdout at info, stderr at warn), tagged with
+/// the transform, and never into the data on the host's stdout.
+#[test]
+fn what_a_guest_prints_is_logged_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample_rows(dir.path(), &["--entities", "Account", "--events", "3"]);
+    let cache = guests::dir().join("../compile-cache");
+    let (rows, stderr) =
+        transform_test(&guests::component("faulty"), &sample, &["mode=print"], &cache);
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| !r.to_string().contains("printed on")));
+    for (level, stream) in [("INFO", "stdout"), ("WARN", "stderr")] {
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(&format!("printed on {stream} by event")))
+            .collect();
+        assert_eq!(lines.len(), 3, "{stderr}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains(level) && l.contains("transform=\"faulty\"")),
+            "{lines:?}"
+        );
+    }
 }

@@ -9,7 +9,8 @@
 //! over 1 MiB), `fanout-bomb` (2,000 copies), `stash` (keeps 50 copies of every event across
 //! calls), `hoard` (keeps every event it is given, returns a copy), `log-flood` (3,000 lines),
 //! `table-flood` (a new table for every event), `escape` (routes to `hr.payroll.salaries`),
-//! `leak` (keeps 1 MiB of its own memory per event, and passes the event on). Other
+//! `leak` (keeps 1 MiB of its own memory per event, and passes the event on), `print` (a
+//! line on stdout and one on stderr per event, which the host logs). Other
 //! settings are ignored, so it can stand in for another transform in reload tests.
 
 use std::cell::{Cell, RefCell};
@@ -107,6 +108,11 @@ impl Guest for Faulty {
                 for i in 0..3000 {
                     log(Level::Error, &format!("flood line {i} of event {}", event.replay_id()));
                 }
+                Ok(vec![Output { event, table: None }])
+            }
+            "print" => {
+                println!("printed on stdout by event {}", event.replay_id());
+                eprintln!("printed on stderr by event {}", event.replay_id());
                 Ok(vec![Output { event, table: None }])
             }
             "table-flood" => {

@@ -1,17 +1,20 @@
-// `mask`: redacts or hashes sensitive fields. The JavaScript twin of guest-transforms/mask:
-// same settings, same outputs.
+// `mask`: redacts or pseudonymises sensitive fields. The JavaScript twin of
+// guest-transforms/mask: same settings, same outputs.
 //
 // Config:
 // - `fields=Email,Phone,*Phone,Name.LastName`: field names; `*` at the start or end matches
 //   any prefix or suffix.
+// - `types=Email,Phone`: also every field of these Salesforce types (`event.fieldType`).
 // - `mode=redact` (default): text becomes `REDACTED`, other values null.
-// - `mode=hash`: text becomes the hex SHA-256 of `salt` + value, so masked ids still join.
-// - `salt=...`: required with `mode=hash`.
-import { sha256 } from "@noble/hashes/sha2";
-import { bytesToHex, utf8ToBytes } from "@noble/hashes/utils";
+// - `mode=hash`: text becomes the HMAC-SHA256 (hex) of the value under the key named by
+//   `key`, computed by the host (`hmacSha256`): the key never enters the transform.
+// - `key=NAME`: required with `mode=hash`; the transform's `keys` must hold NAME.
+//
+// It counts what it masks in the counter `masked_values` (at `/metrics`).
+import { counterAdd, hmacSha256, logEnabled, logWith } from "sfzb:transform/host@0.1.1";
 
-const config = { patterns: [], hash: false, salt: "" };
-// Field names matching the patterns, per schema id: listing a schema's fields is costly.
+const config = { patterns: [], types: [], key: undefined };
+// Field names to mask, per schema id: listing a schema's fields is costly.
 const matched = new Map();
 
 function matches(pattern, name) {
@@ -20,49 +23,82 @@ function matches(pattern, name) {
   return pattern === name;
 }
 
+const list = (value) => value.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
+
 export function init(settings) {
   let patterns = [];
+  let types = [];
   let hash = false;
-  let salt = "";
-  for (const [key, value] of settings) {
-    if (key === "fields") {
-      patterns = value.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
-    } else if (key === "mode") {
+  let key;
+  for (const [name, value] of settings) {
+    if (name === "fields") {
+      patterns = list(value);
+    } else if (name === "types") {
+      types = list(value);
+    } else if (name === "mode") {
       if (value !== "redact" && value !== "hash") throw `mode=${value} is not redact or hash`;
       hash = value === "hash";
-    } else if (key === "salt") {
-      salt = value;
+    } else if (name === "key") {
+      key = value;
     } else {
-      throw `unknown setting ${key}; mask takes fields, mode, salt`;
+      throw `unknown setting ${name}; mask takes fields, types, mode, key`;
     }
   }
-  if (patterns.length === 0) throw "fields is required, e.g. fields=Email,Phone";
-  if (hash && salt.length === 0) throw "mode=hash needs a salt, e.g. salt=some-secret";
-  Object.assign(config, { patterns, hash, salt });
+  if (patterns.length === 0 && types.length === 0) throw "fields or types is required, e.g. fields=Email,Phone";
+  if (hash && key === undefined) throw "mode=hash needs key=NAME, naming one of the transform's keys";
+  if (!hash && key !== undefined) throw "key is for mode=hash";
+  // Refuse a missing key now, not on the first event, with the host's message.
+  if (hash) {
+    try {
+      hmacSha256(key, "");
+    } catch (e) {
+      throw e.payload ?? String(e);
+    }
+  }
+  logWith("info", "mask ready", [
+    ["mode", hash ? "hash" : "redact"],
+    ["fields", patterns.join(",")],
+    ["types", types.join(",")],
+  ]);
+  Object.assign(config, { patterns, types, key });
+  matched.clear();
 }
 
 export function process(event) {
-  let names = config.patterns;
-  if (names.some((p) => p.includes("*"))) {
+  const { patterns, types, key } = config;
+  let names = patterns;
+  if (types.length > 0 || patterns.some((p) => p.includes("*"))) {
     const schema = event.schemaId();
     names = matched.get(schema);
     if (names === undefined) {
-      names = event.fieldNames().filter((n) => config.patterns.some((p) => matches(p, n)));
+      names = event.fieldNames().filter((n) => {
+        if (patterns.some((p) => matches(p, n))) return true;
+        if (types.length === 0) return false;
+        const type = event.fieldType(n);
+        return type !== undefined && types.includes(type.salesforceType);
+      });
+      if (logEnabled("debug")) {
+        logWith("debug", "mask matched", [
+          ["schema", schema],
+          ["fields", names.join(",")],
+        ]);
+      }
       matched.set(schema, names);
     }
   }
+  let maskedValues = 0;
   for (const name of names) {
     const value = event.get(name);
     if (value === undefined || value.tag === "null") continue;
     let masked;
     if (value.tag === "text") {
-      masked = config.hash
-        ? { tag: "text", val: bytesToHex(sha256(utf8ToBytes(config.salt + value.val))) }
-        : { tag: "text", val: "REDACTED" };
+      masked = { tag: "text", val: key !== undefined ? hmacSha256(key, value.val) : "REDACTED" };
     } else {
       masked = { tag: "null" };
     }
     event.set(name, masked);
+    maskedValues += 1;
   }
+  if (maskedValues > 0) counterAdd("masked_values", BigInt(maskedValues));
   return [{ event, table: undefined }];
 }

@@ -1,19 +1,23 @@
-//! `mask`: redacts or hashes sensitive fields.
+//! `mask`: redacts or pseudonymises sensitive fields.
 //!
 //! Config:
 //! - `fields=Email,Phone,*Phone,Name.LastName`: field names; `*` at the start or end matches
 //!   any prefix or suffix (`*Phone` = `Phone`, `MobilePhone`, `PersonHomePhone`, …).
+//! - `types=Email,Phone`: also every field of these Salesforce types (`event.field-type`).
 //! - `mode=redact` (default): text becomes `REDACTED`, other values null.
-//! - `mode=hash`: text becomes the hex SHA-256 of `salt` + value, so masked ids still join.
-//! - `salt=...`: required with `mode=hash`.
+//! - `mode=hash`: text becomes the HMAC-SHA256 (hex) of the value under the key named by
+//!   `key`, computed by the host (`host.hmac-sha256`), so masked ids still join and the key
+//!   never enters the transform.
+//! - `key=NAME`: required with `mode=hash`; the transform's `keys` must hold NAME.
+//!
+//! It counts what it masks in the counter `masked_values` (at `/metrics`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use sha2::{Digest, Sha256};
-
 wit_bindgen::generate!({ path: "../../wit", world: "transform" });
 
+use sfzb::transform::host::{self, Level};
 use sfzb::transform::types::Value;
 
 struct Mask;
@@ -21,13 +25,14 @@ struct Mask;
 #[derive(Default)]
 struct Config {
     patterns: Vec<String>,
-    hash: bool,
-    salt: String,
+    types: Vec<String>,
+    /// The key name, in hash mode.
+    key: Option<String>,
 }
 
 thread_local! {
     static CONFIG: RefCell<Config> = RefCell::new(Config::default());
-    /// Field names matching the patterns, per schema id: listing a schema's fields is costly.
+    /// Field names to mask, per schema id: listing a schema's fields is costly.
     static MATCHED: RefCell<HashMap<String, Vec<String>>> = RefCell::new(HashMap::new());
 }
 
@@ -41,56 +46,95 @@ fn matches(pattern: &str, name: &str) -> bool {
     }
 }
 
+fn list(value: &str) -> Vec<String> {
+    value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
 impl Guest for Mask {
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
         let mut c = Config::default();
+        let mut hash = false;
         for (key, value) in config {
             match key.as_str() {
-                "fields" => c.patterns = value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                "fields" => c.patterns = list(&value),
+                "types" => c.types = list(&value),
                 "mode" => match value.as_str() {
-                    "redact" => c.hash = false,
-                    "hash" => c.hash = true,
+                    "redact" => hash = false,
+                    "hash" => hash = true,
                     other => return Err(format!("mode={other} is not redact or hash")),
                 },
-                "salt" => c.salt = value,
-                other => return Err(format!("unknown setting {other}; mask takes fields, mode, salt")),
+                "key" => c.key = Some(value),
+                other => return Err(format!("unknown setting {other}; mask takes fields, types, mode, key")),
             }
         }
-        if c.patterns.is_empty() {
-            return Err("fields is required, e.g. fields=Email,Phone".into());
+        if c.patterns.is_empty() && c.types.is_empty() {
+            return Err("fields or types is required, e.g. fields=Email,Phone".into());
         }
-        if c.hash && c.salt.is_empty() {
-            return Err("mode=hash needs a salt, e.g. salt=some-secret".into());
+        match (hash, &c.key) {
+            (true, None) => return Err("mode=hash needs key=NAME, naming one of the transform's keys".into()),
+            (false, Some(_)) => return Err("key is for mode=hash".into()),
+            (true, Some(key)) => {
+                // Refuse a missing key now, not on the first event.
+                host::hmac_sha256(key, "")?;
+            }
+            (false, None) => {}
         }
+        host::log_with(
+            Level::Info,
+            "mask ready",
+            &[
+                ("mode".into(), if hash { "hash" } else { "redact" }.into()),
+                ("fields".into(), c.patterns.join(",")),
+                ("types".into(), c.types.join(",")),
+            ],
+        );
         CONFIG.with(|cell| *cell.borrow_mut() = c);
+        MATCHED.with(|cache| cache.borrow_mut().clear());
         Ok(())
     }
 
     fn process(event: Event) -> Result<Vec<Output>, String> {
         CONFIG.with(|cell| {
             let config = cell.borrow();
-            let names = if config.patterns.iter().all(|p| !p.contains('*')) {
+            let names = if config.types.is_empty() && config.patterns.iter().all(|p| !p.contains('*')) {
                 config.patterns.clone()
             } else {
                 MATCHED.with(|cache| {
                     cache
                         .borrow_mut()
                         .entry(event.schema_id())
-                        .or_insert_with(|| event.field_names().into_iter().filter(|n| config.patterns.iter().any(|p| matches(p, n))).collect())
+                        .or_insert_with(|| {
+                            let names: Vec<String> = event
+                                .field_names()
+                                .into_iter()
+                                .filter(|n| {
+                                    config.patterns.iter().any(|p| matches(p, n))
+                                        || event.field_type(n).is_some_and(|t| config.types.contains(&t.salesforce_type))
+                                })
+                                .collect();
+                            if host::log_enabled(Level::Debug) {
+                                host::log_with(Level::Debug, "mask matched", &[("schema".into(), event.schema_id()), ("fields".into(), names.join(","))]);
+                            }
+                            names
+                        })
                         .clone()
                 })
             };
+            let mut masked_values = 0;
             for name in &names {
                 let masked = match event.get(name) {
                     None | Some(Value::Null) => continue,
-                    Some(Value::Text(text)) if config.hash => {
-                        let digest = Sha256::digest(format!("{}{text}", config.salt).as_bytes());
-                        Value::Text(digest.iter().map(|b| format!("{b:02x}")).collect())
-                    }
-                    Some(Value::Text(_)) => Value::Text("REDACTED".into()),
+                    Some(Value::Text(text)) => match &config.key {
+                        Some(key) => Value::Text(host::hmac_sha256(key, &text)?),
+                        None => Value::Text("REDACTED".into()),
+                    },
                     Some(_) => Value::Null,
                 };
                 event.set(name, &masked)?;
+                masked_values += 1;
+            }
+            if masked_values > 0 {
+                host::counter_add("masked_values", masked_values);
             }
             Ok::<(), String>(())
         })?;

@@ -1,22 +1,25 @@
-"""`mask`: redacts or hashes sensitive fields. The Python twin of guest-transforms/mask:
-same settings, same outputs.
+"""`mask`: redacts or pseudonymises sensitive fields. The Python twin of
+guest-transforms/mask: same settings, same outputs.
 
 Config:
 - `fields=Email,Phone,*Phone,Name.LastName`: field names; `*` at the start or end matches
   any prefix or suffix.
+- `types=Email,Phone`: also every field of these Salesforce types (`event.field_type`).
 - `mode=redact` (default): text becomes `REDACTED`, other values null.
-- `mode=hash`: text becomes the hex SHA-256 of `salt` + value, so masked ids still join.
-- `salt=...`: required with `mode=hash`.
-"""
+- `mode=hash`: text becomes the HMAC-SHA256 (hex) of the value under the key named by
+  `key`, computed by the host (`host.hmac_sha256`): the key never enters the transform.
+- `key=NAME`: required with `mode=hash`; the transform's `keys` must hold NAME.
 
-import hashlib
+It counts what it masks in the counter `masked_values` (at `/metrics`).
+"""
 
 import wit_world
 from componentize_py_types import Err
+from wit_world.imports import host
 from wit_world.imports.types import Output, Value_Null, Value_Text
 
-_config = {"patterns": [], "hash": False, "salt": ""}
-# Field names matching the patterns, per schema id: listing a schema's fields is costly.
+_config = {"patterns": [], "types": [], "key": None}
+# Field names to mask, per schema id: listing a schema's fields is costly.
 _matched = {}
 
 
@@ -28,47 +31,84 @@ def _matches(pattern, name):
     return pattern == name
 
 
+def _list(value):
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
 class WitWorld(wit_world.WitWorld):
     def init(self, config):
-        patterns, hashed, salt = [], False, ""
-        for key, value in config:
-            if key == "fields":
-                patterns = [s.strip() for s in value.split(",") if s.strip()]
-            elif key == "mode":
+        patterns, types, hashed, key = [], [], False, None
+        for name, value in config:
+            if name == "fields":
+                patterns = _list(value)
+            elif name == "types":
+                types = _list(value)
+            elif name == "mode":
                 if value not in ("redact", "hash"):
                     raise Err(f"mode={value} is not redact or hash")
                 hashed = value == "hash"
-            elif key == "salt":
-                salt = value
+            elif name == "key":
+                key = value
             else:
-                raise Err(f"unknown setting {key}; mask takes fields, mode, salt")
-        if not patterns:
-            raise Err("fields is required, e.g. fields=Email,Phone")
-        if hashed and not salt:
-            raise Err("mode=hash needs a salt, e.g. salt=some-secret")
-        _config.update(patterns=patterns, hash=hashed, salt=salt)
+                raise Err(f"unknown setting {name}; mask takes fields, types, mode, key")
+        if not patterns and not types:
+            raise Err("fields or types is required, e.g. fields=Email,Phone")
+        if hashed and key is None:
+            raise Err("mode=hash needs key=NAME, naming one of the transform's keys")
+        if not hashed and key is not None:
+            raise Err("key is for mode=hash")
+        if hashed:
+            # Refuse a missing key now, not on the first event.
+            host.hmac_sha256(key, "")
+        host.log_with(
+            host.Level.INFO,
+            "mask ready",
+            [
+                ("mode", "hash" if hashed else "redact"),
+                ("fields", ",".join(patterns)),
+                ("types", ",".join(types)),
+            ],
+        )
+        _config.update(patterns=patterns, types=types, key=key)
+        _matched.clear()
 
     def process(self, event):
-        patterns = _config["patterns"]
-        if all("*" not in p for p in patterns):
+        patterns, types, key = _config["patterns"], _config["types"], _config["key"]
+        if not types and all("*" not in p for p in patterns):
             names = patterns
         else:
             schema = event.schema_id()
             names = _matched.get(schema)
             if names is None:
-                names = [n for n in event.field_names() if any(_matches(p, n) for p in patterns)]
+                names = []
+                for n in event.field_names():
+                    if any(_matches(p, n) for p in patterns):
+                        names.append(n)
+                    elif types:
+                        t = event.field_type(n)
+                        if t is not None and t.salesforce_type in types:
+                            names.append(n)
+                if host.log_enabled(host.Level.DEBUG):
+                    host.log_with(
+                        host.Level.DEBUG,
+                        "mask matched",
+                        [("schema", schema), ("fields", ",".join(names))],
+                    )
                 _matched[schema] = names
+        masked_values = 0
         for name in names:
             value = event.get(name)
             if value is None or isinstance(value, Value_Null):
                 continue
             if isinstance(value, Value_Text):
-                if _config["hash"]:
-                    digest = hashlib.sha256((_config["salt"] + value.value).encode()).hexdigest()
-                    masked = Value_Text(digest)
+                if key is not None:
+                    masked = Value_Text(host.hmac_sha256(key, value.value))
                 else:
                     masked = Value_Text("REDACTED")
             else:
                 masked = Value_Null()
             event.set(name, masked)
+            masked_values += 1
+        if masked_values:
+            host.counter_add("masked_values", masked_values)
         return [Output(event, None)]
