@@ -186,8 +186,16 @@ fn changes(before: &ChangeEvent, after: &ChangeEvent) -> Vec<String> {
         })
         .collect();
     let (was, is) = (&before.header.nulled_fields, &after.header.nulled_fields);
-    let added: Vec<&str> = is.iter().filter(|n| !was.contains(n)).map(String::as_str).collect();
-    let removed: Vec<&str> = was.iter().filter(|n| !is.contains(n)).map(String::as_str).collect();
+    let added: Vec<&str> = is
+        .iter()
+        .filter(|n| !was.contains(n))
+        .map(String::as_str)
+        .collect();
+    let removed: Vec<&str> = was
+        .iter()
+        .filter(|n| !is.contains(n))
+        .map(String::as_str)
+        .collect();
     if !added.is_empty() || !removed.is_empty() {
         let mut line = "nulled_fields:".to_string();
         for n in added {
@@ -232,7 +240,11 @@ fn write_changes(
             Some(t) => format!("→ table {t}"),
             None => "→ its own table".to_string(),
         };
-        let label = if many { format!("[{}] ", i + 1) } else { String::new() };
+        let label = if many {
+            format!("[{}] ", i + 1)
+        } else {
+            String::new()
+        };
         let changed = changes(before, after);
         if changed.is_empty() {
             writeln!(out, "  {label}kept {to}, unchanged")?;

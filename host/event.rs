@@ -296,7 +296,12 @@ impl ChangeEvent {
                     nulled.push(name.to_string());
                 }
             }
-            (_, FieldPath::Top(_)) => nulled.retain(|n| n != name && !n.strip_prefix(name).is_some_and(|rest| rest.starts_with('.'))),
+            (_, FieldPath::Top(_)) => nulled.retain(|n| {
+                n != name
+                    && !n
+                        .strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            }),
             (_, FieldPath::Child(..)) => nulled.retain(|n| n != name),
         }
         match path {

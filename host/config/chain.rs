@@ -83,7 +83,12 @@ fn transform_spec(prefix: &str, section: TransformSection) -> Result<TransformSp
         .keys
         .iter()
         .flatten()
-        .map(|(name, secret)| Ok((name.clone(), secret.resolve(&key(&format!("transform.keys.{name}")))?)))
+        .map(|(name, secret)| {
+            Ok((
+                name.clone(),
+                secret.resolve(&key(&format!("transform.keys.{name}")))?,
+            ))
+        })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     Ok(TransformSpec {
         name: section
@@ -103,9 +108,13 @@ fn transform_spec(prefix: &str, section: TransformSection) -> Result<TransformSp
 /// (NAME.KEY or KEY) name it in errors, which never carry a value.
 fn key_from_flag(flag: &str, name: &str, source: &str) -> Result<String, ConfigError> {
     let secret = if let Some(var) = source.strip_prefix("env:") {
-        Secret::Env { env: var.to_string() }
+        Secret::Env {
+            env: var.to_string(),
+        }
     } else if let Some(path) = source.strip_prefix("file:") {
-        Secret::File { file: PathBuf::from(path) }
+        Secret::File {
+            file: PathBuf::from(path),
+        }
     } else {
         return Err(invalid(
             flag,
@@ -115,7 +124,6 @@ fn key_from_flag(flag: &str, name: &str, source: &str) -> Result<String, ConfigE
     };
     secret.resolve(&format!("{flag} {name}"))
 }
-
 
 /// `--transform-config NAME.KEY=VALUE` and `--transform-on-error [NAME=]POLICY`.
 fn apply_flags(specs: &mut [TransformSpec], flags: &TransformArgs) -> Result<(), ConfigError> {

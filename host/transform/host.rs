@@ -99,7 +99,10 @@ impl State {
             .first_refusal();
         if first {
             let transform = &*self.shared.name;
-            tracing::warn!(transform, "Transform {transform}: {refused}; ignored (said once).");
+            tracing::warn!(
+                transform,
+                "Transform {transform}: {refused}; ignored (said once)."
+            );
         }
     }
 }

@@ -28,8 +28,8 @@ impl Keys {
         Keys(Arc::new(
             keys.into_iter()
                 .map(|(name, key)| {
-                    let mac = HmacSha256::new_from_slice(key)
-                        .expect("HMAC takes a key of any length");
+                    let mac =
+                        HmacSha256::new_from_slice(key).expect("HMAC takes a key of any length");
                     (name, mac)
                 })
                 .collect(),
@@ -85,7 +85,10 @@ mod tests {
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         let error = keys.hmac_sha256_hex("pii", b"x").unwrap_err();
-        assert!(error.contains("\"pii\"") && error.contains("jefe"), "{error}");
+        assert!(
+            error.contains("\"pii\"") && error.contains("jefe"),
+            "{error}"
+        );
         assert_eq!(format!("{keys:?}"), "[\"jefe\"]", "Debug shows names only");
     }
 }

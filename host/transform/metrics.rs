@@ -101,7 +101,10 @@ mod tests {
         }
         assert!(matches!(m.add("one_more", 1), Err(Refused::TooMany(_))));
         m.set("g1", -1.0).unwrap();
-        assert_eq!(m.gauges["g1"], -1.0, "a known gauge still updates at the limit");
+        assert_eq!(
+            m.gauges["g1"], -1.0,
+            "a known gauge still updates at the limit"
+        );
         assert!(m.first_refusal() && !m.first_refusal());
     }
 }

@@ -83,7 +83,8 @@ impl OutputStream for Lines {
             };
             // One byte past the limit is kept, so the log marks the line as cut.
             let room = (MAX_LOG_BYTES + 1).saturating_sub(self.pending.len());
-            self.pending.extend_from_slice(&text[..text.len().min(room)]);
+            self.pending
+                .extend_from_slice(&text[..text.len().min(room)]);
             if ends {
                 self.emit();
             }

@@ -55,11 +55,18 @@ fn report_of(text: &str, n: usize) -> Vec<&str> {
 #[test]
 fn transform_test_shows_each_changed_field_drops_fan_outs_routes_and_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
-    let sample = sample_rows(dir.path(), &["--entities", "Account,Contact", "--events", "30"]);
+    let sample = sample_rows(
+        dir.path(),
+        &["--entities", "Account,Contact", "--events", "30"],
+    );
     let rows = records(&sample);
 
     // A mask: each event's report lists exactly the fields that had a value, before → after.
-    let text = test_output(&guests::component("mask"), &sample, &["fields=PersonEmail,Phone"]);
+    let text = test_output(
+        &guests::component("mask"),
+        &sample,
+        &["fields=PersonEmail,Phone"],
+    );
     for (i, row) in rows.iter().enumerate() {
         let report = report_of(&text, i + 1);
         assert!(
@@ -70,20 +77,29 @@ fn transform_test_shows_each_changed_field_drops_fan_outs_routes_and_dead_letter
         let record: serde_json::Value =
             serde_json::from_str(row["record_data_json"].as_str().unwrap()).unwrap();
         for field in ["PersonEmail", "Phone"] {
-            let line = report.iter().find(|l| l.trim_start().starts_with(&format!("{field}:")));
+            let line = report
+                .iter()
+                .find(|l| l.trim_start().starts_with(&format!("{field}:")));
             match record[field].as_str() {
                 Some(value) => assert_eq!(
                     line.map(|l| l.trim()),
                     Some(format!("{field}: {value:?} → \"REDACTED\"").as_str()),
                     "{report:?}"
                 ),
-                None => assert!(line.is_none(), "an unchanged field is not listed: {report:?}"),
+                None => assert!(
+                    line.is_none(),
+                    "an unchanged field is not listed: {report:?}"
+                ),
             }
         }
     }
 
     // A filter: events it drops say so; the ones it keeps are unchanged.
-    let text = test_output(&guests::component("tenant-filter"), &sample, &["change-types=CREATE"]);
+    let text = test_output(
+        &guests::component("tenant-filter"),
+        &sample,
+        &["change-types=CREATE"],
+    );
     for (i, row) in rows.iter().enumerate() {
         let report = report_of(&text, i + 1);
         let expected = if row["change_type"] == "CREATE" {
@@ -95,11 +111,18 @@ fn transform_test_shows_each_changed_field_drops_fan_outs_routes_and_dead_letter
     }
 
     // A router: the table each event goes to.
-    let text = test_output(&guests::component("route"), &sample, &["table.Contact=contacts"]);
+    let text = test_output(
+        &guests::component("route"),
+        &sample,
+        &["table.Contact=contacts"],
+    );
     for (i, row) in rows.iter().enumerate() {
         let report = report_of(&text, i + 1);
         if row["entity_name"] == "Contact" {
-            assert!(report[1].starts_with("  kept → table contacts"), "{report:?}");
+            assert!(
+                report[1].starts_with("  kept → table contacts"),
+                "{report:?}"
+            );
         }
     }
 
@@ -113,7 +136,10 @@ fn transform_test_shows_each_changed_field_drops_fan_outs_routes_and_dead_letter
     let report = report_of(&text, 1);
     assert!(
         report[1].starts_with("  dead-lettered by faulty: ")
-            && report[1].contains(&format!("refusing event {}", rows[0]["event_id"].as_str().unwrap())),
+            && report[1].contains(&format!(
+                "refusing event {}",
+                rows[0]["event_id"].as_str().unwrap()
+            )),
         "{report:?}"
     );
 }
@@ -142,7 +168,10 @@ fn transform_test_watch_runs_again_when_the_events_change() {
         let lines = lines.clone();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 lines.lock().unwrap().push(line);
             }
         })
@@ -150,7 +179,11 @@ fn transform_test_watch_runs_again_when_the_events_change() {
     let wait_for = |what: &str, done: &dyn Fn(&[String]) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !done(&lines.lock().unwrap()) {
-            assert!(Instant::now() < deadline, "{what}: {:?}", lines.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {:?}",
+                lines.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };

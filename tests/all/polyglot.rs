@@ -36,7 +36,10 @@ fn python_and_javascript_transforms_give_exactly_the_rust_outputs() {
                 "--key=pii=env:SFZB_TEST_KEY",
             ],
         ),
-        ("mask", &["types=Email,Url,Currency", "fields=Name.LastName"]),
+        (
+            "mask",
+            &["types=Email,Url,Currency", "fields=Name.LastName"],
+        ),
         ("mask", &["fields=NumberOfEmployees,AnnualRevenue,Name"]),
         (
             "tenant-filter",
@@ -122,7 +125,11 @@ fn each_language_reaches_the_host_functions_with_the_same_results() {
                 let got = &after[name];
                 match value.as_str() {
                     Some(text) if masked_here(name) => {
-                        assert_eq!(got.as_str(), Some(test_hmac(text).as_str()), "{lang} {name}")
+                        assert_eq!(
+                            got.as_str(),
+                            Some(test_hmac(text).as_str()),
+                            "{lang} {name}"
+                        )
                     }
                     _ => assert_eq!(got, value, "{lang} {name} is untouched"),
                 }
@@ -149,7 +156,11 @@ fn each_language_reaches_the_host_functions_with_the_same_results() {
             "{lang}: {matched}"
         );
         // At the default level the guest's debug line is not written.
-        let quiet: Vec<&str> = config.iter().copied().filter(|c| !c.starts_with("--log")).collect();
+        let quiet: Vec<&str> = config
+            .iter()
+            .copied()
+            .filter(|c| !c.starts_with("--log"))
+            .collect();
         let (_, stderr) = transform_test(&component, &sample, &quiet, &cache);
         assert!(!stderr.contains("mask matched"), "{lang}: {stderr}");
         outputs.push(rows);
@@ -165,9 +176,17 @@ fn a_missing_or_inline_key_is_refused_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let sample = sample_rows(dir.path(), &["--entities", "Account", "--events", "5"]);
     let cases: [(&[&str], &str); 3] = [
-        (&["fields=Email", "mode=hash", "key=pii"], "this transform has no keys"),
         (
-            &["fields=Email", "mode=hash", "key=pii", "--key=other=env:SFZB_TEST_KEY"],
+            &["fields=Email", "mode=hash", "key=pii"],
+            "this transform has no keys",
+        ),
+        (
+            &[
+                "fields=Email",
+                "mode=hash",
+                "key=pii",
+                "--key=other=env:SFZB_TEST_KEY",
+            ],
             "its keys are other",
         ),
         (
@@ -196,7 +215,10 @@ fn a_missing_or_inline_key_is_refused_with_the_fix() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             assert!(!output.status.success(), "{lang} {config:?}");
             assert!(stderr.contains(expected), "{lang} {config:?}: {stderr}");
-            assert!(!stderr.contains(TEST_KEY), "{lang}: the key is never printed");
+            assert!(
+                !stderr.contains(TEST_KEY),
+                "{lang}: the key is never printed"
+            );
         }
     }
 }

@@ -128,7 +128,10 @@ async fn hashing_is_keyed_and_stable() {
         let file = keys.path().join(format!("{}.key", hashes.len()));
         std::fs::write(&file, key).unwrap();
         let mut flags = chain(&[("mask", &["fields=Email", "mode=hash", "key=pii"])]);
-        flags.extend(["--transform-key".into(), format!("mask.pii=file:{}", file.display())]);
+        flags.extend([
+            "--transform-key".into(),
+            format!("mask.pii=file:{}", file.display()),
+        ]);
         run(plan(
             &sim,
             dir.path(),
@@ -670,8 +673,12 @@ async fn a_changed_component_is_swapped_in_between_events_and_a_bad_one_is_refus
 #[test]
 fn a_component_of_the_0_1_0_contract_still_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let sample = sample_rows(dir.path(), &["--entities", "Account,Contact", "--events", "40"]);
-    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mask-contract-0.1.0.wasm");
+    let sample = sample_rows(
+        dir.path(),
+        &["--entities", "Account,Contact", "--events", "40"],
+    );
+    let old = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mask-contract-0.1.0.wasm");
     let bytes = std::fs::read(&old).unwrap();
     let imports = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
     assert!(
@@ -683,8 +690,14 @@ fn a_component_of_the_0_1_0_contract_still_runs() {
     let rows = transform_outputs(&old, &sample, &config, &cache);
     let events = std::fs::read_to_string(&sample).unwrap().lines().count();
     assert_eq!(rows.len(), events);
-    assert!(rows.iter().any(|r| values_of(&r["row"], &["Phone"]) == ["REDACTED"]));
-    assert_eq!(rows, transform_outputs(&guests::component("mask"), &sample, &config, &cache));
+    assert!(
+        rows.iter()
+            .any(|r| values_of(&r["row"], &["Phone"]) == ["REDACTED"])
+    );
+    assert_eq!(
+        rows,
+        transform_outputs(&guests::component("mask"), &sample, &config, &cache)
+    );
 }
 
 /// A component of a contract this host does not implement is refused before it runs,
@@ -727,8 +740,12 @@ fn what_a_guest_prints_is_logged_not_written() {
     let dir = tempfile::tempdir().unwrap();
     let sample = sample_rows(dir.path(), &["--entities", "Account", "--events", "3"]);
     let cache = guests::dir().join("../compile-cache");
-    let (rows, stderr) =
-        transform_test(&guests::component("faulty"), &sample, &["mode=print"], &cache);
+    let (rows, stderr) = transform_test(
+        &guests::component("faulty"),
+        &sample,
+        &["mode=print"],
+        &cache,
+    );
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| !r.to_string().contains("printed on")));
     for (level, stream) in [("INFO", "stdout"), ("WARN", "stderr")] {
@@ -744,4 +761,73 @@ fn what_a_guest_prints_is_logged_not_written() {
             "{lines:?}"
         );
     }
+}
+
+/// The counters a transform defines are served at `/metrics` with its subscription and
+/// name, and equal what the run reports when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transforms_own_counters_are_at_metrics() {
+    let sim = start(sim_config(&["Account"], 50)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = chain(&[("mask", &["fields=PersonEmail,*Phone"])]);
+    flags.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let started = sfzb_host::start(
+        service_plan(&sim, dir.path(), "/data/AccountChangeEvent", &args(&flags)),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/metrics", started.metrics_addr().unwrap());
+    let running = tokio::spawn(started.wait());
+    let counter = |text: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("sfzb_transform_counter_total{")
+                    && l.contains("transform=\"mask\"")
+                    && l.contains("name=\"masked_values\"")
+                    && l.contains("subscription=\"AccountChangeEvent\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (text, served) = loop {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let all_written = text
+            .lines()
+            .any(|l| l.starts_with("sfzb_events_written_total{") && l.ends_with(" 50"));
+        if all_written && let Some(n) = counter(&text) {
+            break (text, n);
+        }
+        assert!(Instant::now() < deadline, "no counter at /metrics: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        text.contains("# TYPE sfzb_transform_counter counter"),
+        "{text}"
+    );
+    cancel.cancel();
+    let stats = single(running.await.unwrap()).unwrap();
+    let reported = stats.transforms[0].metrics.counters["masked_values"];
+    assert!(reported > 0);
+    assert_eq!(served, reported, "/metrics serves the run's own count");
+    // Counted here: every non-null PersonEmail and *Phone value of the written rows was
+    // masked (the rows hold REDACTED for each).
+    let masked: usize = rows(&out(dir.path()))
+        .iter()
+        .map(|r| {
+            let record: serde_json::Value =
+                serde_json::from_str(r["record_data_json"].as_str().unwrap()).unwrap();
+            record
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, v)| {
+                    (*k == "PersonEmail" || k.ends_with("Phone")) && v.as_str() == Some("REDACTED")
+                })
+                .count()
+        })
+        .sum();
+    assert_eq!(reported as usize, masked);
+    sim.shutdown().await;
 }
