@@ -94,52 +94,53 @@ impl Guest for Mask {
     }
 
     fn process(event: Event) -> Result<Vec<Output>, String> {
-        CONFIG.with(|cell| {
+        let masked_values = CONFIG.with(|cell| {
             let config = cell.borrow();
-            let names = if config.types.is_empty() && config.patterns.iter().all(|p| !p.contains('*')) {
-                config.patterns.clone()
-            } else {
-                MATCHED.with(|cache| {
-                    cache
-                        .borrow_mut()
-                        .entry(event.schema_id())
-                        .or_insert_with(|| {
-                            let names: Vec<String> = event
-                                .field_names()
-                                .into_iter()
-                                .filter(|n| {
-                                    config.patterns.iter().any(|p| matches(p, n))
-                                        || event.field_type(n).is_some_and(|t| config.types.contains(&t.salesforce_type))
-                                })
-                                .collect();
-                            if host::log_enabled(Level::Debug) {
-                                host::log_with(Level::Debug, "mask matched", &[("schema".into(), event.schema_id()), ("fields".into(), names.join(","))]);
-                            }
-                            names
+            if config.types.is_empty() && config.patterns.iter().all(|p| !p.contains('*')) {
+                return mask(&event, &config.patterns, config.key.as_deref());
+            }
+            MATCHED.with(|cache| {
+                let mut cache = cache.borrow_mut();
+                let names = cache.entry(event.schema_id()).or_insert_with(|| {
+                    let names: Vec<String> = event
+                        .field_names()
+                        .into_iter()
+                        .filter(|n| {
+                            config.patterns.iter().any(|p| matches(p, n))
+                                || event.field_type(n).is_some_and(|t| config.types.contains(&t.salesforce_type))
                         })
-                        .clone()
-                })
-            };
-            let mut masked_values = 0;
-            for name in &names {
-                let masked = match event.get(name) {
-                    None | Some(Value::Null) => continue,
-                    Some(Value::Text(text)) => match &config.key {
-                        Some(key) => Value::Text(host::hmac_sha256(key, &text)?),
-                        None => Value::Text("REDACTED".into()),
-                    },
-                    Some(_) => Value::Null,
-                };
-                event.set(name, &masked)?;
-                masked_values += 1;
-            }
-            if masked_values > 0 {
-                host::counter_add("masked_values", masked_values);
-            }
-            Ok::<(), String>(())
+                        .collect();
+                    if host::log_enabled(Level::Debug) {
+                        host::log_with(Level::Debug, "mask matched", &[("schema".into(), event.schema_id()), ("fields".into(), names.join(","))]);
+                    }
+                    names
+                });
+                mask(&event, names, config.key.as_deref())
+            })
         })?;
+        if masked_values > 0 {
+            host::counter_add("masked_values", masked_values);
+        }
         Ok(vec![Output { event, table: None }])
     }
+}
+
+/// Masks the fields `names` of `event` that have a value; how many it masked.
+fn mask(event: &Event, names: &[String], key: Option<&str>) -> Result<u64, String> {
+    let mut masked_values = 0;
+    for name in names {
+        let masked = match event.get(name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Text(text)) => match key {
+                Some(key) => Value::Text(host::hmac_sha256(key, &text)?),
+                None => Value::Text("REDACTED".into()),
+            },
+            Some(_) => Value::Null,
+        };
+        event.set(name, &masked)?;
+        masked_values += 1;
+    }
+    Ok(masked_values)
 }
 
 export!(Mask);
