@@ -125,7 +125,35 @@ fn key_from_flag(flag: &str, name: &str, source: &str) -> Result<String, ConfigE
     secret.resolve(&format!("{flag} {name}"))
 }
 
-/// `--transform-config NAME.KEY=VALUE` and `--transform-on-error [NAME=]POLICY`.
+/// A `NAME.KEY=VALUE` flag: the transform of `specs` it names, its key and value. Errors
+/// name the item by NAME.KEY only: the value may be a secret.
+fn named_item<'a, 's>(
+    flag: &str,
+    item: &'a str,
+    example: &str,
+    specs: &'s mut [TransformSpec],
+    chain: &str,
+) -> Result<(&'s mut TransformSpec, &'a str, &'a str), ConfigError> {
+    let named = item.split_once('=').map_or("(no =)", |(k, _)| k);
+    let parsed = item
+        .split_once('=')
+        .and_then(|(k, v)| k.split_once('.').map(|(n, k)| (n, k, v)))
+        .filter(|(n, k, _)| !n.is_empty() && !k.is_empty());
+    let Some((name, key, value)) = parsed else {
+        return Err(invalid(flag, named, format!("write it as {example}")));
+    };
+    let spec = specs.iter_mut().find(|s| s.name == name).ok_or_else(|| {
+        invalid(
+            flag,
+            named,
+            format!("no transform named {name} in the chain (transforms: {chain})"),
+        )
+    })?;
+    Ok((spec, key, value))
+}
+
+/// `--transform-config NAME.KEY=VALUE`, `--transform-key NAME.KEY=env:VAR|file:PATH` and
+/// `--transform-on-error [NAME=]POLICY`.
 fn apply_flags(specs: &mut [TransformSpec], flags: &TransformArgs) -> Result<(), ConfigError> {
     let chain = specs
         .iter()
@@ -133,50 +161,16 @@ fn apply_flags(specs: &mut [TransformSpec], flags: &TransformArgs) -> Result<(),
         .collect::<Vec<_>>()
         .join(", ");
     for item in &flags.config {
-        let parsed = item
-            .split_once('=')
-            .and_then(|(k, v)| k.split_once('.').map(|(n, k)| (n, k, v)));
-        // A setting may be a secret: errors name it by NAME.KEY only, never its value.
-        let named = item.split_once('=').map_or("(no =)", |(k, _)| k);
-        let Some((name, setting, value)) =
-            parsed.filter(|(n, k, _)| !n.is_empty() && !k.is_empty())
-        else {
-            return Err(invalid(
-                "transform-config",
-                named,
-                "write it as NAME.KEY=VALUE, e.g. mask.fields=Email,Phone",
-            ));
-        };
-        let spec = specs.iter_mut().find(|s| s.name == name).ok_or_else(|| {
-            invalid(
-                "transform-config",
-                named,
-                format!("no transform named {name} in the chain (transforms: {chain})"),
-            )
-        })?;
+        let example = "NAME.KEY=VALUE, e.g. mask.fields=Email,Phone";
+        let (spec, setting, value) =
+            named_item("transform-config", item, example, specs, &chain)?;
         spec.config.retain(|(k, _)| k != setting);
         spec.config.push((setting.to_string(), value.to_string()));
     }
     for item in &flags.keys {
-        let named = item.split_once('=').map_or("(no =)", |(k, _)| k);
-        let parsed = item
-            .split_once('=')
-            .and_then(|(k, v)| k.split_once('.').map(|(n, k)| (n, k, v)))
-            .filter(|(n, k, _)| !n.is_empty() && !k.is_empty());
-        let Some((name, key_name, source)) = parsed else {
-            return Err(invalid(
-                "transform-key",
-                named,
-                "write it as NAME.KEY=env:VAR or NAME.KEY=file:PATH, e.g. mask.pii=env:MASK_KEY",
-            ));
-        };
-        let spec = specs.iter_mut().find(|s| s.name == name).ok_or_else(|| {
-            invalid(
-                "transform-key",
-                named,
-                format!("no transform named {name} in the chain (transforms: {chain})"),
-            )
-        })?;
+        let example = "NAME.KEY=env:VAR or NAME.KEY=file:PATH, e.g. mask.pii=env:MASK_KEY";
+        let (spec, key_name, source) = named_item("transform-key", item, example, specs, &chain)?;
+        let named = item.split_once('=').map_or(item.as_str(), |(k, _)| k);
         let key = key_from_flag("transform-key", named, source)?;
         spec.keys = spec.keys.with(key_name, key.as_bytes());
     }

@@ -11,6 +11,7 @@ use super::engine::State;
 use super::engine::sfzb;
 use crate::event::{self, ChangeEvent, EventSchema, FieldPath};
 use crate::salesforce::schema::record_of;
+use crate::transform::metrics::GuestMetrics;
 use sfzb::transform::host::Level;
 use sfzb::transform::types::{
     ChangeType as WitChangeType, FieldType, Header, Value as WitValue, ValueKind,
@@ -89,15 +90,31 @@ impl super::engine::Shared {
 }
 
 impl State {
-    /// A metric the guest asked for was refused: said once per transform.
-    fn refused_metric(&mut self, refused: crate::transform::metrics::Refused) {
-        let first = self
-            .shared
-            .metrics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .first_refusal();
-        if first {
+    /// Counts `size` bytes a guest puts into event `rep` (`set`, `hash-field`) against
+    /// `max-added-bytes` and its memory limit.
+    fn add_bytes(&mut self, rep: u32, size: usize) -> wasmtime::Result<()> {
+        self.added_bytes += size;
+        if self.added_bytes > self.limits.max_added_bytes {
+            let message = format!(
+                "exceeded max-added-bytes: its set values on one event passed {} bytes",
+                self.limits.max_added_bytes
+            );
+            return Err(self.exceeded(message));
+        }
+        self.hold(rep, size)
+    }
+
+    /// Updates the transform's metrics; a refused one is said once per transform.
+    fn record_metric(
+        &self,
+        update: impl FnOnce(&mut GuestMetrics) -> Result<(), crate::transform::metrics::Refused>,
+    ) {
+        let mut metrics = self.shared.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let Err(refused) = update(&mut metrics) else {
+            return;
+        };
+        if metrics.first_refusal() {
+            drop(metrics);
             let transform = &*self.shared.name;
             tracing::warn!(
                 transform,
@@ -160,28 +177,12 @@ impl sfzb::transform::host::Host for State {
     }
 
     fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
-        let result = self
-            .shared
-            .metrics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(&name, delta);
-        if let Err(refused) = result {
-            self.refused_metric(refused);
-        }
+        self.record_metric(|m| m.add(&name, delta));
         Ok(())
     }
 
     fn gauge_set(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
-        let result = self
-            .shared
-            .metrics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set(&name, value);
-        if let Err(refused) = result {
-            self.refused_metric(refused);
-        }
+        self.record_metric(|m| m.set(&name, value));
         Ok(())
     }
 }
@@ -356,15 +357,7 @@ impl sfzb::transform::types::HostEvent for State {
             WitValue::Bytes(b) => b.len(),
             _ => 8,
         };
-        self.added_bytes += size;
-        if self.added_bytes > self.limits.max_added_bytes {
-            let message = format!(
-                "exceeded max-added-bytes: its set values on one event passed {} bytes",
-                self.limits.max_added_bytes
-            );
-            return Err(self.exceeded(message));
-        }
-        self.hold(this.rep(), size)?;
+        self.add_bytes(this.rep(), size)?;
         let by = self.shared.name.clone();
         let event = self.table.get_mut(&this)?;
         Ok(if event.set(&name, from_wit(value), &by) {
@@ -384,6 +377,32 @@ impl sfzb::transform::types::HostEvent for State {
 
     fn field_names(&mut self, this: Resource<ChangeEvent>) -> wasmtime::Result<Vec<String>> {
         Ok(self.table.get(&this)?.schema.names.data_field_names())
+    }
+
+    fn hash_field(
+        &mut self,
+        this: Resource<ChangeEvent>,
+        name: String,
+        key_name: String,
+    ) -> wasmtime::Result<Result<bool, String>> {
+        let event = self.table.get(&this)?;
+        let text = match event.get(&name) {
+            None if event.schema.names.resolve(&name).is_none() => {
+                return Ok(Err(format!("{} has no field {name}", event.header.entity_name)));
+            }
+            Some(event::Value::Text(text)) => text,
+            _ => return Ok(Ok(false)),
+        };
+        let hashed = match self.shared.keys.hmac_sha256_hex(&key_name, text.as_bytes()) {
+            Ok(hashed) => hashed,
+            Err(message) => return Ok(Err(message)),
+        };
+        self.add_bytes(this.rep(), hashed.len())?;
+        let by = self.shared.name.clone();
+        self.table
+            .get_mut(&this)?
+            .set(&name, event::Value::Text(hashed), &by);
+        Ok(Ok(true))
     }
 
     fn field_type(

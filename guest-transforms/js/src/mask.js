@@ -7,7 +7,8 @@
 // - `types=Email,Phone`: also every field of these Salesforce types (`event.fieldType`).
 // - `mode=redact` (default): text becomes `REDACTED`, other values null.
 // - `mode=hash`: text becomes the HMAC-SHA256 (hex) of the value under the key named by
-//   `key`, computed by the host (`hmacSha256`): the key never enters the transform.
+//   `key`, computed in place by the host (`event.hashField`): the key never enters the
+//   transform; other values are nulled.
 // - `key=NAME`: required with `mode=hash`; the transform's `keys` must hold NAME.
 //
 // It counts what it masks in the counter `masked_values` (at `/metrics`).
@@ -88,15 +89,14 @@ export function process(event) {
   }
   let maskedValues = 0;
   for (const name of names) {
+    // The host hashes a text field in place; other values are nulled as in redact mode.
+    if (key !== undefined && event.hashField(name, key)) {
+      maskedValues += 1;
+      continue;
+    }
     const value = event.get(name);
     if (value === undefined || value.tag === "null") continue;
-    let masked;
-    if (value.tag === "text") {
-      masked = { tag: "text", val: key !== undefined ? hmacSha256(key, value.val) : "REDACTED" };
-    } else {
-      masked = { tag: "null" };
-    }
-    event.set(name, masked);
+    event.set(name, value.tag === "text" ? { tag: "text", val: "REDACTED" } : { tag: "null" });
     maskedValues += 1;
   }
   if (maskedValues > 0) counterAdd("masked_values", BigInt(maskedValues));

@@ -6,8 +6,8 @@
 //! - `types=Email,Phone`: also every field of these Salesforce types (`event.field-type`).
 //! - `mode=redact` (default): text becomes `REDACTED`, other values null.
 //! - `mode=hash`: text becomes the HMAC-SHA256 (hex) of the value under the key named by
-//!   `key`, computed by the host (`host.hmac-sha256`), so masked ids still join and the key
-//!   never enters the transform.
+//!   `key`, computed in place by the host (`event.hash-field`), so masked ids still join
+//!   and the key never enters the transform; other values are nulled.
 //! - `key=NAME`: required with `mode=hash`; the transform's `keys` must hold NAME.
 //!
 //! It counts what it masks in the counter `masked_values` (at `/metrics`).
@@ -129,12 +129,16 @@ impl Guest for Mask {
 fn mask(event: &Event, names: &[String], key: Option<&str>) -> Result<u64, String> {
     let mut masked_values = 0;
     for name in names {
+        // The host hashes a text field in place; other values are nulled as in redact mode.
+        if let Some(key) = key
+            && event.hash_field(name, key)?
+        {
+            masked_values += 1;
+            continue;
+        }
         let masked = match event.get(name) {
             None | Some(Value::Null) => continue,
-            Some(Value::Text(text)) => match key {
-                Some(key) => Value::Text(host::hmac_sha256(key, &text)?),
-                None => Value::Text("REDACTED".into()),
-            },
+            Some(Value::Text(_)) => Value::Text("REDACTED".into()),
             Some(_) => Value::Null,
         };
         event.set(name, &masked)?;

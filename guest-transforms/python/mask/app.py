@@ -7,7 +7,8 @@ Config:
 - `types=Email,Phone`: also every field of these Salesforce types (`event.field_type`).
 - `mode=redact` (default): text becomes `REDACTED`, other values null.
 - `mode=hash`: text becomes the HMAC-SHA256 (hex) of the value under the key named by
-  `key`, computed by the host (`host.hmac_sha256`): the key never enters the transform.
+  `key`, computed in place by the host (`event.hash_field`): the key never enters the
+  transform; other values are nulled.
 - `key=NAME`: required with `mode=hash`; the transform's `keys` must hold NAME.
 
 It counts what it masks in the counter `masked_values` (at `/metrics`).
@@ -97,14 +98,15 @@ class WitWorld(wit_world.WitWorld):
                 _matched[schema] = names
         masked_values = 0
         for name in names:
+            # The host hashes a text field in place; other values are nulled as in redact mode.
+            if key is not None and event.hash_field(name, key):
+                masked_values += 1
+                continue
             value = event.get(name)
             if value is None or isinstance(value, Value_Null):
                 continue
             if isinstance(value, Value_Text):
-                if key is not None:
-                    masked = Value_Text(host.hmac_sha256(key, value.value))
-                else:
-                    masked = Value_Text("REDACTED")
+                masked = Value_Text("REDACTED")
             else:
                 masked = Value_Null()
             event.set(name, masked)
