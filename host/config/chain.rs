@@ -162,8 +162,7 @@ fn apply_flags(specs: &mut [TransformSpec], flags: &TransformArgs) -> Result<(),
         .join(", ");
     for item in &flags.config {
         let example = "NAME.KEY=VALUE, e.g. mask.fields=Email,Phone";
-        let (spec, setting, value) =
-            named_item("transform-config", item, example, specs, &chain)?;
+        let (spec, setting, value) = named_item("transform-config", item, example, specs, &chain)?;
         spec.config.retain(|(k, _)| k != setting);
         spec.config.push((setting.to_string(), value.to_string()));
     }

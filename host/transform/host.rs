@@ -109,7 +109,11 @@ impl State {
         &self,
         update: impl FnOnce(&mut GuestMetrics) -> Result<(), crate::transform::metrics::Refused>,
     ) {
-        let mut metrics = self.shared.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut metrics = self
+            .shared
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let Err(refused) = update(&mut metrics) else {
             return;
         };
@@ -388,7 +392,10 @@ impl sfzb::transform::types::HostEvent for State {
         let event = self.table.get(&this)?;
         let text = match event.get(&name) {
             None if event.schema.names.resolve(&name).is_none() => {
-                return Ok(Err(format!("{} has no field {name}", event.header.entity_name)));
+                return Ok(Err(format!(
+                    "{} has no field {name}",
+                    event.header.entity_name
+                )));
             }
             Some(event::Value::Text(text)) => text,
             _ => return Ok(Ok(false)),
