@@ -70,6 +70,31 @@ pub enum Command {
     /// Develop transforms: run one on sample events, or measure it.
     #[command(subcommand)]
     Transform(TransformCommand),
+    /// Work with dead letters: replay them through the (fixed) chain to their target.
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// Replay dead letters through the chain of the subscription that dead-lettered them
+    /// (matched by org and channel; the run's configuration and flags, so `--transform`
+    /// and `--sink` work as for `run`), to its sink. What was replayed is recorded once its
+    /// rows are durable, so a second replay writes nothing twice; letters that fail again
+    /// stay where they are for the next replay.
+    Replay(Box<ReplayArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The dead letters: jsonl:PATH (a dead-letter file) or delta:PATH (a dead-letter table).
+    #[arg(long, value_name = "jsonl:PATH|delta:PATH")]
+    pub from: String,
+    /// Where what was replayed is recorded (default: PATH.replayed beside the dead letters).
+    #[arg(long, value_name = "PATH")]
+    pub ledger: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]

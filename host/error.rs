@@ -25,6 +25,8 @@ pub enum Error {
     Demo(#[from] crate::demo::DemoError),
     #[error(transparent)]
     Scaffold(#[from] crate::scaffold::ScaffoldError),
+    #[error(transparent)]
+    DeadLetters(#[from] crate::dead_letters::ReplayError),
     #[error("{failed} of {total} subscriptions failed (first: {name}: {error})")]
     Subscriptions {
         failed: usize,
@@ -65,12 +67,14 @@ impl Error {
             | Error::Authoring(crate::authoring::AuthoringError::Transform(_))
             | Error::Metrics(_)
             | Error::Fence(_)
-            | Error::Scaffold(crate::scaffold::ScaffoldError::Name { .. }) => 2,
+            | Error::Scaffold(crate::scaffold::ScaffoldError::Name { .. })
+            | Error::DeadLetters(crate::dead_letters::ReplayError::From { .. }) => 2,
             Error::Pipeline(_)
             | Error::Sim(_)
             | Error::Authoring(_)
             | Error::Demo(_)
-            | Error::Scaffold(_) => 1,
+            | Error::Scaffold(_)
+            | Error::DeadLetters(_) => 1,
             Error::Subscriptions { error, .. } => error.exit_code(),
         }
     }

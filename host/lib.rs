@@ -28,6 +28,7 @@
 //! | retry delays; the pace of logins and subscribes | [`backoff`], [`pipeline`] (`pace`) |
 //! | simulated Salesforce, Zerobus and Databricks servers; `sim`'s flags | [`sim`] |
 //! | `transform test`/`bench`, `transform init`, `demo` | [`authoring`], [`scaffold`], [`demo`] |
+//! | `dead-letter replay`: dead letters read back, replayed once, a ledger | [`dead_letters`] (`read`, `ledger`, `replay`) |
 //!
 //! From Rust, build a plan with [`SfzbHost::builder`] (or load `sfzb.toml` with
 //! [`config`]) and run it:
@@ -57,6 +58,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dead_letters;
 pub mod demo;
 pub mod error;
 pub mod event;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use sfzb_host::cli::{Cli, Command, ConfigCommand, LogFormat, TransformCommand};
+use sfzb_host::cli::{Cli, Command, ConfigCommand, DeadLetterCommand, LogFormat, TransformCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
@@ -89,6 +89,11 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
         Command::Transform(TransformCommand::Bench { component, events }) => {
             let report = sfzb_host::authoring::bench_command(&component, events).await?;
             println!("{report}");
+        }
+        Command::DeadLetter(DeadLetterCommand::Replay(args)) => {
+            let report = sfzb_host::dead_letters::replay(&args, cancel).await?;
+            print!("{}", report.summary());
+            report.into_result().map_err(sfzb_host::Error::from)?;
         }
         Command::Sim(args) => {
             sfzb_host::sim::args::serve(&args, cancel, &mut std::io::stdout().lock()).await?;

@@ -45,6 +45,7 @@ use crate::sink::{Layout, Sink, SinkError, SinkSpec};
 use crate::transform::{Chain, TransformStats};
 use flow::Flow;
 use pace::Pace;
+pub(crate) use route::to_row;
 
 /// Flush before the flush interval once the rows written since the last flush hold this
 /// much: the Delta sink buffers them in memory until its commit.
@@ -321,13 +322,7 @@ async fn open_target(
     key: &CheckpointKey,
     app_id: &str,
 ) -> Result<(Sink, Option<Place>, Option<ReplayId>), PipelineError> {
-    let sink = Sink::open(&config.sink, config.layout, app_id, zerobus).await?;
-    // A typed table is created with the columns of its first rows, by the sink.
-    if let (SinkSpec::Zerobus(table), Some(sql), Layout::Reference) =
-        (&config.sink, &options.sql, config.layout)
-    {
-        crate::sql::ensure_table(sql, table, options.auto_create_table).await?;
-    }
+    let sink = open_sink(config, options, zerobus, app_id).await?;
     if sink.keeps_checkpoint() {
         let checkpoint = sink.checkpoint();
         return Ok((sink, None, checkpoint));
@@ -339,6 +334,23 @@ async fn open_target(
         None => store.load(key, &place).await?,
     };
     Ok((sink, Some(place), checkpoint))
+}
+
+/// The subscription's sink, its Zerobus table made sure of when a SQL warehouse is set.
+pub(crate) async fn open_sink(
+    config: &SubscriptionConfig,
+    options: &RunOptions,
+    zerobus: &Arc<ZerobusPool>,
+    app_id: &str,
+) -> Result<Sink, PipelineError> {
+    let sink = Sink::open(&config.sink, config.layout, app_id, zerobus).await?;
+    // A typed table is created with the columns of its first rows, by the sink.
+    if let (SinkSpec::Zerobus(table), Some(sql), Layout::Reference) =
+        (&config.sink, &options.sql, config.layout)
+    {
+        crate::sql::ensure_table(sql, table, options.auto_create_table).await?;
+    }
+    Ok(sink)
 }
 
 type Source = tokio::task::JoinHandle<Result<(), SubscribeError>>;

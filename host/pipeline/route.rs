@@ -2,7 +2,7 @@
 //! payload re-encoded when a transform changed a field, as a row grouped by table.
 
 use super::flow::Flow;
-use crate::sink::{DeadLetter, Layout, Row, Stage};
+use crate::sink::{DeadLetter, Layout, Row, Sink, Stage};
 use crate::transform::Routed;
 
 /// Rows by table (`None`: the sink's own), in the order they came.
@@ -17,36 +17,17 @@ impl Flow<'_> {
     ) -> Tables {
         let mut tables: Tables = Vec::new();
         for routed in routed {
-            let mut event = routed.event;
-            let table = match self.sink.route(routed.table, &event.header.entity_name) {
-                Ok(table) => table,
-                Err(error) => {
-                    tracing::error!(replay_id = %event.replay_id, %error, "Event routed where it cannot go; dead-lettered.");
-                    letters.push(DeadLetter::of_event(
-                        Stage::Transform("route".into()),
-                        error,
-                        &event,
-                        processed,
-                    ));
+            let (table, row) = match to_row(self.sink, routed, processed) {
+                Ok(routed) => routed,
+                Err(letter) => {
+                    letters.push(*letter);
                     continue;
                 }
             };
-            if let Err((by, error)) = event.reencode() {
-                tracing::error!(replay_id = %event.replay_id, %error, "Transformed event does not fit its schema; dead-lettered.");
-                letters.push(DeadLetter::of_event(
-                    Stage::Transform(by.to_string()),
-                    error,
-                    &event,
-                    processed,
-                ));
-                continue;
-            }
             self.health
-                .event_committed_at(event.header.commit_timestamp);
-            let layout = self.sink.layout();
-            let row = Row::with_layout(event, processed, layout);
+                .event_committed_at(row.event.header.commit_timestamp);
             // What a sink may hold of the row until the flush: typed rows carry no schema.
-            let schema = match layout {
+            let schema = match self.sink.layout() {
                 Layout::Reference => row.schema().json.len(),
                 Layout::Typed => 0,
             };
@@ -58,4 +39,33 @@ impl Flow<'_> {
         }
         tables
     }
+}
+
+/// An output of the chain as a row of its table (`None`: the sink's own), re-encoded if a
+/// transform changed it; or, when it cannot go where it was routed or no longer fits its
+/// schema, its dead letter.
+pub(crate) fn to_row(
+    sink: &Sink,
+    routed: Routed,
+    processed: i64,
+) -> Result<(Option<String>, Row), Box<DeadLetter>> {
+    let mut event = routed.event;
+    let table = match sink.route(routed.table, &event.header.entity_name) {
+        Ok(table) => table,
+        Err(error) => {
+            tracing::error!(replay_id = %event.replay_id, %error, "Event routed where it cannot go; dead-lettered.");
+            let stage = Stage::Transform("route".into());
+            return Err(Box::new(DeadLetter::of_event(
+                stage, error, &event, processed,
+            )));
+        }
+    };
+    if let Err((by, error)) = event.reencode() {
+        tracing::error!(replay_id = %event.replay_id, %error, "Transformed event does not fit its schema; dead-lettered.");
+        let stage = Stage::Transform(by.to_string());
+        return Err(Box::new(DeadLetter::of_event(
+            stage, error, &event, processed,
+        )));
+    }
+    Ok((table, Row::with_layout(event, processed, sink.layout())))
 }

@@ -3,14 +3,14 @@
 
 use std::borrow::Cow;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::sink::columns::{Cell, Cells, Column, DEAD_LETTER};
 
-use crate::sink::row::base64_bytes;
+use crate::sink::row::{base64_bytes, from_base64};
 
 /// The pipeline stage an event failed in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Decode,
@@ -28,9 +28,20 @@ impl Stage {
             Stage::Write => "write".to_string(),
         }
     }
+
+    /// The stage a `stage` column names.
+    pub fn from_label(label: &str) -> Option<Stage> {
+        match label {
+            "decode" => Some(Stage::Decode),
+            "write" => Some(Stage::Write),
+            _ => label
+                .strip_prefix("transform:")
+                .map(|name| Stage::Transform(name.to_string())),
+        }
+    }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub stage: Stage,
     pub error: String,
@@ -40,7 +51,7 @@ pub struct DeadLetter {
     pub event_id: String,
     pub schema_id: String,
     /// The event's Avro payload exactly as received; base64 in JSON.
-    #[serde(serialize_with = "base64_bytes")]
+    #[serde(serialize_with = "base64_bytes", deserialize_with = "from_base64")]
     pub payload: Vec<u8>,
     /// When it was dead-lettered, milliseconds since the epoch.
     pub dead_lettered_at: i64,

@@ -28,6 +28,14 @@ pub(crate) fn base64_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S
     s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
+/// The bytes [`base64_bytes`] wrote.
+pub(crate) fn from_base64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.as_bytes())
+        .map_err(|e| serde::de::Error::custom(format!("not base64: {e}")))
+}
+
 impl Row {
     /// A row of the reference layout.
     pub fn from_event(event: ChangeEvent, processed_timestamp: i64) -> Row {

@@ -18,12 +18,12 @@ pub(super) const STREAMS_PER_CONNECTION: usize = 100;
 
 /// Which connection a subscription uses: its endpoint and the connection's number there.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) struct Slot {
+pub(crate) struct Slot {
     endpoint: String,
     n: usize,
 }
 
-pub(super) struct Connections {
+pub(crate) struct Connections {
     http: reqwest::Client,
     /// Per endpoint, its connections and the streams each carries.
     channels: HashMap<String, Vec<(tonic::transport::Channel, usize)>>,
@@ -32,7 +32,7 @@ pub(super) struct Connections {
 }
 
 impl Connections {
-    pub(super) fn new() -> Connections {
+    pub(crate) fn new() -> Connections {
         Connections {
             http: crate::salesforce::auth::http_client(),
             channels: HashMap::new(),
@@ -41,7 +41,7 @@ impl Connections {
     }
 
     /// A connection with room for one more stream, and the org's session on it.
-    pub(super) fn assign(
+    pub(crate) fn assign(
         &mut self,
         org: &OrgConfig,
     ) -> Result<(PubSubConnection, Slot), crate::salesforce::pubsub::SubscribeError> {

@@ -10,7 +10,7 @@
 //! | [`connections`] | Pub/Sub connections and sessions, shared |
 //! | [`live`] | watching the configuration; what identifies a subscription |
 
-mod connections;
+pub(crate) mod connections;
 mod live;
 mod running;
 
@@ -331,7 +331,9 @@ fn keep_own_shard(plan: &mut RunPlan) {
 }
 
 /// One transform runtime (engine and compile cache) for every chain of the run.
-async fn transform_runtime(plan: &RunPlan) -> Result<Option<Arc<transform::Runtime>>, Error> {
+pub(crate) async fn transform_runtime(
+    plan: &RunPlan,
+) -> Result<Option<Arc<transform::Runtime>>, Error> {
     let specs: Vec<_> = plan
         .subscriptions
         .iter()
@@ -368,7 +370,7 @@ pub async fn load_chain(
     load_chain_with(Arc::new(runtime), specs).await
 }
 
-async fn load_chain_with(
+pub(crate) async fn load_chain_with(
     runtime: Arc<transform::Runtime>,
     specs: &[transform::TransformSpec],
 ) -> Result<Option<transform::Chain>, Error> {

@@ -4,6 +4,7 @@
 mod auth;
 mod authoring;
 mod cli;
+mod dead_letters;
 mod delta;
 mod faults;
 mod guests;

@@ -76,6 +76,11 @@ fn plan_with(sim: &Simulator, dir: &Path, channel: &str, extra: &[&str], idle: b
     }
 }
 
+/// Owned flags as `plan` takes them.
+pub fn args(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
+}
+
 pub async fn run(plan: RunPlan) -> Result<SubscriptionStats, sfzb_host::Error> {
     let report = tokio::time::timeout(
         Duration::from_secs(60),

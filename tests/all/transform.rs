@@ -25,10 +25,6 @@ fn chain(items: &[(&str, &[&str])]) -> Vec<String> {
     flags
 }
 
-fn args(flags: &[String]) -> Vec<&str> {
-    flags.iter().map(String::as_str).collect()
-}
-
 /// Every text value of the record's fields (compound children included), from the JSON.
 fn values_of(row: &serde_json::Value, fields: &[&str]) -> Vec<String> {
     let record: serde_json::Value =

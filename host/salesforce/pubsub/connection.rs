@@ -91,6 +91,15 @@ impl PubSubConnection {
             .map(|s| s.org_id.clone())
     }
 
+    /// The writer schema `id` as JSON (GetSchema), outside any stream.
+    pub async fn schema_json(&self, id: &str) -> Result<String, tonic::Status> {
+        let request = crate::proto::pubsub::SchemaRequest {
+            schema_id: id.to_string(),
+        };
+        let info = self.client.clone().get_schema(request).await?;
+        Ok(info.into_inner().schema_json)
+    }
+
     pub(super) async fn generation(&self) -> u64 {
         *self.login_lock.lock().await
     }
