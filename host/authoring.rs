@@ -13,7 +13,7 @@ use base64::Engine;
 use crate::cli::ComponentArgs;
 use crate::clock::now_ms;
 use crate::event::{ChangeEvent, EventSchema, ReplayId, Value};
-use crate::salesforce::schema::{EventMeta, decode_event, parse_schema};
+use crate::salesforce::schema::{EventMeta, SchemaCache, decode_event, parse_schema};
 use crate::sink::Row;
 use crate::transform::engine::LoadedFrom;
 use crate::transform::{Chain, Runtime, RuntimeOptions, TransformSpec};
@@ -27,7 +27,7 @@ pub enum AuthoringError {
         source: std::io::Error,
     },
     #[error(
-        "{path} line {line}: {detail}. Events are rows as the jsonl sink writes them (schema_json, payload_binary, …)"
+        "{path} line {line}: {detail}. Events are rows as the jsonl sink writes them (schema_json, payload_binary, …) or dead letters (stage, payload, schema_id, …)"
     )]
     Event {
         path: PathBuf,
@@ -52,13 +52,15 @@ struct SampleRow {
     entity_name: String,
 }
 
-/// Reads sample events: rows as the jsonl sink writes them, one per line or one JSON object.
-pub fn read_events(path: &Path) -> Result<Vec<ChangeEvent>, AuthoringError> {
+/// Reads sample events: rows as the jsonl sink writes them, or dead letters (a dead-letter
+/// file), one per line or one JSON object. A dead letter carries only its schema's id: the
+/// schema comes from a row of the same file, or from `schemas`, where a run keeps each
+/// schema it fetched.
+pub fn read_events(path: &Path, schemas: &Path) -> Result<Vec<ChangeEvent>, AuthoringError> {
     let text = std::fs::read_to_string(path).map_err(|source| AuthoringError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut schemas: HashMap<String, Arc<EventSchema>> = HashMap::new();
     let trimmed = text.trim_start();
     let documents: Vec<(usize, &str)> =
         if trimmed.starts_with('{') && serde_json::from_str::<serde_json::Value>(trimmed).is_ok() {
@@ -70,40 +72,84 @@ pub fn read_events(path: &Path) -> Result<Vec<ChangeEvent>, AuthoringError> {
                 .map(|(i, l)| (i + 1, l))
                 .collect()
         };
-    let mut events = Vec::new();
+    let bad = |line: usize, detail: String| AuthoringError::Event {
+        path: path.to_path_buf(),
+        line,
+        detail,
+    };
+    let mut samples = Vec::with_capacity(documents.len());
     for (line, document) in documents {
-        let bad = |detail: String| AuthoringError::Event {
-            path: path.to_path_buf(),
-            line,
-            detail,
+        let value: serde_json::Value =
+            serde_json::from_str(document).map_err(|e| bad(line, e.to_string()))?;
+        let sample = match value.get("payload_binary").is_none() && value.get("stage").is_some() {
+            true => Sample::Letter(serde_json::from_value(value).map_err(|e| bad(line, e.to_string()))?),
+            false => Sample::Row(serde_json::from_value(value).map_err(|e| bad(line, e.to_string()))?),
         };
-        let row: SampleRow = serde_json::from_str(document).map_err(|e| bad(e.to_string()))?;
-        let schema = match schemas.get(&row.schema_id) {
-            Some(s) => s.clone(),
-            None => {
-                let s = Arc::new(
-                    parse_schema(&row.schema_id, &row.schema_json)
-                        .map_err(|e| bad(e.to_string()))?,
-                );
-                schemas.insert(row.schema_id.clone(), s.clone());
-                s
+        samples.push((line, sample));
+    }
+    // Every schema a row of the file carries, for the letters too.
+    let mut parsed: HashMap<String, Arc<EventSchema>> = HashMap::new();
+    for (line, sample) in &samples {
+        if let Sample::Row(row) = sample
+            && !parsed.contains_key(&row.schema_id)
+        {
+            let schema = parse_schema(&row.schema_id, &row.schema_json)
+                .map_err(|e| bad(*line, e.to_string()))?;
+            parsed.insert(row.schema_id.clone(), Arc::new(schema));
+        }
+    }
+    let mut events = Vec::with_capacity(samples.len());
+    for (line, sample) in samples {
+        let bad = |detail: String| bad(line, detail);
+        let (meta, schema_id, payload) = match sample {
+            Sample::Row(row) => {
+                let payload = base64::engine::general_purpose::STANDARD
+                    .decode(&row.payload_binary)
+                    .map_err(|e| bad(format!("payload_binary is not base64: {e}")))?;
+                let meta = EventMeta {
+                    org_id: row.org_id.as_str().into(),
+                    channel: crate::sim::catalog::channel_for(&row.entity_name).into(),
+                    replay_id: ReplayId::from_hex(&row.replay_id)
+                        .map_err(|e| bad(format!("replay_id: {e}")))?,
+                    event_id: row.event_id,
+                };
+                (meta, row.schema_id, payload)
+            }
+            Sample::Letter(letter) => {
+                let meta = EventMeta {
+                    org_id: letter.org_id.as_str().into(),
+                    channel: letter.channel.as_str().into(),
+                    replay_id: ReplayId::from_hex(&letter.replay_id)
+                        .map_err(|e| bad(format!("replay_id: {e}")))?,
+                    event_id: letter.event_id,
+                };
+                (meta, letter.schema_id, letter.payload)
             }
         };
-        let payload = base64::engine::general_purpose::STANDARD
-            .decode(&row.payload_binary)
-            .map_err(|e| bad(format!("payload_binary is not base64: {e}")))?;
-        let replay_id =
-            ReplayId::from_hex(&row.replay_id).map_err(|e| bad(format!("replay_id: {e}")))?;
-        let meta = EventMeta {
-            org_id: row.org_id.as_str().into(),
-            channel: crate::sim::catalog::channel_for(&row.entity_name).into(),
-            replay_id,
-            event_id: row.event_id,
+        let schema = match parsed.get(&schema_id) {
+            Some(schema) => schema.clone(),
+            None => {
+                let json = SchemaCache::kept(schemas, &schema_id).ok_or_else(|| {
+                    bad(format!(
+                        "schema {schema_id} is in neither a row of this file nor {}: give --schemas the run's state-dir/schemas (where a run keeps each schema it fetched), or add a row of that schema to the file",
+                        schemas.display()
+                    ))
+                })?;
+                let schema = Arc::new(parse_schema(&schema_id, &json).map_err(|e| bad(e.to_string()))?);
+                parsed.insert(schema_id, schema.clone());
+                schema
+            }
         };
         let event = decode_event(&schema, meta, payload.into()).map_err(|e| bad(e.to_string()))?;
         events.push(event);
     }
     Ok(events)
+}
+
+/// A line of an events file.
+enum Sample {
+    Row(SampleRow),
+    Letter(crate::sink::DeadLetter),
 }
 
 fn load(
@@ -262,11 +308,12 @@ fn write_changes(
 pub fn test(
     spec: &TransformSpec,
     events_path: &Path,
+    schemas: &Path,
     cache_dir: Option<PathBuf>,
     format: Format,
     out: &mut dyn Write,
 ) -> Result<(), AuthoringError> {
-    let events = read_events(events_path)?;
+    let events = read_events(events_path, schemas)?;
     let (mut chain, _, _) = load(spec, cache_dir)?;
     for (i, event) in events.into_iter().enumerate() {
         let before = (format == Format::Changes).then(|| event.clone());
@@ -332,6 +379,7 @@ impl std::fmt::Display for BenchReport {
 pub async fn test_command(
     args: &ComponentArgs,
     events: PathBuf,
+    schemas: PathBuf,
     format: Format,
     watch: bool,
 ) -> Result<(), crate::Error> {
@@ -339,9 +387,11 @@ pub async fn test_command(
     let cache = args.cache();
     let run = || {
         let (spec, events, cache) = (spec.clone(), events.clone(), cache.clone());
+        let schemas = schemas.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                test(&spec, &events, cache, format, &mut std::io::stdout().lock())
+                let out = &mut std::io::stdout().lock();
+                test(&spec, &events, &schemas, cache, format, out)
             })
             .await
             .expect("transform test does not panic")

@@ -130,9 +130,14 @@ pub enum TransformCommand {
     Test {
         #[command(flatten)]
         component: ComponentArgs,
-        /// A JSON file with one row, or JSON lines of rows.
+        /// A JSON file with one row, or JSON lines of rows or of dead letters (a
+        /// dead-letter file).
         #[arg(long)]
         event: PathBuf,
+        /// Where the schemas of dead letters are (a letter carries only the schema id): a
+        /// run's state-dir/schemas, where it keeps each schema it fetched.
+        #[arg(long, value_name = "DIR", default_value = ".sfzb-state/schemas")]
+        schemas: PathBuf,
         /// Print each output as a JSON line instead: {"table": …, "row": …} or
         /// {"dead_letter": …}.
         #[arg(long)]

@@ -72,6 +72,7 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
         Command::Transform(TransformCommand::Test {
             component,
             event,
+            schemas,
             json,
             watch,
         }) => {
@@ -79,7 +80,7 @@ async fn dispatch(command: Command) -> Result<(), Failed> {
                 true => sfzb_host::authoring::Format::Json,
                 false => sfzb_host::authoring::Format::Changes,
             };
-            sfzb_host::authoring::test_command(&component, event, format, watch).await?;
+            sfzb_host::authoring::test_command(&component, event, schemas, format, watch).await?;
         }
         Command::Transform(TransformCommand::Init { lang, name, dir }) => {
             let made =

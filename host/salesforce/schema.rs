@@ -1,9 +1,12 @@
 //! Writer schemas and Avro decoding: schemas parsed once and cached by schema id, and every
 //! event decoded with the schema its own `schema_id` names (so mixed-entity channels and a
 //! schema change mid-stream need nothing special). No transport here: fetching a missing
-//! schema is the subscriber's job.
+//! schema is the subscriber's job. A run's cache also keeps a copy of each schema in the
+//! state directory, for what reads events without a connection: `transform test` on dead
+//! letters (which carry only the schema id) or on typed rows.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
@@ -36,15 +39,35 @@ pub enum DecodeError {
     Header(String),
 }
 
+/// Where a run keeps its schemas, under its state directory.
+pub fn kept_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("schemas")
+}
+
 /// Parsed writer schemas by schema id.
 #[derive(Default)]
 pub struct SchemaCache {
     schemas: RwLock<HashMap<String, Arc<EventSchema>>>,
     /// Schemas that could not be parsed, with the reason: fetched once, not per event.
     failures: RwLock<HashMap<String, String>>,
+    /// Where each schema parsed is also written as `<id>.json`; none: memory only.
+    keep: Option<PathBuf>,
 }
 
 impl SchemaCache {
+    /// A cache that also writes each schema it parses to `dir` (made when first needed).
+    pub fn keeping_in(dir: PathBuf) -> SchemaCache {
+        SchemaCache {
+            keep: Some(dir),
+            ..SchemaCache::default()
+        }
+    }
+
+    /// The JSON of schema `id` as a run kept it in `dir`, if it did.
+    pub fn kept(dir: &Path, id: &str) -> Option<String> {
+        std::fs::read_to_string(dir.join(format!("{}.json", file_name(id)?))).ok()
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<EventSchema>> {
         self.schemas
             .read()
@@ -69,7 +92,12 @@ impl SchemaCache {
             }
         };
         let mut map = self.schemas.write().unwrap_or_else(|e| e.into_inner());
-        Ok(map.entry(id.to_string()).or_insert(schema).clone())
+        let schema = map.entry(id.to_string()).or_insert(schema).clone();
+        drop(map);
+        if let Some(dir) = &self.keep {
+            keep(dir, id, json);
+        }
+        Ok(schema)
     }
 
     /// Why the schema `id` cannot be used, if it was fetched and failed to parse.
@@ -87,6 +115,37 @@ impl SchemaCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A schema id as a file name: Salesforce's are URL-safe base64; anything else is not
+/// written (nor looked for) rather than escaped.
+fn file_name(id: &str) -> Option<&str> {
+    let safe = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    safe.then_some(id)
+}
+
+/// Writes `json` as `<dir>/<id>.json` unless there: through a temporary file renamed into
+/// place, so that another process sharing the directory never reads half a schema. A
+/// failure costs only the copy, so it is logged, not returned.
+fn keep(dir: &Path, id: &str, json: &str) {
+    let Some(name) = file_name(id) else {
+        return;
+    };
+    let path = dir.join(format!("{name}.json"));
+    if path.exists() {
+        return;
+    }
+    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&temporary, json))
+        .and_then(|()| std::fs::rename(&temporary, &path));
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        tracing::warn!(schema_id = %id, dir = %dir.display(), %error, "Cannot keep a copy of the schema; `transform test` will not find it there.");
     }
 }
 
@@ -401,6 +460,24 @@ mod tests {
         assert!(cache.insert("acct", ACCOUNT).is_ok());
         assert_eq!(cache.failure("acct"), None);
     }
+    #[test]
+    fn a_kept_schema_is_written_once_and_read_back_and_only_usable_ones_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = dir.path().join("schemas");
+        let cache = SchemaCache::keeping_in(kept.clone());
+        cache.insert("acct-1_A", ACCOUNT).unwrap();
+        assert_eq!(SchemaCache::kept(&kept, "acct-1_A").as_deref(), Some(ACCOUNT));
+        assert!(cache.insert("bad", "{ not json").is_err());
+        assert_eq!(SchemaCache::kept(&kept, "bad"), None);
+        cache.insert("../escape", ACCOUNT).unwrap();
+        assert_eq!(
+            std::fs::read_dir(&kept).unwrap().count(),
+            1,
+            "an id that is not a file name is kept in memory only"
+        );
+        assert!(!dir.path().join("escape.json").exists());
+    }
+
     const CONTACT: &str = include_str!("../sim/schemas/ContactChangeEvent.avsc");
 
     #[test]

@@ -101,6 +101,21 @@ async fn dead_letters_replay_through_the_fixed_chain_exactly_once() {
     assert_eq!(dead_letters.len(), 5, "every 10th event dead-lettered");
     assert_eq!(rows(&out(dir.path())).len(), 45);
 
+    // The author's loop reads dead letters too, with the schemas the run kept.
+    let schemas = format!("--schemas={}", dir.path().join("state/schemas").display());
+    let tested = transform_outputs(
+        &guests::component("mask"),
+        &dead(dir.path()),
+        &["fields=Phone", "mode=hash", "key=pii", "--key=pii=env:SFZB_TEST_KEY", &schemas],
+        Path::new(&cache()),
+    );
+    let tested: BTreeMap<u64, String> = tested
+        .iter()
+        .map(|o| (replay(&o["row"]), o["row"]["record_data_json"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(tested.keys().copied().collect::<Vec<_>>(), [10, 20, 30, 40, 50]);
+    assert!(tested.iter().all(|(r, record)| expected[r] == *record));
+
     let from = format!("jsonl:{}", dead(dir.path()).display());
     let sink = format!("jsonl:{}", out(dir.path()).display());
 

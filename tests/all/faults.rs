@@ -192,7 +192,7 @@ async fn a_full_disk_fails_the_write_and_moves_no_checkpoint() {
         format!("{err:#}").contains("No space left on device"),
         "{err:#}"
     );
-    let files: Vec<_> = files_under(&dir.path().join("state"));
+    let files: Vec<_> = checkpoint_files(&dir.path().join("state"));
     assert!(files.is_empty(), "no checkpoint written: {files:?}");
     sim.shutdown().await;
 }
@@ -337,7 +337,7 @@ async fn a_stalled_sink_is_unhealthy_and_a_stop_has_a_deadline() {
         "{err}"
     );
     assert!(
-        files_under(&dir.path().join("state")).is_empty(),
+        checkpoint_files(&dir.path().join("state")).is_empty(),
         "no checkpoint: nothing was acknowledged"
     );
     zerobus.shutdown().await;

@@ -515,9 +515,7 @@ fn sigterm_stops_cleanly_and_the_next_run_resumes_without_a_gap() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     let first = rows(&out).len();
     assert!(first < 20_000, "the signal landed mid-run ({first} rows)");
-    let state: Vec<_> = std::fs::read_dir(dir.path().join(".sfzb-state"))
-        .unwrap()
-        .collect();
+    let state = checkpoint_files(&dir.path().join(".sfzb-state"));
     assert_eq!(state.len(), 1, "a checkpoint was committed");
 
     let second = start("2").wait_with_output().unwrap();

@@ -417,16 +417,19 @@ impl Drop for Logged {
 }
 
 /// Every file below `dir` (none when it does not exist).
-pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// The files under a run's state directory but the schemas it keeps (`schemas/`): its
+/// checkpoints.
+pub fn checkpoint_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .flatten()
+        .filter(|e| e.file_name() != "schemas")
         .flat_map(|e| {
             let path = e.path();
             if path.is_dir() {
-                files_under(&path)
+                checkpoint_files(&path)
             } else {
                 vec![path]
             }
