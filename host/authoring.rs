@@ -82,8 +82,12 @@ pub fn read_events(path: &Path, schemas: &Path) -> Result<Vec<ChangeEvent>, Auth
         let value: serde_json::Value =
             serde_json::from_str(document).map_err(|e| bad(line, e.to_string()))?;
         let sample = match value.get("payload_binary").is_none() && value.get("stage").is_some() {
-            true => Sample::Letter(serde_json::from_value(value).map_err(|e| bad(line, e.to_string()))?),
-            false => Sample::Row(serde_json::from_value(value).map_err(|e| bad(line, e.to_string()))?),
+            true => {
+                Sample::Letter(serde_json::from_value(value).map_err(|e| bad(line, e.to_string()))?)
+            }
+            false => {
+                Sample::Row(serde_json::from_value(value).map_err(|e| bad(line, e.to_string()))?)
+            }
         };
         samples.push((line, sample));
     }
@@ -135,7 +139,8 @@ pub fn read_events(path: &Path, schemas: &Path) -> Result<Vec<ChangeEvent>, Auth
                         schemas.display()
                     ))
                 })?;
-                let schema = Arc::new(parse_schema(&schema_id, &json).map_err(|e| bad(e.to_string()))?);
+                let schema =
+                    Arc::new(parse_schema(&schema_id, &json).map_err(|e| bad(e.to_string()))?);
                 parsed.insert(schema_id, schema.clone());
                 schema
             }

@@ -70,9 +70,9 @@ impl Shared {
     pub fn new(options: &RunOptions) -> Shared {
         Shared {
             zerobus: Arc::new(ZerobusPool::new(&options.zerobus, options.sql.as_ref())),
-            schemas: Arc::new(SchemaCache::keeping_in(crate::salesforce::schema::kept_dir(
-                &options.state_dir,
-            ))),
+            schemas: Arc::new(SchemaCache::keeping_in(
+                crate::salesforce::schema::kept_dir(&options.state_dir),
+            )),
             checkpoints: Arc::new(Checkpoints::new(options)),
             logins: Arc::new(Pace::per_second(options.login_rate)),
             subscribes: Arc::new(Pace::per_second(options.subscribe_rate)),

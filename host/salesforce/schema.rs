@@ -466,7 +466,10 @@ mod tests {
         let kept = dir.path().join("schemas");
         let cache = SchemaCache::keeping_in(kept.clone());
         cache.insert("acct-1_A", ACCOUNT).unwrap();
-        assert_eq!(SchemaCache::kept(&kept, "acct-1_A").as_deref(), Some(ACCOUNT));
+        assert_eq!(
+            SchemaCache::kept(&kept, "acct-1_A").as_deref(),
+            Some(ACCOUNT)
+        );
         assert!(cache.insert("bad", "{ not json").is_err());
         assert_eq!(SchemaCache::kept(&kept, "bad"), None);
         cache.insert("../escape", ACCOUNT).unwrap();

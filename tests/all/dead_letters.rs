@@ -106,14 +106,28 @@ async fn dead_letters_replay_through_the_fixed_chain_exactly_once() {
     let tested = transform_outputs(
         &guests::component("mask"),
         &dead(dir.path()),
-        &["fields=Phone", "mode=hash", "key=pii", "--key=pii=env:SFZB_TEST_KEY", &schemas],
+        &[
+            "fields=Phone",
+            "mode=hash",
+            "key=pii",
+            "--key=pii=env:SFZB_TEST_KEY",
+            &schemas,
+        ],
         Path::new(&cache()),
     );
     let tested: BTreeMap<u64, String> = tested
         .iter()
-        .map(|o| (replay(&o["row"]), o["row"]["record_data_json"].as_str().unwrap().to_string()))
+        .map(|o| {
+            (
+                replay(&o["row"]),
+                o["row"]["record_data_json"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(tested.keys().copied().collect::<Vec<_>>(), [10, 20, 30, 40, 50]);
+    assert_eq!(
+        tested.keys().copied().collect::<Vec<_>>(),
+        [10, 20, 30, 40, 50]
+    );
     assert!(tested.iter().all(|(r, record)| expected[r] == *record));
 
     let from = format!("jsonl:{}", dead(dir.path()).display());
