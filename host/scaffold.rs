@@ -8,6 +8,26 @@ use crate::cli::Lang;
 
 const WIT: &str = include_str!("../wit/transform.wit");
 
+/// The Rust SDK, copied into a Rust transform: its bindings read the transform's `wit/`.
+const RUST_SDK: [(&str, &str); 4] = [
+    (
+        "sfzb-transform/Cargo.toml",
+        include_str!("../guest-transforms/sdk/rust/Cargo.toml"),
+    ),
+    (
+        "sfzb-transform/src/lib.rs",
+        include_str!("../guest-transforms/sdk/rust/src/lib.rs"),
+    ),
+    (
+        "sfzb-transform/src/__wasm.rs",
+        include_str!("../guest-transforms/sdk/rust/src/__wasm.rs"),
+    ),
+    (
+        "sfzb-transform/src/testing.rs",
+        include_str!("../guest-transforms/sdk/rust/src/testing.rs"),
+    ),
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
     #[error(
@@ -82,7 +102,10 @@ pub fn init(lang: Lang, name: &str, parent: &Path) -> Result<Scaffold, ScaffoldE
                 "target/wasm32-wasip2/release/{}.wasm",
                 name.replace('-', "_")
             ),
-            vec!["cargo build --release --target wasm32-wasip2".into()],
+            vec![
+                "cargo test".into(),
+                "cargo build --release --target wasm32-wasip2".into(),
+            ],
             vec![
                 ("Cargo.toml", include_str!("scaffold/rust-Cargo.toml")),
                 ("src/lib.rs", include_str!("scaffold/rust-lib.rs")),
@@ -93,7 +116,13 @@ pub fn init(lang: Lang, name: &str, parent: &Path) -> Result<Scaffold, ScaffoldE
             vec![format!(
                 "componentize-py -d wit -w transform componentize app -o {name}.wasm"
             )],
-            vec![("app.py", include_str!("scaffold/python-app.py"))],
+            vec![
+                ("app.py", include_str!("scaffold/python-app.py")),
+                (
+                    "sfzb_transform.py",
+                    include_str!("../guest-transforms/sdk/python/sfzb_transform.py"),
+                ),
+            ],
         ),
         Lang::Js => (
             format!("{name}.wasm"),
@@ -104,9 +133,22 @@ pub fn init(lang: Lang, name: &str, parent: &Path) -> Result<Scaffold, ScaffoldE
             vec![
                 ("package.json", include_str!("scaffold/js-package.json")),
                 ("transform.js", include_str!("scaffold/js-transform.js")),
+                (
+                    "sfzb-transform.js",
+                    include_str!("../guest-transforms/sdk/js/sfzb-transform.js"),
+                ),
             ],
         ),
     };
+    if lang == Lang::Rust {
+        for (file, text) in RUST_SDK {
+            // In this repository the SDK reads the top-level wit/; here, the transform's.
+            write(
+                &dir.join(file),
+                &text.replace("\"../../../wit\"", "\"../wit\""),
+            )?;
+        }
+    }
     for (file, template) in files {
         let file = if file == "transform.js" {
             format!("{name}.js")
@@ -143,12 +185,23 @@ fn readme(lang: Lang, name: &str, build: &[String], test: &str, wasm: &str) -> S
             "Node.js and npm (the build installs jco 1.35 and componentize-js 0.23)",
         ),
     };
+    let sdk = match lang {
+        Lang::Rust => {
+            "\n\nIt is written with the Rust SDK (`sfzb-transform/`, a copy): a plain type with\n`init` and `process`, whose tests `cargo test` runs natively against the SDK's stub host\n(`sfzb_transform::testing`), with no Wasm. With `CARGO_TARGET_DIR` set, the component\nis built there instead of `target/`."
+        }
+        Lang::Python => {
+            "\n\n`sfzb_transform.py` is the SDK's helper module: settings (`Config`), outcomes\n(`keep`, `route`, `drop`) and the host's functions."
+        }
+        Lang::Js => {
+            "\n\n`sfzb-transform.js` is the SDK's helper module: settings (`Config`), outcomes\n(`keep`, `route`, `drop`) and value helpers."
+        }
+    };
     format!(
         r#"# {name}
 
 A {tool} transform for sfzb-host. It implements the `transform` world of
 `wit/transform.wit` (package `sfzb:transform@0.1.1`): `init` gets the settings, `process`
-gets each change event and returns the events to write.
+gets each change event and returns the events to write.{sdk}
 
 ## Build
 

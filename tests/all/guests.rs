@@ -14,7 +14,7 @@ pub fn component(name: &str) -> PathBuf {
     dir().join(format!("{name}.wasm"))
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     // The test binary lives in <target>/<profile>/deps/.
     let exe = std::env::current_exe().expect("the test binary knows its path");
     exe.ancestors()
@@ -101,10 +101,13 @@ fn build_python() -> PathBuf {
     for (module, name) in [("mask", "mask"), ("tenant_filter", "tenant-filter")] {
         let source = root.join("guest-transforms/python").join(module);
         let wasm = out.join(format!("{name}.wasm"));
-        if !stale(
-            &wasm,
-            &[source.join("app.py"), root.join("wit/transform.wit")],
-        ) {
+        let sdk = root.join("guest-transforms/sdk/python");
+        let inputs = [
+            source.join("app.py"),
+            sdk.join("sfzb_transform.py"),
+            root.join("wit/transform.wit"),
+        ];
+        if !stale(&wasm, &inputs) {
             continue;
         }
         let status = Command::new("componentize-py")
@@ -112,6 +115,8 @@ fn build_python() -> PathBuf {
             .arg(root.join("wit"))
             .args(["-w", "transform", "componentize", "-p"])
             .arg(&source)
+            .arg("-p")
+            .arg(&sdk)
             .arg("app")
             .arg("-o")
             .arg(&wasm)
@@ -155,6 +160,7 @@ fn build_js() -> PathBuf {
     for name in ["mask", "tenant-filter"] {
         let inputs = [
             root.join(format!("src/{name}.js")),
+            root.join("../sdk/js/sfzb-transform.js"),
             lock.clone(),
             wit.clone(),
         ];

@@ -348,8 +348,9 @@ fn a_second_start_loads_python_and_javascript_from_the_compile_cache() {
     );
 }
 
-/// Runs the commands `transform init` printed, as a user would paste them.
-fn init_then_build_and_test(lang: &str, name: &str) {
+/// Runs the commands `transform init` printed, as a user would paste them; what they
+/// printed.
+fn init_then_build_and_test(lang: &str, name: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(BIN)
         .args(["transform", "init", "--lang", lang, name])
@@ -370,10 +371,14 @@ fn init_then_build_and_test(lang: &str, name: &str) {
         std::env::var("PATH").unwrap_or_default()
     );
     let script = commands.join(" && ");
+    // As in a fresh shell: a target directory set for this build would move the component
+    // away from the path the printed test command names.
     let output = Command::new("sh")
         .args(["-c", &script])
         .current_dir(dir.path())
         .env("PATH", path)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
         .output()
         .unwrap();
     let text = format!(
@@ -390,6 +395,56 @@ fn init_then_build_and_test(lang: &str, name: &str) {
         text.contains("REDACTED"),
         "the starting transform redacts: {text}"
     );
+    assert!(
+        text.contains("counter redacted="),
+        "the template counts what it redacts with the SDK's host functions: {text}"
+    );
+    text
+}
+
+#[test]
+fn transform_init_rust_then_the_printed_commands_test_natively_build_and_test_it() {
+    let text = init_then_build_and_test("rust", "demo_r");
+    assert!(
+        text.contains("test result: ok. 2 passed"),
+        "cargo test ran the template's native tests: {text}"
+    );
+}
+
+/// The Rust SDK's own tests and those of the transforms written with it, natively: the
+/// stub host, no Wasm.
+#[test]
+fn the_rust_sdk_and_its_transforms_test_natively() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-transforms");
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "sfzb-transform",
+            "-p",
+            "tenant-filter",
+        ])
+        .env(
+            "CARGO_TARGET_DIR",
+            crate::guests::target_dir().join("guests-native"),
+        )
+        .env_remove("RUSTFLAGS")
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for test in [
+        "a_fan_out_runs_natively_with_its_tables_logs_and_counters",
+        "keeps_the_tenants_events_and_drops_the_rest",
+    ] {
+        assert!(text.contains(&format!("{test} ... ok")), "{text}");
+    }
 }
 
 #[test]
