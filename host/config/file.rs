@@ -18,7 +18,7 @@ use super::settings::settings;
 settings! {
     /// The file's top level: run-wide settings, and the sections.
     pub struct FileConfig in "top level" {
-        /// Directory for checkpoints.
+        /// Directory for checkpoints (the local store) and a copy of each schema fetched (schemas/, which transform test reads for dead letters).
         state_dir: PathBuf = ".sfzb-state", flag "state-dir", env "SFZB_STATE_DIR";
         /// Where compiled components are cached; defaults to $XDG_CACHE_HOME/sfzb-host or
         /// ~/.cache/sfzb-host.
