@@ -14,7 +14,7 @@
 // It counts what it masks in the counter `masked_values` (at `/metrics`).
 import { counterAdd, hmacSha256, logEnabled, logWith } from "sfzb:transform/host@0.1.1";
 
-const config = { patterns: [], types: [], key: undefined };
+const config = { patterns: [], types: [], key: undefined, names: undefined };
 // Field names to mask, per schema id: listing a schema's fields is costly.
 const matched = new Map();
 
@@ -61,14 +61,16 @@ export function init(settings) {
     ["fields", patterns.join(",")],
     ["types", types.join(",")],
   ]);
-  Object.assign(config, { patterns, types, key });
+  // Plain names need no schema: decided once here, not per event.
+  const names = types.length > 0 || patterns.some((p) => p.includes("*")) ? undefined : patterns;
+  Object.assign(config, { patterns, types, key, names });
   matched.clear();
 }
 
 export function process(event) {
   const { patterns, types, key } = config;
-  let names = patterns;
-  if (types.length > 0 || patterns.some((p) => p.includes("*"))) {
+  let names = config.names;
+  if (names === undefined) {
     const schema = event.schemaId();
     names = matched.get(schema);
     if (names === undefined) {

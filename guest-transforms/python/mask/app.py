@@ -19,7 +19,7 @@ from componentize_py_types import Err
 from wit_world.imports import host
 from wit_world.imports.types import Output, Value_Null, Value_Text
 
-_config = {"patterns": [], "types": [], "key": None}
+_config = {"patterns": [], "types": [], "key": None, "names": None}
 # Field names to mask, per schema id: listing a schema's fields is costly.
 _matched = {}
 
@@ -70,14 +70,16 @@ class WitWorld(wit_world.WitWorld):
                 ("types", ",".join(types)),
             ],
         )
-        _config.update(patterns=patterns, types=types, key=key)
+        # Plain names need no schema: decided once here, as every line of `process` costs
+        # (CPython runs interpreted inside the component).
+        static = None if types or any("*" in p for p in patterns) else patterns
+        _config.update(patterns=patterns, types=types, key=key, names=static)
         _matched.clear()
 
     def process(self, event):
-        patterns, types, key = _config["patterns"], _config["types"], _config["key"]
-        if not types and all("*" not in p for p in patterns):
-            names = patterns
-        else:
+        names, key = _config["names"], _config["key"]
+        if names is None:
+            patterns, types = _config["patterns"], _config["types"]
             schema = event.schema_id()
             names = _matched.get(schema)
             if names is None:
