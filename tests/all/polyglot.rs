@@ -75,7 +75,8 @@ fn python_and_javascript_transforms_give_exactly_the_rust_outputs() {
 /// The host functions of contract 0.1.1 from each language's mask: `hmac-sha256` (checked
 /// against an HMAC computed here), `field-type` (`types=Url` masks `Website`, which no
 /// pattern names, nor `Some_URL__c`), `counter-add` (the count of masked values, counted here), `log-with`
-/// and `log-enabled` (the debug line only when debug is on).
+/// and `log-enabled` (the debug line only when debug is on), `hmac-sha256` (the key check
+/// in "mask ready") and `gauge-set` (the fields masked).
 #[test]
 fn each_language_reaches_the_host_functions_with_the_same_results() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,6 +148,11 @@ fn each_language_reaches_the_host_functions_with_the_same_results() {
             ready.contains("mode=hash") && ready.contains("types=Url") && ready.contains("INFO"),
             "{lang}: {ready}"
         );
+        // hmac-sha256's own result: the key check is the key's HMAC of "", computed here.
+        assert!(
+            ready.contains(&format!("key_check={}", &test_hmac("")[..8])),
+            "{lang}: {ready}"
+        );
         let matched = stderr
             .lines()
             .find(|l| l.contains("mask matched"))
@@ -154,6 +160,18 @@ fn each_language_reaches_the_host_functions_with_the_same_results() {
         assert!(
             matched.contains("Website") && matched.contains("PersonMobilePhone"),
             "{lang}: {matched}"
+        );
+        // gauge-set: the fields it masks in the schema, as the debug line lists them.
+        // The guest's own `fields=` is the last: `fields="schema=… fields=Phone,…"`.
+        let listed = matched
+            .rsplit("fields=")
+            .next()
+            .and_then(|rest| rest.split(['"', ' ']).next())
+            .unwrap_or_else(|| panic!("{lang}: {matched}"));
+        let fields = listed.split(',').filter(|f| !f.is_empty()).count();
+        assert!(
+            stderr.contains(&format!("gauge masked_fields={fields}")),
+            "{lang}: {stderr}"
         );
         // At the default level the guest's debug line is not written.
         let quiet: Vec<&str> = config

@@ -11,8 +11,11 @@
 //   transform; other values are nulled.
 // - `key=NAME`: required with `mode=hash`; the transform's `keys` must hold NAME.
 //
-// It counts what it masks in the counter `masked_values` (at `/metrics`).
-import { counterAdd, hmacSha256, logEnabled, logWith } from "sfzb:transform/host@0.1.1";
+// It counts what it masks in the counter `masked_values` and sets the gauge `masked_fields`
+// to how many fields it masks in the last schema it saw (at `/metrics`). In hash mode its
+// "mask ready" line carries `key_check`, the first 8 hex digits of the key's HMAC of the
+// empty text (the same check exactly when the key is the same; the check does not reveal it).
+import { counterAdd, gaugeSet, hmacSha256, logEnabled, logWith } from "sfzb:transform/host@0.1.1";
 
 const config = { patterns: [], types: [], key: undefined, names: undefined };
 // Field names to mask, per schema id: listing a schema's fields is costly.
@@ -48,21 +51,23 @@ export function init(settings) {
   if (patterns.length === 0 && types.length === 0) throw "fields or types is required, e.g. fields=Email,Phone";
   if (hash && key === undefined) throw "mode=hash needs key=NAME, naming one of the transform's keys";
   if (!hash && key !== undefined) throw "key is for mode=hash";
-  // Refuse a missing key now, not on the first event, with the host's message.
+  const ready = [
+    ["mode", hash ? "hash" : "redact"],
+    ["fields", patterns.join(",")],
+    ["types", types.join(",")],
+  ];
+  // Refuses a missing key now, not on the first event, with the host's message.
   if (hash) {
     try {
-      hmacSha256(key, "");
+      ready.push(["key_check", hmacSha256(key, "").slice(0, 8)]);
     } catch (e) {
       throw e.payload ?? String(e);
     }
   }
-  logWith("info", "mask ready", [
-    ["mode", hash ? "hash" : "redact"],
-    ["fields", patterns.join(",")],
-    ["types", types.join(",")],
-  ]);
+  logWith("info", "mask ready", ready);
   // Plain names need no schema: decided once here, not per event.
   const names = types.length > 0 || patterns.some((p) => p.includes("*")) ? undefined : patterns;
+  if (names !== undefined) gaugeSet("masked_fields", names.length);
   Object.assign(config, { patterns, types, key, names });
   matched.clear();
 }
@@ -86,6 +91,7 @@ export function process(event) {
           ["fields", names.join(",")],
         ]);
       }
+      gaugeSet("masked_fields", names.length);
       matched.set(schema, names);
     }
   }

@@ -10,7 +10,11 @@
 //!   and the key never enters the transform; other values are nulled.
 //! - `key=NAME`: required with `mode=hash`; the transform's `keys` must hold NAME.
 //!
-//! It counts what it masks in the counter `masked_values` (at `/metrics`).
+//! It counts what it masks in the counter `masked_values` and sets the gauge
+//! `masked_fields` to how many fields it masks in the last schema it saw (at `/metrics`).
+//! In hash mode its "mask ready" line carries `key_check`, the first 8 hex digits of the
+//! key's HMAC of the empty text: replicas (and the Rust, Python and JavaScript masks) show
+//! the same check exactly when they hash with the same key, which the check does not reveal.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -70,24 +74,25 @@ impl Guest for Mask {
         if c.patterns.is_empty() && c.types.is_empty() {
             return Err("fields or types is required, e.g. fields=Email,Phone".into());
         }
+        let mut ready = vec![
+            ("mode".to_string(), if hash { "hash" } else { "redact" }.to_string()),
+            ("fields".into(), c.patterns.join(",")),
+            ("types".into(), c.types.join(",")),
+        ];
         match (hash, &c.key) {
             (true, None) => return Err("mode=hash needs key=NAME, naming one of the transform's keys".into()),
             (false, Some(_)) => return Err("key is for mode=hash".into()),
             (true, Some(key)) => {
-                // Refuse a missing key now, not on the first event.
-                host::hmac_sha256(key, "")?;
+                // Refuses a missing key now, not on the first event.
+                let check = host::hmac_sha256(key, "")?;
+                ready.push(("key_check".into(), check[..8].to_string()));
             }
             (false, None) => {}
         }
-        host::log_with(
-            Level::Info,
-            "mask ready",
-            &[
-                ("mode".into(), if hash { "hash" } else { "redact" }.into()),
-                ("fields".into(), c.patterns.join(",")),
-                ("types".into(), c.types.join(",")),
-            ],
-        );
+        host::log_with(Level::Info, "mask ready", &ready);
+        if c.types.is_empty() && c.patterns.iter().all(|p| !p.contains('*')) {
+            host::gauge_set("masked_fields", c.patterns.len() as f64);
+        }
         CONFIG.with(|cell| *cell.borrow_mut() = c);
         MATCHED.with(|cache| cache.borrow_mut().clear());
         Ok(())
@@ -113,6 +118,7 @@ impl Guest for Mask {
                     if host::log_enabled(Level::Debug) {
                         host::log_with(Level::Debug, "mask matched", &[("schema".into(), event.schema_id()), ("fields".into(), names.join(","))]);
                     }
+                    host::gauge_set("masked_fields", names.len() as f64);
                     names
                 });
                 mask(&event, names, config.key.as_deref())

@@ -11,7 +11,10 @@ Config:
   transform; other values are nulled.
 - `key=NAME`: required with `mode=hash`; the transform's `keys` must hold NAME.
 
-It counts what it masks in the counter `masked_values` (at `/metrics`).
+It counts what it masks in the counter `masked_values` and sets the gauge `masked_fields`
+to how many fields it masks in the last schema it saw (at `/metrics`). In hash mode its
+"mask ready" line carries `key_check`, the first 8 hex digits of the key's HMAC of the empty
+text (the same check exactly when the key is the same; the check does not reveal it).
 """
 
 import wit_world
@@ -58,21 +61,20 @@ class WitWorld(wit_world.WitWorld):
             raise Err("mode=hash needs key=NAME, naming one of the transform's keys")
         if not hashed and key is not None:
             raise Err("key is for mode=hash")
+        ready = [
+            ("mode", "hash" if hashed else "redact"),
+            ("fields", ",".join(patterns)),
+            ("types", ",".join(types)),
+        ]
         if hashed:
-            # Refuse a missing key now, not on the first event.
-            host.hmac_sha256(key, "")
-        host.log_with(
-            host.Level.INFO,
-            "mask ready",
-            [
-                ("mode", "hash" if hashed else "redact"),
-                ("fields", ",".join(patterns)),
-                ("types", ",".join(types)),
-            ],
-        )
+            # Refuses a missing key now, not on the first event.
+            ready.append(("key_check", host.hmac_sha256(key, "")[:8]))
+        host.log_with(host.Level.INFO, "mask ready", ready)
         # Plain names need no schema: decided once here, as every line of `process` costs
         # (CPython runs interpreted inside the component).
         static = None if types or any("*" in p for p in patterns) else patterns
+        if static is not None:
+            host.gauge_set("masked_fields", float(len(static)))
         _config.update(patterns=patterns, types=types, key=key, names=static)
         _matched.clear()
 
@@ -97,6 +99,7 @@ class WitWorld(wit_world.WitWorld):
                         "mask matched",
                         [("schema", schema), ("fields", ",".join(names))],
                     )
+                host.gauge_set("masked_fields", float(len(names)))
                 _matched[schema] = names
         masked_values = 0
         for name in names:
