@@ -180,8 +180,14 @@ impl Chain {
             new.stats = old.stats.clone();
             new.stats.recycled += recycled + 1;
             new.tables = old.tables.clone();
-            // A reload is a new instance, not a new transform: its metrics go on.
-            *new.shared.metrics.lock().unwrap_or_else(|e| e.into_inner()) = old.shared.metrics();
+            // A reload is a new instance, not a new transform: its metrics go on, with what
+            // the new instance's init recorded.
+            let earlier = old.shared.metrics();
+            new.shared
+                .metrics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .carry(earlier);
         }
         Ok(fresh)
     }

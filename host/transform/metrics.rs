@@ -63,6 +63,20 @@ impl GuestMetrics {
         Ok(())
     }
 
+    /// What an earlier instance recorded, under what this one recorded since (a reload's
+    /// fresh `init`): counters add up, and a gauge this one set keeps its new value.
+    pub fn carry(&mut self, earlier: GuestMetrics) {
+        for (name, n) in earlier.counters {
+            let _ = self.add(&name, n);
+        }
+        for (name, value) in earlier.gauges {
+            if !self.gauges.contains_key(&name) {
+                let _ = self.set(&name, value);
+            }
+        }
+        self.warned |= earlier.warned;
+    }
+
     /// True the first time a refusal should be reported.
     pub fn first_refusal(&mut self) -> bool {
         !std::mem::replace(&mut self.warned, true)
@@ -106,5 +120,20 @@ mod tests {
             "a known gauge still updates at the limit"
         );
         assert!(m.first_refusal() && !m.first_refusal());
+    }
+
+    #[test]
+    fn a_reload_carries_counters_on_and_keeps_the_gauges_its_init_set() {
+        let mut earlier = GuestMetrics::default();
+        earlier.add("masked", 5).unwrap();
+        earlier.set("fields", 2.0).unwrap();
+        earlier.set("stale", 1.0).unwrap();
+        let mut fresh = GuestMetrics::default();
+        fresh.add("masked", 1).unwrap();
+        fresh.set("fields", 3.0).unwrap();
+        fresh.carry(earlier);
+        assert_eq!(fresh.counters["masked"], 6);
+        assert_eq!(fresh.gauges["fields"], 3.0, "set by the new init");
+        assert_eq!(fresh.gauges["stale"], 1.0, "kept from before");
     }
 }
