@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::DataType;
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::ReplayError;
 use crate::sink::{DeadLetter, Stage};
@@ -125,15 +124,9 @@ async fn read_delta(table: &str) -> Result<Vec<DeadLetter>, String> {
         .collect();
     let mut letters = Vec::new();
     for location in files {
-        let bytes = store
-            .get_opts(&location, Default::default())
-            .await
-            .map_err(|e| format!("{location}: {e}"))?
-            .bytes()
-            .await
-            .map_err(|e| format!("{location}: {e}"))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.build())
+        let reader = crate::sink::delta::parquet_file(&store, &location)
+            .await?
+            .build()
             .map_err(|e| format!("{location}: {e}"))?;
         for batch in reader {
             let batch = batch.map_err(|e| format!("{location}: {e}"))?;

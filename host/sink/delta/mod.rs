@@ -37,6 +37,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use url::Url;
 
 use batches::{batch, typed_batch};
+pub(crate) use recovery::parquet_file;
 use recovery::{recorded, rows_after};
 
 use crate::event::ReplayId;

@@ -56,14 +56,7 @@ pub(super) async fn rows_after(
     let mut ids = BTreeSet::new();
     for file in files {
         let location = deltalake::Path::from_url_path(&file).map_err(|e| e.to_string())?;
-        let bytes = store
-            .get_opts(&location, Default::default())
-            .await
-            .map_err(|e| format!("{file}: {e}"))?
-            .bytes()
-            .await
-            .map_err(|e| format!("{file}: {e}"))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| e.to_string())?;
+        let builder = parquet_file(&store, &location).await?;
         let column = builder
             .schema()
             .index_of("replay_id")
@@ -85,6 +78,21 @@ pub(super) async fn rows_after(
         }
     }
     Ok(ids)
+}
+
+/// A parquet file of the table, read whole from its object store, ready to read.
+pub(crate) async fn parquet_file(
+    store: &deltalake::logstore::ObjectStoreRef,
+    location: &deltalake::Path,
+) -> Result<ParquetRecordBatchReaderBuilder<bytes::Bytes>, String> {
+    let bytes = store
+        .get_opts(location, Default::default())
+        .await
+        .map_err(|e| format!("{location}: {e}"))?
+        .bytes()
+        .await
+        .map_err(|e| format!("{location}: {e}"))?;
+    ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| format!("{location}: {e}"))
 }
 
 /// What the newest commits of ours in the main table record.
