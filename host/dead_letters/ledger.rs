@@ -51,29 +51,47 @@ struct Entry {
 
 pub struct Ledger {
     path: PathBuf,
+    /// Open for appending, and locked: one replay at a time per ledger.
+    file: std::fs::File,
     replayed: HashSet<Key>,
 }
 
 impl Ledger {
-    /// The ledger at `path`; none there yet is an empty one.
+    /// The ledger at `path` (made now if there is none, so that a place it cannot be
+    /// written fails before anything is replayed), locked for this replay.
     pub fn open(path: &Path) -> Result<Ledger, ReplayError> {
         let bad = |detail: String| ReplayError::Ledger {
             path: path.to_path_buf(),
             detail,
         };
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(bad(e.to_string())),
-        };
+        let existed = path.exists();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| bad(e.to_string()))?;
+        file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => {
+                bad("another replay of these dead letters holds it; wait for it to finish".into())
+            }
+            std::fs::TryLockError::Error(e) => bad(e.to_string()),
+        })?;
+        if !existed {
+            // The new file's name is durable too, or a crash could forget the whole ledger.
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| bad(e.to_string()))?;
         // A crash mid-append leaves a torn last line: its letters were not recorded, and
         // the next append must not run on from it.
         let whole = text.rfind('\n').map_or(0, |i| i + 1);
         if whole < text.len() {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| bad(e.to_string()))?;
             file.set_len(whole as u64).map_err(|e| bad(e.to_string()))?;
         }
         let mut replayed = HashSet::new();
@@ -87,12 +105,9 @@ impl Ledger {
         }
         Ok(Ledger {
             path: path.to_path_buf(),
+            file,
             replayed,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn contains(&self, key: &Key) -> bool {
@@ -105,10 +120,6 @@ impl Ledger {
         if keys.is_empty() {
             return Ok(());
         }
-        let bad = |e: std::io::Error| ReplayError::Ledger {
-            path: self.path.clone(),
-            detail: e.to_string(),
-        };
         let replayed_at = crate::clock::now_ms();
         let mut text = Vec::new();
         for (key, stage) in &keys {
@@ -121,13 +132,16 @@ impl Ledger {
             serde_json::to_writer(&mut text, &entry).expect("an entry serializes");
             text.push(b'\n');
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(bad)?;
-        file.write_all(&text).map_err(bad)?;
-        file.sync_data().map_err(bad)?;
+        let written = self
+            .file
+            .write_all(&text)
+            .and_then(|()| self.file.sync_data());
+        written.map_err(|e| ReplayError::Ledger {
+            path: self.path.clone(),
+            detail: format!(
+                "{e}; the rows of these letters are written but not recorded, so a later replay writes them again"
+            ),
+        })?;
         self.replayed.extend(keys.into_iter().map(|(key, _)| key));
         Ok(())
     }
@@ -182,14 +196,18 @@ mod tests {
             .open(&path)
             .unwrap();
         file.write_all(b"{\"org_id\":\"00D\",\"chan").unwrap();
+        drop(ledger);
         let mut ledger = Ledger::open(&path).unwrap();
         assert!(ledger.contains(&entry("0a").0) && ledger.contains(&entry("14").0));
         assert!(!ledger.contains(&entry("1e").0));
         ledger.record(vec![entry("1e")], "jsonl:out.jsonl").unwrap();
+        drop(ledger);
         let ledger = Ledger::open(&path).unwrap();
         assert!(
             ledger.contains(&entry("1e").0),
             "appended after the torn line was cut"
         );
+        let second = Ledger::open(&path).err().expect("one replay at a time");
+        assert!(second.to_string().contains("another replay"), "{second}");
     }
 }

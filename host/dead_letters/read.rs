@@ -84,8 +84,14 @@ fn read_jsonl(path: &PathBuf) -> Result<Vec<DeadLetter>, ReplayError> {
         from: from.clone(),
         detail: e.to_string(),
     })?;
+    // A crash mid-write leaves a torn last line, which the sink cuts when it opens the file
+    // again: not a letter yet.
+    let whole = text.rfind('\n').map_or(0, |i| i + 1);
+    if whole < text.len() {
+        tracing::warn!(from = %from, "The last line of the dead letters is incomplete (a write cut short); passed by.");
+    }
     let mut letters = Vec::new();
-    for (n, line) in text.lines().enumerate() {
+    for (n, line) in text[..whole].lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }

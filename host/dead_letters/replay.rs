@@ -176,7 +176,9 @@ pub async fn replay(args: &ReplayArgs, cancel: CancellationToken) -> Result<Repo
     };
     for ((org_id, channel), letters) in groups {
         if cancel.is_cancelled() {
-            break;
+            let reason = "not replayed: the replay was stopped".to_string();
+            letters.iter().for_each(|l| report.fail(l, reason.clone()));
+            continue;
         }
         let span = tracing::info_span!("replay", org_id = %org_id, channel = %channel);
         let found = orgs
@@ -306,10 +308,10 @@ impl Replay<'_> {
         let config = &self.plan.subscriptions[subscription].config;
         tracing::info!(letters = letters.len(), sink = %config.sink, "Replaying dead letters.");
         let mut decoded = Vec::with_capacity(letters.len());
-        let mut empty = Vec::new();
+        let mut done = Vec::new();
         for letter in letters {
             if letter.schema_id.is_empty() && letter.payload.is_empty() {
-                empty.push((Key::of(&letter), letter.stage.label()));
+                done.push((Key::of(&letter), letter.stage.label()));
                 continue;
             }
             match self.decode(connection, &letter).await {
@@ -317,79 +319,40 @@ impl Replay<'_> {
                 Err(reason) => report.fail(&letter, reason),
             }
         }
-        let mut decoded = self.transform(config, decoded).await?;
-        // The replay's own writer: a Delta sink keeps the pipeline's checkpoint under the
-        // subscription's id, which a replay must not move.
-        let first = decoded.first().map(|d| &d.letter);
-        let app_id = first.map_or(String::new(), |l| {
-            format!("sfzb-replay:{}:{}", l.org_id, l.channel)
-        });
-        // Per table, its rows and the letter each came from.
-        let mut tables: Vec<(Option<String>, Vec<Row>, Vec<usize>)> = Vec::new();
-        let mut failed: Vec<Option<String>> = Vec::with_capacity(decoded.len());
-        let mut sink = None;
-        if !decoded.is_empty() {
-            let opened = open_sink(config, &self.plan.options, &self.zerobus, &app_id).await?;
-            let processed = crate::clock::now_ms();
-            for (n, d) in decoded.iter_mut().enumerate() {
-                let outputs = match std::mem::replace(&mut d.outcome, Ok(Vec::new())) {
-                    Ok(outputs) => outputs,
-                    Err(reason) => {
-                        failed.push(Some(reason));
-                        continue;
-                    }
-                };
-                failed.push(None);
-                for routed in outputs {
-                    match to_row(&opened, routed, processed) {
-                        Ok((table, row)) => match tables.iter_mut().find(|(t, ..)| *t == table) {
-                            Some((_, rows, from)) => {
-                                rows.push(row);
-                                from.push(n);
-                            }
-                            None => tables.push((table, vec![row], vec![n])),
-                        },
-                        Err(letter) => failed[n] = Some(letter.error),
-                    }
-                }
-            }
-            sink = Some(opened);
-        }
-        let mut written = vec![0usize; decoded.len()];
-        if let Some(sink) = sink.as_mut() {
-            for (table, rows, from) in &tables {
-                let misfits = sink
-                    .write(table.as_deref(), rows)
-                    .await
-                    .map_err(PipelineError::from)?;
-                from.iter().for_each(|n| written[*n] += 1);
-                for (i, misfit) in misfits {
-                    let n = from[i];
-                    written[n] -= 1;
-                    failed[n] = Some(format!("does not fit its typed table: {misfit}"));
-                }
-            }
-            let ids: Vec<ReplayId> = decoded
-                .iter()
-                .filter_map(|d| ReplayId::from_hex(&d.letter.replay_id).ok())
-                .collect();
-            sink.processed(&ids);
-            if let Some(last) = ids.iter().max() {
-                sink.flush(last).await.map_err(PipelineError::from)?;
-            }
-        }
-        // Durable: recorded now, so that no later replay writes them again.
-        let mut done = empty;
         report.empty += done.len();
-        for (n, d) in decoded.iter().enumerate() {
-            match &failed[n] {
-                Some(reason) => report.fail(&d.letter, reason.clone()),
-                None => {
-                    done.push((Key::of(&d.letter), d.letter.stage.label()));
-                    report.rows += written[n];
-                    if written[n] == 0 {
-                        report.dropped += 1;
+        let mut outcomes = Vec::new();
+        match self.chain(config).await {
+            Ok(chain) => outcomes = transform(chain, decoded).await,
+            Err(error) => {
+                let reason = format!("the chain did not load: {}", error.describe());
+                decoded
+                    .iter()
+                    .for_each(|(l, _)| report.fail(l, reason.clone()));
+            }
+        }
+        if !outcomes.is_empty() {
+            match self.write(config, &mut outcomes).await {
+                Ok(written) => {
+                    for (d, rows) in outcomes.iter().zip(written) {
+                        match &d.outcome {
+                            Err(reason) => report.fail(&d.letter, reason.clone()),
+                            Ok(_) => {
+                                done.push((Key::of(&d.letter), d.letter.stage.label()));
+                                report.rows += rows;
+                                report.dropped += usize::from(rows == 0);
+                            }
+                        }
                     }
+                }
+                Err(error) => {
+                    let reason = format!(
+                        "cannot write to {}: {}; rows sent before the failure may be written again by the next replay",
+                        config.sink,
+                        crate::Error::from(error).describe()
+                    );
+                    outcomes
+                        .iter()
+                        .for_each(|d| report.fail(&d.letter, reason.clone()));
                 }
             }
         }
@@ -397,8 +360,101 @@ impl Replay<'_> {
         if !done.is_empty() {
             report.targets.insert(config.sink.to_string());
         }
+        // Durable: recorded now, so that no later replay writes them again.
         ledger.record(done, &config.sink.to_string())?;
         Ok(())
+    }
+
+    /// The subscription's chain, loaded for a replay: a transform's failure keeps its letter
+    /// (`on-error = stop` would end the replay for one event).
+    async fn chain(
+        &self,
+        config: &crate::config::SubscriptionConfig,
+    ) -> Result<Option<Chain>, crate::Error> {
+        let Some(runtime) = self
+            .runtime
+            .as_ref()
+            .filter(|_| !config.transforms.is_empty())
+        else {
+            return Ok(None);
+        };
+        let specs: Vec<_> = config
+            .transforms
+            .iter()
+            .cloned()
+            .map(|mut spec| {
+                if spec.on_error == OnError::Stop {
+                    spec.on_error = OnError::DeadLetter;
+                }
+                spec
+            })
+            .collect();
+        let mut chain = crate::supervisor::load_chain_with(runtime.clone(), &specs).await?;
+        if let Some(chain) = chain.as_mut() {
+            chain.set_home(config.sink.home_schema());
+        }
+        Ok(chain)
+    }
+
+    /// Each letter's outputs as rows to the subscription's sink, flushed: how many rows of
+    /// each letter were written. A letter one of whose outputs cannot be a row writes none;
+    /// one that gets a misfit (a typed table) becomes failed, its other rows written.
+    async fn write(
+        &self,
+        config: &crate::config::SubscriptionConfig,
+        outcomes: &mut [Decoded],
+    ) -> Result<Vec<usize>, PipelineError> {
+        // The replay's own writer: a Delta sink keeps the pipeline's checkpoint under the
+        // subscription's id, which a replay must not move.
+        let first = &outcomes[0].letter;
+        let app_id = format!("sfzb-replay:{}:{}", first.org_id, first.channel);
+        let mut sink = open_sink(config, &self.plan.options, &self.zerobus, &app_id).await?;
+        let processed = crate::clock::now_ms();
+        // Per table, its rows and the letter each came from.
+        let mut tables: Vec<(Option<String>, Vec<Row>, Vec<usize>)> = Vec::new();
+        for (n, d) in outcomes.iter_mut().enumerate() {
+            let outputs = match &mut d.outcome {
+                Ok(outputs) => std::mem::take(outputs),
+                Err(_) => continue,
+            };
+            let rows: Result<Vec<_>, _> = outputs
+                .into_iter()
+                .map(|routed| to_row(&sink, routed, processed))
+                .collect();
+            match rows {
+                Err(letter) => d.outcome = Err(letter.error),
+                Ok(rows) => {
+                    for (table, row) in rows {
+                        match tables.iter_mut().find(|(t, ..)| *t == table) {
+                            Some((_, rows, from)) => {
+                                rows.push(row);
+                                from.push(n);
+                            }
+                            None => tables.push((table, vec![row], vec![n])),
+                        }
+                    }
+                }
+            }
+        }
+        let mut written = vec![0usize; outcomes.len()];
+        for (table, rows, from) in &tables {
+            let misfits = sink.write(table.as_deref(), rows).await?;
+            from.iter().for_each(|n| written[*n] += 1);
+            for (i, misfit) in misfits {
+                let n = from[i];
+                written[n] -= 1;
+                outcomes[n].outcome = Err(format!("does not fit its typed table: {misfit}"));
+            }
+        }
+        let ids: Vec<ReplayId> = outcomes
+            .iter()
+            .filter_map(|d| ReplayId::from_hex(&d.letter.replay_id).ok())
+            .collect();
+        sink.processed(&ids);
+        if let Some(last) = ids.iter().max() {
+            sink.flush(last).await?;
+        }
+        Ok(written)
     }
 
     /// The letter's event, with its writer schema fetched from the org when not yet known.
@@ -431,57 +487,31 @@ impl Replay<'_> {
         decode_event(&schema, meta, letter.payload.clone().into())
             .map_err(|e| format!("cannot decode: {e}"))
     }
+}
 
-    /// Each event through the chain on its own, off the async workers; a letter of the
-    /// write stage passes by it, already transformed.
-    async fn transform(
-        &self,
-        config: &crate::config::SubscriptionConfig,
-        decoded: Vec<(DeadLetter, ChangeEvent)>,
-    ) -> Result<Vec<Decoded>, crate::Error> {
-        let chain = match &self.runtime {
-            Some(runtime) if !config.transforms.is_empty() => {
-                // A failure here keeps its letter; it never ends the replay.
-                let specs: Vec<_> = config
-                    .transforms
-                    .iter()
-                    .cloned()
-                    .map(|mut spec| {
-                        if spec.on_error == OnError::Stop {
-                            spec.on_error = OnError::DeadLetter;
+/// Each event through the chain on its own, off the async workers; a letter of the write
+/// stage passes by it, already transformed.
+async fn transform(chain: Option<Chain>, decoded: Vec<(DeadLetter, ChangeEvent)>) -> Vec<Decoded> {
+    let run = move || {
+        let mut chain = chain;
+        decoded
+            .into_iter()
+            .map(|(letter, event)| {
+                let outcome = match (&letter.stage, chain.as_mut()) {
+                    (Stage::Write, _) | (_, None) => Ok(vec![Routed { table: None, event }]),
+                    (_, Some(chain)) => {
+                        let output = chain.run(vec![event]);
+                        match output.stop.into_iter().chain(output.failed).next() {
+                            Some(failed) => Err(failed.error),
+                            None => Ok(output.routed),
                         }
-                        spec
-                    })
-                    .collect();
-                crate::supervisor::load_chain_with(runtime.clone(), &specs).await?
-            }
-            _ => None,
-        };
-        let home = config.sink.home_schema();
-        let run = move || {
-            let mut chain: Option<Chain> = chain.map(|mut chain| {
-                chain.set_home(home);
-                chain
-            });
-            decoded
-                .into_iter()
-                .map(|(letter, event)| {
-                    let outcome = match (&letter.stage, chain.as_mut()) {
-                        (Stage::Write, _) | (_, None) => Ok(vec![Routed { table: None, event }]),
-                        (_, Some(chain)) => {
-                            let output = chain.run(vec![event]);
-                            match output.stop.into_iter().chain(output.failed).next() {
-                                Some(failed) => Err(failed.error),
-                                None => Ok(output.routed),
-                            }
-                        }
-                    };
-                    Decoded { letter, outcome }
-                })
-                .collect::<Vec<_>>()
-        };
-        Ok(tokio::task::spawn_blocking(run)
-            .await
-            .expect("running the chain does not panic"))
-    }
+                    }
+                };
+                Decoded { letter, outcome }
+            })
+            .collect::<Vec<_>>()
+    };
+    tokio::task::spawn_blocking(run)
+        .await
+        .expect("running the chain does not panic")
 }

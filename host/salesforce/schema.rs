@@ -139,7 +139,10 @@ fn keep(dir: &Path, id: &str, json: &str) {
     if path.exists() {
         return;
     }
-    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Unique per write: two subscriptions of a process may keep the same schema at once.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let written = std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::write(&temporary, json))
         .and_then(|()| std::fs::rename(&temporary, &path));

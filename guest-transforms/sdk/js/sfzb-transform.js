@@ -71,12 +71,29 @@ export function text(value) {
     case "integer":
       return value.val.toString();
     case "float":
-      return String(value.val);
+      return floatText(value.val);
     case "text":
       return value.val;
     default:
       return undefined;
   }
+}
+
+// `x` as Rust prints an f64: its shortest digits, never an exponent, no trailing ".0".
+function floatText(x) {
+  if (Number.isNaN(x)) return "NaN";
+  if (!Number.isFinite(x)) return x > 0 ? "inf" : "-inf";
+  const sign = x < 0 || Object.is(x, -0) ? "-" : "";
+  const [mantissa, exponent] = Math.abs(x).toString().split("e");
+  const [whole, fraction = ""] = mantissa.split(".");
+  const digits = whole + fraction;
+  const point = whole.length + Number(exponent ?? 0);
+  let text;
+  if (point <= 0) text = "0." + "0".repeat(-point) + digits;
+  else if (point >= digits.length) text = digits + "0".repeat(point - digits.length);
+  else text = digits.slice(0, point) + "." + digits.slice(point);
+  if (text.includes(".")) text = text.replace(/0+$/, "").replace(/\.$/, "");
+  return sign + text;
 }
 
 // Values to `set`: Value.text("REDACTED"), Value.null, …

@@ -103,8 +103,28 @@ def text(value):
     if isinstance(value, Value_Integer):
         return str(value.value)
     if isinstance(value, Value_Float):
-        f = value.value
-        return str(int(f)) if f.is_integer() and abs(f) < 1e16 else repr(f)
+        return _float_text(value.value)
     if isinstance(value, Value_Text):
         return value.value
     return None
+
+
+def _float_text(f):
+    """`f` as Rust prints an f64: its shortest digits, never an exponent, no trailing `.0`."""
+    r = repr(f)
+    if r in ("nan", "inf", "-inf"):
+        return "NaN" if r == "nan" else r
+    sign, r = ("-", r[1:]) if r.startswith("-") else ("", r)
+    mantissa, _, exponent = r.partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = whole + fraction
+    point = len(whole) + int(exponent or 0)
+    if point <= 0:
+        text = "0." + "0" * -point + digits
+    elif point >= len(digits):
+        text = digits + "0" * (point - len(digits))
+    else:
+        text = digits[:point] + "." + digits[point:]
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return sign + text

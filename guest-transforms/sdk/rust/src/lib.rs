@@ -167,7 +167,9 @@ impl Event {
     pub fn get(&self, name: &str) -> Option<Value> {
         self.0.get(name)
     }
-    /// Sets a field (an error names a field the schema lacks or a value of the wrong kind).
+    /// Sets a field; an error names a field the schema lacks. A value of the wrong kind
+    /// (text in a number field) is taken, and the event dead-lettered naming the field once
+    /// `process` returns, when the host re-encodes it.
     pub fn set(&self, name: &str, value: Value) -> Result<(), String> {
         self.0.set(name, value)
     }
@@ -352,16 +354,22 @@ pub fn __outputs(event: Event, outcome: Outcome) -> Vec<(Event, Option<String>)>
         Outcome::Route(table) => vec![(event, Some(table))],
         Outcome::Drop => Vec::new(),
         Outcome::Many(outputs) => {
+            // The original is handed out once; named more than once, the earlier ones get
+            // copies of it.
+            let mut originals = outputs.iter().filter(|o| o.event.is_none()).count();
             let mut event = Some(event);
             outputs
                 .into_iter()
                 .filter_map(|o| match o.event {
                     Some(other) => Some((other, o.table)),
-                    // The original once; named twice, a copy the second time.
-                    None => match event.take() {
-                        Some(original) => Some((original, o.table)),
-                        None => None,
-                    },
+                    None => {
+                        originals -= 1;
+                        let original = match originals {
+                            0 => event.take()?,
+                            _ => event.as_ref()?.duplicate(),
+                        };
+                        Some((original, o.table))
+                    }
                 })
                 .collect()
         }

@@ -164,17 +164,6 @@ impl Event {
         let Some(field) = d.fields.iter_mut().find(|f| f.0 == name) else {
             return Err(format!("{entity} has no field {name}"));
         };
-        let fits = match (&field.2, &value) {
-            (_, Value::Null) | (None, _) => true,
-            (Some(t), Value::Boolean(_)) => t.kind == ValueKind::Boolean,
-            (Some(t), Value::Integer(_)) => t.kind == ValueKind::Integer,
-            (Some(t), Value::Float(_)) => matches!(t.kind, ValueKind::Float | ValueKind::Integer),
-            (Some(t), Value::Text(_)) => t.kind == ValueKind::Text,
-            (Some(t), Value::Bytes(_)) => t.kind == ValueKind::Bytes,
-        };
-        if !fits {
-            return Err(format!("{value:?} does not fit {name}, a {:?} field", field.2));
-        }
         let nulled = value == Value::Null;
         field.1 = value;
         let nulled_fields = &mut d.header.nulled_fields;
@@ -192,6 +181,23 @@ impl Event {
     }
     pub fn field_type(&self, name: &str) -> Option<FieldType> {
         self.with(|d| d.fields.iter().find(|f| f.0 == name).and_then(|f| f.2.clone()))
+    }
+    /// What the host's re-encoding refuses: a field set to a value of another kind.
+    fn misfit(&self) -> Option<String> {
+        self.with(|d| {
+            d.fields.iter().find_map(|(name, value, field_type)| {
+                let kind = field_type.as_ref()?.kind;
+                let fits = match value {
+                    Value::Null => true,
+                    Value::Boolean(_) => kind == ValueKind::Boolean,
+                    Value::Integer(_) => kind == ValueKind::Integer,
+                    Value::Float(_) => matches!(kind, ValueKind::Float | ValueKind::Integer),
+                    Value::Text(_) => kind == ValueKind::Text,
+                    Value::Bytes(_) => kind == ValueKind::Bytes,
+                };
+                (!fits).then(|| format!("{value:?} does not fit {name}, a {kind:?} field"))
+            })
+        })
     }
     pub fn hash_field(&self, name: &str, key_name: &str) -> Result<bool, String> {
         let text = match self.get(name) {
@@ -263,7 +269,8 @@ pub fn hmac(key: &str, data: &str) -> String {
 }
 
 /// `T` made from `config`, then run on `event`: the events it outputs with their tables
-/// (`None`: the subscription's own), or its error.
+/// (`None`: the subscription's own), or why the host would dead-letter the event (its
+/// error, or an output with a field set to a value of another kind).
 pub fn run<T: Transform>(
     config: &[(&str, &str)],
     event: crate::Event,
@@ -271,10 +278,14 @@ pub fn run<T: Transform>(
     let config = Config::new(config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
     let mut transform = T::init(&config)?;
     let outcome = transform.process(&event)?;
-    Ok(crate::__outputs(event, outcome)
+    let outputs: Vec<_> = crate::__outputs(event, outcome)
         .into_iter()
         .map(|(event, table)| (table, event))
-        .collect())
+        .collect();
+    match outputs.iter().find_map(|(_, event)| event.0.misfit()) {
+        Some(misfit) => Err(misfit),
+        None => Ok(outputs),
+    }
 }
 
 pub(crate) fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
@@ -349,14 +360,48 @@ mod tests {
         assert!(run::<Split>(&[("x", "1")], event("Account", ChangeType::Create).build()).is_err());
     }
 
+    struct Both;
+
+    impl Transform for Both {
+        fn init(_: &Config) -> Result<Self, String> {
+            Ok(Both)
+        }
+        fn process(&mut self, _: &crate::Event) -> Result<Outcome, String> {
+            let to = |t: &str| Output::original(Some(t.into()));
+            Ok(Outcome::Many(vec![to("a"), to("b")]))
+        }
+    }
+
     #[test]
-    fn set_refuses_what_the_host_refuses_and_hashing_needs_a_key() {
+    fn the_original_named_twice_goes_to_both_tables() {
+        let input = event("Account", ChangeType::Create).field("Phone", Value::Text("1".into())).build();
+        let outputs = run::<Both>(&[], input).unwrap();
+        let tables: Vec<_> = outputs.iter().map(|(t, _)| t.as_deref()).collect();
+        assert_eq!(tables, [Some("a"), Some("b")]);
+        assert!(outputs.iter().all(|(_, e)| e.get("Phone") == Some(Value::Text("1".into()))));
+    }
+
+    struct Misset;
+
+    impl Transform for Misset {
+        fn init(_: &Config) -> Result<Self, String> {
+            Ok(Misset)
+        }
+        fn process(&mut self, event: &crate::Event) -> Result<Outcome, String> {
+            event.set("AnnualRevenue", Value::Text("lots".into()))?;
+            Ok(Outcome::Keep)
+        }
+    }
+
+    #[test]
+    fn set_refuses_an_unknown_field_and_a_misfit_dead_letters_as_in_the_host() {
         let e = event("Lead", ChangeType::Update)
             .field("AnnualRevenue", Value::Float(1.0))
             .field("Email", Value::Text("a@b.c".into()))
             .build();
-        assert!(e.set("Nope", Value::Null).is_err());
-        assert!(e.set("AnnualRevenue", Value::Text("x".into())).is_err());
+        assert!(e.set("Nope", Value::Null).unwrap_err().contains("no field Nope"));
+        let error = run::<Misset>(&[], e.duplicate()).unwrap_err();
+        assert!(error.contains("does not fit AnnualRevenue"), "{error}");
         assert!(e.hash_field("Email", "pii").unwrap_err().contains("set_key"));
         set_key("pii", "k");
         assert_eq!(e.hash_field("AnnualRevenue", "pii"), Ok(false));
