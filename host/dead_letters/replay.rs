@@ -26,7 +26,7 @@ use crate::config::RunPlan;
 use crate::event::{ChangeEvent, ReplayId};
 use crate::pipeline::{PipelineError, open_sink, to_row};
 use crate::salesforce::pubsub::PubSubConnection;
-use crate::salesforce::schema::{EventMeta, SchemaCache, decode_event};
+use crate::salesforce::schema::{EventMeta, SchemaCache, decode_event, kept_dir};
 use crate::sink::zerobus::ZerobusPool;
 use crate::sink::{DeadLetter, Row, Stage};
 use crate::supervisor::connections::Connections;
@@ -172,7 +172,8 @@ pub async fn replay(args: &ReplayArgs, cancel: CancellationToken) -> Result<Repo
             &plan.options.zerobus,
             plan.options.sql.as_ref(),
         )),
-        schemas: SchemaCache::default(),
+        kept: kept_dir(&plan.options.state_dir),
+        schemas: SchemaCache::keeping_in(kept_dir(&plan.options.state_dir)),
     };
     for ((org_id, channel), letters) in groups {
         if cancel.is_cancelled() {
@@ -286,6 +287,8 @@ struct Replay<'a> {
     plan: &'a RunPlan,
     runtime: Option<Arc<Runtime>>,
     zerobus: Arc<ZerobusPool>,
+    /// Where the run keeps its schemas: read before asking the org, and kept in.
+    kept: PathBuf,
     schemas: SchemaCache,
 }
 
@@ -322,7 +325,7 @@ impl Replay<'_> {
         report.empty += done.len();
         let mut outcomes = Vec::new();
         match self.chain(config).await {
-            Ok(chain) => outcomes = transform(chain, decoded).await,
+            Ok(chain) => outcomes = run_chain(chain, decoded).await,
             Err(error) => {
                 let reason = format!("the chain did not load: {}", error.describe());
                 decoded
@@ -467,10 +470,14 @@ impl Replay<'_> {
         let schema = match self.schemas.get(id) {
             Some(schema) => schema,
             None => {
-                let json = connection
-                    .schema_json(id)
-                    .await
-                    .map_err(|s| format!("cannot fetch schema {id}: {}", s.message()))?;
+                // A schema id is its schema's fingerprint: the run's copy is the schema.
+                let json = match SchemaCache::kept(&self.kept, id) {
+                    Some(json) => json,
+                    None => connection
+                        .schema_json(id)
+                        .await
+                        .map_err(|s| format!("cannot fetch schema {id}: {}", s.message()))?,
+                };
                 self.schemas
                     .insert(id, &json)
                     .map_err(|e| format!("schema {id} cannot be used: {e}"))?
@@ -491,7 +498,7 @@ impl Replay<'_> {
 
 /// Each event through the chain on its own, off the async workers; a letter of the write
 /// stage passes by it, already transformed.
-async fn transform(chain: Option<Chain>, decoded: Vec<(DeadLetter, ChangeEvent)>) -> Vec<Decoded> {
+async fn run_chain(chain: Option<Chain>, decoded: Vec<(DeadLetter, ChangeEvent)>) -> Vec<Decoded> {
     let run = move || {
         let mut chain = chain;
         decoded

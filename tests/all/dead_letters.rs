@@ -38,16 +38,19 @@ fn path(guest: &str) -> String {
     guests::component(guest).display().to_string()
 }
 
-/// `sfzb-host dead-letter replay --from FROM --sink SINK` with `chain`, logged in to `sim`:
-/// its exit status and standard output.
+/// `sfzb-host dead-letter replay --from FROM --sink SINK` with `chain`, logged in to `sim`,
+/// with `state` as its state directory: its exit status and standard output.
 fn replay_letters(
     sim: &sfzb_host::sim::Simulator,
+    state: &Path,
     from: &str,
     sink: &str,
     chain: &[String],
 ) -> (std::process::ExitStatus, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
         .args(["dead-letter", "replay", "--from", from, "--sink", sink])
+        .arg("--state-dir")
+        .arg(state)
         .args(["--pubsub-endpoint", &sim.pubsub_url()])
         .args(["--instance-url", &sim.login_url()])
         .args(["--username", "u", "--password", "p", "--channel", CHANNEL])
@@ -130,11 +133,13 @@ async fn dead_letters_replay_through_the_fixed_chain_exactly_once() {
     );
     assert!(tested.iter().all(|(r, record)| expected[r] == *record));
 
+    // A state directory without the run's schemas: the replay fetches them (GetSchema).
+    let fresh = dir.path().join("replay-state");
     let from = format!("jsonl:{}", dead(dir.path()).display());
     let sink = format!("jsonl:{}", out(dir.path()).display());
 
     // The chain not fixed yet: every letter fails again, and stays.
-    let (status, summary) = replay_letters(&sim, &from, &sink, &chain(Some(1), &key));
+    let (status, summary) = replay_letters(&sim, &fresh, &from, &sink, &chain(Some(1), &key));
     assert_eq!(status.code(), Some(1), "{summary}");
     assert!(summary.contains("5 still failing"), "{summary}");
     assert_eq!(
@@ -148,11 +153,16 @@ async fn dead_letters_replay_through_the_fixed_chain_exactly_once() {
     );
     assert_eq!(rows(&out(dir.path())).len(), 45, "nothing written");
 
-    let (status, summary) = replay_letters(&sim, &from, &sink, &fixed);
+    let (status, summary) = replay_letters(&sim, &fresh, &from, &sink, &fixed);
     assert!(status.success(), "{summary}");
     assert!(
         summary.starts_with("Replayed 5 of 5 dead letters") && summary.contains("5 rows written"),
         "{summary}"
+    );
+    let schema_id = dead_letters[0]["schema_id"].as_str().unwrap();
+    assert!(
+        fresh.join(format!("schemas/{schema_id}.json")).is_file(),
+        "the replay fetched the schema and kept it"
     );
     let replayed = records(&rows(&out(dir.path())));
     assert_eq!(
@@ -160,7 +170,7 @@ async fn dead_letters_replay_through_the_fixed_chain_exactly_once() {
         "every event once, masked once, as the fixed chain masks it"
     );
 
-    let (status, summary) = replay_letters(&sim, &from, &sink, &fixed);
+    let (status, summary) = replay_letters(&sim, &fresh, &from, &sink, &fixed);
     assert!(status.success(), "{summary}");
     assert!(
         summary.starts_with("Replayed 0 of 5") && summary.contains("5 already replayed"),
@@ -199,14 +209,26 @@ async fn a_dead_letter_table_replays_into_delta_once_and_the_checkpoint_stays() 
         "delta:{}",
         dir.path().join("accounts_dead_letter").display()
     );
-    let (status, summary) = replay_letters(&sim, &from, &sink, &chain(None, &key));
+    let (status, summary) = replay_letters(
+        &sim,
+        &dir.path().join("state"),
+        &from,
+        &sink,
+        &chain(None, &key),
+    );
     assert!(status.success(), "{summary}");
     assert!(summary.starts_with("Replayed 5 of 5"), "{summary}");
     assert_eq!(
         positions(delta_rows(&table).await),
         (1..=55).collect::<Vec<_>>()
     );
-    let (status, summary) = replay_letters(&sim, &from, &sink, &chain(None, &key));
+    let (status, summary) = replay_letters(
+        &sim,
+        &dir.path().join("state"),
+        &from,
+        &sink,
+        &chain(None, &key),
+    );
     assert!(
         status.success() && summary.contains("5 already replayed"),
         "{summary}"
