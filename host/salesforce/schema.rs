@@ -2,8 +2,8 @@
 //! event decoded with the schema its own `schema_id` names (so mixed-entity channels and a
 //! schema change mid-stream need nothing special). No transport here: fetching a missing
 //! schema is the subscriber's job. A run's cache also keeps a copy of each schema in the
-//! state directory, for what reads events without a connection: `transform test` on dead
-//! letters (which carry only the schema id) or on typed rows.
+//! state directory, for what reads dead letters (which carry only the schema id) without
+//! asking the org: `transform test`, `dead-letter replay`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

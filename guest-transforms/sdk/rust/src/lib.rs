@@ -313,8 +313,8 @@ pub mod host {
     pub use super::Level;
     use super::imp;
 
-    /// A line of the host's log, with the transform's name, org, channel and replay id;
-    /// rate-limited (`max-log-lines-per-sec`).
+    /// A line of the host's log, tagged with the transform's name (and in a run, the
+    /// subscription's); rate-limited (`max-log-lines-per-sec`).
     pub fn log(level: Level, message: &str) {
         imp::log(level, message, &[]);
     }
