@@ -387,17 +387,24 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
-/// `transform test`: the component of `args` on the events of `events`, off the async
+/// `transform test`: the component of `args` on the events of `events` (dead letters' schemas
+/// from `schemas`, by default the run's state directory's), off the async
 /// workers (compiling takes seconds), what it did on standard output. With `watch`, again
 /// each time the component or the events file changes, until interrupted; an error then
 /// is printed and waited out, not fatal.
 pub async fn test_command(
     args: &ComponentArgs,
     events: PathBuf,
-    schemas: PathBuf,
+    schemas: Option<PathBuf>,
     format: Format,
     watch: bool,
 ) -> Result<(), crate::Error> {
+    // Where a run keeps its schemas when its state directory is the default or its
+    // variable's.
+    let schemas = schemas.unwrap_or_else(|| {
+        let state = std::env::var_os("SFZB_STATE_DIR").unwrap_or_else(|| ".sfzb-state".into());
+        crate::salesforce::schema::kept_dir(Path::new(&state))
+    });
     let spec = args.spec()?;
     let cache = args.cache();
     let run = || {

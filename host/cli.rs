@@ -135,9 +135,10 @@ pub enum TransformCommand {
         #[arg(long)]
         event: PathBuf,
         /// Where the schemas of dead letters are (a letter carries only the schema id): a
-        /// run's state-dir/schemas, where it keeps each schema it fetched.
-        #[arg(long, value_name = "DIR", default_value = ".sfzb-state/schemas")]
-        schemas: PathBuf,
+        /// run's state-dir/schemas, where it keeps each schema it fetched. Default:
+        /// $SFZB_STATE_DIR/schemas, else .sfzb-state/schemas.
+        #[arg(long, value_name = "DIR")]
+        schemas: Option<PathBuf>,
         /// Print each output as a JSON line instead: {"table": …, "row": …} or
         /// {"dead_letter": …}.
         #[arg(long)]

@@ -132,6 +132,32 @@ async fn dead_letters_replay_through_the_fixed_chain_exactly_once() {
         [10, 20, 30, 40, 50]
     );
     assert!(tested.iter().all(|(r, record)| expected[r] == *record));
+    // Without --schemas: the state directory the run's variable names.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
+        .args(["transform", "test", "--json"])
+        .arg(guests::component("mask"))
+        .arg("--event")
+        .arg(dead(dir.path()))
+        .args([
+            "--config",
+            "fields=Phone",
+            "--config",
+            "mode=hash",
+            "--config",
+            "key=pii",
+        ])
+        .args(["--key", "pii=env:SFZB_TEST_KEY", "--cache-dir", &cache()])
+        .env("SFZB_TEST_KEY", TEST_KEY)
+        .env("SFZB_STATE_DIR", dir.path().join("state"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 5);
 
     // A state directory without the run's schemas: the replay fetches them (GetSchema).
     let fresh = dir.path().join("replay-state");
