@@ -3,7 +3,7 @@
 //! replay neither moves the pipeline's checkpoint nor forgets a letter that fails again.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::guests;
 use crate::support::*;
@@ -32,6 +32,15 @@ fn chain(every: Option<u32>, key_file: &Path) -> Vec<String> {
         format!("mask.pii=file:{}", key_file.display()),
     ]);
     flags
+}
+
+/// A simulator of `events` Account events, a directory, and the mask's key file in it.
+async fn setup(events: u64) -> (sfzb_host::sim::Simulator, tempfile::TempDir, PathBuf) {
+    let sim = start(sim_config(&["Account"], events)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("pii.key");
+    std::fs::write(&key, TEST_KEY).unwrap();
+    (sim, dir, key)
 }
 
 fn path(guest: &str) -> String {
@@ -82,10 +91,7 @@ fn records(rows: &[serde_json::Value]) -> BTreeMap<u64, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_replay_through_the_fixed_chain_exactly_once() {
-    let sim = start(sim_config(&["Account"], 50)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("pii.key");
-    std::fs::write(&key, TEST_KEY).unwrap();
+    let (sim, dir, key) = setup(50).await;
     let faulty = chain(Some(10), &key);
     let fixed = chain(None, &key);
 
@@ -133,25 +139,22 @@ async fn dead_letters_replay_through_the_fixed_chain_exactly_once() {
     );
     assert!(tested.iter().all(|(r, record)| expected[r] == *record));
     // Without --schemas: the state directory the run's variable names.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"))
-        .args(["transform", "test", "--json"])
-        .arg(guests::component("mask"))
-        .arg("--event")
-        .arg(dead(dir.path()))
-        .args([
-            "--config",
-            "fields=Phone",
-            "--config",
-            "mode=hash",
-            "--config",
-            "key=pii",
-        ])
-        .args(["--key", "pii=env:SFZB_TEST_KEY", "--cache-dir", &cache()])
-        .env("SFZB_TEST_KEY", TEST_KEY)
-        .env("SFZB_STATE_DIR", dir.path().join("state"))
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let hash = [
+        "fields=Phone",
+        "mode=hash",
+        "key=pii",
+        "--key=pii=env:SFZB_TEST_KEY",
+    ];
+    let output = transform_test_command(
+        &guests::component("mask"),
+        &dead(dir.path()),
+        &hash,
+        Path::new(&cache()),
+    )
+    .env("SFZB_STATE_DIR", dir.path().join("state"))
+    .current_dir(dir.path())
+    .output()
+    .unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -214,10 +217,7 @@ async fn dead_letters_replay_through_the_fixed_chain_exactly_once() {
 async fn a_dead_letter_table_replays_into_delta_once_and_the_checkpoint_stays() {
     // The last letter (50) comes before the last event (55): a replay that moved the
     // pipeline's checkpoint to it would have the pipeline write 51..55 again.
-    let sim = start(sim_config(&["Account"], 55)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("pii.key");
-    std::fs::write(&key, TEST_KEY).unwrap();
+    let (sim, dir, key) = setup(55).await;
     let table = dir.path().join("accounts");
     let sink = format!("delta:{}", table.display());
     let mut flags = chain(Some(10), &key);

@@ -286,22 +286,9 @@ pub fn transform_test(
     config: &[&str],
     cache: &Path,
 ) -> (Vec<serde_json::Value>, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"));
-    command
-        .args(["transform", "test", "--json"])
-        .arg(component)
-        .arg("--event")
-        .arg(sample)
-        .arg("--cache-dir")
-        .arg(cache);
-    // `--key=…` items are flags; the keys they name come from SFZB_TEST_KEY.
-    for setting in config {
-        match setting.strip_prefix("--") {
-            Some(_) => command.arg(setting),
-            None => command.args(["--config", setting]),
-        };
-    }
-    let output = command.env("SFZB_TEST_KEY", TEST_KEY).output().unwrap();
+    let output = transform_test_command(component, sample, config, cache)
+        .output()
+        .unwrap();
     assert!(
         output.status.success(),
         "{}: {}",
@@ -319,6 +306,33 @@ pub fn transform_test(
         })
         .collect();
     (rows, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// The `sfzb-host transform test --json` command of [`transform_test`], to run as it is or
+/// with more set (a variable, a directory).
+pub fn transform_test_command(
+    component: &Path,
+    sample: &Path,
+    config: &[&str],
+    cache: &Path,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"));
+    command
+        .args(["transform", "test", "--json"])
+        .arg(component)
+        .arg("--event")
+        .arg(sample)
+        .arg("--cache-dir")
+        .arg(cache);
+    // `--key=…` items are flags; the keys they name come from SFZB_TEST_KEY.
+    for setting in config {
+        match setting.strip_prefix("--") {
+            Some(_) => command.arg(setting),
+            None => command.args(["--config", setting]),
+        };
+    }
+    command.env("SFZB_TEST_KEY", TEST_KEY);
+    command
 }
 
 /// A process whose stderr lines are collected as they come; killed when dropped.
