@@ -69,6 +69,10 @@ pub enum ChangeType {
     GapDelete,
     GapUndelete,
     GapOverflow,
+    /// Not a change: a record as the initial snapshot read it (`snapshot = true`). Its
+    /// row's change type is `SNAPSHOT`; transforms see it as a create, and it is not one
+    /// of the schema's symbols.
+    Snapshot,
 }
 
 impl ChangeType {
@@ -95,6 +99,7 @@ impl ChangeType {
             ChangeType::GapDelete => "GAP_DELETE",
             ChangeType::GapUndelete => "GAP_UNDELETE",
             ChangeType::GapOverflow => "GAP_OVERFLOW",
+            ChangeType::Snapshot => "SNAPSHOT",
         }
     }
 
@@ -106,7 +111,11 @@ impl ChangeType {
     pub fn is_gap(self) -> bool {
         !matches!(
             self,
-            ChangeType::Create | ChangeType::Update | ChangeType::Delete | ChangeType::Undelete
+            ChangeType::Create
+                | ChangeType::Update
+                | ChangeType::Delete
+                | ChangeType::Undelete
+                | ChangeType::Snapshot
         )
     }
 }

@@ -100,6 +100,8 @@ pub struct Health {
     org_id: Mutex<Option<String>>,
     state: Mutex<State>,
     transforms: Mutex<Vec<TransformStats>>,
+    /// The initial snapshot, while it is read.
+    initial_snapshot: Mutex<Option<crate::snapshot::Progress>>,
 }
 
 fn now_ms() -> i64 {
@@ -142,7 +144,13 @@ impl Health {
             org_id: Mutex::new(None),
             state: Mutex::new(State::Starting),
             transforms: Mutex::new(Vec::new()),
+            initial_snapshot: Mutex::new(None),
         }
+    }
+
+    /// Where the initial snapshot stands; `None` once it is written.
+    pub fn set_snapshot_progress(&self, progress: Option<crate::snapshot::Progress>) {
+        *self.initial_snapshot.lock().expect("health lock") = progress;
     }
 
     /// How long events may wait for their checkpoint before `/healthz` reports it.
@@ -305,6 +313,7 @@ impl Health {
             consecutive_timeouts: self.consecutive_timeouts.load(Relaxed),
             uptime_secs: elapsed,
             transforms: self.transforms.lock().expect("health lock").clone(),
+            snapshot: self.initial_snapshot.lock().expect("health lock").clone(),
         }
     }
 }
@@ -339,6 +348,9 @@ pub struct Snapshot {
     pub consecutive_timeouts: u32,
     pub uptime_secs: f64,
     pub transforms: Vec<TransformStats>,
+    /// The initial snapshot's progress, while it is read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::snapshot::Progress>,
 }
 
 impl Snapshot {

@@ -14,9 +14,12 @@
 //! | start positions, the invalid-replay fallback | [`salesforce::replay`] |
 //! | writer schemas, decoding, re-encoding | [`salesforce::schema`], [`salesforce::avro`] |
 //! | header field bitmaps | [`salesforce::bitmap`] |
+//! | the REST API (describe, a record by id) and Bulk API 2.0 query jobs | [`salesforce::rest`], [`salesforce::bulk`] |
+//! | the initial snapshot: an object's records as events; capture, read, hand over | [`snapshot`], [`pipeline`] (`snapshot`) |
+//! | the current-state table: changes collapsed per record, one MERGE per apply | [`current_state`] (`collapse`) |
 //! | the decoded event (with its writer schema), replay ids | [`event`] |
 //! | Wasm engine, host functions, sandbox limits, the chain | [`transform`] (`engine`, `host`, `limits`, `chain`) |
-//! | one subscription's steps: decode, chain, route, write, flush | [`pipeline`] |
+//! | one subscription's steps: decode, chain, route, write, flush, snapshot | [`pipeline`] |
 //! | every table's columns; rows; the typed layout; dead letters; each sink | [`sink`] (`columns`, `row`, `typed`, `deadletter`, `jsonl`, `delta`, `zerobus`) |
 //! | checkpoints: staging, the one committer, the local, PostgreSQL and warehouse stores | [`checkpoint`] (`local`, `postgres`, `warehouse`) |
 //! | Databricks tables (SQL Statement API) | [`sql`] |
@@ -26,7 +29,7 @@
 //! | health figures and reports; the `/metrics` `/healthz` `/stats` server | [`health`], [`http`] |
 //! | Kubernetes Lease fencing | [`lease`] |
 //! | retry delays; the pace of logins and subscribes | [`backoff`], [`pipeline`] (`pace`) |
-//! | simulated Salesforce, Zerobus and Databricks servers; `sim`'s flags | [`sim`] |
+//! | simulated Salesforce (with its records, REST and Bulk APIs), Zerobus and Databricks servers; `sim`'s flags | [`sim`] (`records`, `rest`, …) |
 //! | `transform test`/`bench`, `transform init`, `demo` | [`authoring`], [`scaffold`], [`demo`] |
 //! | `dead-letter replay`: dead letters read back, replayed once, a ledger | [`dead_letters`] (`read`, `ledger`, `replay`) |
 //!
@@ -58,6 +61,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod current_state;
 pub mod dead_letters;
 pub mod demo;
 pub mod error;
@@ -71,6 +75,7 @@ pub mod salesforce;
 pub mod scaffold;
 pub mod sim;
 pub mod sink;
+pub mod snapshot;
 pub mod sql;
 pub mod supervisor;
 pub mod transform;

@@ -145,10 +145,11 @@ fn init_tracing(format: LogFormat, filter: Option<&str>) {
         Some(f) => EnvFilter::new(f),
         // delta-kernel logs an ERROR when probing a table that does not exist yet, which
         // sfzb-host then creates: not an error for us. delta-rs warns on every flush that it
-        // keeps no statistics for `payload_binary` (a binary column has none to keep).
+        // keeps no statistics for `payload_binary` (a binary column has none to keep), and on
+        // every MERGE that a scan metric it derives instead is missing.
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             EnvFilter::new(
-                "info,buoyant_kernel=off,deltalake_core=warn,deltalake_core::writer::stats=error",
+                "info,buoyant_kernel=off,deltalake_core=warn,deltalake_core::writer::stats=error,deltalake_core::operations::merge=error",
             )
         }),
     };

@@ -241,6 +241,25 @@ settings! {
         /// object). See "Typed tables" in the README.
         [arg(value_enum)]
         layout: Layout = Layout::Reference, flag "layout";
+        /// Start a new typed table with a snapshot of the object's existing records (Bulk
+        /// API 2.0, deleted ones too), then follow changes from the stream position captured
+        /// before the snapshot began: no gap, nothing applied twice. For layout = "typed" and
+        /// a channel of one object. A table that already has a checkpoint is not
+        /// snapshotted again; a crash mid-snapshot starts it again from the same position.
+        [arg(num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+        snapshot: bool = false, flag "snapshot";
+        /// Keep a current-state table too: one row per record (org_id, Id), updated from the
+        /// typed change table as it is written: creates insert, updates set only the
+        /// fields they changed, deletes remove or mark (current-state-deletes), the newest
+        /// change wins. delta:PATH; the sink must be a local typed Delta table of one
+        /// object.
+        current_state: String, flag "current-state";
+        /// What a delete does to a current-state row: remove it, or mark it (is_deleted).
+        [arg(value_enum)]
+        current_state_deletes: crate::current_state::Deletes = crate::current_state::Deletes::Remove, flag "current-state-deletes";
+        /// Apply the change table to the current-state table at most this often, seconds
+        /// (each apply is one MERGE; fewer applies collapse more changes into each).
+        current_state_interval_secs: f64 = 5.0f64, flag "current-state-interval-secs";
         /// Where undeliverable events go, with the error, stage and payload: jsonl:PATH or
         /// delta:PATH. Defaults to the sink's own dead-letter place (PATH_dead_letter.jsonl,
         /// <table>_dead_letter).

@@ -118,6 +118,12 @@ pub struct SubscriptionConfig {
     pub channel: String,
     pub sink: SinkSpec,
     pub layout: crate::sink::Layout,
+    /// Start a new table with a snapshot of the object's records.
+    pub snapshot: bool,
+    /// The current-state table that follows the typed change table.
+    pub current_state: Option<SinkSpec>,
+    pub current_state_deletes: crate::current_state::Deletes,
+    pub current_state_interval: std::time::Duration,
     /// Where dead letters go; `None` = the sink's own dead-letter place.
     pub dead_letter: Option<SinkSpec>,
     /// Overrides the checkpoint and the backfill rule.

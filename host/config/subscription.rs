@@ -25,6 +25,41 @@ pub(super) fn subscription_config(
     let sink = sink_spec(&key("sink"), &section.sink())?;
     let layout = section.layout();
     check_layout(&key("layout"), layout, &channel, &sink)?;
+    let snapshot = section.snapshot();
+    if snapshot && layout != Layout::Typed {
+        return Err(invalid(
+            key("snapshot"),
+            "true",
+            "a snapshot fills a typed table (its records have columns, not change payloads): set layout = \"typed\"",
+        ));
+    }
+    if snapshot && crate::snapshot::object_of(&channel).is_none() {
+        return Err(invalid(
+            key("snapshot"),
+            "true",
+            format!(
+                "{channel} is not the channel of one object: snapshot one object per subscription, e.g. /data/AccountChangeEvent"
+            ),
+        ));
+    }
+    let current_state = match &section.current_state {
+        Some(spec) => Some(current_state_spec(
+            &key("current-state"),
+            spec,
+            &channel,
+            layout,
+            &sink,
+        )?),
+        None => None,
+    };
+    let interval = section.current_state_interval_secs();
+    if !(interval.is_finite() && interval >= 0.0) {
+        return Err(invalid(
+            key("current-state-interval-secs"),
+            interval.to_string(),
+            "give seconds, 0 or more",
+        ));
+    }
     let dead_letter = match &section.dead_letter {
         Some(spec) => Some(spec.parse().map_err(|e: crate::sink::SinkSpecError| {
             invalid(key("dead-letter"), spec, e.to_string())
@@ -57,6 +92,10 @@ pub(super) fn subscription_config(
         channel,
         sink,
         layout,
+        snapshot,
+        current_state,
+        current_state_deletes: section.current_state_deletes(),
+        current_state_interval: Duration::from_secs_f64(interval),
         dead_letter,
         replay,
         backfill_historical: section.backfill_historical(),
@@ -101,6 +140,42 @@ fn sink_spec(key: &str, text: &str) -> Result<SinkSpec, ConfigError> {
         ));
     }
     Ok(sink)
+}
+
+/// A current-state table: a local Delta table following the subscription's typed Delta
+/// table of one object.
+fn current_state_spec(
+    key: &str,
+    text: &str,
+    channel: &str,
+    layout: Layout,
+    sink: &SinkSpec,
+) -> Result<SinkSpec, ConfigError> {
+    let spec = sink_spec(key, text)?;
+    if !matches!(spec, SinkSpec::Delta(_)) {
+        return Err(invalid(
+            key,
+            text,
+            "a current-state table is a Delta table: delta:PATH",
+        ));
+    }
+    if layout != Layout::Typed || !matches!(sink, SinkSpec::Delta(_)) {
+        return Err(invalid(
+            key,
+            text,
+            "a current-state table follows a typed change table in Delta: set layout = \"typed\" and sink = \"delta:PATH\" (the Databricks pipeline builds it from a Zerobus table, see deploy/)",
+        ));
+    }
+    if crate::snapshot::object_of(channel).is_none() {
+        return Err(invalid(
+            key,
+            text,
+            format!(
+                "{channel} is not the channel of one object: keep the current state of one object per subscription, e.g. /data/AccountChangeEvent"
+            ),
+        ));
+    }
+    Ok(spec)
 }
 
 /// A typed table holds one object; a table per object through Zerobus is typed.

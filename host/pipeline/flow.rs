@@ -50,6 +50,8 @@ pub(super) struct Flow<'a> {
     /// Each durable position, for a managed subscription to commit to Salesforce; dropped
     /// once the last flush is done.
     pub(super) durable: Option<tokio::sync::watch::Sender<Option<ReplayId>>>,
+    /// The current-state table following the sink's table, applied after flushes.
+    pub(super) current: Option<crate::current_state::CurrentState>,
 }
 
 impl Flow<'_> {
@@ -146,7 +148,29 @@ impl Flow<'_> {
         };
         self.stats.received += events.len() as u64;
         self.health.events_received(events.len() as u64);
-        let (decoded, mut letters) = self.decode(events, &org_id, processed);
+        let (decoded, letters) = self.decode(events, &org_id, processed);
+        let dead_lettered = self.process(decoded, letters, processed).await?;
+        if holding {
+            self.sink.processed(&batch);
+            if let Some(dead) = self.dead.as_mut() {
+                dead.processed(&batch);
+            }
+        }
+        self.count(dead_lettered);
+        if let Some(last) = last {
+            self.unflushed = Some(last);
+        }
+        Ok(())
+    }
+
+    /// Decoded events (and the dead letters of those that did not decode) through
+    /// transform → route → write. Returns how many were dead-lettered.
+    pub(super) async fn process(
+        &mut self,
+        decoded: Vec<crate::event::ChangeEvent>,
+        mut letters: Vec<crate::sink::DeadLetter>,
+        processed: i64,
+    ) -> Result<u64, PipelineError> {
         let inputs = decoded.len() as u64;
         let output = self.transform(decoded).await?;
         if let Some(stop) = output.stop {
@@ -168,21 +192,11 @@ impl Flow<'_> {
         }
         let tables = self.route(output.routed, &mut letters, processed);
         self.write(&tables, &mut letters).await?;
-        if holding {
-            self.sink.processed(&batch);
-            if let Some(dead) = self.dead.as_mut() {
-                dead.processed(&batch);
-            }
-        }
-        self.count(letters.len() as u64);
-        if let Some(last) = last {
-            self.unflushed = Some(last);
-        }
-        Ok(())
+        Ok(letters.len() as u64)
     }
 
     /// The batch's figures, in the stats and in health.
-    fn count(&mut self, dead_lettered: u64) {
+    pub(super) fn count(&mut self, dead_lettered: u64) {
         let first = *self.first_batch.get_or_insert_with(Instant::now);
         self.stats.active_ms = first.elapsed().as_millis() as u64;
         self.stats.dead_lettered += dead_lettered;

@@ -42,6 +42,9 @@ impl Flow<'_> {
         if let Some(chain) = &self.chain {
             self.health.set_transforms(chain.stats());
         }
+        if let Some(current) = self.current.as_mut() {
+            Box::pin(current.apply_due(false)).await?;
+        }
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ mod flow;
 mod flush;
 mod pace;
 mod route;
+mod snapshot;
 mod write;
 
 use std::sync::Arc;
@@ -92,6 +93,8 @@ pub struct SubscriptionStats {
     /// Events the transform chain dropped.
     pub dropped: u64,
     pub keepalives: u64,
+    /// Records the initial snapshot wrote.
+    pub snapshot_records: u64,
     pub checkpoint: Option<String>,
     pub elapsed_ms: u64,
     /// From the first to the last batch of events.
@@ -119,6 +122,10 @@ pub enum PipelineError {
     TransformStop(String, String),
     #[error("Databricks: {0}")]
     Sql(#[from] crate::sql::SqlError),
+    #[error("the initial snapshot failed: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    CurrentState(#[from] crate::current_state::CurrentStateError),
     #[error(
         "never subscribed to {channel} within the idle limit ({idle_secs} s, --until-idle): {reason}"
     )]
@@ -151,6 +158,8 @@ impl PipelineError {
             PipelineError::Sink(e) => e.is_retryable(),
             PipelineError::Checkpoint(e) => e.is_retryable(),
             PipelineError::Sql(e) => e.is_retryable(),
+            PipelineError::Snapshot(e) => e.is_retryable(),
+            PipelineError::CurrentState(e) => e.is_retryable(),
             PipelineError::Auth { source, .. } => source.is_retryable(),
             PipelineError::Panicked { .. } => true,
             PipelineError::Subscribe(_)
@@ -213,19 +222,11 @@ pub async fn run_subscription(
             &app_id,
         ))
         .await?;
+        let snapshot_start =
+            Box::pin(snapshot::plan(&config, &store, &key, checkpoint.as_ref())).await?;
         let schemas = shared.schemas.clone();
         // A cancelled wait goes on: the source sees the cancel and ends at once.
         shared.subscribes.wait(&cancel).await;
-        let source_cancel = cancel.child_token();
-        let (source, mut rx, durable) = start_source(
-            connection,
-            &config,
-            start_position(&config, checkpoint),
-            &shared,
-            &options,
-            &health,
-            source_cancel.clone(),
-        );
         let mut flow = Flow {
             channel: Arc::from(config.channel.as_str()),
             schemas,
@@ -253,8 +254,51 @@ pub async fn run_subscription(
             last_written: String::new(),
             written_since_flush: 0,
             unflushed_bytes: 0,
-            durable: Some(durable),
+            durable: None,
+            current: current_state(&config, &org_id, &connection)?,
         };
+        let snapshot_at = match snapshot_start {
+            snapshot::Start::Skip => None,
+            snapshot::Start::Resume(at) => Some(at),
+            snapshot::Start::Capture => {
+                let captured = snapshot::capture(
+                    connection.clone(),
+                    &config,
+                    &shared,
+                    &options,
+                    &health,
+                    &store,
+                    &key,
+                    &cancel,
+                );
+                match Box::pin(captured).await? {
+                    Some(at) => Some(at),
+                    None => return Ok(flow.stats),
+                }
+            }
+        };
+        let mut checkpoint = checkpoint;
+        if let Some(at) = snapshot_at {
+            let org: Arc<str> = Arc::from(org_id.as_str());
+            let read = flow.snapshot(&connection, &config, &org, at.clone(), &cancel);
+            if !Box::pin(read).await? {
+                // Cancelled: what is written stays; the next start reads the snapshot again.
+                Box::pin(flow.flush()).await?;
+                return Ok(flow.stats);
+            }
+            checkpoint = Some(at);
+        }
+        let source_cancel = cancel.child_token();
+        let (source, mut rx, durable) = start_source(
+            connection,
+            &config,
+            start_position(&config, checkpoint),
+            &shared,
+            &options,
+            &health,
+            source_cancel.clone(),
+        );
+        flow.durable = Some(durable);
         let started = Instant::now();
         let result = flow.drive(&mut rx, &options, &cancel).await;
         source_cancel.cancel();
@@ -274,6 +318,31 @@ pub async fn run_subscription(
     .await
 }
 
+/// The subscription's current-state table, if it keeps one: it follows the sink's table of
+/// the channel's object.
+fn current_state(
+    config: &SubscriptionConfig,
+    org_id: &str,
+    connection: &PubSubConnection,
+) -> Result<Option<crate::current_state::CurrentState>, PipelineError> {
+    let (Some(SinkSpec::Delta(target)), SinkSpec::Delta(change)) =
+        (&config.current_state, &config.sink)
+    else {
+        return Ok(None);
+    };
+    let object = crate::snapshot::object_of(&config.channel).unwrap_or_default();
+    let current = crate::current_state::CurrentState::new(
+        target,
+        &change.replace("{object}", &object),
+        format!("sfzb-current:{org_id}:{}", config.channel),
+        config.current_state_deletes,
+        object,
+        Some(crate::salesforce::rest::RestClient::new(connection.clone())),
+        config.current_state_interval,
+    )?;
+    Ok(Some(current))
+}
+
 /// The source task and the channel it feeds.
 struct Running {
     source: Source,
@@ -291,10 +360,17 @@ async fn finish(
     // After a failure mid-batch, part of that batch may be buffered: committing it would
     // move no checkpoint yet write rows that the restart writes again. Nothing is lost by
     // not flushing: the checkpoint stays where it was.
-    let flushed = match &result {
+    let mut flushed = match &result {
         Ok(()) => flow.flush().await,
         Err(_) => Ok(()),
     };
+    // The last changes into the current state too, whenever the last apply was.
+    if let (Ok(()), Ok(()), Some(current)) = (&result, &flushed, flow.current.as_mut()) {
+        flushed = Box::pin(current.apply_due(true))
+            .await
+            .map(|_| ())
+            .map_err(PipelineError::from);
+    }
     // Positions staged by earlier flushes are durable whatever ended the run: into the
     // store with them now rather than at the committer's next turn.
     let committed = flow.store.commit_for(flow.place.as_ref()).await;

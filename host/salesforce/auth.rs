@@ -183,6 +183,16 @@ impl Authenticator {
         &self.credentials
     }
 
+    /// The client its logins use, for the REST and Bulk APIs of the same org.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The API version, `62.0`.
+    pub fn api_version(&self) -> &str {
+        &self.api_version
+    }
+
     pub async fn login(&self) -> Result<Session, AuthError> {
         match &self.credentials {
             Credentials::Soap { username, password } => self.soap_login(username, password).await,

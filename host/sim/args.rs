@@ -64,6 +64,17 @@ pub struct SimArgs {
     #[arg(long, value_name = "PATH")]
     pub tenants_out: Option<PathBuf>,
 
+    /// Keep the org's records: start with N records of each entity, and let every event
+    /// change them (creates, updates, deletes and undeletes of records that exist), so
+    /// that the REST API's record reads and Bulk API 2.0 queries agree with the stream.
+    /// The same seed with more --events extends the same history over the same records.
+    #[arg(long, value_name = "N")]
+    pub records: Option<u64>,
+
+    /// Records per Bulk API 2.0 result page (a client's maxRecords may ask for fewer).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub page_size: usize,
+
     /// Events retained for replay; older ones are dropped (Salesforce keeps 72 hours).
     #[arg(long, default_value_t = 5_000_000)]
     pub retention: usize,
@@ -195,6 +206,8 @@ impl SimArgs {
                 end_stream_after: self.end_stream_after,
                 expire_tokens_after: self.expire_tokens_after,
             },
+            records: self.records,
+            page_size: self.page_size.max(1),
             managed: self
                 .managed_subscriptions
                 .iter()

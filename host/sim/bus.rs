@@ -8,8 +8,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::event::ChangeType;
 use crate::sim::catalog::Entity;
 use crate::sim::generator::{self, Generated, Position};
+use crate::sim::records::{self, Records};
 
 /// Faults the bus applies to the events it serves.
 #[derive(Clone, Debug, Default)]
@@ -26,14 +28,29 @@ pub struct EventFaults {
 
 #[derive(Clone, Debug)]
 enum Slot {
-    Generated { entity: u16, index: u64 },
-    Published { entity: u16, event: Arc<Generated> },
+    Generated {
+        entity: u16,
+        index: u64,
+    },
+    /// A change of the org's records (`--records`): its body and its record.
+    Change {
+        entity: u16,
+        index: u64,
+        variant: u64,
+        record: u64,
+    },
+    Published {
+        entity: u16,
+        event: Arc<Generated>,
+    },
 }
 
 impl Slot {
     fn entity(&self) -> u16 {
         match self {
-            Slot::Generated { entity, .. } | Slot::Published { entity, .. } => *entity,
+            Slot::Generated { entity, .. }
+            | Slot::Change { entity, .. }
+            | Slot::Published { entity, .. } => *entity,
         }
     }
 }
@@ -43,6 +60,8 @@ struct Log {
     first: u64,
     slots: VecDeque<Slot>,
     next_index: Vec<u64>,
+    /// The org's records, when its events change them.
+    records: Option<Records>,
 }
 
 /// An event read from the bus, ready to serve.
@@ -107,7 +126,8 @@ impl Bodies {
 impl Bus {
     /// A bus holding `events_per_entity` events of each entity, interleaved round-robin so
     /// that a larger count extends the same sequence. `seed` picks its events' bodies and
-    /// makes their ids and transaction keys.
+    /// makes their ids and transaction keys. With `records`, the org starts with that many
+    /// records of each entity, and its events change them.
     pub fn new(
         entities: Vec<Arc<Entity>>,
         seed: u64,
@@ -115,7 +135,9 @@ impl Bus {
         retention: usize,
         faults: EventFaults,
         bodies: Arc<Bodies>,
+        records: Option<u64>,
     ) -> Self {
+        let records = records.map(|count| Records::seeded(&entities, seed, count));
         let bus = Bus {
             seed,
             retention: retention.max(1),
@@ -124,6 +146,7 @@ impl Bus {
                 first: 1,
                 slots: VecDeque::new(),
                 next_index: vec![0; entities.len()],
+                records,
             }),
             head: watch::channel(0).0,
             bodies,
@@ -140,13 +163,90 @@ impl Bus {
             for entity in 0..self.entities.len() {
                 let index = log.next_index[entity];
                 log.next_index[entity] += 1;
-                log.slots.push_back(Slot::Generated {
-                    entity: entity as u16,
-                    index,
-                });
+                let slot = match log.records.is_some() {
+                    true => {
+                        let seq = log.first + log.slots.len() as u64;
+                        self.change(&mut log, entity, index, seq)
+                    }
+                    false => Slot::Generated {
+                        entity: entity as u16,
+                        index,
+                    },
+                };
+                log.slots.push_back(slot);
             }
         }
         self.trim_and_announce(log);
+    }
+
+    /// The next change of `entity`'s records, at bus position `seq`, applied to them.
+    fn change(&self, log: &mut Log, entity: usize, index: u64, seq: u64) -> Slot {
+        let records = log.records.as_mut().expect("called with records");
+        let gap = self.is_gap(index);
+        let choice = records.choose(entity, self.seed, seq, gap);
+        let object = &self.entities[entity];
+        let schema = self.schema_at(object, seq);
+        let at = Position { index, seq };
+        if choice.change_type == ChangeType::Undelete {
+            let record = records
+                .record(entity, choice.record)
+                .expect("undeletes choose a record");
+            let body =
+                generator::restoring(schema, &record.fields, &generator::record_id("005", 1));
+            let event = generator::assemble(object, schema, self.seed, at, choice.record, &body);
+            records.apply(entity, choice, &records::decode(object, schema, &event));
+            return Slot::Published {
+                entity: entity as u16,
+                event: Arc::new(event),
+            };
+        }
+        let variant = self.variant_of(seq, choice.change_type);
+        // A gap event hides the update it stands for: the records take that update.
+        let body = self.bodies.get(object, schema, variant, false);
+        let event = generator::assemble(object, schema, self.seed, at, choice.record, &body);
+        records.apply(entity, choice, &records::decode(object, schema, &event));
+        Slot::Change {
+            entity: entity as u16,
+            index,
+            variant,
+            record: choice.record,
+        }
+    }
+
+    /// The body for the event at `seq` that makes a change of type `wanted`: the first
+    /// such variant from the one `seq` picks.
+    fn variant_of(&self, seq: u64, wanted: ChangeType) -> u64 {
+        let start = generator::variant(self.seed, seq);
+        (0..generator::BODY_VARIANTS)
+            .map(|k| (start + k) % generator::BODY_VARIANTS)
+            .find(|&v| generator::change_type_of(self.bodies.seed, v) == wanted)
+            .unwrap_or(start)
+    }
+
+    fn is_gap(&self, index: u64) -> bool {
+        self.faults
+            .gap_every
+            .is_some_and(|n| n > 0 && (index + 1) % n == 0)
+    }
+
+    fn schema_at<'e>(&self, entity: &'e Entity, seq: u64) -> &'e Arc<crate::event::EventSchema> {
+        match self.faults.schema_change_at {
+            Some(at) if seq >= at => &entity.changed_schema,
+            _ => &entity.schema,
+        }
+    }
+
+    /// The schema `entity`'s events use now.
+    pub fn current_schema(&self, entity: &Entity) -> Arc<crate::event::EventSchema> {
+        self.schema_at(entity, self.head().max(1)).clone()
+    }
+
+    /// Runs `f` on the org's records, when its events change them (`--records`), with the
+    /// newest bus position they reflect.
+    pub fn with_records<T>(&self, f: impl FnOnce(&Records, u64) -> T) -> Option<T> {
+        let log = self.lock();
+        let head = log.first + log.slots.len() as u64 - 1;
+        log.records.as_ref().map(|records| f(records, head))
     }
 
     /// Appends a published event and returns its bus position.
@@ -218,17 +318,23 @@ impl Bus {
             Slot::Published { event, .. } => (*event).clone(),
             Slot::Generated { entity, index } => {
                 let entity = &self.entities[entity as usize];
-                let schema = match self.faults.schema_change_at {
-                    Some(at) if seq >= at => &entity.changed_schema,
-                    _ => &entity.schema,
-                };
-                let gap = self
-                    .faults
-                    .gap_every
-                    .is_some_and(|n| n > 0 && (index + 1) % n == 0);
+                let schema = self.schema_at(entity, seq);
                 let variant = generator::variant(self.seed, seq);
-                let body = self.bodies.get(entity, schema, variant, gap);
-                generator::assemble(entity, schema, self.seed, Position { index, seq }, &body)
+                let body = self.bodies.get(entity, schema, variant, self.is_gap(index));
+                let at = Position { index, seq };
+                generator::assemble(entity, schema, self.seed, at, index / 3, &body)
+            }
+            Slot::Change {
+                entity,
+                index,
+                variant,
+                record,
+            } => {
+                let entity = &self.entities[entity as usize];
+                let schema = self.schema_at(entity, seq);
+                let body = self.bodies.get(entity, schema, variant, self.is_gap(index));
+                let at = Position { index, seq };
+                generator::assemble(entity, schema, self.seed, at, record, &body)
             }
         };
         if self.faults.corrupt_at.contains(&seq) {
@@ -266,6 +372,7 @@ mod tests {
             1000,
             EventFaults::default(),
             Bodies::new(7),
+            None,
         );
         let large = Bus::new(
             entities(),
@@ -274,6 +381,7 @@ mod tests {
             1000,
             EventFaults::default(),
             Bodies::new(7),
+            None,
         );
         let (a, _) = small.read(1, None, 100);
         let (b, _) = large.read(1, None, 100);
@@ -296,6 +404,7 @@ mod tests {
             10_000,
             EventFaults::default(),
             Bodies::new(3),
+            None,
         );
         let (events, _) = bus.read(1, None, 1200);
         for e in events.iter().step_by(7) {
@@ -314,9 +423,105 @@ mod tests {
         }
     }
 
+    /// Replays the stream's record ids and change types: every update and delete names a
+    /// live record, every create a new one, every undelete a deleted one; and the records
+    /// end as the stream says.
+    #[test]
+    fn with_records_events_change_records_that_exist() {
+        use crate::sim::records::decode;
+        use std::collections::HashMap;
+        let faults = EventFaults {
+            gap_every: Some(25),
+            ..Default::default()
+        };
+        let bus = Bus::new(entities(), 5, 600, 10_000, faults, Bodies::new(5), Some(20));
+        let mut state: Vec<HashMap<String, bool>> = (0..2)
+            .map(|e| {
+                (0..20)
+                    .map(|n| {
+                        let prefix = bus.entities[e].key_prefix;
+                        (generator::record_id(prefix, n), true)
+                    })
+                    .collect()
+            })
+            .collect();
+        let (events, _) = bus.read(1, None, 2000);
+        let mut seen = HashMap::<ChangeType, usize>::new();
+        for e in &events {
+            let entity = ((e.seq - 1) % 2) as usize;
+            let object = &bus.entities[entity];
+            let schema = bus.schema_at(object, e.seq);
+            let generated = Generated {
+                event_id: e.event_id.clone(),
+                schema_id: e.schema_id.clone(),
+                payload: e.payload.clone(),
+            };
+            let event = decode(object, schema, &generated);
+            let id = event.header.record_ids[0].clone();
+            let live = state[entity].get(&id).copied();
+            let kind = event.header.change_type;
+            *seen.entry(kind).or_default() += 1;
+            match kind {
+                ChangeType::Create => assert_eq!(live, None, "{id} is new"),
+                ChangeType::Update | ChangeType::GapUpdate | ChangeType::Delete => {
+                    assert_eq!(live, Some(true), "{kind:?} of {id}")
+                }
+                ChangeType::Undelete => assert_eq!(live, Some(false), "undelete of {id}"),
+                other => panic!("unexpected {other:?}"),
+            }
+            state[entity].insert(id, kind != ChangeType::Delete);
+        }
+        for kind in [
+            ChangeType::Create,
+            ChangeType::Update,
+            ChangeType::Delete,
+            ChangeType::Undelete,
+            ChangeType::GapUpdate,
+        ] {
+            assert!(seen.get(&kind).is_some_and(|&n| n > 0), "some {kind:?}");
+        }
+        bus.with_records(|records, head| {
+            assert_eq!(head, 1200);
+            for (entity, expected) in state.iter().enumerate() {
+                let prefix = bus.entities[entity].key_prefix;
+                let actual: HashMap<String, bool> = records
+                    .all(entity)
+                    .iter()
+                    .map(|r| (generator::record_id(prefix, r.number), !r.deleted))
+                    .collect();
+                assert_eq!(&actual, expected);
+            }
+        })
+        .expect("the bus keeps records");
+        let longer = Bus::new(
+            entities(),
+            5,
+            700,
+            10_000,
+            EventFaults {
+                gap_every: Some(25),
+                ..Default::default()
+            },
+            Bodies::new(5),
+            Some(20),
+        );
+        let (more, _) = longer.read(1, None, 2000);
+        for (a, b) in events.iter().zip(&more) {
+            assert_eq!((&a.event_id, &a.payload), (&b.event_id, &b.payload));
+        }
+    }
+
     #[test]
     fn reads_filter_by_entity_and_respect_retention() {
-        let bus = Bus::new(entities(), 1, 10, 8, EventFaults::default(), Bodies::new(1));
+        let bus = Bus::new(
+            entities(),
+            1,
+            10,
+            8,
+            EventFaults::default(),
+            Bodies::new(1),
+            None,
+        );
         assert_eq!(bus.head(), 20);
         assert_eq!(bus.first(), 13);
         let (events, next) = bus.read(1, Some(1), 100);

@@ -105,15 +105,23 @@ pub struct LoginOrg {
     pub tokens: Arc<Tokens>,
     /// Off once the org revoked this app's access: logins fail as Salesforce's do.
     pub access: std::sync::atomic::AtomicBool,
+    /// Its events and records, for the REST and Bulk APIs.
+    pub bus: Arc<crate::sim::bus::Bus>,
 }
 
 impl LoginOrg {
-    pub fn new(org_id: String, accounts: Accounts, tokens: Arc<Tokens>) -> LoginOrg {
+    pub fn new(
+        org_id: String,
+        accounts: Accounts,
+        tokens: Arc<Tokens>,
+        bus: Arc<crate::sim::bus::Bus>,
+    ) -> LoginOrg {
         LoginOrg {
             org_id,
             accounts,
             tokens,
             access: std::sync::atomic::AtomicBool::new(true),
+            bus,
         }
     }
 
@@ -156,7 +164,7 @@ impl LoginState {
     }
 
     /// The org that issued `token` (tokens start with their org's id, as Salesforce's do).
-    fn org_of_token(&self, token: &str) -> Option<&Arc<LoginOrg>> {
+    pub(super) fn org_of_token(&self, token: &str) -> Option<&Arc<LoginOrg>> {
         let org_id = token.split_once('!')?.0;
         self.orgs.iter().find(|o| o.org_id == org_id)
     }

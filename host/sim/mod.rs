@@ -1,5 +1,6 @@
-//! A Salesforce org on loopback: the Pub/Sub API over gRPC and the login endpoints over HTTP,
-//! for the demo and the tests. Never on a production path.
+//! A Salesforce org on loopback: the Pub/Sub API over gRPC, and the login endpoints with the
+//! REST and Bulk API 2.0 endpoints over HTTP, for the demo and the tests. Never on a
+//! production path.
 
 pub mod args;
 pub mod bus;
@@ -8,6 +9,8 @@ pub mod databricks;
 pub mod generator;
 pub mod login;
 pub mod pubsub;
+pub mod records;
+pub mod rest;
 pub mod zerobus;
 
 use std::net::SocketAddr;
@@ -67,6 +70,11 @@ pub struct SimConfig {
     pub stream_faults: StreamFaults,
     /// Managed event subscriptions: (developer name, topic).
     pub managed: Vec<(String, String)>,
+    /// Keep each org's records, this many of each entity to begin with, changed by its
+    /// events and served by the REST and Bulk APIs; `None`: events change no records.
+    pub records: Option<u64>,
+    /// Records per Bulk API 2.0 result page, unless the client asks for fewer.
+    pub page_size: usize,
 }
 
 impl Default for SimConfig {
@@ -91,6 +99,8 @@ impl Default for SimConfig {
             event_faults: EventFaults::default(),
             stream_faults: StreamFaults::default(),
             managed: Vec::new(),
+            records: None,
+            page_size: 10_000,
         }
     }
 }
@@ -167,6 +177,7 @@ impl Simulator {
                     format!("http://{login_addr}"),
                     orgs.iter().map(|o| o.login.clone()).collect(),
                 ),
+                config.page_size,
                 cancel.clone(),
             ),
         ];
@@ -232,6 +243,7 @@ fn make_orgs(
             config.retention,
             config.event_faults.clone(),
             bodies.clone(),
+            config.records,
         ));
         let tokens = Arc::new(Tokens::new(config.token_ttl));
         let accounts = if count == 1 {
@@ -251,7 +263,12 @@ fn make_orgs(
         .map_err(|status| SimError::Managed(status.message().to_string()))?;
         services.push(Arc::new(service));
         orgs.push(SimOrg {
-            login: Arc::new(LoginOrg::new(org_id.clone(), accounts, tokens.clone())),
+            login: Arc::new(LoginOrg::new(
+                org_id.clone(),
+                accounts,
+                tokens.clone(),
+                bus.clone(),
+            )),
             org_id,
             bus,
             tokens,
@@ -279,9 +296,11 @@ fn serve_pubsub(listener: TcpListener, orgs: Orgs, cancel: CancellationToken) ->
 fn serve_login(
     listener: TcpListener,
     state: LoginState,
+    page_size: usize,
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
-    let login = login::router(Arc::new(state));
+    let state = Arc::new(state);
+    let login = login::router(state.clone()).merge(rest::router(state, page_size));
     tokio::spawn(async move {
         let server = axum::serve(listener, login).with_graceful_shutdown(cancel.cancelled_owned());
         if let Err(error) = server.await {

@@ -342,9 +342,11 @@ enum Source {
 #[derive(Debug)]
 pub struct Plan {
     sources: Vec<Source>,
-    /// Header field lists name compound children as `BillingAddress.City`; the table
-    /// names them by column: `BillingCity`.
-    renames: HashMap<String, String>,
+    /// Header field lists name compound children as `BillingAddress.City`, and a whole
+    /// compound field as `BillingAddress`; the table names columns: `BillingCity`, and
+    /// every child's column for the whole field (with its own text column first, for a
+    /// switchable field such as Account's Name).
+    renames: HashMap<String, Vec<String>>,
 }
 
 /// One value of a typed row.
@@ -412,12 +414,14 @@ impl Plan {
         let e = &row.event;
         let h = &e.header;
         let list = |names: &'a [String]| {
-            TypedCell::TextList(
-                names
-                    .iter()
-                    .map(|n| self.renames.get(n).map_or(n.as_str(), String::as_str))
-                    .collect(),
-            )
+            let mut columns = Vec::with_capacity(names.len());
+            for name in names {
+                match self.renames.get(name) {
+                    Some(renamed) => columns.extend(renamed.iter().map(String::as_str)),
+                    None => columns.push(name.as_str()),
+                }
+            }
+            TypedCell::TextList(columns)
         };
         match self.sources.get(i).unwrap_or(&Source::Null) {
             Source::Null => TypedCell::Null,
@@ -457,7 +461,7 @@ impl Plan {
 /// A field's value in its column's form; a value the schema does not allow for the field
 /// (never produced: events are checked against their schema) reads as null.
 #[inline]
-fn convert(value: &Value, kind: Kind) -> TypedCell<'_> {
+pub(crate) fn convert(value: &Value, kind: Kind) -> TypedCell<'_> {
     match (kind, value) {
         (_, Value::Null) => TypedCell::Null,
         (Kind::Text, Value::Text(t)) => TypedCell::Text(Cow::Borrowed(t)),
@@ -622,19 +626,29 @@ impl TypedTable {
                 sources[i] = Source::Header(*h);
             }
         }
-        let mut renames = HashMap::new();
+        let mut renames: HashMap<String, Vec<String>> = HashMap::new();
+        for field in &fields {
+            let Some(j) = field.child else { continue };
+            let names = &schema.names;
+            let parent = &names.top[field.top + 1];
+            if let Some(child) = names.children[field.top + 1]
+                .as_ref()
+                .and_then(|c| c.get(j))
+            {
+                renames.insert(format!("{parent}.{child}"), vec![field.name.clone()]);
+            }
+            let whole = renames.entry(parent.to_string()).or_insert_with(|| {
+                // A switchable field's text column is the field itself.
+                fields
+                    .iter()
+                    .filter(|f| f.top == field.top && f.child.is_none())
+                    .map(|f| f.name.clone())
+                    .collect()
+            });
+            whole.push(field.name.clone());
+        }
         for field in fields {
             let i = self.index[&field.name.to_lowercase()];
-            if let Some(j) = field.child {
-                let names = &schema.names;
-                let parent = &names.top[field.top + 1];
-                if let Some(child) = names.children[field.top + 1]
-                    .as_ref()
-                    .and_then(|c| c.get(j))
-                {
-                    renames.insert(format!("{parent}.{child}"), field.name.clone());
-                }
-            }
             sources[i] = Source::Field {
                 top: field.top,
                 child: field.child,
@@ -750,14 +764,20 @@ mod tests {
             assert_eq!(json["org_id"], "00Dorg");
             assert_eq!(json["processed_timestamp"], "2023-11-14T22:13:20.123Z");
             for changed in &e.header.changed_fields {
-                let column = plan.renames.get(changed).unwrap_or(changed);
-                assert!(
-                    json["changed_fields"]
-                        .as_array()
-                        .unwrap()
-                        .contains(&column.as_str().into()),
-                    "{changed} is listed by its column {column}"
-                );
+                let columns = plan
+                    .renames
+                    .get(changed)
+                    .cloned()
+                    .unwrap_or_else(|| vec![changed.clone()]);
+                for column in columns {
+                    assert!(
+                        json["changed_fields"]
+                            .as_array()
+                            .unwrap()
+                            .contains(&column.as_str().into()),
+                        "{changed} is listed by its column {column}"
+                    );
+                }
             }
             for field in &e.fields {
                 let column = &field.name;

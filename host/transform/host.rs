@@ -283,7 +283,7 @@ fn from_wit(value: WitValue) -> event::Value {
 
 fn change_type(t: event::ChangeType) -> WitChangeType {
     match t {
-        event::ChangeType::Create => WitChangeType::Create,
+        event::ChangeType::Create | event::ChangeType::Snapshot => WitChangeType::Create,
         event::ChangeType::Update => WitChangeType::Update,
         event::ChangeType::Delete => WitChangeType::Delete,
         event::ChangeType::Undelete => WitChangeType::Undelete,

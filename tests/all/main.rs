@@ -15,6 +15,7 @@ mod polyglot;
 mod postgres;
 mod product;
 mod shard;
+mod snapshot;
 mod source;
 mod support;
 mod tenants;

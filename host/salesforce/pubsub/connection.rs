@@ -83,6 +83,29 @@ impl PubSubConnection {
         }
     }
 
+    /// The session in force, for the org's REST and Bulk APIs.
+    pub fn session(&self) -> Option<Session> {
+        self.session
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Logs in again after a REST call found the session expired, unless another task
+    /// already did since `seen` (a session's generation, from [`Self::session_generation`]).
+    pub async fn relogin(&self, seen: u64) -> Result<u64, AuthError> {
+        self.refresh(seen).await
+    }
+
+    /// The generation of the session in force: it changes at every login.
+    pub async fn session_generation(&self) -> u64 {
+        self.generation().await
+    }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
+    }
+
     pub fn org_id(&self) -> Option<String> {
         self.session
             .read()
@@ -98,6 +121,15 @@ impl PubSubConnection {
         };
         let info = self.client.clone().get_schema(request).await?;
         Ok(info.into_inner().schema_json)
+    }
+
+    /// The id of the schema `channel`'s events use now (GetTopic).
+    pub async fn topic_schema_id(&self, channel: &str) -> Result<String, tonic::Status> {
+        let request = crate::proto::pubsub::TopicRequest {
+            topic_name: channel.to_string(),
+        };
+        let info = self.client.clone().get_topic(request).await?;
+        Ok(info.into_inner().schema_id)
     }
 
     pub(super) async fn generation(&self) -> u64 {

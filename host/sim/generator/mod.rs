@@ -73,17 +73,31 @@ pub fn variant(seed: u64, seq: u64) -> u64 {
     rng.random_range(0..BODY_VARIANTS)
 }
 
-/// Builds body `variant`; `gap` makes it a gap event (a header with no data).
-pub fn body(entity: &Entity, schema: &EventSchema, seed: u64, variant: u64, gap: bool) -> Body {
-    let mut rng =
-        StdRng::seed_from_u64(seed.rotate_left(17) ^ variant.wrapping_mul(0xD6E8_FEB8_6659_FD93));
-    let change_type = match rng.random_range(0..100) {
-        _ if gap => ChangeType::GapUpdate,
+fn body_rng(seed: u64, variant: u64) -> StdRng {
+    StdRng::seed_from_u64(seed.rotate_left(17) ^ variant.wrapping_mul(0xD6E8_FEB8_6659_FD93))
+}
+
+/// The change type of body `variant`'s first draw: 15% creates, 77% updates, 6% deletes,
+/// 2% undeletes.
+fn change_type_drawn(rng: &mut StdRng) -> ChangeType {
+    match rng.random_range(0..100) {
         0..15 => ChangeType::Create,
         15..92 => ChangeType::Update,
         92..98 => ChangeType::Delete,
         _ => ChangeType::Undelete,
-    };
+    }
+}
+
+/// The change type body `variant` has (not a gap), without building it.
+pub fn change_type_of(seed: u64, variant: u64) -> ChangeType {
+    change_type_drawn(&mut body_rng(seed, variant))
+}
+
+/// Builds body `variant`; `gap` makes it a gap event (a header with no data).
+pub fn body(entity: &Entity, schema: &EventSchema, seed: u64, variant: u64, gap: bool) -> Body {
+    let mut rng = body_rng(seed, variant);
+    let drawn = change_type_drawn(&mut rng);
+    let change_type = if gap { ChangeType::GapUpdate } else { drawn };
     let at = Position {
         index: variant,
         seq: variant,
@@ -134,12 +148,39 @@ pub fn body(entity: &Entity, schema: &EventSchema, seed: u64, variant: u64, gap:
     }
 }
 
-/// The event at `at` with `body`: its own header, then the body's data.
+/// The body of an UNDELETE that restores a record: every field it holds, as Salesforce
+/// sends them, by position in `schema`'s data fields.
+pub fn restoring(schema: &EventSchema, fields: &[(u16, crate::event::Value)], user: &str) -> Body {
+    let mut data = Vec::new();
+    let mut held = fields.iter().peekable();
+    for (i, (_, plan)) in schema.plans.iter().skip(1).enumerate() {
+        let value = match held.peek() {
+            Some((at, value)) if usize::from(*at) == i => {
+                held.next();
+                value.clone()
+            }
+            _ => crate::event::Value::Null,
+        };
+        crate::salesforce::avro::write(plan, &value, &mut data)
+            .expect("a record's values came from events of its schema");
+    }
+    Body {
+        change_type: ChangeType::Undelete,
+        changed: Vec::new(),
+        nulled: Vec::new(),
+        user: user.to_string(),
+        data,
+    }
+}
+
+/// The event at `at` with `body`, about record number `record`: its own header, then the
+/// body's data.
 pub fn assemble(
     entity: &Entity,
     schema: &EventSchema,
     seed: u64,
     at: Position,
+    record: u64,
     body: &Body,
 ) -> Generated {
     use crate::salesforce::avro::{write_long, write_str};
@@ -161,7 +202,7 @@ pub fn assemble(
     for field in &header.fields {
         match field.name.as_str() {
             "entityName" => write_str(entity.name, &mut out),
-            "recordIds" => strings(&[record_id(entity.key_prefix, at.index / 3)], &mut out),
+            "recordIds" => strings(&[record_id(entity.key_prefix, record)], &mut out),
             "changeType" => write_long(
                 ChangeType::ALL
                     .iter()
@@ -202,7 +243,7 @@ pub fn generate(
     gap: bool,
 ) -> Generated {
     let body = body(entity, schema, seed, variant(seed, at.seq), gap);
-    assemble(entity, schema, seed, at, &body)
+    assemble(entity, schema, seed, at, at.index / 3, &body)
 }
 
 /// The benchmarks' standard event: an Account UPDATE with 30 data fields set (names,

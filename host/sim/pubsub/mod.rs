@@ -279,7 +279,10 @@ impl PubSub for Arc<PubSubService> {
             can_publish: entity.is_some(),
             can_subscribe: true,
             schema_id: entity
-                .map(|i| self.bus.entities[i as usize].schema.id.clone())
+                .map(|i| {
+                    let entity = &self.bus.entities[i as usize];
+                    self.bus.current_schema(entity).id.clone()
+                })
                 .unwrap_or_default(),
             rpc_id: uuid::Uuid::new_v4().to_string(),
         }))

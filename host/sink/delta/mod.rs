@@ -111,7 +111,7 @@ enum Kind {
 }
 
 /// A typed column's Delta type.
-fn delta_type(storage: Storage) -> DataType {
+pub(crate) fn delta_type(storage: Storage) -> DataType {
     match storage {
         Storage::Text => DataType::STRING,
         Storage::Int => DataType::INTEGER,

@@ -1,0 +1,218 @@
+//! The initial snapshot step (`snapshot = true`): capture the stream position, read every
+//! record of the object into the table, then let the change stream go on from that
+//! position. Two marks in the checkpoint store make it safe to crash anywhere: "begun at
+//! P" before the first record is read, "done at P" after the last is durable. A start that
+//! finds "begun" and not "done" reads the snapshot again from the same P.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::flow::Flow;
+use super::{PipelineError, Shared, start_source};
+use crate::checkpoint::{CheckpointKey, Checkpoints};
+use crate::clock::now_ms;
+use crate::config::{RunOptions, SubscriptionConfig};
+use crate::event::ReplayId;
+use crate::health::Health;
+use crate::salesforce::pubsub::{PubSubConnection, SourceMsg, StartPosition};
+use crate::salesforce::rest::RestClient;
+use crate::snapshot::{Reader, SnapshotError};
+
+/// What a start does about the snapshot.
+pub(super) enum Start {
+    /// No snapshot: not configured, done, or the table has history already.
+    Skip,
+    /// A new table: capture the position, then read the snapshot.
+    Capture,
+    /// A snapshot begun at this position and not done: read it again.
+    Resume(ReplayId),
+}
+
+/// The marks' keys: the subscription's own, with the mark's name after its target.
+fn mark(key: &CheckpointKey, name: &str) -> CheckpointKey {
+    CheckpointKey {
+        target: format!("{} (snapshot {name})", key.target),
+        ..key.clone()
+    }
+}
+
+/// What this start does, from the marks and the table's checkpoint.
+pub(super) async fn plan(
+    config: &SubscriptionConfig,
+    store: &Checkpoints,
+    key: &CheckpointKey,
+    checkpoint: Option<&ReplayId>,
+) -> Result<Start, PipelineError> {
+    if !config.snapshot {
+        return Ok(Start::Skip);
+    }
+    let place = store.place(&config.sink, config.layout);
+    if store.load(&mark(key, "done"), &place).await?.is_some() {
+        return Ok(Start::Skip);
+    }
+    if let Some(begun) = store.load(&mark(key, "begun"), &place).await? {
+        tracing::info!(replay_id = %begun, "Snapshot begun earlier and not finished: reading it again from the same stream position.");
+        return Ok(Start::Resume(begun));
+    }
+    if let Some(at) = checkpoint {
+        tracing::info!(replay_id = %at, "snapshot = true, but the table already follows the stream: no snapshot (it is for a new table).");
+        return Ok(Start::Skip);
+    }
+    Ok(Start::Capture)
+}
+
+/// Records a mark at `position`, durably, before the step it guards goes on.
+async fn set_mark(
+    config: &SubscriptionConfig,
+    store: &Checkpoints,
+    key: &CheckpointKey,
+    name: &str,
+    position: &ReplayId,
+) -> Result<(), PipelineError> {
+    let place = store.place(&config.sink, config.layout);
+    store.stage(&mark(key, name), &place, position)?;
+    store.commit_for(Some(&place)).await?;
+    Ok(())
+}
+
+/// The stream position to follow changes from once the snapshot is read: the replay id of
+/// the first event of a stream opened at LATEST (a change the snapshot then includes), or
+/// the latest one a keepalive names. `None` if cancelled first.
+pub(super) async fn capture(
+    connection: PubSubConnection,
+    config: &SubscriptionConfig,
+    shared: &Shared,
+    options: &RunOptions,
+    health: &Arc<Health>,
+    store: &Checkpoints,
+    key: &CheckpointKey,
+    cancel: &CancellationToken,
+) -> Result<Option<ReplayId>, PipelineError> {
+    tracing::info!(
+        "Snapshot: capturing the stream position (the first event, or a keepalive, of a stream at LATEST)."
+    );
+    let mut one = config.clone();
+    one.batch_size = 1;
+    let source_cancel = cancel.child_token();
+    let (source, mut rx, _durable) = start_source(
+        connection,
+        &one,
+        StartPosition::Latest,
+        shared,
+        options,
+        health,
+        source_cancel.clone(),
+    );
+    let position = tokio::select! {
+        _ = cancel.cancelled() => None,
+        message = rx.recv() => match message {
+            Some(SourceMsg::Events { events, .. }) => events.first().map(|e| e.replay_id.clone()),
+            Some(SourceMsg::Keepalive { latest }) => Some(latest),
+            None => None,
+        },
+    };
+    source_cancel.cancel();
+    drop(rx);
+    let ended = super::source_end(source, &config.channel).await;
+    let Some(position) = position else {
+        // The source's own error says why nothing came.
+        ended?;
+        return Ok(None);
+    };
+    tracing::info!(replay_id = %position, "Snapshot: stream position captured.");
+    set_mark(config, store, key, "begun", &position).await?;
+    Ok(Some(position))
+}
+
+impl Flow<'_> {
+    /// Reads the snapshot of `config`'s object into the table, each page through the chain
+    /// and flushed, its rows at `position`; then marks it done. False if cancelled first.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn snapshot(
+        &mut self,
+        connection: &PubSubConnection,
+        config: &SubscriptionConfig,
+        org_id: &Arc<str>,
+        position: ReplayId,
+        cancel: &CancellationToken,
+    ) -> Result<bool, PipelineError> {
+        let object = crate::snapshot::object_of(&config.channel).ok_or_else(|| {
+            SnapshotError::NotOneObject {
+                channel: config.channel.clone(),
+            }
+        })?;
+        let schemas = self.schemas.clone();
+        let schema = topic_schema(connection, &schemas, &config.channel).await?;
+        let reader = Reader::start(
+            RestClient::new(connection.clone()),
+            &object,
+            schema,
+            org_id.clone(),
+            self.channel.clone(),
+            position.clone(),
+            // Deleted records are not part of the state to start from.
+            false,
+            cancel,
+        );
+        let Some(mut reader) = reader.await? else {
+            return Ok(false);
+        };
+        self.health.set_snapshot_progress(Some(reader.progress()));
+        loop {
+            let page = tokio::select! {
+                _ = cancel.cancelled() => return Ok(false),
+                page = reader.next_page() => page?,
+            };
+            let Some(events) = page else { break };
+            let count = events.len() as u64;
+            let dead = self.process(events, Vec::new(), now_ms()).await?;
+            self.stats.snapshot_records += count;
+            self.count(dead);
+            self.unflushed = Some(position.clone());
+            Box::pin(self.flush()).await?;
+            let progress = reader.progress();
+            tracing::info!(
+                object = %progress.object,
+                records = progress.records,
+                total = progress.total,
+                records_per_sec = progress.records_per_sec.round(),
+                eta_secs = progress.eta_secs.map(f64::round),
+                "Snapshot progress."
+            );
+            self.health.set_snapshot_progress(Some(progress));
+        }
+        set_mark(config, self.store, self.key, "done", &position).await?;
+        let progress = reader.progress();
+        self.health.set_snapshot_progress(None);
+        tracing::info!(object = %progress.object, records = progress.records, records_per_sec = progress.records_per_sec.round(), replay_id = %position, "Snapshot written; following changes from the captured position.");
+        Ok(true)
+    }
+}
+
+/// The writer schema `channel`'s events use now.
+async fn topic_schema(
+    connection: &PubSubConnection,
+    schemas: &crate::salesforce::schema::SchemaCache,
+    channel: &str,
+) -> Result<Arc<crate::event::EventSchema>, PipelineError> {
+    let failed = |detail: String| SnapshotError::Topic {
+        channel: channel.to_string(),
+        detail,
+    };
+    let id = connection
+        .topic_schema_id(channel)
+        .await
+        .map_err(|status| failed(status.message().to_string()))?;
+    if let Some(schema) = schemas.get(&id) {
+        return Ok(schema);
+    }
+    let json = connection
+        .schema_json(&id)
+        .await
+        .map_err(|status| failed(status.message().to_string()))?;
+    let schema = schemas
+        .insert(&id, &json)
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(schema)
+}
