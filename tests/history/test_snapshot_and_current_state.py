@@ -118,9 +118,10 @@ class Org:
         with urllib.request.urlopen(request) as r:
             return (r.read(), dict(r.headers)) if raw else json.load(r)
 
-    def query(self, soql):
-        """Every record the query returns, as dicts of CSV text."""
-        body = json.dumps({"operation": "query", "query": soql}).encode()
+    def query(self, soql, operation="query"):
+        """Every record the query returns, as dicts of CSV text; `queryAll` includes deleted
+        ones."""
+        body = json.dumps({"operation": operation, "query": soql}).encode()
         request = urllib.request.Request(
             f"{self.instance}/services/data/v62.0/jobs/query", body,
             {**self.headers, "Content-Type": "application/json"})
@@ -209,24 +210,76 @@ def test_current_state_equals_the_orgs_records_after_two_kills(binary, tmp_path)
         sim.wait()
 
     assert len(records) > RECORDS * 0.9
+    rows = current_rows(tmp_path)
+    assert_equal(records, {r["Id"]: r for r in rows if not r["is_deleted"]})
+    assert not any(r["is_deleted"] for r in rows), "deletes remove rows by default"
+    # Both kinds of rows made it: the snapshot's and the stream's.
+    kinds = {r["change_type"] for r in rows}
+    assert "SNAPSHOT" in kinds and "UPDATE" in kinds, kinds
+
+
+def current_rows(tmp_path):
+    import deltalake
+
     table = deltalake.DeltaTable(str(tmp_path / "tables" / "account_current"))
     rows = table.to_pyarrow_table().to_pylist()
-    by_id = {r["Id"]: r for r in rows}
-    assert len(by_id) == len(rows), "one row per record"
+    assert len({r["Id"] for r in rows}) == len(rows), "one row per record"
+    return rows
+
+
+def assert_equal(records, by_id):
+    """The current-state rows `by_id` hold exactly `records`, every field equal."""
     assert set(by_id) == set(records), (
         f"{len(set(records) - set(by_id))} records missing, "
-        f"{len(set(by_id) - set(records))} extra (deleted ones must be gone)")
+        f"{len(set(by_id) - set(records))} extra")
     compared = 0
     for record_id, record in records.items():
         row = by_id[record_id]
-        assert row["is_deleted"] is False
         assert as_text(row["commit_timestamp"]) == record["SystemModstamp"], record_id
         for name, expected in record.items():
-            if name in ("Id", "SystemModstamp"):
+            if name in ("Id", "SystemModstamp", "IsDeleted"):
                 continue
             assert same(expected, row.get(name)), (record_id, name, expected, row.get(name))
             compared += expected != ""
     assert compared > len(records) * 5, compared
-    # Both kinds of rows made it: the snapshot's and the stream's.
-    kinds = {r["change_type"] for r in rows}
-    assert "SNAPSHOT" in kinds and "UPDATE" in kinds, kinds
+
+
+def test_gap_events_re_read_their_records_and_deletes_can_be_marked(binary, tmp_path):
+    """Every 7th change reaches the stream as a GAP_UPDATE (a header, no fields): the current
+    state re-reads those records through the REST API. Deletes are marked, not removed."""
+    sim = subprocess.Popen(
+        [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account",
+         "--records", "400", "--events", "0", "--rate", "80", "--rate-for-secs", "6",
+         "--gap-every", "7", "--keepalive-ms", "200", "--seed", "9"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        urls = [sim.stdout.readline().split(":", 1)[1].strip() for _ in range(2)]
+        host = Host(
+            [binary, "run", "--pubsub-endpoint", urls[0], "--instance-url", urls[1],
+             "--username", "u", "--password", "p", "--channel", "/data/AccountChangeEvent",
+             "--layout", "typed", "--sink", "delta:./tables/{object}", "--snapshot",
+             "--current-state", "delta:./tables/account_current",
+             "--current-state-deletes", "mark", "--current-state-interval-secs", "1",
+             "--state-dir", "state", "--flush-interval-ms", "200", "--until-idle", "3"],
+            tmp_path)
+        host.process.wait(timeout=120)
+        assert host.process.returncode == 0, host.log()
+        org = Org(urls[1])
+        fields = [f["name"] for f in org.get("/services/data/v62.0/sobjects/Account/describe")["fields"]]
+        everything = org.query(f"SELECT {', '.join(fields)} FROM Account", "queryAll")
+    finally:
+        sim.kill()
+        sim.wait()
+
+    import deltalake
+
+    changes = deltalake.DeltaTable(str(tmp_path / "tables" / "Account")).to_pyarrow_table()
+    gaps = [t for t in changes.column("change_type").to_pylist() if t == "GAP_UPDATE"]
+    assert len(gaps) >= 20, f"{len(gaps)} gap events"
+    rows = current_rows(tmp_path)
+    live = {r["Id"]: r for r in everything if r["IsDeleted"] == "false"}
+    assert_equal(live, {r["Id"]: r for r in rows if not r["is_deleted"]})
+    deleted = {r["Id"] for r in everything if r["IsDeleted"] == "true"}
+    marked = {r["Id"] for r in rows if r["is_deleted"]}
+    assert marked, "deletes were marked"
+    assert marked <= deleted, "only deleted records are marked"
