@@ -7,45 +7,26 @@ and during CDC) and started again. At the end the current-state table, read with
 (Python's urllib and csv): the same record ids, every field equal, deleted ones gone.
 
 Run from the repository root after `cargo build --release` (or `cargo test --release`), with
-the tools `.ci/run` installs: `python3 -m pytest tests/history`. The binary is
-$SFZB_HOST_BIN, else $CARGO_TARGET_DIR/release/sfzb-host, else target/release/sfzb-host.
+the tools `.ci/run` installs: `python3 -m pytest tests/history`. The binary is found as
+tests/conftest.py says.
 """
 
 import csv
 import datetime
 import io
 import json
-import os
 import signal
 import subprocess
 import threading
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
 RECORDS = 50_000
 RATE = 100
 # Changes flow this long from the simulator's start: through the snapshot, both kills and the
 # catch-up.
 RATE_SECS = 45
-
-
-def binary_path():
-    if os.environ.get("SFZB_HOST_BIN"):
-        return Path(os.environ["SFZB_HOST_BIN"])
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    return target / "release" / "sfzb-host"
-
-
-@pytest.fixture(scope="session")
-def binary():
-    path = binary_path()
-    assert path.exists(), f"build sfzb-host first (cargo build --release): {path} is missing"
-    return path
 
 
 class Host:

@@ -4,37 +4,20 @@ payloads from a reference-layout run of the same events, and every column of eve
 must equal the payload's value flattened by the README's rule ("Typed tables").
 
 Run from the repository root after `cargo build --release` (or `cargo test --release`), with
-the tools `.ci/run` installs: `python3 -m pytest tests/typed`. The binary is
-$SFZB_HOST_BIN, else $CARGO_TARGET_DIR/release/sfzb-host, else target/release/sfzb-host.
+the tools `.ci/run` installs: `python3 -m pytest tests/typed`. The binary is found as
+tests/conftest.py says.
 """
 
 import base64
 import datetime
 import io
 import json
-import os
 import subprocess
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MASK = REPO / "guest-transforms/prebuilt/mask.wasm"
 UTC = datetime.timezone.utc
-
-
-def binary_path():
-    if os.environ.get("SFZB_HOST_BIN"):
-        return Path(os.environ["SFZB_HOST_BIN"])
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    return target / "release" / "sfzb-host"
-
-
-@pytest.fixture(scope="session")
-def binary():
-    path = binary_path()
-    assert path.exists(), f"build sfzb-host first (cargo build --release): {path} is missing"
-    return path
 
 
 def run(args, **kwargs):
