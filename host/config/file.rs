@@ -242,17 +242,16 @@ settings! {
         [arg(value_enum)]
         layout: Layout = Layout::Reference, flag "layout";
         /// Start a new typed table with a snapshot of the object's existing records (Bulk
-        /// API 2.0, deleted ones too), then follow changes from the stream position captured
-        /// before the snapshot began: no gap, nothing applied twice. For layout = "typed" and
-        /// a channel of one object. A table that already has a checkpoint is not
-        /// snapshotted again; a crash mid-snapshot starts it again from the same position.
+        /// API 2.0; deleted records are not in it), then follow changes from the stream
+        /// position captured before the snapshot began, so no change is missed. For layout =
+        /// "typed" and a channel of one object. A table that already has a checkpoint is not
+        /// snapshotted again; a crash mid-snapshot reads it again from the same position.
         [arg(num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
         snapshot: bool = false, flag "snapshot";
         /// Keep a current-state table too: one row per record (org_id, Id), updated from the
         /// typed change table as it is written: creates insert, updates set only the
         /// fields they changed, deletes remove or mark (current-state-deletes), the newest
-        /// change wins. delta:PATH; the sink must be a local typed Delta table of one
-        /// object.
+        /// change wins. delta:PATH; the sink must be a typed Delta table of one object.
         current_state: String, flag "current-state";
         /// What a delete does to a current-state row: remove it, or mark it (is_deleted).
         [arg(value_enum)]

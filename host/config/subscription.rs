@@ -33,6 +33,13 @@ pub(super) fn subscription_config(
             "a snapshot fills a typed table (its records have columns, not change payloads): set layout = \"typed\"",
         ));
     }
+    if snapshot && (section.replay.is_some() || !section.enable_replay_recovery()) {
+        return Err(invalid(
+            key("snapshot"),
+            "true",
+            "a snapshot hands over to the stream at the position it captured: leave replay unset and enable-replay-recovery on",
+        ));
+    }
     if snapshot && crate::snapshot::object_of(&channel).is_none() {
         return Err(invalid(
             key("snapshot"),

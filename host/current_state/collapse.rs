@@ -43,6 +43,9 @@ pub struct Action {
     cells: HashMap<usize, Option<(usize, usize)>>,
     /// Full actions take unlisted columns from this row.
     base: Option<(usize, usize)>,
+    /// The commit timestamp of the snapshot row the action started from: the stream's
+    /// changes up to it are already in that row.
+    floor: Option<i64>,
 }
 
 impl Action {
@@ -61,6 +64,8 @@ impl Action {
 pub struct Collapsed {
     pub columns: Vec<Arc<Field>>,
     pub actions: Vec<Action>,
+    /// GAP_OVERFLOW rows: changes too many to describe, which a new snapshot would cover.
+    pub overflows: u64,
     batches: Vec<RecordBatch>,
 }
 
@@ -132,6 +137,7 @@ pub fn collapse(batches: Vec<RecordBatch>) -> Result<Collapsed, CollapseError> {
         }
     }
     let mut actions: Vec<Action> = Vec::new();
+    let mut overflows = 0;
     let mut by_record: HashMap<(String, String), usize> = HashMap::new();
     for (b, batch) in batches.iter().enumerate() {
         let types = strings(batch, "change_type")?;
@@ -143,6 +149,10 @@ pub fn collapse(batches: Vec<RecordBatch>) -> Result<Collapsed, CollapseError> {
         let ts = micros(batch)?;
         for r in 0..batch.num_rows() {
             let change_type = types[r].clone().unwrap_or_default();
+            if change_type == "GAP_OVERFLOW" {
+                overflows += 1;
+                continue;
+            }
             let org_id = orgs[r].clone().unwrap_or_default();
             // A change of several records (a transaction's) applies to each.
             for id in &ids[r] {
@@ -157,18 +167,28 @@ pub fn collapse(batches: Vec<RecordBatch>) -> Result<Collapsed, CollapseError> {
                         replay_id: String::new(),
                         cells: HashMap::new(),
                         base: None,
+                        floor: None,
                     });
                     actions.len() - 1
                 });
                 let action = &mut actions[at];
-                match change_type.as_str() {
+                let snapshot = change_type == "SNAPSHOT";
+                let held = action.floor.is_some_and(|floor| ts[r] <= floor);
+                // A change the snapshot row already holds, or a snapshot row older than a
+                // change already taken, is passed by.
+                if (!snapshot && held) || (snapshot && ts[r] < action.commit_timestamp) {
+                    continue;
+                }
+                if snapshot {
+                    action.floor = Some(ts[r]);
+                }
+                let taken = match change_type.as_str() {
                     "SNAPSHOT" | "CREATE" | "UNDELETE" if action.kind != Kind::Reread => {
                         action.kind = Kind::Full;
                         action.cells.clear();
                         action.base = Some((b, r));
+                        true
                     }
-                    // An update of a deleted record, or of one a re-read stands for, is
-                    // passed by.
                     "UPDATE" if matches!(action.kind, Kind::Full | Kind::Partial) => {
                         for name in &changed[r] {
                             if let Some(&c) = index.get(name) {
@@ -180,28 +200,36 @@ pub fn collapse(batches: Vec<RecordBatch>) -> Result<Collapsed, CollapseError> {
                                 action.cells.insert(c, None);
                             }
                         }
+                        true
                     }
                     "DELETE" if action.kind != Kind::Reread => {
                         action.kind = Kind::Delete;
                         action.cells.clear();
                         action.base = None;
+                        true
                     }
                     t if t.starts_with("GAP_") => {
                         action.kind = Kind::Reread;
                         action.cells.clear();
                         action.base = None;
+                        true
                     }
-                    _ => {}
+                    // An update of a deleted record, or anything after a re-read (which
+                    // reads the record as it is now), is passed by.
+                    _ => false,
+                };
+                if taken {
+                    action.change_type = change_type.clone();
+                    action.commit_timestamp = action.commit_timestamp.max(ts[r]);
+                    action.replay_id = replays[r].clone().unwrap_or_default();
                 }
-                action.change_type = change_type.clone();
-                action.commit_timestamp = action.commit_timestamp.max(ts[r]);
-                action.replay_id = replays[r].clone().unwrap_or_default();
             }
         }
     }
     Ok(Collapsed {
         columns,
         actions,
+        overflows,
         batches,
     })
 }
@@ -237,9 +265,6 @@ impl Collapsed {
         let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
         interleave(&refs, &indices).map_err(|e| CollapseError(e.to_string()))
     }
-}
-
-impl Collapsed {
     /// Settles a re-read: the record as the REST API returned it (a full action at its
     /// `SystemModstamp`), or, gone, a delete.
     pub fn resolve(
@@ -257,9 +282,9 @@ impl Collapsed {
         if let Some(at) = record
             .get("SystemModstamp")
             .and_then(|v| v.as_str())
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .and_then(crate::snapshot::timestamp_micros)
         {
-            action.commit_timestamp = at.timestamp_micros();
+            action.commit_timestamp = at;
         }
         record.retain(|k, _| self.columns.iter().any(|c| c.name() == k));
         let schema = Arc::new(deltalake::arrow::datatypes::Schema::new(
@@ -281,5 +306,176 @@ impl Collapsed {
         action.base = Some((self.batches.len(), 0));
         self.batches.push(batch);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::array::{
+        ListBuilder, StringArray, StringBuilder, TimestampMicrosecondArray,
+    };
+    use deltalake::arrow::datatypes::Schema;
+
+    /// Change rows: (change type, record id, commit timestamp, changed, nulled, Name, Phone).
+    type Change = (
+        &'static str,
+        &'static str,
+        i64,
+        &'static [&'static str],
+        &'static [&'static str],
+        Option<&'static str>,
+        Option<&'static str>,
+    );
+
+    fn batch(rows: &[Change]) -> RecordBatch {
+        let list = |pick: fn(&Change) -> &'static [&'static str]| {
+            let mut b = ListBuilder::new(StringBuilder::new());
+            for row in rows {
+                pick(row).iter().for_each(|v| b.values().append_value(v));
+                b.append(true);
+            }
+            Arc::new(b.finish()) as ArrayRef
+        };
+        let text = |pick: fn(&Change) -> Option<&'static str>| {
+            Arc::new(rows.iter().map(pick).collect::<StringArray>()) as ArrayRef
+        };
+        let mut ids = ListBuilder::new(StringBuilder::new());
+        for row in rows {
+            ids.values().append_value(row.1);
+            ids.append(true);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            text(|r| Some(r.0)),
+            text(|_| Some("00D")),
+            text(|_| Some("00")),
+            Arc::new(ids.finish()),
+            list(|r| r.3),
+            list(|r| r.4),
+            Arc::new(TimestampMicrosecondArray::from_iter_values(
+                rows.iter().map(|r| r.2),
+            )),
+            text(|r| r.5),
+            text(|r| r.6),
+        ];
+        let schema = Schema::new(
+            [
+                "change_type",
+                "org_id",
+                "replay_id",
+                "record_ids",
+                "changed_fields",
+                "nulled_fields",
+                "commit_timestamp",
+                "Name",
+                "Phone",
+            ]
+            .iter()
+            .zip(&columns)
+            .map(|(n, c)| Field::new(*n, c.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+        );
+        RecordBatch::try_new(Arc::new(schema), columns).unwrap()
+    }
+
+    /// Each record's action: kind, then (Name, Phone) as the MERGE would get them, with
+    /// the columns a partial one sets.
+    fn outcome(rows: &[Change]) -> Vec<(String, Kind, i64, Vec<String>, Vec<Option<String>>)> {
+        let collapsed = collapse(vec![batch(rows)]).unwrap();
+        let all: Vec<usize> = (0..collapsed.actions.len()).collect();
+        let values: Vec<Vec<Option<String>>> = (0..collapsed.columns.len())
+            .map(|c| {
+                let array = collapsed.column(c, &all).unwrap();
+                let text = cast(&array, &DataType::Utf8).unwrap();
+                text.as_string::<i32>()
+                    .iter()
+                    .map(|v| v.map(str::to_string))
+                    .collect()
+            })
+            .collect();
+        collapsed
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(a, action)| {
+                let sets = action
+                    .sets(&collapsed.columns)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                let row = values.iter().map(|column| column[a].clone()).collect();
+                (
+                    action.id.clone(),
+                    action.kind,
+                    action.commit_timestamp,
+                    sets,
+                    row,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_record_comes_to_one_action() {
+        let s = |v: &str| Some(v.to_string());
+        let got = outcome(&[
+            // A snapshot row, then a change it already holds (passed by), then a newer one.
+            ("SNAPSHOT", "a", 10, &[], &[], Some("Ada"), Some("1")),
+            ("UPDATE", "a", 8, &["Phone"], &[], None, Some("0")),
+            (
+                "UPDATE",
+                "a",
+                20,
+                &["Name"],
+                &["Phone"],
+                Some("Grace"),
+                None,
+            ),
+            // Only updates: partial, the last value of each column.
+            ("UPDATE", "b", 5, &["Phone"], &[], None, Some("2")),
+            ("UPDATE", "b", 6, &["Phone"], &[], None, Some("3")),
+            // Deleted, then created again: the create's row; an update after a delete is
+            // passed by.
+            ("DELETE", "c", 5, &[], &[], None, None),
+            ("UPDATE", "c", 6, &["Name"], &[], Some("ghost"), None),
+            ("CREATE", "c", 7, &[], &[], Some("Linus"), Some("4")),
+            ("DELETE", "d", 9, &[], &[], None, None),
+            // A gap hides what changed: re-read, whatever came before or after.
+            ("UPDATE", "e", 1, &["Name"], &[], Some("x"), None),
+            ("GAP_UPDATE", "e", 2, &[], &[], None, None),
+            ("UPDATE", "e", 3, &["Phone"], &[], None, Some("5")),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "a".into(),
+                    Kind::Full,
+                    20,
+                    vec!["Name".into(), "Phone".into()],
+                    vec![s("Grace"), None]
+                ),
+                (
+                    "b".into(),
+                    Kind::Partial,
+                    6,
+                    vec!["Phone".into()],
+                    vec![None, s("3")]
+                ),
+                ("c".into(), Kind::Full, 7, vec![], vec![s("Linus"), s("4")]),
+                ("d".into(), Kind::Delete, 9, vec![], vec![None, None]),
+                ("e".into(), Kind::Reread, 2, vec![], vec![None, None]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_row_older_than_a_change_taken_is_passed_by() {
+        let got = outcome(&[
+            ("UPDATE", "a", 30, &["Phone"], &[], None, Some("new")),
+            ("SNAPSHOT", "a", 10, &[], &[], Some("Ada"), Some("old")),
+        ]);
+        assert_eq!(got[0].1, Kind::Partial);
+        assert_eq!(got[0].4, vec![None, Some("new".to_string())]);
     }
 }

@@ -66,6 +66,12 @@ pub enum CurrentStateError {
     Rows(collapse::CollapseError, String),
     #[error("current-state table {target}: re-reading a record after a gap event failed: {0}", target = .1)]
     Reread(RestError, String),
+    #[error(
+        "current-state table {target}: commit {version} of the change table is no longer in its log (past delta.logRetentionDuration), so its changes cannot be applied; start the current-state table again from a new snapshot (a new table with snapshot = true)"
+    )]
+    Expired { target: String, version: i64 },
+    #[error("current-state table {target}: {detail}")]
+    Unsupported { target: String, detail: String },
 }
 
 impl CurrentStateError {
@@ -73,7 +79,9 @@ impl CurrentStateError {
         match self {
             CurrentStateError::Delta { .. } => true,
             CurrentStateError::Reread(e, _) => e.is_retryable(),
-            CurrentStateError::Rows(..) => false,
+            CurrentStateError::Rows(..)
+            | CurrentStateError::Expired { .. }
+            | CurrentStateError::Unsupported { .. } => false,
         }
     }
 }
@@ -279,7 +287,12 @@ impl CurrentState {
                 .await
                 .map_err(|e| delta_error(&self.change_url, e))?
             else {
-                continue;
+                // Its log file expired (delta.logRetentionDuration): its rows cannot be
+                // applied, and passing them by would lose them.
+                return Err(CurrentStateError::Expired {
+                    target: self.url.to_string(),
+                    version,
+                });
             };
             for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let action: serde_json::Value = serde_json::from_slice(line)
@@ -341,6 +354,9 @@ impl CurrentState {
         mut collapsed: Collapsed,
         version: i64,
     ) -> Result<usize, CurrentStateError> {
+        if collapsed.overflows > 0 {
+            tracing::warn!(table = %self.url, overflows = collapsed.overflows, "GAP_OVERFLOW events: Salesforce could not describe some changes; records they touched may be stale until a new snapshot (a new table with snapshot = true).");
+        }
         self.reread(&mut collapsed).await?;
         let fields = collapsed.columns.clone();
         self.add_columns(target, &fields).await?;
@@ -481,15 +497,14 @@ impl CurrentState {
             if have.contains(&field.name().to_lowercase()) {
                 continue;
             }
-            let storage = storage_of(field.data_type()).ok_or_else(|| {
-                delta_error(
-                    &self.url,
-                    format!(
-                        "column {} has type {}, which a typed table never has",
-                        field.name(),
-                        field.data_type()
-                    ),
-                )
+            let storage = storage_of(field.data_type()).ok_or_else(|| CurrentStateError::Unsupported {
+                target: self.url.to_string(),
+                detail: format!(
+                    "the change table's column {} has type {}, which a typed table never has: is {} a typed change table?",
+                    field.name(),
+                    field.data_type(),
+                    self.change_url
+                ),
             })?;
             let kind = crate::sink::delta::delta_type(storage);
             missing.push(StructField::new(field.name().clone(), kind, true));

@@ -277,7 +277,7 @@ pub async fn run_subscription(
                 }
             }
         };
-        let mut checkpoint = checkpoint;
+        let mut start = None;
         if let Some(at) = snapshot_at {
             let org: Arc<str> = Arc::from(org_id.as_str());
             let read = flow.snapshot(&connection, &config, &org, at.clone(), &cancel);
@@ -286,13 +286,15 @@ pub async fn run_subscription(
                 Box::pin(flow.flush()).await?;
                 return Ok(flow.stats);
             }
-            checkpoint = Some(at);
+            // The captured position, whatever `replay` says: anything else loses or
+            // repeats the changes made while the snapshot was read.
+            start = Some(StartPosition::Custom(at));
         }
         let source_cancel = cancel.child_token();
         let (source, mut rx, durable) = start_source(
             connection,
             &config,
-            start_position(&config, checkpoint),
+            start.unwrap_or_else(|| start_position(&config, checkpoint)),
             &shared,
             &options,
             &health,

@@ -56,7 +56,9 @@ pub(super) async fn plan(
         return Ok(Start::Resume(begun));
     }
     if let Some(at) = checkpoint {
-        tracing::info!(replay_id = %at, "snapshot = true, but the table already follows the stream: no snapshot (it is for a new table).");
+        // The marks live in the checkpoint store even when the table keeps its own
+        // checkpoint: a store lost mid-snapshot cannot be told from a table with history.
+        tracing::warn!(replay_id = %at, "snapshot = true, but the table already follows the stream and the checkpoint store has no snapshot marks: no snapshot (it is for a new table). If a snapshot was under way and the checkpoint store (state-dir) was lost since, the table holds part of it: start a new table.");
         return Ok(Start::Skip);
     }
     Ok(Start::Capture)
@@ -104,13 +106,19 @@ pub(super) async fn capture(
         health,
         source_cancel.clone(),
     );
-    let position = tokio::select! {
-        _ = cancel.cancelled() => None,
-        message = rx.recv() => match message {
-            Some(SourceMsg::Events { events, .. }) => events.first().map(|e| e.replay_id.clone()),
-            Some(SourceMsg::Keepalive { latest }) => Some(latest),
-            None => None,
-        },
+    let position = loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => break None,
+            message = rx.recv() => message,
+        };
+        match message {
+            Some(SourceMsg::Events { events, .. }) => match events.first() {
+                Some(first) => break Some(first.replay_id.clone()),
+                None => continue,
+            },
+            Some(SourceMsg::Keepalive { latest }) => break Some(latest),
+            None => break None,
+        }
     };
     source_cancel.cancel();
     drop(rx);

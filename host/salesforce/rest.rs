@@ -190,7 +190,7 @@ impl RestClient {
     }
 
     /// The record `id` of `object`, its fields by API name; `None` when it does not exist
-    /// or is deleted.
+    /// or is deleted (`NOT_FOUND`, `ENTITY_IS_DELETED`). Any other refusal is an error.
     pub async fn record(
         &self,
         object: &str,
@@ -200,7 +200,9 @@ impl RestClient {
         let path = format!("sobjects/{object}/{id}");
         match self.send(&what, &path, |r| r, reqwest::Method::GET).await {
             Ok(response) => json(response, &what).await.map(Some),
-            Err(RestError::Refused { status: 404, .. }) => Ok(None),
+            Err(RestError::Refused {
+                status: 404, code, ..
+            }) if code == "NOT_FOUND" || code == "ENTITY_IS_DELETED" => Ok(None),
             Err(e) => Err(e),
         }
     }

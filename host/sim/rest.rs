@@ -314,7 +314,6 @@ async fn create_job(
             .map(|r| csv_line(fields.iter().map(|f| shape.text(r, f))))
             .collect::<Vec<_>>()
     });
-    let id = format!("750SIM{:09}AAA", state.lock().len() as u64 + 1);
     let failure = rows.is_none().then(|| {
         "this simulated org keeps no records: start the simulator with --records N".to_string()
     });
@@ -327,8 +326,11 @@ async fn create_job(
         polls: 0,
         failure,
     };
+    let mut jobs = state.lock();
+    let id = format!("750SIM{:09}AAA", jobs.len() as u64 + 1);
     let body = job_json(&id, &job, "UploadComplete");
-    state.lock().insert(id, job);
+    jobs.insert(id, job);
+    drop(jobs);
     axum::Json(body).into_response()
 }
 

@@ -17,6 +17,7 @@ use crate::event::{ChangeEvent, EventSchema, ReplayId};
 use crate::salesforce::rest::{RestClient, RestError};
 use crate::sink::typed::{FieldColumn, field_columns};
 pub use record::RecordError;
+pub(crate) use record::timestamp_micros;
 
 /// Records asked for per result page: a page's records are held as events (~8 KB each with
 /// Account's 135 columns) until they are written and flushed.

@@ -12,7 +12,7 @@ use crate::sink::typed::{FieldColumn, Kind};
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error(
-        "the snapshot of {object} read {text:?} for {field} of record {id}, which is not a {kind:?} value; the snapshot stops here and starts again at the next start"
+        "the snapshot of {object} read {text:?} for {field} of record {id}, which is not a {kind:?} value as the change events' schema has it; the subscription stops: compare the field's type in Setup → Object Manager with its CDC schema, and report it with this message"
     )]
     Value {
         object: String,
@@ -220,7 +220,7 @@ fn parse(text: &str, kind: Kind) -> Option<Value> {
 }
 
 /// `2026-01-01T00:00:00.000Z` or `…+0000`, as Salesforce writes datetimes, in microseconds.
-fn timestamp_micros(text: &str) -> Option<i64> {
+pub(crate) fn timestamp_micros(text: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(text)
         .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z"))
         .ok()
