@@ -419,16 +419,17 @@ pub async fn test_command(
             .expect("transform test does not panic")
         }
     };
-    let first = run().await;
     if !watch {
-        return Ok(first?);
+        return Ok(run().await?);
     }
-    if let Err(error) = first {
-        eprintln!("{error}");
-    }
+    // Armed before the first run reads the files: a change made while it runs (or once its
+    // output is out) is seen, not lost between the run and the watch.
     let cancel = tokio_util::sync::CancellationToken::new();
     let paths = vec![spec.path.clone(), events.clone()];
     let mut changed = crate::watch::changes(paths, "the transform and its events", cancel.clone());
+    if let Err(error) = run().await {
+        eprintln!("{error}");
+    }
     eprintln!(
         "Watching {} and {}; Ctrl-C stops.",
         spec.path.display(),

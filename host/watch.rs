@@ -39,19 +39,21 @@ fn stamp(path: &Path) -> Stamp {
 }
 
 /// Signals (at most one waiting) when `paths` change or on SIGHUP, until `cancel`; `what`
-/// names them in the log ("transforms", "the configuration").
+/// names them in the log ("transforms", "the configuration"). Changes from the moment of
+/// the call count: the files are looked at before it returns, not when the task first runs,
+/// so a caller that reads them after arming the watch misses nothing.
 pub fn changes(
     paths: Vec<PathBuf>,
     what: &'static str,
     cancel: CancellationToken,
 ) -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel(1);
+    let stamps = |paths: &[PathBuf]| paths.iter().map(|p| stamp(p)).collect::<Vec<_>>();
+    let mut seen = stamps(&paths);
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let stamps = |paths: &[PathBuf]| paths.iter().map(|p| stamp(p)).collect::<Vec<_>>();
-        let mut seen = stamps(&paths);
         let mut changed = false;
         let mut tick = tokio::time::interval(POLL);
         loop {
