@@ -1,9 +1,10 @@
 //! What each subscription is doing, as it happens: counters the pipeline bumps, the state
 //! it is in, and the judgement "healthy or stuck, and why". The periodic health report,
-//! the progress lines of a backfill, `/metrics`, `/healthz` and `/stats` all read this;
-//! nothing here feeds back into the pipeline.
+//! the progress lines of a backfill, `/metrics`, `/healthz` and `/stats` all read this.
+//! One thing goes the other way: a snapshot asked for over HTTP, which the subscription
+//! takes when it next can.
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,8 +101,13 @@ pub struct Health {
     org_id: Mutex<Option<String>>,
     state: Mutex<State>,
     transforms: Mutex<Vec<TransformStats>>,
-    /// The initial snapshot, while it is read.
+    /// A snapshot (the initial one, or one read again), while it is read.
     initial_snapshot: Mutex<Option<crate::snapshot::Progress>>,
+    /// Whether it reads a snapshot on request (`snapshot = true`).
+    snapshots: AtomicBool,
+    /// A snapshot asked for (`POST /subscriptions/snapshot`) and not yet begun.
+    snapshot_asked: AtomicBool,
+    snapshot_wake: tokio::sync::Notify,
 }
 
 fn now_ms() -> i64 {
@@ -145,10 +151,50 @@ impl Health {
             state: Mutex::new(State::Starting),
             transforms: Mutex::new(Vec::new()),
             initial_snapshot: Mutex::new(None),
+            snapshots: AtomicBool::new(false),
+            snapshot_asked: AtomicBool::new(false),
+            snapshot_wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The subscription reads a snapshot when one is asked for (it has `snapshot = true`).
+    pub fn allow_snapshots(&self) {
+        self.snapshots.store(true, Relaxed);
+    }
+
+    /// Asks the subscription to read its object again; false if it reads no snapshots.
+    pub fn ask_for_snapshot(&self) -> bool {
+        if !self.snapshots.load(Relaxed) {
+            return false;
+        }
+        self.snapshot_asked.store(true, Relaxed);
+        self.snapshot_wake.notify_one();
+        true
+    }
+
+    /// A snapshot is read: one asked for meanwhile is answered by it, as the changes since
+    /// its position follow it.
+    pub fn snapshot_read(&self) {
+        self.snapshot_asked.store(false, Relaxed);
+    }
+
+    /// Waits until a snapshot is asked for, and takes the request. The flag, not the
+    /// wake-up, is the request: a future dropped before it was woken loses nothing.
+    pub async fn snapshot_asked(&self) {
+        loop {
+            if self.snapshot_asked.swap(false, Relaxed) {
+                return;
+            }
+            self.snapshot_wake.notified().await;
         }
     }
 
     /// Where the initial snapshot stands; `None` once it is written.
+    /// The snapshot being read, if one is.
+    pub fn snapshot_progress(&self) -> Option<crate::snapshot::Progress> {
+        self.initial_snapshot.lock().expect("health lock").clone()
+    }
+
     pub fn set_snapshot_progress(&self, progress: Option<crate::snapshot::Progress>) {
         *self.initial_snapshot.lock().expect("health lock") = progress;
     }

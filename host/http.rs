@@ -2,15 +2,20 @@
 //! `/healthz` (about the process: 503 with the reasons only when no subscription is
 //! healthy, so one broken tenant does not get the process restarted), `/subscriptions`
 //! (every subscription's state and reason, filterable by `org` and `state`) and `/stats`
-//! (JSON, with the reference's `get_stats()` keys). It only reads [`Health`].
+//! (JSON, with the reference's `get_stats()` keys). It reads [`Health`], but for one
+//! request: `POST /subscriptions/snapshot?name=…&org=…&channel=…` asks the subscriptions
+//! it selects (with `snapshot = true`) to read their object again. That one is served to
+//! loopback clients only (`kubectl exec`, `kubectl port-forward`): the endpoint is often
+//! open to the cluster for scraping, and a snapshot spends the org's Bulk API limits.
 
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -47,10 +52,12 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/stats", get(stats))
         .route("/subscriptions", get(subscriptions))
+        .route("/subscriptions/snapshot", post(snapshot))
         .with_state(healths);
-    tracing::info!(%local, "Serving /metrics, /healthz, /subscriptions and /stats.");
+    tracing::info!(%local, "Serving /metrics, /healthz, /subscriptions, /stats and POST /subscriptions/snapshot (loopback only).");
     let task = tokio::spawn(async move {
         let shutdown = async move { cancel.cancelled().await };
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
@@ -121,6 +128,7 @@ async fn subscriptions(
             "reason": state.reason(),
             "problem": h.problem(),
             "received": h.received.load(std::sync::atomic::Ordering::Relaxed),
+            "snapshot": h.snapshot_progress(),
         }));
     }
     axum::Json(serde_json::json!({
@@ -128,6 +136,72 @@ async fn subscriptions(
         "counts": counts,
         "subscriptions": listed,
     }))
+}
+
+/// `POST /subscriptions/snapshot` filters: at least one, all of them matching.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Selection {
+    name: Option<String>,
+    /// An org's name or id.
+    org: Option<String>,
+    channel: Option<String>,
+}
+
+/// Asks the selected subscriptions to read their object again (202), each at the stream
+/// position it has reached; `asked` lists them, `refused` those without `snapshot = true`.
+async fn snapshot(
+    State(healths): State<Healths>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::extract::Query(selection): axum::extract::Query<Selection>,
+) -> impl IntoResponse {
+    let answer = |status: StatusCode, body: serde_json::Value| (status, axum::Json(body));
+    if !peer.ip().is_loopback() {
+        return answer(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": format!("a snapshot is asked for from the host itself (127.0.0.1), not from {}: use kubectl exec or kubectl port-forward", peer.ip())}),
+        );
+    }
+    if selection.name.is_none() && selection.org.is_none() && selection.channel.is_none() {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "say which subscriptions: ?name=…, ?org=… (name or id) and/or ?channel=…"}),
+        );
+    }
+    let (mut asked, mut refused) = (Vec::new(), Vec::new());
+    for h in healths.list().iter() {
+        let org_id = h.org_id();
+        let selected = selection.name.as_deref().is_none_or(|n| n == h.name)
+            && selection.channel.as_deref().is_none_or(|c| c == h.channel)
+            && selection
+                .org
+                .as_deref()
+                .is_none_or(|o| o == h.org || org_id.as_deref() == Some(o));
+        if !selected {
+            continue;
+        }
+        let entry = serde_json::json!({"name": h.name, "org": h.org, "channel": h.channel});
+        match h.ask_for_snapshot() {
+            true => asked.push(entry),
+            false => refused.push(entry),
+        }
+    }
+    let status = match (asked.is_empty(), refused.is_empty()) {
+        (true, true) => StatusCode::NOT_FOUND,
+        (true, false) => StatusCode::CONFLICT,
+        (false, _) => StatusCode::ACCEPTED,
+    };
+    let mut body = serde_json::json!({"asked": asked, "refused": refused});
+    match status {
+        StatusCode::NOT_FOUND => {
+            body["error"] = "no subscription matches; GET /subscriptions lists them".into()
+        }
+        StatusCode::CONFLICT => {
+            body["error"] =
+                "none of them reads snapshots: set snapshot = true on the subscription".into()
+        }
+        _ => {}
+    }
+    answer(status, body)
 }
 
 async fn stats(State(healths): State<Healths>) -> impl IntoResponse {
@@ -378,5 +452,84 @@ impl Figures {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::health::Health;
+
+    fn registry() -> (Healths, Arc<Health>, Arc<Health>) {
+        let healths = Healths::default();
+        let health = |name: &str| {
+            Arc::new(Health::new(
+                name,
+                "acme",
+                "/data/AccountChangeEvent",
+                "jsonl:-",
+                Duration::from_secs(10),
+                2,
+            ))
+        };
+        let (reads, plain) = (health("reads"), health("plain"));
+        reads.allow_snapshots();
+        healths.add(reads.clone());
+        healths.add(plain.clone());
+        (healths, reads, plain)
+    }
+
+    async fn ask(healths: &Healths, peer: &str, query: &str) -> (StatusCode, serde_json::Value) {
+        let uri: axum::http::Uri = format!("/subscriptions/snapshot?{query}").parse().unwrap();
+        let selection = axum::extract::Query::try_from_uri(&uri).unwrap();
+        let response = snapshot(
+            State(healths.clone()),
+            ConnectInfo(peer.parse().unwrap()),
+            selection,
+        )
+        .await
+        .into_response();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_asked_for_from_loopback_of_the_subscriptions_that_read_them() {
+        let (healths, reads, plain) = registry();
+        let taken = |h: &Arc<Health>| {
+            let h = h.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(50), h.snapshot_asked())
+                    .await
+                    .is_ok()
+            }
+        };
+        let (status, body) = ask(&healths, "10.0.0.7:5555", "org=acme").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(!taken(&reads).await, "nothing asked from another host");
+        let (status, body) = ask(&healths, "127.0.0.1:5555", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, body) = ask(&healths, "127.0.0.1:5555", "name=nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let (status, body) = ask(&healths, "[::1]:5555", "name=plain").await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("snapshot = true"));
+        let (status, body) = ask(&healths, "127.0.0.1:5555", "org=acme").await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["asked"][0]["name"], "reads");
+        assert_eq!(body["refused"][0]["name"], "plain");
+        assert!(taken(&reads).await, "the request is waiting to be taken");
+        assert!(!taken(&reads).await, "and is taken once");
+        assert!(!taken(&plain).await);
+        // A request made while a snapshot is read is answered by it.
+        ask(&healths, "127.0.0.1:5555", "name=reads").await;
+        reads.snapshot_read();
+        assert!(!taken(&reads).await);
     }
 }

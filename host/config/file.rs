@@ -246,6 +246,7 @@ settings! {
         /// position captured before the snapshot began, so no change is missed. For layout =
         /// "typed" and a channel of one object. A table that already has a checkpoint is not
         /// snapshotted again; a crash mid-snapshot reads it again from the same position.
+        /// A GAP_OVERFLOW on the stream reads the object again (deleted records too).
         [arg(num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
         snapshot: bool = false, flag "snapshot";
         /// Keep a current-state table too: one row per record (org_id, Id), updated from the

@@ -355,7 +355,7 @@ impl CurrentState {
         version: i64,
     ) -> Result<usize, CurrentStateError> {
         if collapsed.overflows > 0 {
-            tracing::warn!(table = %self.url, overflows = collapsed.overflows, "GAP_OVERFLOW events: Salesforce could not describe some changes; records they touched may be stale until a new snapshot (a new table with snapshot = true).");
+            tracing::warn!(table = %self.url, overflows = collapsed.overflows, "GAP_OVERFLOW events: Salesforce could not describe some changes. With snapshot = true the subscription reads the object again and its rows bring these records up to date; without it they may stay stale.");
         }
         self.reread(&mut collapsed).await?;
         let fields = collapsed.columns.clone();

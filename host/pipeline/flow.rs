@@ -13,7 +13,7 @@ use super::{MAX_UNFLUSHED_BYTES, PipelineError, SubscriptionStats};
 use crate::checkpoint::{CheckpointKey, Checkpoints, Place};
 use crate::clock::now_ms;
 use crate::config::RunOptions;
-use crate::event::ReplayId;
+use crate::event::{ChangeType, ReplayId};
 use crate::health::{Health, State};
 use crate::salesforce::pubsub::{RawEvent, SourceMsg};
 use crate::salesforce::schema::SchemaCache;
@@ -52,6 +52,22 @@ pub(super) struct Flow<'a> {
     pub(super) durable: Option<tokio::sync::watch::Sender<Option<ReplayId>>>,
     /// The current-state table following the sink's table, applied after flushes.
     pub(super) current: Option<crate::current_state::CurrentState>,
+    /// Whether a GAP_OVERFLOW reads the object again (`snapshot = true`).
+    pub(super) resnapshot: bool,
+    /// The last position of a batch that held a GAP_OVERFLOW, to read the object again at.
+    pub(super) overflow: Option<ReplayId>,
+    /// The stream's last position heard of (a batch's last event, a keepalive's latest):
+    /// where a snapshot asked for over HTTP is read at.
+    pub(super) position: Option<ReplayId>,
+}
+
+/// Why [`Flow::drive`] returned.
+pub(super) enum End {
+    /// Cancelled, idle, or the source ended.
+    Stopped,
+    /// The object is to be read again at this position, the last one received (a batch
+    /// that held a GAP_OVERFLOW, or a snapshot asked for). Rows are written, not flushed.
+    Again(ReplayId),
 }
 
 impl Flow<'_> {
@@ -63,7 +79,7 @@ impl Flow<'_> {
         rx: &mut mpsc::Receiver<SourceMsg>,
         options: &RunOptions,
         cancel: &CancellationToken,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<End, PipelineError> {
         let far = Duration::from_secs(100 * 365 * 86_400);
         let idle = options.until_idle.unwrap_or(far);
         let mut idle_deadline = tokio::time::Instant::now() + idle;
@@ -74,7 +90,7 @@ impl Flow<'_> {
             .map(|chain| crate::watch::changes(chain.paths(), "transforms", cancel.clone()));
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
+                _ = cancel.cancelled() => return Ok(End::Stopped),
                 _ = tokio::time::sleep_until(idle_deadline) => {
                     // Idle time counts only once the stream is up: a run that never
                     // subscribed (an unreachable endpoint) has not succeeded.
@@ -90,7 +106,7 @@ impl Flow<'_> {
                         });
                     }
                     tracing::info!(idle_secs = idle.as_secs_f64(), "No event for the idle limit; stopping (--until-idle).");
-                    return Ok(());
+                    return Ok(End::Stopped);
                 }
                 _ = flush_tick.tick() => {
                     if self.unflushed.is_some() && self.last_flush.elapsed() >= options.flush_interval {
@@ -100,21 +116,31 @@ impl Flow<'_> {
                 Some(()) = async { match reload.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     Box::pin(self.reload()).await;
                 }
+                // Only once the stream has named a position: the snapshot is read at it.
+                _ = self.health.snapshot_asked(), if self.position.is_some() => {
+                    let at = self.position.clone().expect("guarded by the branch condition");
+                    tracing::info!(replay_id = %at, "Snapshot asked for: reading the object again at the stream's last position.");
+                    return Ok(End::Again(at));
+                }
                 msg = rx.recv() => match msg {
-                    None => return Ok(()),
+                    None => return Ok(End::Stopped),
                     Some(SourceMsg::Keepalive { latest }) => {
                         self.health.message();
                         self.stats.keepalives += 1;
                         self.health.keepalives.store(self.stats.keepalives, Relaxed);
                         // Everything received is already written: the keepalive position is safe.
                         if self.stats.checkpoint.as_deref() != Some(&latest.to_hex()) {
-                            self.unflushed = Some(latest);
+                            self.unflushed = Some(latest.clone());
                         }
+                        self.position = Some(latest);
                     }
                     Some(SourceMsg::Events { events, org_id, credit }) => {
                         self.health.message();
                         Box::pin(self.handle(events, org_id)).await?;
                         drop(credit);
+                        if let Some(at) = self.overflow.take() {
+                            return Ok(End::Again(at));
+                        }
                         // Idle time counts from the end of the batch: one that took long
                         // to write (a table created first) must not leave the next batch,
                         // waiting meanwhile, looking late.
@@ -149,6 +175,23 @@ impl Flow<'_> {
         self.stats.received += events.len() as u64;
         self.health.events_received(events.len() as u64);
         let (decoded, letters) = self.decode(events, &org_id, processed);
+        if let Some(overflow) = decoded
+            .iter()
+            .find(|e| e.header.change_type == ChangeType::GapOverflow)
+        {
+            // Salesforce changed more records in one transaction than it describes: only
+            // reading the object again brings the table up to date.
+            let entity = &overflow.header.entity_name;
+            match self.resnapshot {
+                true => {
+                    tracing::warn!(replay_id = %overflow.replay_id, entity = %entity, "GAP_OVERFLOW: changes too many for Salesforce to describe; reading the object again once this batch is written (snapshot = true).");
+                    self.overflow = last.clone();
+                }
+                false => {
+                    tracing::warn!(replay_id = %overflow.replay_id, entity = %entity, "GAP_OVERFLOW: changes too many for Salesforce to describe; the table misses them. With snapshot = true, sfzb-host reads the object again after an overflow.");
+                }
+            }
+        }
         let dead_lettered = self.process(decoded, letters, processed).await?;
         if holding {
             self.sink.processed(&batch);
@@ -158,6 +201,7 @@ impl Flow<'_> {
         }
         self.count(dead_lettered);
         if let Some(last) = last {
+            self.position = Some(last.clone());
             self.unflushed = Some(last);
         }
         Ok(())

@@ -256,10 +256,13 @@ pub async fn run_subscription(
             unflushed_bytes: 0,
             durable: None,
             current: current_state(&config, &org_id, &connection)?,
+            resnapshot: config.snapshot,
+            overflow: None,
+            position: None,
         };
-        let snapshot_at = match snapshot_start {
+        let mut snapshot_at = match snapshot_start {
             snapshot::Start::Skip => None,
-            snapshot::Start::Resume(at) => Some(at),
+            snapshot::Start::Resume(at, with_deleted) => Some((at, with_deleted)),
             snapshot::Start::Capture => {
                 let captured = snapshot::capture(
                     connection.clone(),
@@ -272,41 +275,72 @@ pub async fn run_subscription(
                     &cancel,
                 );
                 match Box::pin(captured).await? {
-                    Some(at) => Some(at),
+                    Some(at) => Some((at, false)),
                     None => return Ok(flow.stats),
                 }
             }
         };
-        let mut start = None;
-        if let Some(at) = snapshot_at {
-            let org: Arc<str> = Arc::from(org_id.as_str());
-            let read = flow.snapshot(&connection, &config, &org, at.clone(), &cancel);
-            if !Box::pin(read).await? {
-                // Cancelled: what is written stays; the next start reads the snapshot again.
-                Box::pin(flow.flush()).await?;
-                return Ok(flow.stats);
+        let org: Arc<str> = Arc::from(org_id.as_str());
+        let mut checkpoint = checkpoint;
+        let mut started = None;
+        // Once, or again after each GAP_OVERFLOW or snapshot asked for: a snapshot (if one
+        // is due), then the stream from where it was captured.
+        let (result, source) = loop {
+            let mut start = None;
+            if let Some((at, with_deleted)) = snapshot_at.take() {
+                let read = flow.snapshot(
+                    &connection,
+                    &config,
+                    &org,
+                    at.clone(),
+                    with_deleted,
+                    &cancel,
+                );
+                if !Box::pin(read).await? {
+                    // Cancelled: what is written stays; the next start reads the snapshot
+                    // again.
+                    Box::pin(flow.flush()).await?;
+                    return Ok(flow.stats);
+                }
+                // The captured position, whatever `replay` says: anything else loses or
+                // repeats the changes made while the snapshot was read.
+                start = Some(StartPosition::Custom(at));
             }
-            // The captured position, whatever `replay` says: anything else loses or
-            // repeats the changes made while the snapshot was read.
-            start = Some(StartPosition::Custom(at));
-        }
-        let source_cancel = cancel.child_token();
-        let (source, mut rx, durable) = start_source(
-            connection,
-            &config,
-            start.unwrap_or_else(|| start_position(&config, checkpoint)),
-            &shared,
-            &options,
-            &health,
-            source_cancel.clone(),
-        );
-        flow.durable = Some(durable);
-        let started = Instant::now();
-        let result = flow.drive(&mut rx, &options, &cancel).await;
-        source_cancel.cancel();
-        let source = Running { source, rx };
+            let source_cancel = cancel.child_token();
+            let (source, mut rx, durable) = start_source(
+                connection.clone(),
+                &config,
+                start.unwrap_or_else(|| start_position(&config, checkpoint.take())),
+                &shared,
+                &options,
+                &health,
+                source_cancel.clone(),
+            );
+            flow.durable = Some(durable);
+            started.get_or_insert_with(Instant::now);
+            let result = flow.drive(&mut rx, &options, &cancel).await;
+            source_cancel.cancel();
+            let running = Running { source, rx };
+            let at = match result {
+                Ok(flow::End::Again(at)) => at,
+                Ok(flow::End::Stopped) => break (Ok(()), running),
+                Err(error) => break (Err(error), running),
+            };
+            // The mark first (or with the checkpoint that passes the position), so that no
+            // crash leaves the position passed and the object not read again.
+            let begun =
+                snapshot::begin_again(&config, &store, &key, &at, flow.place.is_none()).await;
+            let flushed = match begun {
+                Ok(()) => Box::pin(flow.flush()).await,
+                Err(error) => Err(error),
+            };
+            let handed = Box::pin(hand_over(&mut flow, running, &config.channel)).await;
+            flushed?;
+            handed?;
+            snapshot_at = Some((at, true));
+        };
         let mut stats = Box::pin(finish(flow, result, source, &config.channel)).await?;
-        stats.elapsed_ms = started.elapsed().as_millis() as u64;
+        stats.elapsed_ms = started.map_or(0, |t| t.elapsed().as_millis() as u64);
         tracing::info!(
             received = stats.received,
             written = stats.written,
@@ -373,8 +407,25 @@ async fn finish(
             .map(|_| ())
             .map_err(PipelineError::from);
     }
-    // Positions staged by earlier flushes are durable whatever ended the run: into the
-    // store with them now rather than at the committer's next turn.
+    let handed = hand_over(&mut flow, running, channel).await;
+    if let Some(chain) = &flow.chain {
+        flow.stats.transforms = chain.stats();
+    }
+    result?;
+    flushed?;
+    handed?;
+    Ok(flow.stats)
+}
+
+/// The end of a source that was told to stop, once what it delivered is flushed (or not,
+/// after a failure): positions staged by earlier flushes are durable whatever ended the
+/// run, so into the store with them now rather than at the committer's next turn; then a
+/// managed source hears the last durable position, and ends.
+async fn hand_over(
+    flow: &mut Flow<'_>,
+    running: Running,
+    channel: &str,
+) -> Result<(), PipelineError> {
     let committed = flow.store.commit_for(flow.place.as_ref()).await;
     // The sign a stopping managed source waits for: the last position is durable.
     flow.durable = None;
@@ -382,14 +433,8 @@ async fn finish(
     // and skips its final commit.
     let source_result = source_end(running.source, channel).await;
     drop(running.rx);
-    if let Some(chain) = &flow.chain {
-        flow.stats.transforms = chain.stats();
-    }
-    result?;
-    flushed?;
     committed?;
-    source_result?;
-    Ok(flow.stats)
+    source_result
 }
 
 /// The sink (its table made sure of, for a Zerobus target with a SQL warehouse), where

@@ -2,7 +2,10 @@
 //! record of the object into the table, then let the change stream go on from that
 //! position. Two marks in the checkpoint store make it safe to crash anywhere: "begun at
 //! P" before the first record is read, "done at P" after the last is durable. A start that
-//! finds "begun" and not "done" reads the snapshot again from the same P.
+//! finds "begun" at a position "done" is not at reads the snapshot again from the same P.
+//!
+//! A GAP_OVERFLOW on the stream (changes Salesforce could not describe) begins a snapshot
+//! again at the overflow's position, deleted records included, by the same two marks.
 
 use std::sync::Arc;
 
@@ -25,8 +28,9 @@ pub(super) enum Start {
     Skip,
     /// A new table: capture the position, then read the snapshot.
     Capture,
-    /// A snapshot begun at this position and not done: read it again.
-    Resume(ReplayId),
+    /// A snapshot begun at this position and not done: read it again; with deleted
+    /// records (`true`) when it follows a GAP_OVERFLOW rather than starts the table.
+    Resume(ReplayId, bool),
 }
 
 /// The marks' keys: the subscription's own, with the mark's name after its target.
@@ -48,12 +52,15 @@ pub(super) async fn plan(
         return Ok(Start::Skip);
     }
     let place = store.place(&config.sink, config.layout);
-    if store.load(&mark(key, "done"), &place).await?.is_some() {
-        return Ok(Start::Skip);
-    }
-    if let Some(begun) = store.load(&mark(key, "begun"), &place).await? {
-        tracing::info!(replay_id = %begun, "Snapshot begun earlier and not finished: reading it again from the same stream position.");
-        return Ok(Start::Resume(begun));
+    let done = store.load(&mark(key, "done"), &place).await?;
+    let begun = store.load(&mark(key, "begun"), &place).await?;
+    match (begun, done) {
+        (Some(begun), done) if done.as_ref() != Some(&begun) => {
+            tracing::info!(replay_id = %begun, "Snapshot begun earlier and not finished: reading it again from the same stream position.");
+            return Ok(Start::Resume(begun, done.is_some()));
+        }
+        (_, Some(_)) => return Ok(Start::Skip),
+        (_, None) => {}
     }
     if let Some(at) = checkpoint {
         // The marks live in the checkpoint store even when the table keeps its own
@@ -75,6 +82,27 @@ async fn set_mark(
     let place = store.place(&config.sink, config.layout);
     store.stage(&mark(key, name), &place, position)?;
     store.commit_for(Some(&place)).await?;
+    Ok(())
+}
+
+/// Begins a snapshot again at `position`, the last event of a batch that held a
+/// GAP_OVERFLOW: "begun" is staged now, so that it is committed with (or before) the
+/// checkpoint that passes the overflow, never after. A sink that keeps its own checkpoint
+/// commits that with its rows, so the mark is committed first: a crash before the sink's
+/// flush then reads the snapshot again, and the change rows since the sink's last flush
+/// are missing from the history table (the snapshot holds their effect).
+pub(super) async fn begin_again(
+    config: &SubscriptionConfig,
+    store: &Checkpoints,
+    key: &CheckpointKey,
+    position: &ReplayId,
+    sink_keeps_checkpoint: bool,
+) -> Result<(), PipelineError> {
+    let place = store.place(&config.sink, config.layout);
+    store.stage(&mark(key, "begun"), &place, position)?;
+    if sink_keeps_checkpoint {
+        store.commit_for(Some(&place)).await?;
+    }
     Ok(())
 }
 
@@ -135,7 +163,8 @@ pub(super) async fn capture(
 
 impl Flow<'_> {
     /// Reads the snapshot of `config`'s object into the table, each page through the chain
-    /// and flushed, its rows at `position`; then marks it done. False if cancelled first.
+    /// and flushed, its rows at `position` (`with_deleted`: deleted records too, as DELETE
+    /// rows); then marks it done. False if cancelled first.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn snapshot(
         &mut self,
@@ -143,6 +172,7 @@ impl Flow<'_> {
         config: &SubscriptionConfig,
         org_id: &Arc<str>,
         position: ReplayId,
+        with_deleted: bool,
         cancel: &CancellationToken,
     ) -> Result<bool, PipelineError> {
         let object = crate::snapshot::object_of(&config.channel).ok_or_else(|| {
@@ -159,8 +189,9 @@ impl Flow<'_> {
             org_id.clone(),
             self.channel.clone(),
             position.clone(),
-            // Deleted records are not part of the state to start from.
-            false,
+            // A new table starts from the live records; after an overflow, deletes it
+            // did not describe are in the recycle bin.
+            with_deleted,
             cancel,
         );
         let Some(mut reader) = reader.await? else {
@@ -193,6 +224,8 @@ impl Flow<'_> {
         set_mark(config, self.store, self.key, "done", &position).await?;
         let progress = reader.progress();
         self.health.set_snapshot_progress(None);
+        // Asked for while this one was read: the changes since its position follow it.
+        self.health.snapshot_read();
         tracing::info!(object = %progress.object, records = progress.records, records_per_sec = progress.records_per_sec.round(), replay_id = %position, "Snapshot written; following changes from the captured position.");
         Ok(true)
     }

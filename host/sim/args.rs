@@ -129,6 +129,12 @@ pub struct SimArgs {
     #[arg(long, value_name = "N")]
     pub gap_every: Option<u64>,
 
+    /// Fault: the event at this bus position is a GAP_OVERFLOW, standing for a transaction
+    /// that changed (and deleted) more of its object's records than Salesforce describes;
+    /// the records change, no event says how. Needs --records.
+    #[arg(long, value_name = "POS", requires = "records")]
+    pub overflow_at: Option<u64>,
+
     /// A managed event subscription for ManagedSubscribe: its developer name and topic, e.g.
     /// Accounts=/data/AccountChangeEvent. It starts at EARLIEST, keeps the replay id its
     /// client commits, and admits one client at a time. Repeatable.
@@ -201,6 +207,7 @@ impl SimArgs {
                 empty_at: self.empty_at.clone(),
                 schema_change_at: self.schema_change_at,
                 gap_every: self.gap_every,
+                overflow_at: self.overflow_at,
             },
             stream_faults: super::pubsub::StreamFaults {
                 end_stream_after: self.end_stream_after,

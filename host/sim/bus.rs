@@ -24,7 +24,13 @@ pub struct EventFaults {
     pub gap_every: Option<u64>,
     /// Bus positions served as a `ConsumerEvent` that holds a replay id and no event.
     pub empty_at: Vec<u64>,
+    /// The bus position of a GAP_OVERFLOW event (with records only): the records change
+    /// (see [`OVERFLOW_CHANGES`]) and no event describes how.
+    pub overflow_at: Option<u64>,
 }
+
+/// Records an overflow changes without an event: updates, and every fifth a delete.
+pub const OVERFLOW_CHANGES: u64 = 30;
 
 #[derive(Clone, Debug)]
 enum Slot {
@@ -181,6 +187,9 @@ impl Bus {
 
     /// The next change of `entity`'s records, at bus position `seq`, applied to them.
     fn change(&self, log: &mut Log, entity: usize, index: u64, seq: u64) -> Slot {
+        if self.faults.overflow_at == Some(seq) {
+            return self.overflow(log, entity, index, seq);
+        }
         let records = log.records.as_mut().expect("called with records");
         let gap = self.is_gap(index);
         let choice = records.choose(entity, self.seed, seq, gap);
@@ -210,6 +219,44 @@ impl Bus {
             index,
             variant,
             record: choice.record,
+        }
+    }
+
+    /// A GAP_OVERFLOW at `seq`: [`OVERFLOW_CHANGES`] changes of `entity`'s records (each an
+    /// update as the bus makes them, every fifth a delete instead) that no event describes,
+    /// and the overflow event, which names no record.
+    fn overflow(&self, log: &mut Log, entity: usize, index: u64, seq: u64) -> Slot {
+        let records = log.records.as_mut().expect("called with records");
+        let object = &self.entities[entity];
+        let schema = self.schema_at(object, seq);
+        let at = Position { index, seq };
+        for k in 0..OVERFLOW_CHANGES {
+            // Positions of their own for the choice and the body, past any the bus serves.
+            let hidden = seq.wrapping_mul(1_000_003).wrapping_add(k) | 1 << 63;
+            let mut choice = records.choose(entity, self.seed, hidden, true);
+            if choice.change_type != ChangeType::Update {
+                continue;
+            }
+            if k % 5 == 4 {
+                choice.change_type = ChangeType::Delete;
+            }
+            let variant = self.variant_of(hidden, ChangeType::Update);
+            let body = self.bodies.get(object, schema, variant, false);
+            let event = generator::assemble(object, schema, self.seed, at, choice.record, &body);
+            records.apply(entity, choice, &records::decode(object, schema, &event));
+        }
+        let gap = self.bodies.get(object, schema, 0, true);
+        let event = generator::assemble(
+            object,
+            schema,
+            self.seed,
+            at,
+            0,
+            &generator::overflowing(&gap),
+        );
+        Slot::Published {
+            entity: entity as u16,
+            event: Arc::new(event),
         }
     }
 
@@ -509,6 +556,62 @@ mod tests {
         for (a, b) in events.iter().zip(&more) {
             assert_eq!((&a.event_id, &a.payload), (&b.event_id, &b.payload));
         }
+    }
+
+    /// The overflow event names no record and holds no field, yet the records it stands
+    /// for changed: compared with the same bus one event earlier, some were updated and
+    /// some deleted, and none was made.
+    #[test]
+    fn an_overflow_changes_records_no_event_describes() {
+        let account = vec![entities().remove(0)];
+        let before = Bus::new(
+            account.clone(),
+            9,
+            39,
+            1000,
+            EventFaults::default(),
+            Bodies::new(9),
+            Some(100),
+        );
+        let faults = EventFaults {
+            overflow_at: Some(40),
+            ..Default::default()
+        };
+        let after = Bus::new(account, 9, 40, 1000, faults, Bodies::new(9), Some(100));
+        let (events, _) = after.read(40, None, 1);
+        let object = &after.entities[0];
+        let generated = Generated {
+            event_id: events[0].event_id.clone(),
+            schema_id: events[0].schema_id.clone(),
+            payload: events[0].payload.clone(),
+        };
+        let event = crate::sim::records::decode(object, &object.schema, &generated);
+        assert_eq!(event.header.change_type, ChangeType::GapOverflow);
+        assert_eq!(event.header.record_ids, ["000000000000000AAA"]);
+        assert!(
+            event
+                .fields
+                .iter()
+                .all(|f| f.value == crate::event::Value::Null)
+        );
+        let old = before.with_records(|r, _| r.all(0).to_vec()).unwrap();
+        let new = after.with_records(|r, _| r.all(0).to_vec()).unwrap();
+        assert_eq!(old.len(), new.len(), "an overflow here makes no record");
+        let changed = old.iter().zip(&new).filter(|(a, b)| a != b).count();
+        let deleted = old
+            .iter()
+            .zip(&new)
+            .filter(|(a, b)| !a.deleted && b.deleted)
+            .count();
+        let updated = old
+            .iter()
+            .zip(&new)
+            .filter(|(a, b)| !b.deleted && a.fields != b.fields)
+            .count();
+        assert!(
+            changed as u64 <= OVERFLOW_CHANGES && deleted > 0 && updated > 0,
+            "{changed} changed, {deleted} deleted, {updated} updated"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The initial snapshot of an object (`snapshot = true`): every record read through a Bulk
 //! API 2.0 query job, page by page, each made into an event of the object's writer schema
 //! so that the transform chain and the typed table take it as they take a change. Its row's
-//! change type is `SNAPSHOT` and its commit timestamp the record's `SystemModstamp`.
+//! change type is `SNAPSHOT` and its commit timestamp the record's `SystemModstamp`. A
+//! snapshot read again after a GAP_OVERFLOW reads deleted records too (`queryAll`), as
+//! DELETE rows.
 //!
 //! The pipeline captures the stream position before the job is made and follows the
 //! change stream from there once the last page is written (see `pipeline::snapshot`).
@@ -106,6 +108,9 @@ impl Reader {
         let queryable: std::collections::HashSet<&str> =
             describe.fields.iter().map(|f| f.name.as_str()).collect();
         let mut select = vec!["Id".to_string(), "SystemModstamp".to_string()];
+        if all {
+            select.push("IsDeleted".to_string());
+        }
         for column in &columns {
             if queryable.contains(column.name.as_str()) && !select.contains(&column.name) {
                 select.push(column.name.clone());

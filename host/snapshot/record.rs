@@ -50,10 +50,12 @@ pub(super) struct Shape {
 }
 
 /// Where each column of a result page goes: the CSV column of `Id`, of `SystemModstamp`,
-/// and of each typed column (by position in `Shape::columns`).
+/// of `IsDeleted` (a `queryAll`'s), and of each typed column (by position in
+/// `Shape::columns`).
 pub(super) struct Places {
     id: Option<usize>,
     modstamp: Option<usize>,
+    deleted: Option<usize>,
     columns: Vec<Option<usize>>,
 }
 
@@ -67,11 +69,13 @@ impl Shape {
         Places {
             id: find("Id"),
             modstamp: find("SystemModstamp"),
+            deleted: find("IsDeleted"),
             columns: self.columns.iter().map(|c| find(&c.name)).collect(),
         }
     }
 
-    /// The record as a snapshot event.
+    /// The record as a snapshot event; a deleted one (`IsDeleted`, read by `queryAll`) as a
+    /// DELETE with no field, its `SystemModstamp` when it was deleted.
     pub(super) fn event(
         &self,
         places: &Places,
@@ -103,7 +107,12 @@ impl Shape {
                 value: Value::Null,
             })
             .collect();
-        for (column, place) in self.columns.iter().zip(&places.columns) {
+        let deleted = cell(places.deleted).is_some_and(|t| t.eq_ignore_ascii_case("true"));
+        let columns = match deleted {
+            true => &[][..],
+            false => &self.columns[..],
+        };
+        for (column, place) in columns.iter().zip(&places.columns) {
             let Some(text) = cell(*place) else {
                 continue;
             };
@@ -141,7 +150,10 @@ impl Shape {
         let header = ChangeEventHeader {
             entity_name: meta.object.clone(),
             record_ids: vec![id.clone()],
-            change_type: ChangeType::Snapshot,
+            change_type: match deleted {
+                true => ChangeType::Delete,
+                false => ChangeType::Snapshot,
+            },
             change_origin: "sfzb-host/snapshot".into(),
             transaction_key: String::new(),
             sequence_number: 0,

@@ -117,6 +117,9 @@ impl Running {
             )
             .with_max_checkpoint_lag(self.ctx.max_checkpoint_lag),
         );
+        if sub.config.snapshot {
+            health.allow_snapshots();
+        }
         self.ctx.registry.add(health.clone());
         let index = self.next_index;
         self.next_index += 1;

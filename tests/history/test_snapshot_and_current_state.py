@@ -11,135 +11,20 @@ the tools `.ci/run` installs: `python3 -m pytest tests/history`. The binary is f
 tests/conftest.py says.
 """
 
-import csv
-import datetime
-import io
 import json
-import signal
+import re
 import subprocess
-import threading
 import time
-import urllib.parse
+import urllib.error
 import urllib.request
+
+from org import Host, Org, assert_equal, current_rows, records_of
 
 RECORDS = 50_000
 RATE = 100
 # Changes flow this long from the simulator's start: through the snapshot, both kills and the
 # catch-up.
 RATE_SECS = 45
-
-
-class Host:
-    """`sfzb-host run` with its log read as it comes, line by line."""
-
-    def __init__(self, args, cwd):
-        self.process = subprocess.Popen(
-            [str(a) for a in args], cwd=cwd, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
-        self.lines = []
-        self.seen = 0
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.process.stderr:
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-        with self.cond:
-            self.lines.append(None)
-            self.cond.notify_all()
-
-    def wait_for(self, predicate, what, timeout=180):
-        """The first log line from here on that `predicate` accepts."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                while self.seen < len(self.lines):
-                    line = self.lines[self.seen]
-                    self.seen += 1
-                    if line is None:
-                        raise AssertionError(f"sfzb-host exited before {what}:\n{self.log()}")
-                    if predicate(line):
-                        return line
-                left = deadline - time.monotonic()
-                assert left > 0, f"timed out waiting for {what}:\n{self.log()}"
-                self.cond.wait(left)
-
-    def log(self):
-        return "".join(l for l in self.lines[-60:] if l)
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-
-def records_of(line):
-    for part in line.split():
-        if part.startswith("records="):
-            return int(part.split("=", 1)[1])
-    return None
-
-
-class Org:
-    """The simulated org's REST and Bulk API 2.0 endpoints, as any client would use them."""
-
-    def __init__(self, login_url):
-        self.base = login_url
-        form = urllib.parse.urlencode({
-            "grant_type": "client_credentials", "client_id": "checker", "client_secret": "s",
-        }).encode()
-        with urllib.request.urlopen(f"{login_url}/services/oauth2/token", form) as r:
-            token = json.load(r)
-        self.instance = token["instance_url"]
-        self.headers = {"Authorization": f"Bearer {token['access_token']}"}
-
-    def get(self, path, raw=False):
-        request = urllib.request.Request(f"{self.instance}{path}", headers=self.headers)
-        with urllib.request.urlopen(request) as r:
-            return (r.read(), dict(r.headers)) if raw else json.load(r)
-
-    def query(self, soql, operation="query"):
-        """Every record the query returns, as dicts of CSV text; `queryAll` includes deleted
-        ones."""
-        body = json.dumps({"operation": operation, "query": soql}).encode()
-        request = urllib.request.Request(
-            f"{self.instance}/services/data/v62.0/jobs/query", body,
-            {**self.headers, "Content-Type": "application/json"})
-        with urllib.request.urlopen(request) as r:
-            job = json.load(r)["id"]
-        while self.get(f"/services/data/v62.0/jobs/query/{job}")["state"] != "JobComplete":
-            time.sleep(0.1)
-        rows, locator = [], None
-        while True:
-            query = "" if locator is None else "?" + urllib.parse.urlencode({"locator": locator})
-            data, headers = self.get(f"/services/data/v62.0/jobs/query/{job}/results{query}", raw=True)
-            rows.extend(csv.DictReader(io.StringIO(data.decode())))
-            locator = {k.lower(): v for k, v in headers.items()}.get("sforce-locator")
-            if locator in (None, "", "null"):
-                return rows
-
-
-def as_text(value):
-    """A value read back from the Delta table as the Bulk API writes it in CSV."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime.datetime):
-        return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + \
-            f"{value.microsecond // 1000:03}Z"
-    if isinstance(value, datetime.date):
-        return value.isoformat()
-    if isinstance(value, int):
-        return str(value)
-    return value
-
-
-def same(expected, actual):
-    if isinstance(actual, float) and expected != "":
-        return float(expected) == actual
-    return expected == as_text(actual)
 
 
 def test_current_state_equals_the_orgs_records_after_two_kills(binary, tmp_path):
@@ -199,32 +84,6 @@ def test_current_state_equals_the_orgs_records_after_two_kills(binary, tmp_path)
     assert "SNAPSHOT" in kinds and "UPDATE" in kinds, kinds
 
 
-def current_rows(tmp_path):
-    import deltalake
-
-    table = deltalake.DeltaTable(str(tmp_path / "tables" / "account_current"))
-    rows = table.to_pyarrow_table().to_pylist()
-    assert len({r["Id"] for r in rows}) == len(rows), "one row per record"
-    return rows
-
-
-def assert_equal(records, by_id):
-    """The current-state rows `by_id` hold exactly `records`, every field equal."""
-    assert set(by_id) == set(records), (
-        f"{len(set(records) - set(by_id))} records missing, "
-        f"{len(set(by_id) - set(records))} extra")
-    compared = 0
-    for record_id, record in records.items():
-        row = by_id[record_id]
-        assert as_text(row["commit_timestamp"]) == record["SystemModstamp"], record_id
-        for name, expected in record.items():
-            if name in ("Id", "SystemModstamp", "IsDeleted"):
-                continue
-            assert same(expected, row.get(name)), (record_id, name, expected, row.get(name))
-            compared += expected != ""
-    assert compared > len(records) * 5, compared
-
-
 def test_gap_events_re_read_their_records_and_deletes_can_be_marked(binary, tmp_path):
     """Every 7th change reaches the stream as a GAP_UPDATE (a header, no fields): the current
     state re-reads those records through the REST API. Deletes are marked, not removed."""
@@ -264,3 +123,114 @@ def test_gap_events_re_read_their_records_and_deletes_can_be_marked(binary, tmp_
     marked = {r["Id"] for r in rows if r["is_deleted"]}
     assert marked, "deletes were marked"
     assert marked <= deleted, "only deleted records are marked"
+
+
+def test_a_gap_overflow_reads_the_object_again(binary, tmp_path):
+    """At bus position 200 (4 s in) a transaction updates and deletes 30 Accounts and reaches
+    the stream as one GAP_OVERFLOW (no record id, no field). With snapshot = true sfzb-host
+    reads the object again, deleted records too: the current state must equal the org's
+    records, which it cannot from the change events alone."""
+    sim = subprocess.Popen(
+        [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account",
+         "--records", "300", "--events", "0", "--rate", "50", "--rate-for-secs", "8",
+         "--overflow-at", "200", "--keepalive-ms", "200", "--seed", "11"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        urls = [sim.stdout.readline().split(":", 1)[1].strip() for _ in range(2)]
+        host = Host(
+            [binary, "run", "--pubsub-endpoint", urls[0], "--instance-url", urls[1],
+             "--username", "u", "--password", "p", "--channel", "/data/AccountChangeEvent",
+             "--layout", "typed", "--sink", "delta:./tables/{object}", "--snapshot",
+             "--current-state", "delta:./tables/account_current",
+             "--current-state-interval-secs", "1", "--state-dir", "state",
+             "--flush-interval-ms", "200", "--until-idle", "4"],
+            tmp_path)
+        host.process.wait(timeout=120)
+        assert host.process.returncode == 0, host.log()
+        assert any(l and "GAP_OVERFLOW" in l and "reading the object again" in l
+                   for l in host.lines), host.log()
+        org = Org(urls[1])
+        fields = [f["name"] for f in org.get("/services/data/v62.0/sobjects/Account/describe")["fields"]
+                  if f["name"] != "IsDeleted"]
+        records = {r["Id"]: r for r in org.query(f"SELECT {', '.join(fields)} FROM Account")}
+    finally:
+        sim.kill()
+        sim.wait()
+
+    import deltalake
+
+    changes = deltalake.DeltaTable(str(tmp_path / "tables" / "Account")).to_pyarrow_table()
+    kinds = changes.column("change_type").to_pylist()
+    origins = changes.column("change_origin").to_pylist()
+    assert kinds.count("GAP_OVERFLOW") == 1, kinds.count("GAP_OVERFLOW")
+    # Both snapshots: the first of ~300 records, the second of every one made since.
+    assert kinds.count("SNAPSHOT") > 540, kinds.count("SNAPSHOT")
+    snapshot_deletes = [k for k, o in zip(kinds, origins)
+                        if k == "DELETE" and o == "sfzb-host/snapshot"]
+    assert snapshot_deletes, "the overflow's deletes came as DELETE rows of the second snapshot"
+    rows = current_rows(tmp_path)
+    assert_equal(records, {r["Id"]: r for r in rows if not r["is_deleted"]})
+    assert not any(r["is_deleted"] for r in rows), "deletes remove rows by default"
+
+
+def test_a_snapshot_asked_for_over_http_reads_the_object_again(binary, tmp_path):
+    """`POST /subscriptions/snapshot` while changes flow: the subscription reads its object
+    again at the position it has reached, and goes on from there; the current state still
+    equals the org's records. Selections that match nothing, or nothing, are refused."""
+    sim = subprocess.Popen(
+        [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account",
+         "--records", "200", "--events", "0", "--rate", "20", "--rate-for-secs", "12",
+         "--keepalive-ms", "200", "--seed", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        urls = [sim.stdout.readline().split(":", 1)[1].strip() for _ in range(2)]
+        host = Host(
+            [binary, "run", "--pubsub-endpoint", urls[0], "--instance-url", urls[1],
+             "--username", "u", "--password", "p", "--channel", "/data/AccountChangeEvent",
+             "--layout", "typed", "--sink", "delta:./tables/{object}", "--snapshot",
+             "--current-state", "delta:./tables/account_current",
+             "--current-state-interval-secs", "1", "--state-dir", "state",
+             "--flush-interval-ms", "200", "--until-idle", "4",
+             "--metrics-listen", "127.0.0.1:0"],
+            tmp_path)
+        serving = host.wait_for(lambda l: "Serving /metrics" in l, "the HTTP endpoint")
+        endpoint = re.search(r"local=(\S+)", serving).group(1)
+        first = host.wait_for(lambda l: "Snapshot written" in l, "the first snapshot")
+
+        def post(query):
+            request = urllib.request.Request(
+                f"http://{endpoint}/subscriptions/snapshot{query}", b"", method="POST")
+            try:
+                with urllib.request.urlopen(request) as r:
+                    return r.status, json.load(r)
+            except urllib.error.HTTPError as error:
+                return error.code, json.load(error)
+
+        assert post("")[0] == 400
+        assert post("?name=nobody")[0] == 404
+        status, body = post("?channel=/data/AccountChangeEvent")
+        assert status == 202, body
+        assert len(body["asked"]) == 1 and not body["refused"], body
+        host.wait_for(lambda l: "Snapshot asked for" in l, "the snapshot asked for", timeout=30)
+        second = host.wait_for(lambda l: "Snapshot written" in l, "the second snapshot")
+        assert records_of(second) > records_of(first), (first, second)
+        host.process.wait(timeout=120)
+        assert host.process.returncode == 0, host.log()
+        org = Org(urls[1])
+        fields = [f["name"] for f in org.get("/services/data/v62.0/sobjects/Account/describe")["fields"]
+                  if f["name"] != "IsDeleted"]
+        records = {r["Id"]: r for r in org.query(f"SELECT {', '.join(fields)} FROM Account")}
+    finally:
+        sim.kill()
+        sim.wait()
+
+    import deltalake
+
+    changes = deltalake.DeltaTable(str(tmp_path / "tables" / "Account")).to_pyarrow_table()
+    origins = changes.column("change_origin").to_pylist()
+    # Both snapshots' records, each a row: live ones as SNAPSHOT, deleted ones (the second
+    # reads the recycle bin too) as DELETE.
+    from_snapshots = sum(1 for o in origins if o == "sfzb-host/snapshot")
+    assert from_snapshots == records_of(first) + records_of(second), from_snapshots
+    rows = current_rows(tmp_path)
+    assert_equal(records, {r["Id"]: r for r in rows if not r["is_deleted"]})

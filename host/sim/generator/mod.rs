@@ -148,6 +148,20 @@ pub fn body(entity: &Entity, schema: &EventSchema, seed: u64, variant: u64, gap:
     }
 }
 
+/// The body of a GAP_OVERFLOW: `gap`'s (a gap body: header only) with that change type.
+pub fn overflowing(gap: &Body) -> Body {
+    Body {
+        change_type: ChangeType::GapOverflow,
+        changed: Vec::new(),
+        nulled: Vec::new(),
+        user: gap.user.clone(),
+        data: gap.data.clone(),
+    }
+}
+
+/// Salesforce's empty record id, the one an overflow event names.
+const EMPTY_RECORD_ID: &str = "000000000000000AAA";
+
 /// The body of an UNDELETE that restores a record: every field it holds, as Salesforce
 /// sends them, by position in `schema`'s data fields.
 pub fn restoring(schema: &EventSchema, fields: &[(u16, crate::event::Value)], user: &str) -> Body {
@@ -202,6 +216,9 @@ pub fn assemble(
     for field in &header.fields {
         match field.name.as_str() {
             "entityName" => write_str(entity.name, &mut out),
+            "recordIds" if body.change_type == ChangeType::GapOverflow => {
+                strings(&[EMPTY_RECORD_ID.to_string()], &mut out)
+            }
             "recordIds" => strings(&[record_id(entity.key_prefix, record)], &mut out),
             "changeType" => write_long(
                 ChangeType::ALL
