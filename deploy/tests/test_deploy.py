@@ -380,6 +380,26 @@ def test_bundle_job_runs_the_wheel_once_per_subscription(binary):
         assert (path.parent / library["file"]["path"]).exists()
 
 
+def test_the_current_state_pipeline_is_configured_with_what_it_reads():
+    root, resources = bundle_config()
+    path, pipeline = resources["pipelines"]["sfzb_current_state"]
+    (library,) = pipeline["libraries"]
+    source = (path.parent / library["file"]["path"]).read_text()
+    read = set(re.findall(r'conf\.get\("(sfzb\.[a-z_.]+)"', source))
+    assert read and set(pipeline["configuration"]) == read
+    sys.path.insert(0, str(BUNDLE / "pipelines"))
+    import sfzb_current_state as cs
+
+    variables = root["variables"]
+    values = {
+        name: variables[re.fullmatch(r"\$\{var\.([a-z_]+)\}", value).group(1)]["default"]
+        for name, value in pipeline["configuration"].items()
+    }
+    # The defaults are settings the pipeline accepts once tables are named.
+    cs.settings("main.salesforce.Account", values["sfzb.current_state.scd_type"],
+                values["sfzb.current_state.deletes"])
+
+
 # The flattening pipeline
 
 
