@@ -102,7 +102,7 @@ pub struct Health {
     state: Mutex<State>,
     transforms: Mutex<Vec<TransformStats>>,
     /// A snapshot (the initial one, or one read again), while it is read.
-    initial_snapshot: Mutex<Option<crate::snapshot::Progress>>,
+    snapshot: Mutex<Option<crate::snapshot::Progress>>,
     /// Whether it reads a snapshot on request (`snapshot = true`).
     snapshots: AtomicBool,
     /// A snapshot asked for (`POST /subscriptions/snapshot`) and not yet begun.
@@ -150,7 +150,7 @@ impl Health {
             org_id: Mutex::new(None),
             state: Mutex::new(State::Starting),
             transforms: Mutex::new(Vec::new()),
-            initial_snapshot: Mutex::new(None),
+            snapshot: Mutex::new(None),
             snapshots: AtomicBool::new(false),
             snapshot_asked: AtomicBool::new(false),
             snapshot_wake: tokio::sync::Notify::new(),
@@ -189,14 +189,14 @@ impl Health {
         }
     }
 
-    /// Where the initial snapshot stands; `None` once it is written.
     /// The snapshot being read, if one is.
     pub fn snapshot_progress(&self) -> Option<crate::snapshot::Progress> {
-        self.initial_snapshot.lock().expect("health lock").clone()
+        self.snapshot.lock().expect("health lock").clone()
     }
 
+    /// Where the snapshot being read stands; `None` once it is written.
     pub fn set_snapshot_progress(&self, progress: Option<crate::snapshot::Progress>) {
-        *self.initial_snapshot.lock().expect("health lock") = progress;
+        *self.snapshot.lock().expect("health lock") = progress;
     }
 
     /// How long events may wait for their checkpoint before `/healthz` reports it.
@@ -359,7 +359,7 @@ impl Health {
             consecutive_timeouts: self.consecutive_timeouts.load(Relaxed),
             uptime_secs: elapsed,
             transforms: self.transforms.lock().expect("health lock").clone(),
-            snapshot: self.initial_snapshot.lock().expect("health lock").clone(),
+            snapshot: self.snapshot.lock().expect("health lock").clone(),
         }
     }
 }
@@ -394,7 +394,7 @@ pub struct Snapshot {
     pub consecutive_timeouts: u32,
     pub uptime_secs: f64,
     pub transforms: Vec<TransformStats>,
-    /// The initial snapshot's progress, while it is read.
+    /// A snapshot's progress, while it is read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<crate::snapshot::Progress>,
 }

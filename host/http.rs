@@ -5,8 +5,8 @@
 //! (JSON, with the reference's `get_stats()` keys). It reads [`Health`], but for one
 //! request: `POST /subscriptions/snapshot?name=…&org=…&channel=…` asks the subscriptions
 //! it selects (with `snapshot = true`) to read their object again. That one is served to
-//! loopback clients only (`kubectl exec`, `kubectl port-forward`): the endpoint is often
-//! open to the cluster for scraping, and a snapshot spends the org's Bulk API limits.
+//! loopback clients only: the endpoint is often open to the cluster for scraping, and a
+//! snapshot spends the org's Bulk API limits.
 
 use std::net::SocketAddr;
 
@@ -155,10 +155,10 @@ async fn snapshot(
     axum::extract::Query(selection): axum::extract::Query<Selection>,
 ) -> impl IntoResponse {
     let answer = |status: StatusCode, body: serde_json::Value| (status, axum::Json(body));
-    if !peer.ip().is_loopback() {
+    if !peer.ip().to_canonical().is_loopback() {
         return answer(
             StatusCode::FORBIDDEN,
-            serde_json::json!({"error": format!("a snapshot is asked for from the host itself (127.0.0.1), not from {}: use kubectl exec or kubectl port-forward", peer.ip())}),
+            serde_json::json!({"error": format!("a snapshot is asked for from the host itself (127.0.0.1 or ::1), not from {}", peer.ip())}),
         );
     }
     if selection.name.is_none() && selection.org.is_none() && selection.channel.is_none() {

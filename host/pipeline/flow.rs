@@ -59,6 +59,9 @@ pub(super) struct Flow<'a> {
     /// The stream's last position heard of (a batch's last event, a keepalive's latest):
     /// where a snapshot asked for over HTTP is read at.
     pub(super) position: Option<ReplayId>,
+    /// The position of the last snapshot this run read: one asked for waits until the
+    /// stream moves past it (until then the table holds what a new one would read).
+    pub(super) read_at: Option<ReplayId>,
 }
 
 /// Why [`Flow::drive`] returned.
@@ -116,8 +119,9 @@ impl Flow<'_> {
                 Some(()) = async { match reload.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     Box::pin(self.reload()).await;
                 }
-                // Only once the stream has named a position: the snapshot is read at it.
-                _ = self.health.snapshot_asked(), if self.position.is_some() => {
+                // Only once the stream has named a position past the last snapshot's: the
+                // snapshot is read at it.
+                _ = self.health.snapshot_asked(), if self.resnapshot && self.position.is_some() && self.position != self.read_at => {
                     let at = self.position.clone().expect("guarded by the branch condition");
                     tracing::info!(replay_id = %at, "Snapshot asked for: reading the object again at the stream's last position.");
                     return Ok(End::Again(at));

@@ -93,7 +93,7 @@ pub struct SubscriptionStats {
     /// Events the transform chain dropped.
     pub dropped: u64,
     pub keepalives: u64,
-    /// Records the initial snapshot wrote.
+    /// Records the snapshots wrote.
     pub snapshot_records: u64,
     pub checkpoint: Option<String>,
     pub elapsed_ms: u64,
@@ -122,7 +122,7 @@ pub enum PipelineError {
     TransformStop(String, String),
     #[error("Databricks: {0}")]
     Sql(#[from] crate::sql::SqlError),
-    #[error("the initial snapshot failed: {0}")]
+    #[error("the snapshot failed: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
     CurrentState(#[from] crate::current_state::CurrentStateError),
@@ -259,6 +259,7 @@ pub async fn run_subscription(
             resnapshot: config.snapshot,
             overflow: None,
             position: None,
+            read_at: None,
         };
         let mut snapshot_at = match snapshot_start {
             snapshot::Start::Skip => None,
@@ -328,8 +329,14 @@ pub async fn run_subscription(
             };
             // The mark first (or with the checkpoint that passes the position), so that no
             // crash leaves the position passed and the object not read again.
-            let begun =
-                snapshot::begin_again(&config, &store, &key, &at, flow.place.is_none()).await;
+            let begun = Box::pin(snapshot::begin_again(
+                &config,
+                &store,
+                &key,
+                &at,
+                flow.place.is_none(),
+            ))
+            .await;
             let flushed = match begun {
                 Ok(()) => Box::pin(flow.flush()).await,
                 Err(error) => Err(error),

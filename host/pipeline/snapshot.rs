@@ -54,10 +54,13 @@ pub(super) async fn plan(
     let place = store.place(&config.sink, config.layout);
     let done = store.load(&mark(key, "done"), &place).await?;
     let begun = store.load(&mark(key, "begun"), &place).await?;
+    // Where the last snapshot begun after the table's start was (see `begin_again`).
+    let again = store.load(&mark(key, "again"), &place).await?;
     match (begun, done) {
         (Some(begun), done) if done.as_ref() != Some(&begun) => {
             tracing::info!(replay_id = %begun, "Snapshot begun earlier and not finished: reading it again from the same stream position.");
-            return Ok(Start::Resume(begun, done.is_some()));
+            let with_deleted = done.is_some() || again.as_ref() == Some(&begun);
+            return Ok(Start::Resume(begun, with_deleted));
         }
         (_, Some(_)) => return Ok(Start::Skip),
         (_, None) => {}
@@ -99,6 +102,9 @@ pub(super) async fn begin_again(
     sink_keeps_checkpoint: bool,
 ) -> Result<(), PipelineError> {
     let place = store.place(&config.sink, config.layout);
+    // "again" tells a resumed read it reads deleted records too, also for a table that
+    // started without a snapshot (no "done").
+    store.stage(&mark(key, "again"), &place, position)?;
     store.stage(&mark(key, "begun"), &place, position)?;
     if sink_keeps_checkpoint {
         store.commit_for(Some(&place)).await?;
@@ -204,6 +210,8 @@ impl Flow<'_> {
                 page = reader.next_page() => page?,
             };
             let Some(events) = page else { break };
+            // A result page is word from Salesforce too: a long read is not a stuck stream.
+            self.health.message();
             let count = events.len() as u64;
             let dead = self.process(events, Vec::new(), now_ms()).await?;
             self.stats.snapshot_records += count;
@@ -222,6 +230,7 @@ impl Flow<'_> {
             self.health.set_snapshot_progress(Some(progress));
         }
         set_mark(config, self.store, self.key, "done", &position).await?;
+        self.read_at = Some(position.clone());
         let progress = reader.progress();
         self.health.set_snapshot_progress(None);
         // Asked for while this one was read: the changes since its position follow it.

@@ -126,14 +126,15 @@ def test_gap_events_re_read_their_records_and_deletes_can_be_marked(binary, tmp_
 
 
 def test_a_gap_overflow_reads_the_object_again(binary, tmp_path):
-    """At bus position 200 (4 s in) a transaction updates and deletes 30 Accounts and reaches
-    the stream as one GAP_OVERFLOW (no record id, no field). With snapshot = true sfzb-host
+    """At bus position 300 (6 s in, well after the host captured its position) a transaction
+    updates and deletes up to 30 Accounts and reaches the stream as one GAP_OVERFLOW (no
+    record id, no field). With snapshot = true sfzb-host
     reads the object again, deleted records too: the current state must equal the org's
     records, which it cannot from the change events alone."""
     sim = subprocess.Popen(
         [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account",
          "--records", "300", "--events", "0", "--rate", "50", "--rate-for-secs", "8",
-         "--overflow-at", "200", "--keepalive-ms", "200", "--seed", "11"],
+         "--overflow-at", "300", "--keepalive-ms", "200", "--seed", "11"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         urls = [sim.stdout.readline().split(":", 1)[1].strip() for _ in range(2)]

@@ -17,10 +17,10 @@ others keep the target's value). `changes` gives these, one row per record of a 
 | `GAP_OVERFLOW` | nothing: with `snapshot = true`, sfzb-host reads the object again and its rows follow |
 
 The order is the one sfzb-host's own current state applies: the commit timestamp, then a
-snapshot's row before a stream change with the same timestamp (a snapshot row's
-`SystemModstamp` is at or after every change it includes), then the replay id (hex of a
-big-endian counter: shorter is older), then when sfzb-host wrote the row (a row written again
-after a crash is the same change, later).
+snapshot's row after a stream change with the same timestamp (a snapshot row's
+`SystemModstamp` is at or after every change it includes, so it already holds that one), then
+the replay id (hex of a big-endian counter: shorter is older), then when sfzb-host wrote the
+row (a row written again after a crash is the same change, later).
 """
 
 import pyarrow as pa
