@@ -1,6 +1,7 @@
 //! The loop of one subscription: batches from the source in, a flush at least every flush
 //! interval (and past a size), transform reloads between batches, and the end: cancelled,
-//! idle (`until-idle`), or failed.
+//! idle (`until-idle`), failed, or the object to be read again (a GAP_OVERFLOW, a snapshot
+//! asked for), after which the pipeline starts the loop again.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;

@@ -15,6 +15,26 @@ import urllib.parse
 import urllib.request
 
 
+def start_sim(binary, *args):
+    """`sfzb-host sim` of Accounts on loopback ports with `args`: the process and its Pub/Sub
+    and login URLs."""
+    sim = subprocess.Popen(
+        [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account",
+         *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    urls = [sim.stdout.readline().split(":", 1)[1].strip() for _ in range(2)]
+    return sim, urls
+
+
+def run_command(binary, urls, *args):
+    """`sfzb-host run` of the simulated org's Accounts into a typed Delta table that starts
+    with a snapshot, with `args` after."""
+    return [binary, "run", "--pubsub-endpoint", urls[0], "--instance-url", urls[1],
+            "--username", "u", "--password", "p", "--channel", "/data/AccountChangeEvent",
+            "--layout", "typed", "--sink", "delta:./tables/{object}", "--snapshot",
+            "--state-dir", "state", "--flush-interval-ms", "200", *map(str, args)]
+
+
 class Host:
     """`sfzb-host run` with its log read as it comes, line by line."""
 
@@ -85,6 +105,15 @@ class Org:
         with urllib.request.urlopen(request) as r:
             return (r.read(), dict(r.headers)) if raw else json.load(r)
 
+    def records(self, deleted=False):
+        """Every Account by id with every field; `deleted`: the recycle bin's too (queryAll,
+        with IsDeleted), else the live ones without IsDeleted."""
+        fields = [f["name"] for f in self.get("/services/data/v62.0/sobjects/Account/describe")["fields"]
+                  if deleted or f["name"] != "IsDeleted"]
+        soql = f"SELECT {', '.join(fields)} FROM Account"
+        rows = self.query(soql, "queryAll" if deleted else "query")
+        return {r["Id"]: r for r in rows}
+
     def query(self, soql, operation="query"):
         """Every record the query returns, as dicts of CSV text; `queryAll` includes deleted
         ones."""
@@ -126,6 +155,13 @@ def same(expected, actual):
     if isinstance(actual, float) and expected != "":
         return float(expected) == actual
     return expected == as_text(actual)
+
+
+def change_table(tmp_path):
+    """The typed change table of Accounts, as a pyarrow table."""
+    import deltalake
+
+    return deltalake.DeltaTable(str(tmp_path / "tables" / "Account")).to_pyarrow_table()
 
 
 def current_rows(tmp_path, name="account_current"):

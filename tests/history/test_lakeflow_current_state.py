@@ -10,13 +10,13 @@ What this does not show: Spark and AUTO CDC themselves are not run here, so `col
 with SCD type 2 and the insert of a partial change are as we read the documentation.
 """
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from org import Host, Org, as_text, records_of, same
+from org import (Host, Org, as_text, change_table, records_of, run_command, same,
+                 start_sim)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "deploy" / "databricks" / "pipelines"))
 import sfzb_current_state as cs  # noqa: E402
@@ -27,20 +27,13 @@ RECORDS = 4_000
 @pytest.fixture(scope="module")
 def written(binary, tmp_path_factory):
     """(the change table, the org's live records, every record with IsDeleted)."""
-    import deltalake
-
     tmp_path = tmp_path_factory.mktemp("lakeflow")
-    sim = subprocess.Popen(
-        [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account",
-         "--records", str(RECORDS), "--events", "0", "--rate", "100", "--rate-for-secs", "12",
-         "--page-size", "500", "--gap-every", "9", "--keepalive-ms", "200", "--seed", "21"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    sim, urls = start_sim(
+        binary,
+        "--records", str(RECORDS), "--events", "0", "--rate", "100", "--rate-for-secs", "12",
+        "--page-size", "500", "--gap-every", "9", "--keepalive-ms", "200", "--seed", "21")
     try:
-        urls = [sim.stdout.readline().split(":", 1)[1].strip() for _ in range(2)]
-        run = [binary, "run", "--pubsub-endpoint", urls[0], "--instance-url", urls[1],
-               "--username", "u", "--password", "p", "--channel", "/data/AccountChangeEvent",
-               "--layout", "typed", "--sink", "delta:./tables/{object}", "--snapshot",
-               "--state-dir", "state", "--flush-interval-ms", "200"]
+        run = run_command(binary, urls)
         first = Host(run, tmp_path)
         line = first.wait_for(lambda l: "Snapshot progress" in l, "the first snapshot page")
         first.kill()
@@ -49,12 +42,11 @@ def written(binary, tmp_path_factory):
         second.process.wait(timeout=240)
         assert second.process.returncode == 0, second.log()
         org = Org(urls[1])
-        fields = [f["name"] for f in org.get("/services/data/v62.0/sobjects/Account/describe")["fields"]]
-        everything = org.query(f"SELECT {', '.join(fields)} FROM Account", "queryAll")
+        everything = list(org.records(deleted=True).values())
     finally:
         sim.kill()
         sim.wait()
-    table = deltalake.DeltaTable(str(tmp_path / "tables" / "Account")).to_pyarrow_table()
+    table = change_table(tmp_path)
     live = {r["Id"]: r for r in everything if r["IsDeleted"] == "false"}
     return table, live, everything
 

@@ -13,12 +13,12 @@ tests/conftest.py says.
 
 import json
 import re
-import subprocess
 import time
 import urllib.error
 import urllib.request
 
-from org import Host, Org, assert_equal, current_rows, records_of
+from org import (Host, Org, assert_equal, change_table, current_rows, records_of,
+                 run_command, start_sim)
 
 RECORDS = 50_000
 RATE = 100
@@ -28,23 +28,15 @@ RATE_SECS = 45
 
 
 def test_current_state_equals_the_orgs_records_after_two_kills(binary, tmp_path):
-    import deltalake
-
-    sim = subprocess.Popen(
-        [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account",
-         "--records", str(RECORDS), "--events", "0", "--rate", str(RATE),
-         "--rate-for-secs", str(RATE_SECS), "--page-size", "2000", "--keepalive-ms", "200",
-         "--seed", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    sim, urls = start_sim(
+        binary,
+        "--records", str(RECORDS), "--events", "0", "--rate", str(RATE),
+        "--rate-for-secs", str(RATE_SECS), "--page-size", "2000", "--keepalive-ms", "200",
+        "--seed", "5")
     started = time.monotonic()
     try:
-        urls = [sim.stdout.readline().split(":", 1)[1].strip() for _ in range(2)]
-        run = [binary, "run", "--pubsub-endpoint", urls[0], "--instance-url", urls[1],
-               "--username", "u", "--password", "p", "--channel", "/data/AccountChangeEvent",
-               "--layout", "typed", "--sink", "delta:./tables/{object}", "--snapshot",
-               "--current-state", "delta:./tables/account_current",
-               "--current-state-interval-secs", "1", "--state-dir", "state",
-               "--flush-interval-ms", "200"]
+        run = run_command(binary, urls, "--current-state", "delta:./tables/account_current",
+                              "--current-state-interval-secs", "1")
 
         first = Host(run, tmp_path)
         line = first.wait_for(lambda l: "Snapshot progress" in l, "the first snapshot page")
@@ -67,10 +59,7 @@ def test_current_state_equals_the_orgs_records_after_two_kills(binary, tmp_path)
         assert not any(l and "Snapshot progress" in l for l in third.lines), \
             "a finished snapshot is not read again"
 
-        org = Org(urls[1])
-        fields = [f["name"] for f in org.get("/services/data/v62.0/sobjects/Account/describe")["fields"]
-                  if f["name"] != "IsDeleted"]
-        records = {r["Id"]: r for r in org.query(f"SELECT {', '.join(fields)} FROM Account")}
+        records = Org(urls[1]).records()
     finally:
         sim.kill()
         sim.wait()
@@ -87,33 +76,25 @@ def test_current_state_equals_the_orgs_records_after_two_kills(binary, tmp_path)
 def test_gap_events_re_read_their_records_and_deletes_can_be_marked(binary, tmp_path):
     """Every 7th change reaches the stream as a GAP_UPDATE (a header, no fields): the current
     state re-reads those records through the REST API. Deletes are marked, not removed."""
-    sim = subprocess.Popen(
-        [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account",
-         "--records", "400", "--events", "0", "--rate", "80", "--rate-for-secs", "6",
-         "--gap-every", "7", "--keepalive-ms", "200", "--seed", "9"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    sim, urls = start_sim(
+        binary,
+        "--records", "400", "--events", "0", "--rate", "80", "--rate-for-secs", "6",
+        "--gap-every", "7", "--keepalive-ms", "200", "--seed", "9")
     try:
-        urls = [sim.stdout.readline().split(":", 1)[1].strip() for _ in range(2)]
         host = Host(
-            [binary, "run", "--pubsub-endpoint", urls[0], "--instance-url", urls[1],
-             "--username", "u", "--password", "p", "--channel", "/data/AccountChangeEvent",
-             "--layout", "typed", "--sink", "delta:./tables/{object}", "--snapshot",
-             "--current-state", "delta:./tables/account_current",
-             "--current-state-deletes", "mark", "--current-state-interval-secs", "1",
-             "--state-dir", "state", "--flush-interval-ms", "200", "--until-idle", "3"],
+            run_command(binary, urls, "--current-state", "delta:./tables/account_current",
+                        "--current-state-deletes", "mark", "--current-state-interval-secs", "1",
+                        "--until-idle", "3"),
             tmp_path)
         host.process.wait(timeout=120)
         assert host.process.returncode == 0, host.log()
         org = Org(urls[1])
-        fields = [f["name"] for f in org.get("/services/data/v62.0/sobjects/Account/describe")["fields"]]
-        everything = org.query(f"SELECT {', '.join(fields)} FROM Account", "queryAll")
+        everything = list(org.records(deleted=True).values())
     finally:
         sim.kill()
         sim.wait()
 
-    import deltalake
-
-    changes = deltalake.DeltaTable(str(tmp_path / "tables" / "Account")).to_pyarrow_table()
+    changes = change_table(tmp_path)
     gaps = [t for t in changes.column("change_type").to_pylist() if t == "GAP_UPDATE"]
     assert len(gaps) >= 20, f"{len(gaps)} gap events"
     rows = current_rows(tmp_path)
@@ -131,36 +112,25 @@ def test_a_gap_overflow_reads_the_object_again(binary, tmp_path):
     record id, no field). With snapshot = true sfzb-host
     reads the object again, deleted records too: the current state must equal the org's
     records, which it cannot from the change events alone."""
-    sim = subprocess.Popen(
-        [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account",
-         "--records", "300", "--events", "0", "--rate", "50", "--rate-for-secs", "8",
-         "--overflow-at", "300", "--keepalive-ms", "200", "--seed", "11"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    sim, urls = start_sim(
+        binary,
+        "--records", "300", "--events", "0", "--rate", "50", "--rate-for-secs", "8",
+        "--overflow-at", "300", "--keepalive-ms", "200", "--seed", "11")
     try:
-        urls = [sim.stdout.readline().split(":", 1)[1].strip() for _ in range(2)]
         host = Host(
-            [binary, "run", "--pubsub-endpoint", urls[0], "--instance-url", urls[1],
-             "--username", "u", "--password", "p", "--channel", "/data/AccountChangeEvent",
-             "--layout", "typed", "--sink", "delta:./tables/{object}", "--snapshot",
-             "--current-state", "delta:./tables/account_current",
-             "--current-state-interval-secs", "1", "--state-dir", "state",
-             "--flush-interval-ms", "200", "--until-idle", "4"],
+            run_command(binary, urls, "--current-state", "delta:./tables/account_current",
+                        "--current-state-interval-secs", "1", "--until-idle", "4"),
             tmp_path)
         host.process.wait(timeout=120)
         assert host.process.returncode == 0, host.log()
         assert any(l and "GAP_OVERFLOW" in l and "reading the object again" in l
                    for l in host.lines), host.log()
-        org = Org(urls[1])
-        fields = [f["name"] for f in org.get("/services/data/v62.0/sobjects/Account/describe")["fields"]
-                  if f["name"] != "IsDeleted"]
-        records = {r["Id"]: r for r in org.query(f"SELECT {', '.join(fields)} FROM Account")}
+        records = Org(urls[1]).records()
     finally:
         sim.kill()
         sim.wait()
 
-    import deltalake
-
-    changes = deltalake.DeltaTable(str(tmp_path / "tables" / "Account")).to_pyarrow_table()
+    changes = change_table(tmp_path)
     kinds = changes.column("change_type").to_pylist()
     origins = changes.column("change_origin").to_pylist()
     assert kinds.count("GAP_OVERFLOW") == 1, kinds.count("GAP_OVERFLOW")
@@ -178,21 +148,15 @@ def test_a_snapshot_asked_for_over_http_reads_the_object_again(binary, tmp_path)
     """`POST /subscriptions/snapshot` while changes flow: the subscription reads its object
     again at the position it has reached, and goes on from there; the current state still
     equals the org's records. Selections that match nothing, or nothing, are refused."""
-    sim = subprocess.Popen(
-        [binary, "sim", "--port", "0", "--login-port", "0", "--entities", "Account",
-         "--records", "200", "--events", "0", "--rate", "20", "--rate-for-secs", "12",
-         "--keepalive-ms", "200", "--seed", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    sim, urls = start_sim(
+        binary,
+        "--records", "200", "--events", "0", "--rate", "20", "--rate-for-secs", "12",
+        "--keepalive-ms", "200", "--seed", "5")
     try:
-        urls = [sim.stdout.readline().split(":", 1)[1].strip() for _ in range(2)]
         host = Host(
-            [binary, "run", "--pubsub-endpoint", urls[0], "--instance-url", urls[1],
-             "--username", "u", "--password", "p", "--channel", "/data/AccountChangeEvent",
-             "--layout", "typed", "--sink", "delta:./tables/{object}", "--snapshot",
-             "--current-state", "delta:./tables/account_current",
-             "--current-state-interval-secs", "1", "--state-dir", "state",
-             "--flush-interval-ms", "200", "--until-idle", "4",
-             "--metrics-listen", "127.0.0.1:0"],
+            run_command(binary, urls, "--current-state", "delta:./tables/account_current",
+                        "--current-state-interval-secs", "1", "--until-idle", "4",
+                        "--metrics-listen", "127.0.0.1:0"),
             tmp_path)
         serving = host.wait_for(lambda l: "Serving /metrics" in l, "the HTTP endpoint")
         endpoint = re.search(r"local=(\S+)", serving).group(1)
@@ -217,17 +181,12 @@ def test_a_snapshot_asked_for_over_http_reads_the_object_again(binary, tmp_path)
         assert records_of(second) > records_of(first), (first, second)
         host.process.wait(timeout=120)
         assert host.process.returncode == 0, host.log()
-        org = Org(urls[1])
-        fields = [f["name"] for f in org.get("/services/data/v62.0/sobjects/Account/describe")["fields"]
-                  if f["name"] != "IsDeleted"]
-        records = {r["Id"]: r for r in org.query(f"SELECT {', '.join(fields)} FROM Account")}
+        records = Org(urls[1]).records()
     finally:
         sim.kill()
         sim.wait()
 
-    import deltalake
-
-    changes = deltalake.DeltaTable(str(tmp_path / "tables" / "Account")).to_pyarrow_table()
+    changes = change_table(tmp_path)
     origins = changes.column("change_origin").to_pylist()
     # Both snapshots' records, each a row: live ones as SNAPSHOT, deleted ones (the second
     # reads the recycle bin too) as DELETE.
