@@ -9,8 +9,15 @@
 //! `SFZB_CAPACITY_ORGS=N` runs one size (default: 1000, 5000 and 10000, each in a fresh
 //! process so that peak RSS is its own); `SFZB_CAPACITY_RATE` events/s per org (default 1);
 //! `SFZB_CAPACITY_SECS` how long the simulator produces (default 60);
-//! `SFZB_CAPACITY_IN_FLIGHT` the process's `max-in-flight-total` (default: the setting's).
+//! `SFZB_CAPACITY_IN_FLIGHT` the process's `max-in-flight-total` (default: the setting's);
+//! `SFZB_CAPACITY_TRANSFORM=mask` gives every subscription the same Rust mask (shared
+//! instances), `=tenant-filter` every tenant a `tenant-filter` of its own settings (from
+//! the tenants file, keeping every event; instances on demand under `transform-idle-mib`).
 
+// The tests' guest builder; the bench uses only its Rust components.
+#[allow(dead_code)]
+#[path = "../tests/all/guests.rs"]
+mod guests;
 mod measure;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -70,11 +77,25 @@ fn one_size(orgs: usize) {
     ]);
     let production_end = Instant::now() + Duration::from_secs_f64(secs);
     let offered = (rate * orgs as f64 * secs) as u64;
+    let transform = std::env::var("SFZB_CAPACITY_TRANSFORM").ok();
+    if transform.as_deref() == Some("tenant-filter") {
+        own_filters(&tenants);
+    }
     let validating = Instant::now();
-    let plan = host_plan(&urls, &tenants, &dir.path().join("state"));
+    let plan = host_plan(
+        &urls,
+        &tenants,
+        &dir.path().join("state"),
+        transform.as_deref(),
+    );
     println!(
-        "{orgs} tenants validated in {:.0} ms",
-        validating.elapsed().as_secs_f64() * 1e3
+        "{orgs} tenants validated in {:.0} ms; transform: {}",
+        validating.elapsed().as_secs_f64() * 1e3,
+        match transform.as_deref() {
+            None => "none",
+            Some("mask") => "the same Rust mask for every subscription",
+            Some(_) => "a tenant-filter of each tenant's own settings",
+        }
     );
     let figures = measure_run(plan, orgs, offered, production_end);
     let _ = sim.kill();
@@ -82,11 +103,34 @@ fn one_size(orgs: usize) {
     figures.print(orgs, rate, secs, offered);
 }
 
-/// `sfzb-host run` for every tenant of `tenants`, into one shared Zerobus table.
+/// A `tenant-filter` setting of its own for each tenant of the file, keeping every event:
+/// the tenant's name is one of the objects it keeps, with Account.
+fn own_filters(tenants: &std::path::Path) {
+    let text = std::fs::read_to_string(tenants).unwrap();
+    let mut out = String::with_capacity(text.len() * 2);
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+    }
+    let names: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix('[')?.strip_suffix(']').map(str::to_string))
+        .collect();
+    for name in names {
+        out.push_str(&format!(
+            "[{name}.transform-config.tenant-filter]\nentities = \"Account,{name}\"\n"
+        ));
+    }
+    std::fs::write(tenants, out).unwrap();
+}
+
+/// `sfzb-host run` for every tenant of `tenants`, into one shared Zerobus table, with
+/// `transform` (a Rust guest's name) in every chain.
 fn host_plan(
     urls: &[String],
     tenants: &std::path::Path,
     state: &std::path::Path,
+    transform: Option<&str>,
 ) -> sfzb_host::config::RunPlan {
     let argv = [
         "sfzb-host",
@@ -111,11 +155,25 @@ fn host_plan(
         "--subscribe-rate",
         "0",
     ];
-    let in_flight = std::env::var("SFZB_CAPACITY_IN_FLIGHT").ok();
-    let extra = in_flight
-        .iter()
-        .flat_map(|n| ["--max-in-flight-total", n.as_str()]);
-    let Cmd::Run(args) = Cli::parse_from(argv.into_iter().chain(extra)).into_command() else {
+    let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    if let Ok(n) = std::env::var("SFZB_CAPACITY_IN_FLIGHT") {
+        argv.extend(["--max-in-flight-total".into(), n]);
+    }
+    if let Some(name) = transform {
+        argv.extend([
+            "--transform".into(),
+            guests::component(name).display().to_string(),
+            "--transform-cache-dir".into(),
+            state.join("cache").display().to_string(),
+        ]);
+        if name == "mask" {
+            argv.extend([
+                "--transform-config".into(),
+                "mask.fields=PersonEmail,Phone".into(),
+            ]);
+        }
+    }
+    let Cmd::Run(args) = Cli::parse_from(argv).into_command() else {
         unreachable!()
     };
     args.plan().unwrap()

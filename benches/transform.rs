@@ -83,6 +83,7 @@ fn main() {
             limits: TransformSection::default().limits(),
             allow_tables: vec![],
             keys: Keys::default().with("pii", b"bench-key"),
+            scope: None,
         };
         let report = sfzb_host::authoring::bench(&spec, events, Some(cache.clone())).unwrap();
         println!(
@@ -103,6 +104,7 @@ fn resource_design(standard: &sfzb_host::event::ChangeEvent, fields: &str) -> f6
         limits: TransformSection::default().limits(),
         allow_tables: vec![],
         keys: Default::default(),
+        scope: None,
     };
     let mut chain = Chain::load(runtime, &[spec]).unwrap();
     chain.run(vec![standard.clone(); 200]);

@@ -436,24 +436,36 @@ impl Snapshot {
 
 /// The subscriptions of a run, as they come and go (a live reload adds and removes them):
 /// what `/metrics`, `/healthz`, `/subscriptions` and the health reports read; and the
-/// process's room for decoded events, for `/metrics`.
+/// process's room for decoded events and its shared transform instances, for `/metrics`.
 #[derive(Clone, Default)]
 pub struct Registry {
     list: Arc<std::sync::RwLock<Vec<Arc<Health>>>>,
     in_flight: crate::salesforce::pubsub::Budget,
+    /// Set once the transform runtime starts (at start, or with the first chain a reload
+    /// brings).
+    transforms: Arc<std::sync::OnceLock<Arc<crate::transform::PoolFigures>>>,
 }
 
 impl Registry {
     pub fn with_budget(budget: crate::salesforce::pubsub::Budget) -> Registry {
         Registry {
-            list: Arc::default(),
             in_flight: budget,
+            ..Default::default()
         }
     }
 
     /// The events every subscription holds together, and its bound.
     pub fn in_flight(&self) -> &crate::salesforce::pubsub::Budget {
         &self.in_flight
+    }
+
+    /// The figures of the process's transform instances, once it has any.
+    pub fn set_transform_pool(&self, figures: Arc<crate::transform::PoolFigures>) {
+        let _ = self.transforms.set(figures);
+    }
+
+    pub fn transform_pool(&self) -> Option<&Arc<crate::transform::PoolFigures>> {
+        self.transforms.get()
     }
 
     /// The subscriptions now.

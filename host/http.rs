@@ -222,11 +222,13 @@ async fn stats(State(healths): State<Healths>) -> impl IntoResponse {
 
 async fn metrics(State(healths): State<Healths>) -> impl IntoResponse {
     let budget = healths.in_flight().clone();
+    let transforms = healths.transform_pool().cloned();
     let healths = healths.list();
     let mut registry = Registry::with_prefix("sfzb");
     registry.register_collector(Box::new(Figures {
         subscriptions: healths.iter().map(|h| h.snapshot()).collect(),
         in_flight: budget,
+        transforms,
     }));
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
@@ -251,6 +253,7 @@ async fn metrics(State(healths): State<Healths>) -> impl IntoResponse {
 struct Figures {
     subscriptions: Vec<Snapshot>,
     in_flight: crate::salesforce::pubsub::Budget,
+    transforms: Option<std::sync::Arc<crate::transform::PoolFigures>>,
 }
 
 type Labels = [(&'static str, String); 3];
@@ -333,6 +336,7 @@ impl Collector for Figures {
         }
         self.encode_states(&mut encoder)?;
         self.encode_in_flight(&mut encoder)?;
+        self.encode_instances(&mut encoder)?;
         self.encode_transforms(&mut encoder)
     }
 }
@@ -378,6 +382,53 @@ impl Figures {
             let ty = ConstGauge::new(0i64).metric_type();
             let family = encoder.encode_descriptor(name, help, None, ty)?;
             ConstGauge::new(n as i64).encode(family)?;
+        }
+        Ok(())
+    }
+
+    /// The process's transform instances, shared by the subscriptions whose transforms
+    /// have the same component and configuration (`transform-idle-mib`).
+    fn encode_instances(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(pool) = &self.transforms else {
+            return Ok(());
+        };
+        let counters = [
+            (
+                "transform_instances_started",
+                "Transform instances started because no idle one fitted.",
+                pool.started.load(Relaxed),
+            ),
+            (
+                "transform_instances_evicted",
+                "Idle transform instances dropped to stay within transform-idle-mib.",
+                pool.evicted.load(Relaxed),
+            ),
+        ];
+        for (name, help, n) in counters {
+            let ty = ConstCounter::new(0u64).metric_type();
+            ConstCounter::new(n).encode(encoder.encode_descriptor(name, help, None, ty)?)?;
+        }
+        let gauges = [
+            (
+                "transform_instances_idle",
+                "Idle transform instances kept warm.",
+                pool.idle.load(Relaxed),
+            ),
+            (
+                "transform_idle_bytes",
+                "Memory of the idle transform instances.",
+                pool.idle_bytes.load(Relaxed),
+            ),
+            (
+                "transform_idle_bytes_limit",
+                "transform-idle-mib, in bytes.",
+                pool.budget,
+            ),
+        ];
+        for (name, help, n) in gauges {
+            let ty = ConstGauge::new(0i64).metric_type();
+            ConstGauge::new(n as i64).encode(encoder.encode_descriptor(name, help, None, ty)?)?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! poll, so a file being written is not read half done) or the process gets SIGHUP: what
 //! reloads transforms and the configuration listen to.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -48,13 +49,58 @@ pub fn changes(
     cancel: CancellationToken,
 ) -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel(1);
-    let stamps = |paths: &[PathBuf]| paths.iter().map(|p| stamp(p)).collect::<Vec<_>>();
-    let mut seen = stamps(&paths);
+    watch(
+        move || paths.clone(),
+        what,
+        move |_| {
+            // A signal already waiting covers this change too.
+            let _ = tx.try_send(());
+        },
+        cancel,
+    );
+    rx
+}
+
+/// What changed: files (possibly), or SIGHUP (read everything again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Files,
+    Hangup,
+}
+
+/// Calls `changed` when a file of `paths()` changes or on SIGHUP, until `cancel`. The list
+/// is asked for at each poll, so files may be added as they come into use: a file first
+/// seen is not a change.
+pub fn watch(
+    paths: impl Fn() -> Vec<PathBuf> + Send + 'static,
+    what: &'static str,
+    changed: impl Fn(Change) + Send + 'static,
+    cancel: CancellationToken,
+) {
+    let stamps = move |seen: &mut HashMap<PathBuf, Stamp>| {
+        let mut differs = false;
+        for path in paths() {
+            let now = stamp(&path);
+            match seen.get_mut(&path) {
+                Some(old) if *old != now => {
+                    *old = now;
+                    differs = true;
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(path, now);
+                }
+            }
+        }
+        differs
+    };
+    let mut seen = HashMap::new();
+    stamps(&mut seen);
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut changed = false;
+        let mut pending = false;
         let mut tick = tokio::time::interval(POLL);
         loop {
             #[cfg(unix)]
@@ -66,27 +112,27 @@ pub fn changes(
             };
             #[cfg(not(unix))]
             let hup = std::future::pending::<Option<()>>();
-            tokio::select! {
+            let change = tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = hup => tracing::info!("SIGHUP: reading {what} again."),
+                _ = hup => {
+                    tracing::info!("SIGHUP: reading {what} again.");
+                    Change::Hangup
+                }
                 _ = tick.tick() => {
-                    let now = stamps(&paths);
-                    if now != seen {
+                    if stamps(&mut seen) {
                         // Written, perhaps not finished: read once it stayed the same for
                         // a poll, not half of it.
-                        seen = now;
-                        changed = true;
+                        pending = true;
                         continue;
                     }
-                    if !std::mem::take(&mut changed) {
+                    if !std::mem::take(&mut pending) {
                         continue;
                     }
                     tracing::info!("A file of {what} changed: reading it again.");
+                    Change::Files
                 }
-            }
-            // A signal already waiting covers this change too.
-            let _ = tx.try_send(());
+            };
+            changed(change);
         }
     });
-    rx
 }

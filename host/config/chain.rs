@@ -26,17 +26,18 @@ impl TransformSection {
     }
 }
 
-/// The transform chain of one subscription: the file's (or the flags') transforms, with the
-/// flags' settings, policies and limits laid over them. Every file must exist and every
-/// setting must name a transform of the chain.
+/// The transform chain of one subscription of `org`: the file's (or the flags') transforms,
+/// with the flags' settings, policies and limits laid over them. Every file must exist and
+/// every setting must name a transform of the chain.
 pub(super) fn chain_specs(
     prefix: &str,
     sections: Vec<TransformSection>,
     flags: &TransformArgs,
+    org: &str,
 ) -> Result<Vec<TransformSpec>, ConfigError> {
     let mut specs: Vec<TransformSpec> = Vec::new();
     for section in sections {
-        let spec = transform_spec(prefix, section.overlay(flags.limits.clone()))?;
+        let spec = transform_spec(prefix, section.overlay(flags.limits.clone()), org)?;
         if specs.iter().any(|s| s.name == spec.name) {
             return Err(invalid(
                 format!("{prefix}transform"),
@@ -53,7 +54,11 @@ pub(super) fn chain_specs(
     Ok(specs)
 }
 
-fn transform_spec(prefix: &str, section: TransformSection) -> Result<TransformSpec, ConfigError> {
+fn transform_spec(
+    prefix: &str,
+    section: TransformSection,
+    org: &str,
+) -> Result<TransformSpec, ConfigError> {
     let key = |k: &str| format!("{prefix}{k}");
     let path = section.path.clone().ok_or_else(|| {
         missing(
@@ -100,6 +105,7 @@ fn transform_spec(prefix: &str, section: TransformSection) -> Result<TransformSp
         limits: section.limits(),
         allow_tables: section.allow_tables.unwrap_or_default(),
         keys: Keys::new(keys.iter().map(|(n, k)| (n.clone(), k.as_bytes()))),
+        scope: (!section.share_instances.unwrap_or(true)).then(|| org.to_string()),
         path,
     })
 }
@@ -247,6 +253,7 @@ impl ComponentArgs {
             limits: self.limits.limits(),
             allow_tables: Vec::new(),
             keys,
+            scope: None,
         })
     }
 

@@ -23,6 +23,11 @@ settings! {
         /// Where compiled components are cached; defaults to $XDG_CACHE_HOME/sfzb-host or
         /// ~/.cache/sfzb-host.
         transform_cache_dir: PathBuf, flag "transform-cache-dir", env "SFZB_CACHE_DIR";
+        /// Memory kept in warm transform instances between batches, for the whole process,
+        /// MiB. Subscriptions whose transform has the same component, configuration and keys
+        /// share instances; past this, the least recently used idle ones are dropped and
+        /// started again when next needed (tens of microseconds for a Rust guest).
+        transform_idle_mib: usize = 256usize, flag "transform-idle-mib";
         /// Where checkpoints are kept for sinks that keep none themselves (a Delta table keeps
         /// its own): local (checkpoints.json in state-dir), postgres (a table in PostgreSQL
         /// or Databricks Lakebase, checkpoint-postgres-url), warehouse (sfzb_checkpoints
@@ -187,6 +192,11 @@ settings! {
         grpc_host: String;
         /// With grpc-host: its port (7443).
         grpc_port: u16;
+        /// Settings of this org's transforms, by transform name, laid over its
+        /// subscriptions' as --transform-config is: `[acme.transform-config.tenant-filter]`
+        /// in a tenants file gives one tenant its own filter. Values as in a transform's
+        /// config (lists, { env = "VAR" }, { file = "PATH" }).
+        transform_config: BTreeMap<String, BTreeMap<String, toml::Value>>;
     }
 }
 
@@ -351,6 +361,10 @@ settings! {
         /// or { file = "PATH" } (or text). The transform names a key; it never sees one,
         /// and `config check` prints only the names.
         keys: BTreeMap<String, Secret>;
+        /// Whether subscriptions of different orgs may use the same warm instance (same
+        /// component, configuration, keys and limits; default true); false gives each org
+        /// instances of its own, so what a guest keeps in its memory stays with one org.
+        share_instances: bool;
     }
 }
 
@@ -399,8 +413,28 @@ impl FileConfig {
             }
             for t in sub.transforms.iter_mut().flatten() {
                 t.path.as_mut().map(join);
+                for value in t.config.iter_mut().flat_map(|c| c.values_mut()) {
+                    rebase_setting(value, dir);
+                }
+                for secret in t.keys.iter_mut().flat_map(|k| k.values_mut()) {
+                    if let Secret::File { file } = secret {
+                        join(file);
+                    }
+                }
             }
         }
+    }
+}
+
+/// A transform setting `{ file = "PATH" }` with a relative path → under `dir`.
+fn rebase_setting(value: &mut toml::Value, dir: &Path) {
+    if let Some(toml::Value::String(file)) = value
+        .as_table_mut()
+        .filter(|t| t.len() == 1)
+        .and_then(|t| t.get_mut("file"))
+        && Path::new(file.as_str()).is_relative()
+    {
+        *file = dir.join(&*file).display().to_string();
     }
 }
 
@@ -417,6 +451,13 @@ impl OrgSection {
             if let Some(Secret::File { file }) = secret {
                 join(file);
             }
+        }
+        let settings = self
+            .transform_config
+            .iter_mut()
+            .flat_map(|t| t.values_mut());
+        for value in settings.flat_map(|s| s.values_mut()) {
+            rebase_setting(value, dir);
         }
     }
 }

@@ -48,6 +48,7 @@ pub(super) fn resolve(
         )?;
         building.add(&prefix, section, org, args, &options)?;
     }
+    building.check_transform_config()?;
     let Building {
         orgs,
         subscriptions,
@@ -72,6 +73,7 @@ pub(super) fn resolve(
         shard: run.shard.as_deref().map(Shard::parse).transpose()?,
         lease: super::shard::lease_settings(&run)?,
         cache_dir: super::chain::cache_dir(run.transform_cache_dir.clone()),
+        transform_idle_bytes: run.transform_idle_mib().saturating_mul(1 << 20),
         options,
         metrics_listen: metrics_listen(&run)?,
         health_interval: match run.health_interval_secs() {
@@ -229,6 +231,8 @@ struct Building {
     names: std::collections::HashSet<String>,
     /// (org, channel, sink) → the subscription reading it.
     readers: std::collections::HashMap<(usize, String, String), String>,
+    /// (org, transform) pairs whose `transform-config` met a transform of the chain.
+    configured: std::collections::HashSet<(usize, String)>,
 }
 
 impl Building {
@@ -241,8 +245,19 @@ impl Building {
         args: &RunArgs,
         options: &RunOptions,
     ) -> Result<(), ConfigError> {
-        let config =
-            super::subscription::subscription_config(prefix, section.clone(), &args.transforms)?;
+        let mut config = super::subscription::subscription_config(
+            prefix,
+            section.clone(),
+            &args.transforms,
+            &self.orgs[org].name,
+        )?;
+        for (transform, setting, value) in &self.orgs[org].transform_config {
+            if let Some(spec) = config.transforms.iter_mut().find(|t| &t.name == transform) {
+                spec.config.retain(|(k, _)| k != setting);
+                spec.config.push((setting.clone(), value.clone()));
+                self.configured.insert((org, transform.clone()));
+            }
+        }
         if matches!(config.sink, SinkSpec::Zerobus(_)) && options.zerobus.endpoint.is_empty() {
             return Err(missing(
                 "zerobus-endpoint",
@@ -345,6 +360,53 @@ impl Building {
             None if taken(&short) => format!("{short}@{}", self.orgs[org].name),
             None => short,
         })
+    }
+
+    /// An org's `transform-config` must name a transform of its subscriptions' chains
+    /// (a misspelt name would leave the setting unused): a tenant's that does not is left
+    /// out of the run with the reason; any other org's is an error.
+    fn check_transform_config(&mut self) -> Result<(), ConfigError> {
+        for (i, org) in self.orgs.iter().enumerate() {
+            let chains: std::collections::BTreeSet<&str> = self
+                .subscriptions
+                .iter()
+                .filter(|s| s.org == i)
+                .flat_map(|s| s.config.transforms.iter().map(|t| t.name.as_str()))
+                .collect();
+            let used = self.subscriptions.iter().any(|s| s.org == i);
+            let Some((transform, ..)) = org
+                .transform_config
+                .iter()
+                .find(|(t, ..)| used && !self.configured.contains(&(i, t.clone())))
+            else {
+                continue;
+            };
+            let tenant = self.tenant_orgs.get(&org.name) == Some(&Some(i));
+            let prefix = match (tenant, org.name.as_str()) {
+                (true, name) => format!("tenants.{name}."),
+                (false, "default") => String::new(),
+                (false, name) => format!("orgs.{name}."),
+            };
+            let error = invalid(
+                format!("{prefix}transform-config"),
+                transform,
+                format!(
+                    "no transform named {transform} in the chain of this org's subscriptions (transforms: {})",
+                    if chains.is_empty() {
+                        "none".to_string()
+                    } else {
+                        chains.into_iter().collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            );
+            if !tenant {
+                return Err(error);
+            }
+            self.rejected_tenants
+                .push((org.name.clone(), error.to_string()));
+            self.subscriptions.retain(|s| s.org != i);
+        }
+        Ok(())
     }
 
     /// Refuses a second reader of one checkpoint: the same name, or the same (org, channel,

@@ -74,6 +74,8 @@ pub struct OrgConfig {
     pub login_url: String,
     pub api_version: String,
     pub credentials: Credentials,
+    /// `transform-config`: (transform, key, value) for this org's transforms.
+    pub transform_config: Vec<(String, String, String)>,
 }
 
 /// One subscription of a run and the org it reads from.
@@ -94,6 +96,8 @@ pub struct RunPlan {
     pub rejected_tenants: Vec<(String, String)>,
     /// Where compiled transforms are cached.
     pub cache_dir: Option<PathBuf>,
+    /// Bytes of idle transform instances kept warm for the whole process.
+    pub transform_idle_bytes: usize,
     pub options: RunOptions,
     pub metrics_listen: Option<SocketAddr>,
     /// How often each subscription logs a health report; `None` = never.

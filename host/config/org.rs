@@ -1,9 +1,9 @@
-//! An org: where it logs in, its Pub/Sub endpoint, and its credentials (the login flow,
-//! inferred from what is given).
+//! An org: where it logs in, its Pub/Sub endpoint, its credentials (the login flow,
+//! inferred from what is given), and the settings of its transforms.
 
 use secrecy::SecretString;
 
-use super::file::{OrgSection, Secret};
+use super::file::{OrgSection, Secret, setting_text};
 use super::{ConfigError, OrgConfig, check_url, missing};
 use crate::cli::AuthFlow;
 use crate::salesforce::auth::Credentials;
@@ -41,12 +41,23 @@ pub(super) fn org_config(
         "https://login.salesforce.com",
     )?;
     let login_url = login_url.trim_end_matches('/').to_string();
+    let mut transform_config = Vec::new();
+    for (transform, settings) in org.transform_config.iter().flatten() {
+        for (setting, value) in settings {
+            let value = setting_text(
+                &key(&format!("transform-config.{transform}.{setting}")),
+                value,
+            )?;
+            transform_config.push((transform.clone(), setting.clone(), value));
+        }
+    }
     Ok(OrgConfig {
         name: name.to_string(),
         pubsub_endpoint,
         api_version: org.api_version(),
         credentials: credentials(&org, prefix, &login_url)?,
         login_url,
+        transform_config,
     })
 }
 

@@ -13,6 +13,7 @@ pub(super) fn subscription_config(
     prefix: &str,
     section: SubscriptionSection,
     flags: &TransformArgs,
+    org: &str,
 ) -> Result<SubscriptionConfig, ConfigError> {
     let key = |k: &str| format!("{prefix}{k}");
     let channel = section.channel.as_deref().ok_or_else(|| {
@@ -116,6 +117,7 @@ pub(super) fn subscription_config(
             prefix,
             section.transforms.unwrap_or_default(),
             flags,
+            org,
         )?,
     })
 }

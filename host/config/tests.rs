@@ -137,6 +137,7 @@ fn shards_parse_and_split_every_subscription_to_exactly_one() {
             username: "u".into(),
             password: SecretString::from("p"),
         },
+        transform_config: Vec::new(),
     };
     let shards: Vec<Shard> = (0..3)
         .map(|i| Shard::parse(&format!("{i}/3")).unwrap())

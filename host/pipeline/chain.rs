@@ -1,5 +1,6 @@
 //! The transform chain, run on a blocking thread (a guest may take its whole timeout), and
-//! swapped for a freshly loaded one on SIGHUP or when a component file changes.
+//! swapped for a freshly loaded one when a component file of it changed (the process's
+//! watcher says when to look; SIGHUP reads the files again).
 
 use super::flow::Flow;
 use super::{PipelineError, panic_message};
@@ -36,8 +37,8 @@ impl Flow<'_> {
         Ok(output)
     }
 
-    /// Swaps in a freshly loaded chain between batches; if any component fails to load or
-    /// to init, the running chain stays and the log says why.
+    /// Swaps in a freshly loaded chain between batches if a component of it changed; if any
+    /// fails to load or to init, the running chain stays and the log says why.
     pub(super) async fn reload(&mut self) {
         let Some(chain) = self.chain.take() else {
             return;
@@ -49,10 +50,11 @@ impl Flow<'_> {
         .await
         .expect("reloading transforms does not panic");
         match fresh {
-            Ok(fresh) => {
+            Ok(Some(fresh)) => {
                 tracing::info!("Transforms reloaded.");
                 self.chain = Some(fresh);
             }
+            Ok(None) => self.chain = Some(chain),
             Err(error) => {
                 tracing::error!(%error, "Transform reload failed; the running chain stays.");
                 self.chain = Some(chain);

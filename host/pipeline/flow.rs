@@ -88,10 +88,7 @@ impl Flow<'_> {
         let idle = options.until_idle.unwrap_or(far);
         let mut idle_deadline = tokio::time::Instant::now() + idle;
         let mut flush_tick = tokio::time::interval(options.flush_interval);
-        let mut reload = self
-            .chain
-            .as_ref()
-            .map(|chain| crate::watch::changes(chain.paths(), "transforms", cancel.clone()));
+        let mut reload = self.chain.as_ref().map(|chain| chain.changes());
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(End::Stopped),
@@ -117,7 +114,7 @@ impl Flow<'_> {
                         Box::pin(self.flush()).await?;
                     }
                 }
-                Some(()) = async { match reload.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                Ok(()) = async { match reload.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => {
                     Box::pin(self.reload()).await;
                 }
                 // Only once the stream has named a position past the last snapshot's: the

@@ -159,6 +159,7 @@ mod tests {
                 client_id: "c".into(),
                 client_secret: secret.to_string().into(),
             },
+            transform_config: Vec::new(),
         }
     }
 

@@ -159,7 +159,13 @@ pub async fn start(mut plan: RunPlan, cancel: CancellationToken) -> Result<Start
     };
     let pipeline = pipeline::Shared::new(&plan.options);
     let registry = Registry::with_budget(pipeline.in_flight.clone());
+    if let Some(runtime) = &runtime {
+        registry.set_transform_pool(runtime.pool_figures());
+    }
     let observers = cancel.child_token();
+    if let Some(runtime) = &runtime {
+        watch_components(runtime, observers.clone());
+    }
     let metrics_addr = match plan.metrics_listen {
         Some(addr) => Some(
             http::serve(addr, registry.clone(), observers.clone())
@@ -176,7 +182,7 @@ pub async fn start(mut plan: RunPlan, cancel: CancellationToken) -> Result<Start
         registry: registry.clone(),
         options: plan.options.clone(),
         max_checkpoint_lag: plan.max_checkpoint_lag,
-        cache_dir: plan.cache_dir.clone(),
+        transform_options: runtime_options(&plan, false),
     };
     tokio::spawn(
         context
@@ -342,14 +348,33 @@ pub(crate) async fn transform_runtime(
     if specs.is_empty() {
         return Ok(None);
     }
-    let options = transform::RuntimeOptions {
-        cache_dir: plan.cache_dir.clone(),
-        fuel: specs.iter().any(|s| s.limits.fuel.is_some()),
-    };
+    let options = runtime_options(plan, specs.iter().any(|s| s.limits.fuel.is_some()));
     let runtime = tokio::task::spawn_blocking(move || transform::Runtime::new(options))
         .await
         .expect("starting the transform runtime does not panic")?;
     Ok(Some(Arc::new(runtime)))
+}
+
+/// One watcher of the component files of every chain of the run: a changed file (or
+/// SIGHUP) tells each chain to look whether its programs are still current, so 10,000
+/// subscriptions of one transform cost one poll a second, not 10,000.
+pub(super) fn watch_components(runtime: &Arc<transform::Runtime>, cancel: CancellationToken) {
+    let (paths, changed) = (runtime.clone(), runtime.clone());
+    crate::watch::watch(
+        move || paths.component_paths(),
+        "transforms",
+        move |change| changed.components_changed(change == crate::watch::Change::Hangup),
+        cancel,
+    );
+}
+
+/// The transform runtime's settings for `plan`, metering fuel if `fuel`.
+fn runtime_options(plan: &RunPlan, fuel: bool) -> transform::RuntimeOptions {
+    transform::RuntimeOptions {
+        cache_dir: plan.cache_dir.clone(),
+        fuel,
+        idle_bytes: plan.transform_idle_bytes,
+    }
 }
 
 /// Compiles (or loads from the cache), links and initialises the transforms, off the async
@@ -363,7 +388,11 @@ pub async fn load_chain(
     }
     let fuel = specs.iter().any(|s| s.limits.fuel.is_some());
     let runtime = tokio::task::spawn_blocking(move || {
-        transform::Runtime::new(transform::RuntimeOptions { cache_dir, fuel })
+        transform::Runtime::new(transform::RuntimeOptions {
+            cache_dir,
+            fuel,
+            ..Default::default()
+        })
     })
     .await
     .expect("starting the transform runtime does not panic")?;

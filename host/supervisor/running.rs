@@ -2,7 +2,6 @@
 //! for the report), and changed by a reload (see [`super::live`]).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +27,8 @@ pub(super) struct Context {
     pub(super) registry: Registry,
     pub(super) options: RunOptions,
     pub(super) max_checkpoint_lag: Duration,
-    pub(super) cache_dir: Option<PathBuf>,
+    /// The transform runtime's settings, for a reload that starts the first chain.
+    pub(super) transform_options: transform::RuntimeOptions,
 }
 
 type Done = (usize, String, Result<SubscriptionStats, Error>);
@@ -316,15 +316,20 @@ impl Running {
         }
         if self.ctx.runtime.is_none() {
             let options = transform::RuntimeOptions {
-                cache_dir: self.ctx.cache_dir.clone(),
                 fuel: sub
                     .config
                     .transforms
                     .iter()
                     .any(|s| s.limits.fuel.is_some()),
+                ..self.ctx.transform_options.clone()
             };
             match tokio::task::spawn_blocking(move || transform::Runtime::new(options)).await {
-                Ok(Ok(runtime)) => self.ctx.runtime = Some(Arc::new(runtime)),
+                Ok(Ok(runtime)) => {
+                    let runtime = Arc::new(runtime);
+                    super::watch_components(&runtime, self.cancel.clone());
+                    self.ctx.registry.set_transform_pool(runtime.pool_figures());
+                    self.ctx.runtime = Some(runtime);
+                }
                 Ok(Err(error)) => {
                     tracing::error!(subscription = %sub.name, %error, "Transform runtime did not start; the subscription is not started.");
                     return None;

@@ -10,11 +10,12 @@ use bytes::Bytes;
 
 use crate::event::{ChangeEvent, ReplayId};
 use crate::transform::engine::{
-    CallFailure, Instance, LoadedFrom, Runtime, Shared, State, TransformError, TransformPre,
+    CallFailure, Instance, LoadedFrom, Program, Runtime, Shared, TransformError,
 };
 use crate::transform::keys::Keys;
 use crate::transform::limits::Limits;
 use crate::transform::metrics::GuestMetrics;
+use crate::transform::pool::InstanceKey;
 
 /// What to do with an event a transform fails on.
 #[derive(
@@ -53,6 +54,9 @@ pub struct TransformSpec {
     pub allow_tables: Vec<String>,
     /// `keys`: the secrets `host.hmac-sha256` hashes with, by name; never given to the guest.
     pub keys: Keys,
+    /// `share-instances = false`: only chains of this org use its instances. `None`: any
+    /// chain with the same component, configuration, keys and limits may.
+    pub scope: Option<String>,
 }
 
 /// Counts for one transform.
@@ -76,7 +80,10 @@ struct Loaded {
     spec: TransformSpec,
     /// Its name, log budget, metrics and keys, kept across instances.
     shared: Arc<Shared>,
-    pre: TransformPre<State>,
+    program: Arc<Program>,
+    /// Which idle instances of the pool can serve it.
+    key: InstanceKey,
+    /// The instance serving the current batch; between batches it is back in the pool.
     instance: Option<Instance>,
     stats: TransformStats,
     /// Bytes of this batch's outputs so far (`max-batch-output-mib`).
@@ -124,22 +131,37 @@ pub struct Chain {
 
 impl Chain {
     /// Loads, links and initialises every transform, so a bad component or configuration
-    /// fails here, before any event.
+    /// fails here, before any event: a configuration that has an idle instance passed its
+    /// `init` already; any other gets one, which then waits in the pool.
     pub fn load(runtime: Arc<Runtime>, specs: &[TransformSpec]) -> Result<Chain, TransformError> {
         let mut transforms = Vec::with_capacity(specs.len());
         for spec in specs {
             let started = Instant::now();
-            let (component, from) = runtime.component(&spec.path)?;
-            let pre = runtime.prepare(&spec.name, &component)?;
+            let (program, from) = runtime.program(&spec.name, &spec.path)?;
+            let key = InstanceKey::new(&program.digest, spec);
             let shared = Shared::new(&spec.name, &spec.limits, spec.keys.clone());
-            let instance = runtime.instantiate(&shared, &pre, &spec.limits, &spec.config)?;
-            tracing::info!(
-                transform = %spec.name,
-                path = %spec.path.display(),
-                load_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
-                from = match from { LoadedFrom::Cache => "cache", LoadedFrom::Compiled => "compiled" },
-                "Transform loaded."
-            );
+            let instance = match runtime.pool.take(&key) {
+                Some(instance) => instance,
+                None => {
+                    runtime.pool.started();
+                    runtime.instantiate(&shared, &program.pre, &spec.limits, &spec.config)?
+                }
+            };
+            runtime.pool.give_back(key, instance);
+            let load_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1e3);
+            match from {
+                // Thousands of subscriptions of one transform log its loading once.
+                LoadedFrom::Loaded => {
+                    tracing::debug!(transform = %spec.name, path = %spec.path.display(), load_ms, "Transform loaded (already in this process).")
+                }
+                LoadedFrom::Cache | LoadedFrom::Compiled => tracing::info!(
+                    transform = %spec.name,
+                    path = %spec.path.display(),
+                    load_ms,
+                    from = if from == LoadedFrom::Cache { "cache" } else { "compiled" },
+                    "Transform loaded."
+                ),
+            }
             transforms.push(Loaded {
                 stats: TransformStats {
                     name: spec.name.clone(),
@@ -147,8 +169,9 @@ impl Chain {
                 },
                 spec: spec.clone(),
                 shared,
-                pre,
-                instance: Some(instance),
+                program,
+                key,
+                instance: None,
                 batch_bytes: 0,
                 tables: Default::default(),
             });
@@ -169,9 +192,18 @@ impl Chain {
         self.transforms.is_empty()
     }
 
-    /// A new chain from the same specs (the component files as they are now), for a reload.
-    /// The running chain is untouched: on error, keep using it.
-    pub fn reload(&self) -> Result<Chain, TransformError> {
+    /// A new chain from the same specs (the component files as they are now), for a reload;
+    /// `None` when no component changed. The running chain is untouched: on error, keep
+    /// using it.
+    pub fn reload(&self) -> Result<Option<Chain>, TransformError> {
+        let mut unchanged = true;
+        for t in &self.transforms {
+            let (program, _) = self.runtime.program(&t.spec.name, &t.spec.path)?;
+            unchanged &= Arc::ptr_eq(&program, &t.program);
+        }
+        if unchanged {
+            return Ok(None);
+        }
         let specs: Vec<TransformSpec> = self.transforms.iter().map(|t| t.spec.clone()).collect();
         let mut fresh = Chain::load(self.runtime.clone(), &specs)?;
         fresh.home = self.home.clone();
@@ -189,15 +221,12 @@ impl Chain {
                 .unwrap_or_else(|e| e.into_inner())
                 .carry(earlier);
         }
-        Ok(fresh)
+        Ok(Some(fresh))
     }
 
-    /// The component files, to watch for changes.
-    pub fn paths(&self) -> Vec<PathBuf> {
-        self.transforms
-            .iter()
-            .map(|t| t.spec.path.clone())
-            .collect()
+    /// A signal each time a component file may have changed: then [`Chain::reload`].
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.runtime.changes()
     }
 
     pub fn stats(&self) -> Vec<TransformStats> {
@@ -210,8 +239,18 @@ impl Chain {
             .collect()
     }
 
-    /// Runs every event through the chain.
+    /// Runs every event through the chain, then gives the instances back to the pool.
     pub fn run(&mut self, events: Vec<ChangeEvent>) -> ChainOutput {
+        let out = self.run_events(events);
+        for transform in &mut self.transforms {
+            if let Some(instance) = transform.instance.take() {
+                self.runtime.pool.give_back(transform.key, instance);
+            }
+        }
+        out
+    }
+
+    fn run_events(&mut self, events: Vec<ChangeEvent>) -> ChainOutput {
         let mut out = ChainOutput::default();
         self.transforms.iter_mut().for_each(|t| t.batch_bytes = 0);
         for event in events {
@@ -262,6 +301,12 @@ impl Loaded {
             schema_id: event.schema.id.clone(),
             payload: event.payload.clone(),
         };
+        if self.instance.is_none() {
+            self.instance = runtime.pool.take(&self.key).map(|mut instance| {
+                instance.serve(&self.shared);
+                instance
+            });
+        }
         // A guest that keeps events across calls gets a fresh instance before it pins more.
         if self
             .instance
@@ -278,14 +323,16 @@ impl Loaded {
             Some(instance) => instance.process(event, &self.spec.limits),
             None => match runtime.instantiate(
                 &self.shared,
-                &self.pre,
+                &self.program.pre,
                 &self.spec.limits,
                 &self.spec.config,
             ) {
-                Ok(instance) => self
-                    .instance
-                    .insert(instance)
-                    .process(event, &self.spec.limits),
+                Ok(instance) => {
+                    runtime.pool.started();
+                    self.instance
+                        .insert(instance)
+                        .process(event, &self.spec.limits)
+                }
                 Err(e) => Err(CallFailure::Trap(format!("could not be restarted: {e}"))),
             },
         };

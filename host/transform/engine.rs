@@ -1,12 +1,14 @@
-//! The wasmtime side: one Engine and Linker per process, components compiled once and
-//! cached on disk, the host half of the WIT contract, and a warm instance per transform.
+//! The wasmtime side: one Engine and Linker per process, components compiled once (cached
+//! on disk, and loaded once per process), the host half of the WIT contract, and warm
+//! instances shared by the chains that can use them ([`super::pool`]).
 //! WASI is linked because guest toolchains import it, but it grants nothing: no files,
 //! network, environment, arguments or stdin; stdout and stderr become log lines
 //! ([`super::stdio`]).
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -17,6 +19,7 @@ use crate::event::ChangeEvent;
 use crate::transform::keys::Keys;
 use crate::transform::limits::{EpochTicker, Limits, LogBudget, MemoryCap};
 use crate::transform::metrics::GuestMetrics;
+use crate::transform::pool::Pool;
 use crate::transform::stdio::GuestOutput;
 
 wasmtime::component::bindgen!({
@@ -73,8 +76,8 @@ impl TransformError {
 /// The least time `init` may take.
 const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What every instance of one transform shares, so a guest that traps (and is replaced)
-/// cannot reset it: its name, log budget, metrics and keys.
+/// What one subscription's transform keeps whichever instance serves it, so a guest that
+/// traps (and is replaced) cannot reset it: its name, log budget, metrics and keys.
 pub struct Shared {
     pub name: Arc<str>,
     pub log: std::sync::Mutex<LogBudget>,
@@ -107,6 +110,8 @@ pub struct State {
     pub(super) table: ResourceTable,
     pub(super) memory: MemoryCap,
     pub(super) shared: Arc<Shared>,
+    /// The same, for the guest's stdout and stderr streams (they outlive a call).
+    pub(super) serving: Arc<Mutex<Arc<Shared>>>,
     pub(super) limits: Limits,
     /// Bytes `set` put into events during the current call.
     pub(super) added_bytes: usize,
@@ -115,8 +120,9 @@ pub struct State {
     pub(super) held: std::collections::HashMap<u32, usize>,
     /// Their sum: host memory the guest pins, bounded by its own memory limit.
     pub(super) held_bytes: usize,
-    /// The replay id of the event of the current call: outputs must be it or its copies.
-    pub(super) current: Option<crate::event::ReplayId>,
+    /// The org, channel and replay id of the event of the current call: outputs must be it
+    /// or its copies (an instance serves several subscriptions, whose replay ids may match).
+    pub(super) current: Option<(Arc<str>, Arc<str>, crate::event::ReplayId)>,
     /// The host-side limit that stopped the current call, for its error message.
     pub(super) limit_hit: Option<String>,
 }
@@ -176,27 +182,66 @@ impl Drop for State {
 }
 
 /// Settings for the whole process's Wasm runtime.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RuntimeOptions {
     /// Where compiled components are kept (`<hash>.cwasm`); `None` compiles on every start.
     pub cache_dir: Option<PathBuf>,
     /// Meter fuel (needed when any transform has a fuel limit; costs ~9% per call).
     pub fuel: bool,
+    /// Bytes of idle instances kept warm for the chains that share them
+    /// (`transform-idle-mib`).
+    pub idle_bytes: usize,
 }
 
-/// The process's Wasm runtime: one Engine and Linker shared by every transform.
+/// The default of `transform-idle-mib`.
+pub const IDLE_MIB: usize = 256;
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            cache_dir: None,
+            fuel: false,
+            idle_bytes: IDLE_MIB << 20,
+        }
+    }
+}
+
+/// The process's Wasm runtime: one Engine and Linker shared by every transform, each
+/// component loaded once, and the pool of idle instances.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<State>,
     options: RuntimeOptions,
+    /// Per component file, the last program loaded from it and the file's size and
+    /// modification time then; each slot is locked while it loads, so thousands of chains
+    /// starting at once load a component once.
+    programs: Mutex<HashMap<PathBuf, Arc<Mutex<Option<(FileStamp, Arc<Program>)>>>>>,
+    /// Bumped when a component file may have changed (or on SIGHUP), by the process's
+    /// one watcher: chains then look whether their programs are still current.
+    changes: tokio::sync::watch::Sender<u64>,
+    pub(super) pool: Pool,
     _ticker: EpochTicker,
 }
+
+/// A component compiled and linked, ready to instantiate.
+pub struct Program {
+    pub pre: TransformPre<State>,
+    /// A digest of the file's bytes (and the engine), naming it in instance keys.
+    pub digest: String,
+}
+
+/// A file's size and modification time when it was read; `None` once it must be read again
+/// whatever they are (SIGHUP).
+type FileStamp = Option<(u64, Option<std::time::SystemTime>)>;
 
 /// How a component got loaded, for the start-up log and the compile-cache benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadedFrom {
+    /// Compiled earlier, read from the compile cache.
     Cache,
     Compiled,
+    /// Already loaded in this process, for another chain.
+    Loaded,
 }
 
 impl Runtime {
@@ -215,9 +260,85 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
+            pool: Pool::new(options.idle_bytes),
             options,
+            programs: Default::default(),
+            changes: tokio::sync::watch::Sender::new(0),
             _ticker: ticker,
         })
+    }
+
+    /// Figures of the shared instances, for `/metrics`.
+    pub fn pool_figures(&self) -> Arc<crate::transform::PoolFigures> {
+        self.pool.figures.clone()
+    }
+
+    /// The component at `path`, compiled and linked: once per process for as long as the
+    /// file keeps its contents, so 10,000 subscriptions of one transform load it once. A
+    /// file whose size or modification time changed is read again; the same program is
+    /// returned if its bytes did not change.
+    pub fn program(
+        &self,
+        name: &str,
+        path: &Path,
+    ) -> Result<(Arc<Program>, LoadedFrom), TransformError> {
+        let read_error = |source| TransformError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let slot = self
+            .programs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_path_buf())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let meta = std::fs::metadata(path).map_err(read_error)?;
+        let stamp = Some((meta.len(), meta.modified().ok()));
+        if let Some((loaded, program)) = slot.as_ref()
+            && *loaded == stamp
+        {
+            return Ok((program.clone(), LoadedFrom::Loaded));
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        let digest = self.cache_key(&bytes);
+        if let Some((loaded, program)) = slot.as_mut()
+            && program.digest == digest
+        {
+            *loaded = stamp;
+            return Ok((program.clone(), LoadedFrom::Loaded));
+        }
+        let (component, from) = self.compile(path, &bytes, &digest)?;
+        let pre = self.prepare(name, &component)?;
+        let program = Arc::new(Program { pre, digest });
+        *slot = Some((stamp, program.clone()));
+        Ok((program, from))
+    }
+
+    /// The component files loaded so far, for the process's watcher.
+    pub fn component_paths(&self) -> Vec<PathBuf> {
+        let programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+        programs.keys().cloned().collect()
+    }
+
+    /// Component files may have changed (`reread`: SIGHUP, read them again even if they
+    /// look the same): every chain is told to look.
+    pub fn components_changed(&self, reread: bool) {
+        if reread {
+            let programs = self.programs.lock().unwrap_or_else(|e| e.into_inner());
+            for slot in programs.values() {
+                if let Some((stamp, _)) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    *stamp = None;
+                }
+            }
+        }
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// A signal each time [`Runtime::components_changed`] is called.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn fuel_enabled(&self) -> bool {
@@ -226,11 +347,12 @@ impl Runtime {
 
     /// Compiles a component, or loads it from the cache when this engine compiled the same
     /// bytes before.
-    pub fn component(&self, path: &Path) -> Result<(Component, LoadedFrom), TransformError> {
-        let bytes = std::fs::read(path).map_err(|source| TransformError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    fn compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<(Component, LoadedFrom), TransformError> {
         let compile_error = |e: wasmtime::Error| TransformError::Compile {
             path: path.to_path_buf(),
             detail: format!("{e:#}"),
@@ -239,7 +361,7 @@ impl Runtime {
             .options
             .cache_dir
             .as_ref()
-            .map(|dir| dir.join(format!("{}.cwasm", self.cache_key(&bytes))));
+            .map(|dir| dir.join(format!("{digest}.cwasm")));
         if let Some(file) = cached.as_ref().filter(|f| f.is_file()) {
             // SAFETY: the file is one this process family wrote into its own cache with
             // `precompile_component` for an engine of the same configuration (in the key).
@@ -252,7 +374,7 @@ impl Runtime {
         }
         let compiled = self
             .engine
-            .precompile_component(&bytes)
+            .precompile_component(bytes)
             .map_err(compile_error)?;
         if let Some(file) = &cached
             && let Err(error) = write_cache(file, &compiled)
@@ -277,7 +399,7 @@ impl Runtime {
     }
 
     /// Links a component against the host; fails, naming the import, if it needs more.
-    pub fn prepare(
+    fn prepare(
         &self,
         name: &str,
         component: &Component,
@@ -309,17 +431,19 @@ impl Runtime {
             name: name.to_string(),
             detail: format!("{e:#}"),
         };
+        let serving = Arc::new(Mutex::new(shared.clone()));
         let state = State {
             wasi: WasiCtx::builder()
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
-                .stdout(GuestOutput::stdout(shared))
-                .stderr(GuestOutput::stderr(shared))
+                .stdout(GuestOutput::stdout(&serving))
+                .stderr(GuestOutput::stderr(&serving))
                 .build(),
             table: ResourceTable::new(),
             memory: MemoryCap::new(limits.memory_bytes),
             shared: shared.clone(),
+            serving,
             limits: *limits,
             added_bytes: 0,
             held: Default::default(),
@@ -459,6 +583,16 @@ impl Instance {
         self.events
     }
 
+    /// Makes the instance serve the transform of another subscription: its log lines,
+    /// metrics and keys are that one's from now on.
+    pub fn serve(&mut self, shared: &Arc<Shared>) {
+        let state = self.store.data_mut();
+        if !Arc::ptr_eq(&state.shared, shared) {
+            state.shared = shared.clone();
+            *state.serving.lock().unwrap_or_else(|e| e.into_inner()) = shared.clone();
+        }
+    }
+
     pub fn memory_in_use(&self) -> usize {
         self.store.data().memory.current
     }
@@ -481,7 +615,11 @@ impl Instance {
         let size = event.payload.len();
         let state = self.store.data_mut();
         state.start_call();
-        state.current = Some(event.replay_id.clone());
+        state.current = Some((
+            event.org_id.clone(),
+            event.channel.clone(),
+            event.replay_id.clone(),
+        ));
         let handle = state
             .table
             .push(event)
@@ -521,10 +659,15 @@ impl Instance {
         }
         // An event kept from an earlier call would write rows for a position outside this
         // batch, past or behind the checkpoint.
-        if out
-            .iter()
-            .any(|(_, e)| Some(&e.replay_id) != state.current.as_ref())
-        {
+        let kept = |e: &ChangeEvent| {
+            state
+                .current
+                .as_ref()
+                .is_none_or(|(org, channel, replay_id)| {
+                    e.replay_id != *replay_id || e.org_id != *org || e.channel != *channel
+                })
+        };
+        if out.iter().any(|(_, e)| kept(e)) {
             return Err(CallFailure::Invalid(
                 "an output is an event it kept from an earlier call; return only the event it was given or its copies".into(),
             ));

@@ -52,6 +52,17 @@ impl Keys {
         self.0.is_empty()
     }
 
+    /// Each key by name with an HMAC of a fixed text under it: equal keys give equal
+    /// fingerprints, so instances can be shared by transforms with the same keys, and the
+    /// key cannot be recovered from one.
+    pub fn fingerprints(&self) -> impl Iterator<Item = (&str, [u8; 32])> {
+        self.0.iter().map(|(name, mac)| {
+            let mut mac = mac.clone();
+            mac.update(b"sfzb-host instance key");
+            (name.as_str(), mac.finalize().into_bytes().into())
+        })
+    }
+
     /// HMAC-SHA256 of `data` with the key `name`, as lowercase hex; the error is what the
     /// guest is told (the key names it may use, never a value).
     pub fn hmac_sha256_hex(&self, name: &str, data: &[u8]) -> Result<String, String> {

@@ -3,7 +3,8 @@
 //!
 //! | file | concern |
 //! |---|---|
-//! | `engine.rs` | Engine, Linker, WIT bindings, compile cache, instances |
+//! | `engine.rs` | Engine, Linker, WIT bindings, compile cache, loaded components, instances |
+//! | `pool.rs` | warm instances shared by chains, idle ones under a process-wide budget |
 //! | `host.rs` | the host half of the contract: the `host` and `types` interfaces |
 //! | `chain.rs` | ordered transforms, routing, failure policy, counts |
 //! | `limits.rs` | memory cap, epoch deadlines, fuel; no event data |
@@ -20,9 +21,11 @@ pub mod host;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod pool;
 pub mod stdio;
 
 pub use chain::{Chain, ChainOutput, Failed, OnError, Routed, TransformSpec, TransformStats};
 pub use engine::{CONTRACT, Runtime, RuntimeOptions, TransformError};
 pub use keys::Keys;
 pub use limits::Limits;
+pub use pool::PoolFigures;

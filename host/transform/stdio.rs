@@ -3,7 +3,7 @@
 //! `max-log-lines-per-sec` as `host.log`. Nothing reaches the host's own stdout, which
 //! carries data (`transform test --json`, a `jsonl:-` sink).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -13,23 +13,26 @@ use super::engine::Shared;
 use super::engine::sfzb::transform::host::Level;
 use super::host::MAX_LOG_BYTES;
 
+/// The transform the instance serves now (a shared instance serves several subscriptions).
+type Serving = Arc<Mutex<Arc<Shared>>>;
+
 /// What WASI hands the guest as stdout or stderr.
 pub struct GuestOutput {
-    shared: Arc<Shared>,
+    serving: Serving,
     level: Level,
 }
 
 impl GuestOutput {
-    pub fn stdout(shared: &Arc<Shared>) -> GuestOutput {
+    pub fn stdout(serving: &Serving) -> GuestOutput {
         GuestOutput {
-            shared: shared.clone(),
+            serving: serving.clone(),
             level: Level::Info,
         }
     }
 
-    pub fn stderr(shared: &Arc<Shared>) -> GuestOutput {
+    pub fn stderr(serving: &Serving) -> GuestOutput {
         GuestOutput {
-            shared: shared.clone(),
+            serving: serving.clone(),
             level: Level::Warn,
         }
     }
@@ -44,7 +47,7 @@ impl IsTerminal for GuestOutput {
 impl StdoutStream for GuestOutput {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(Lines {
-            shared: self.shared.clone(),
+            serving: self.serving.clone(),
             level: self.level,
             pending: Vec::new(),
         })
@@ -58,7 +61,7 @@ impl StdoutStream for GuestOutput {
 
 /// Bytes until a newline, then one log line; a line longer than the log's limit is cut.
 struct Lines {
-    shared: Arc<Shared>,
+    serving: Serving,
     level: Level,
     pending: Vec<u8>,
 }
@@ -69,7 +72,12 @@ impl Lines {
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches('\r');
         if !text.is_empty() {
-            self.shared.log(self.level, text.to_string(), None);
+            let shared = self
+                .serving
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            shared.log(self.level, text.to_string(), None);
         }
     }
 }

@@ -474,3 +474,84 @@ async fn many_orgs_catching_up_hold_no_more_events_than_the_process_budget() {
     assert_eq!(budget.in_use(), 0, "every place was given back");
     sim.shutdown().await;
 }
+
+/// Tenants of one template chain, each with its own `tenant-filter` settings from the
+/// tenants file (`[NAME.transform-config.tenant-filter]`), on instances started on demand
+/// under an idle budget too small to keep any: each keeps exactly its own events, and an
+/// entry naming a transform the chain does not have is left out with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenant_filters_with_its_own_settings() {
+    let sim = start(sim_config(&["Account"], 60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.toml");
+    let tenant = |name: &str, transform: &str, types: &str| {
+        format!(
+            "[{name}]\nclient-id = \"sim-client-1\"\nclient-secret = \"sim-secret-1\"\n\
+             [{name}.transform-config.{transform}]\nchange-types = {types}\n"
+        )
+    };
+    let all = "[\"CREATE\", \"UPDATE\", \"DELETE\", \"UNDELETE\", \"GAP_CREATE\", \"GAP_UPDATE\", \"GAP_DELETE\", \"GAP_UNDELETE\", \"GAP_OVERFLOW\"]";
+    let text = [
+        tenant("all", "tenant-filter", all),
+        tenant("creates", "tenant-filter", "\"CREATE\""),
+        tenant("updates", "tenant-filter", "\"update\""),
+        tenant("updates-too", "tenant-filter", "[\"UPDATE\"]"),
+        tenant("typo", "tenant-fitler", "\"CREATE\""),
+    ]
+    .concat();
+    std::fs::write(&tenants, text).unwrap();
+    let filter = crate::guests::component("tenant-filter")
+        .display()
+        .to_string();
+    let cache = crate::guests::dir().join("../cache").display().to_string();
+    let extra = [
+        "--until-idle",
+        "1",
+        "--transform",
+        &filter,
+        "--transform-cache-dir",
+        &cache,
+        "--transform-idle-mib",
+        "1",
+    ];
+    let plan = tenants_args(&sim, dir.path(), &tenants, &extra)
+        .plan()
+        .unwrap();
+    assert_eq!(
+        plan.rejected_tenants.len(),
+        1,
+        "{:?}",
+        plan.rejected_tenants
+    );
+    let (name, reason) = &plan.rejected_tenants[0];
+    assert_eq!(name, "typo");
+    assert!(
+        reason.contains("tenants.typo.transform-config") && reason.contains("tenant-fitler"),
+        "{reason}"
+    );
+    assert_eq!(plan.subscriptions.len(), 4);
+    let report = sfzb_host::run(plan, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    every_subscription_ended_cleanly(&report);
+    sim.shutdown().await;
+
+    let kept = |tenant: &str| -> Vec<(u64, String)> {
+        rows(&dir.path().join(format!("{tenant}.jsonl")))
+            .iter()
+            .map(|r| (replay(r), r["change_type"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let all = kept("all");
+    assert_eq!(
+        all.len(),
+        60,
+        "every event is of a type the first tenant keeps"
+    );
+    let of_type =
+        |t: &str| -> Vec<(u64, String)> { all.iter().filter(|(_, c)| c == t).cloned().collect() };
+    assert!(!of_type("CREATE").is_empty() && !of_type("UPDATE").is_empty());
+    assert_eq!(kept("creates"), of_type("CREATE"));
+    assert_eq!(kept("updates"), of_type("UPDATE"));
+    assert_eq!(kept("updates-too"), of_type("UPDATE"));
+}

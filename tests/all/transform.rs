@@ -304,8 +304,8 @@ fn faulty_chain(
     fuel: bool,
 ) -> sfzb_host::transform::Chain {
     let options = sfzb_host::transform::RuntimeOptions {
-        cache_dir: None,
         fuel,
+        ..Default::default()
     };
     let runtime = std::sync::Arc::new(sfzb_host::transform::Runtime::new(options).unwrap());
     let spec = sfzb_host::transform::TransformSpec {
@@ -319,6 +319,7 @@ fn faulty_chain(
         limits,
         allow_tables: vec![],
         keys: Default::default(),
+        scope: None,
     };
     sfzb_host::transform::Chain::load(runtime, &[spec]).unwrap()
 }
@@ -551,6 +552,7 @@ fn a_component_needing_an_unknown_import_fails_at_load_naming_it() {
         limits: sfzb_host::config::file::TransformSection::default().limits(),
         allow_tables: vec![],
         keys: Default::default(),
+        scope: None,
     };
     let err = sfzb_host::transform::Chain::load(runtime, &[spec])
         .err()
@@ -565,25 +567,34 @@ fn the_compile_cache_serves_the_second_load() {
     let cache = tempfile::tempdir().unwrap();
     let options = sfzb_host::transform::RuntimeOptions {
         cache_dir: Some(cache.path().to_path_buf()),
-        fuel: false,
+        ..Default::default()
     };
     let runtime = sfzb_host::transform::Runtime::new(options.clone()).unwrap();
     assert_eq!(
-        runtime.component(&guests::component("route")).unwrap().1,
+        runtime
+            .program("route", &guests::component("route"))
+            .unwrap()
+            .1,
         LoadedFrom::Compiled
     );
     let again = sfzb_host::transform::Runtime::new(options).unwrap();
     assert_eq!(
-        again.component(&guests::component("route")).unwrap().1,
+        again
+            .program("route", &guests::component("route"))
+            .unwrap()
+            .1,
         LoadedFrom::Cache
     );
     let fuel = sfzb_host::transform::Runtime::new(sfzb_host::transform::RuntimeOptions {
         cache_dir: Some(cache.path().to_path_buf()),
         fuel: true,
+        ..Default::default()
     })
     .unwrap();
     assert_eq!(
-        fuel.component(&guests::component("route")).unwrap().1,
+        fuel.program("route", &guests::component("route"))
+            .unwrap()
+            .1,
         LoadedFrom::Compiled,
         "another engine configuration compiles anew"
     );
@@ -826,4 +837,142 @@ async fn a_transforms_own_counters_are_at_metrics() {
         .sum();
     assert_eq!(reported as usize, masked);
     sim.shutdown().await;
+}
+
+/// A mask chain on `runtime` masking `fields`, its instances kept apart by `scope` if any.
+fn mask_chain(
+    runtime: &std::sync::Arc<sfzb_host::transform::Runtime>,
+    fields: &str,
+    scope: Option<&str>,
+) -> sfzb_host::transform::Chain {
+    let spec = sfzb_host::transform::TransformSpec {
+        name: "mask".into(),
+        path: guests::component("mask"),
+        config: vec![("fields".into(), fields.into())],
+        on_error: Default::default(),
+        limits: limits(),
+        allow_tables: vec![],
+        keys: Default::default(),
+        scope: scope.map(str::to_string),
+    };
+    sfzb_host::transform::Chain::load(runtime.clone(), &[spec]).unwrap()
+}
+
+/// The text of `field` in each routed event.
+fn routed_values(out: &sfzb_host::transform::ChainOutput, field: &str) -> Vec<String> {
+    out.routed
+        .iter()
+        .map(|r| format!("{:?}", r.event.get(field)))
+        .collect()
+}
+
+#[test]
+fn chains_of_one_configuration_share_an_instance_and_keep_their_own_figures() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let runtime =
+        std::sync::Arc::new(sfzb_host::transform::Runtime::new(Default::default()).unwrap());
+    let figures = runtime.pool_figures();
+    let started = || figures.started.load(Relaxed);
+    let mut a = mask_chain(&runtime, "Phone", None);
+    let mut b = mask_chain(&runtime, "Phone", None);
+    assert_eq!(
+        started(),
+        1,
+        "the second chain's init is the first's: its instance waited idle"
+    );
+    let out_a = a.run(vec![account_event(); 3]);
+    let out_b = b.run(vec![account_event(); 5]);
+    assert_eq!(started(), 1, "one instance served both chains");
+    assert_eq!(figures.idle.load(Relaxed), 1, "and is idle again");
+    assert!(
+        routed_values(&out_b, "Phone")
+            .iter()
+            .all(|v| v.contains("REDACTED"))
+    );
+    // Figures go to the chain the instance served at the time.
+    let masked =
+        |chain: &sfzb_host::transform::Chain| chain.stats()[0].metrics.counters["masked_values"];
+    assert!(masked(&a) > 0);
+    assert_eq!(masked(&a) * 5, masked(&b) * 3, "3 events against 5");
+    assert_eq!((a.stats()[0].events_in, b.stats()[0].events_in), (3, 5));
+    drop(out_a);
+
+    // Another configuration, or an org that keeps its instances to itself, gets its own.
+    let mut other = mask_chain(&runtime, "Phone,Name", None);
+    assert_eq!(started(), 2);
+    let out = other.run(vec![account_event()]);
+    assert!(
+        routed_values(&out, "Name")[0].contains("REDACTED"),
+        "{:?}",
+        routed_values(&out, "Name")
+    );
+    let out = a.run(vec![account_event()]);
+    assert!(
+        !routed_values(&out, "Name")[0].contains("REDACTED"),
+        "the first configuration's instance still masks Phone only"
+    );
+    mask_chain(&runtime, "Phone", Some("acme"));
+    assert_eq!(
+        started(),
+        3,
+        "share-instances = false: an instance of acme's own"
+    );
+    assert_eq!(figures.evicted.load(Relaxed), 0);
+}
+
+#[test]
+fn idle_instances_past_the_budget_are_dropped_and_started_again_when_needed() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let options = sfzb_host::transform::RuntimeOptions {
+        idle_bytes: 1,
+        ..Default::default()
+    };
+    let runtime = std::sync::Arc::new(sfzb_host::transform::Runtime::new(options).unwrap());
+    let figures = runtime.pool_figures();
+    let mut chains: Vec<_> = ["Phone", "Name", "Phone,Name"]
+        .iter()
+        .map(|fields| mask_chain(&runtime, fields, None))
+        .collect();
+    assert_eq!(figures.started.load(Relaxed), 3);
+    assert_eq!(
+        figures.evicted.load(Relaxed),
+        3,
+        "none fits a budget of one byte"
+    );
+    assert_eq!(
+        (figures.idle.load(Relaxed), figures.idle_bytes.load(Relaxed)),
+        (0, 0)
+    );
+    for _ in 0..2 {
+        let outs: Vec<_> = chains
+            .iter_mut()
+            .map(|c| c.run(vec![account_event(); 2]))
+            .collect();
+        assert!(
+            routed_values(&outs[0], "Phone")
+                .iter()
+                .all(|v| v.contains("REDACTED"))
+        );
+        assert!(
+            !routed_values(&outs[0], "Name")
+                .iter()
+                .any(|v| v.contains("REDACTED"))
+        );
+        assert!(
+            routed_values(&outs[1], "Name")
+                .iter()
+                .all(|v| v.contains("REDACTED"))
+        );
+        assert!(
+            routed_values(&outs[2], "Name")
+                .iter()
+                .all(|v| v.contains("REDACTED"))
+        );
+    }
+    assert_eq!(
+        figures.started.load(Relaxed),
+        9,
+        "each batch started its chain an instance: 3 loads and 3 × 2 batches"
+    );
+    assert_eq!(figures.evicted.load(Relaxed), 9);
 }
