@@ -10,6 +10,7 @@
 //! process so that peak RSS is its own); `SFZB_CAPACITY_RATE` events/s per org (default 1);
 //! `SFZB_CAPACITY_SECS` how long the simulator produces (default 60);
 //! `SFZB_CAPACITY_IN_FLIGHT` the process's `max-in-flight-total` (default: the setting's);
+//! `SFZB_CAPACITY_FLAGS` more `run` flags, space-separated (`--batch-size 10`);
 //! `SFZB_CAPACITY_TRANSFORM=mask` gives every subscription the same Rust mask (shared
 //! instances), `=tenant-filter` every tenant a `tenant-filter` of its own settings (from
 //! the tenants file, keeping every event; instances on demand under `transform-idle-mib`).
@@ -158,6 +159,9 @@ fn host_plan(
     let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     if let Ok(n) = std::env::var("SFZB_CAPACITY_IN_FLIGHT") {
         argv.extend(["--max-in-flight-total".into(), n]);
+    }
+    if let Ok(flags) = std::env::var("SFZB_CAPACITY_FLAGS") {
+        argv.extend(flags.split_whitespace().map(str::to_string));
     }
     if let Some(name) = transform {
         argv.extend([

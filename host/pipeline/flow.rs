@@ -16,7 +16,7 @@ use crate::clock::now_ms;
 use crate::config::RunOptions;
 use crate::event::{ChangeType, ReplayId};
 use crate::health::{Health, State};
-use crate::salesforce::pubsub::{RawEvent, SourceMsg};
+use crate::salesforce::pubsub::{RawEvent, SourceBox, SourceMsg};
 use crate::salesforce::schema::SchemaCache;
 use crate::sink::{Sink, SinkSpec};
 use crate::transform::Chain;
@@ -51,8 +51,9 @@ pub(super) struct Flow<'a> {
     /// Each durable position, for a managed subscription to commit to Salesforce; dropped
     /// once the last flush is done.
     pub(super) durable: Option<tokio::sync::watch::Sender<Option<ReplayId>>>,
-    /// The current-state table following the sink's table, applied after flushes.
-    pub(super) current: Option<crate::current_state::CurrentState>,
+    /// The current-state table following the sink's table, applied after flushes (boxed:
+    /// few subscriptions keep one, and every flow would hold its room).
+    pub(super) current: Option<Box<crate::current_state::CurrentState>>,
     /// Whether a GAP_OVERFLOW reads the object again (`snapshot = true`).
     pub(super) resnapshot: bool,
     /// The last position of a batch that held a GAP_OVERFLOW, to read the object again at.
@@ -80,7 +81,7 @@ impl Flow<'_> {
     /// the whole supervised task), kept for as long as it runs.
     pub(super) async fn drive(
         &mut self,
-        rx: &mut mpsc::Receiver<SourceMsg>,
+        rx: &mut mpsc::Receiver<SourceBox>,
         options: &RunOptions,
         cancel: &CancellationToken,
     ) -> Result<End, PipelineError> {
@@ -124,7 +125,7 @@ impl Flow<'_> {
                     tracing::info!(replay_id = %at, "Snapshot asked for: reading the object again at the stream's last position.");
                     return Ok(End::Again(at));
                 }
-                msg = rx.recv() => match msg {
+                msg = rx.recv() => match msg.map(|m| *m) {
                     None => return Ok(End::Stopped),
                     Some(SourceMsg::Keepalive { latest }) => {
                         self.health.message();

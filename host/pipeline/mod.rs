@@ -37,7 +37,7 @@ use crate::event::ReplayId;
 use crate::health::Health;
 use crate::salesforce::auth::AuthError;
 use crate::salesforce::pubsub::{
-    Budget, ManagedOptions, PubSubConnection, SourceMsg, StartPosition, SubscribeError,
+    Budget, ManagedOptions, PubSubConnection, SourceBox, StartPosition, SubscribeError,
     SubscribeOptions, Subscriber,
 };
 use crate::salesforce::schema::SchemaCache;
@@ -188,7 +188,7 @@ pub async fn run_subscription(
     connection: PubSubConnection,
     config: SubscriptionConfig,
     chain: Option<Chain>,
-    options: RunOptions,
+    options: Arc<RunOptions>,
     shared: Shared,
     health: Arc<Health>,
     cancel: CancellationToken,
@@ -367,7 +367,7 @@ fn current_state(
     config: &SubscriptionConfig,
     org_id: &str,
     connection: &PubSubConnection,
-) -> Result<Option<crate::current_state::CurrentState>, PipelineError> {
+) -> Result<Option<Box<crate::current_state::CurrentState>>, PipelineError> {
     let (Some(SinkSpec::Delta(target)), SinkSpec::Delta(change)) =
         (&config.current_state, &config.sink)
     else {
@@ -383,13 +383,13 @@ fn current_state(
         Some(crate::salesforce::rest::RestClient::new(connection.clone())),
         config.current_state_interval,
     )?;
-    Ok(Some(current))
+    Ok(Some(Box::new(current)))
 }
 
 /// The source task and the channel it feeds.
 struct Running {
     source: Source,
-    rx: mpsc::Receiver<SourceMsg>,
+    rx: mpsc::Receiver<SourceBox>,
 }
 
 /// The end of a subscription whose source was told to stop: a clean end flushes what is
@@ -511,7 +511,7 @@ fn start_source(
     cancel: CancellationToken,
 ) -> (
     Source,
-    mpsc::Receiver<SourceMsg>,
+    mpsc::Receiver<SourceBox>,
     watch::Sender<Option<ReplayId>>,
 ) {
     let capacity = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
@@ -651,7 +651,7 @@ mod tests {
             connection,
             sub.config.clone(),
             None,
-            plan.options.clone(),
+            Arc::new(plan.options.clone()),
             Shared::new(&plan.options),
             health,
             CancellationToken::new(),

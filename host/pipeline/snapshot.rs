@@ -145,7 +145,7 @@ pub(super) async fn capture(
             _ = cancel.cancelled() => break None,
             message = rx.recv() => message,
         };
-        match message {
+        match message.map(|m| *m) {
             Some(SourceMsg::Events { events, .. }) => match events.first() {
                 Some(first) => break Some(first.replay_id.clone()),
                 None => continue,

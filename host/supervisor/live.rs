@@ -32,14 +32,17 @@ impl Reload {
 }
 
 /// What identifies a subscription's run: its org (credentials included, hashed) and its
-/// settings. Equal fingerprints: nothing to restart.
-pub(super) fn fingerprint(org: &OrgConfig, sub: &SubscriptionPlan) -> String {
-    format!(
+/// settings, as a digest (each running subscription keeps one). Equal fingerprints:
+/// nothing to restart.
+pub(super) fn fingerprint(org: &OrgConfig, sub: &SubscriptionPlan) -> [u8; 32] {
+    use sha2::Digest;
+    let text = format!(
         "{}\n{}\n{:?}",
         super::connections::org_identity(org),
         org.name,
         sub.config
-    )
+    );
+    sha2::Sha256::digest(text.as_bytes()).into()
 }
 
 /// The tenant a subscription belongs to, by its name (`TENANT/CHANNEL`).

@@ -180,7 +180,7 @@ pub async fn start(mut plan: RunPlan, cancel: CancellationToken) -> Result<Start
         connections: connections::Connections::new(),
         fence,
         registry: registry.clone(),
-        options: plan.options.clone(),
+        options: Arc::new(plan.options.clone()),
         max_checkpoint_lag: plan.max_checkpoint_lag,
         transform_options: runtime_options(&plan, false),
     };

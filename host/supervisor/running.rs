@@ -25,7 +25,8 @@ pub(super) struct Context {
     pub(super) connections: Connections,
     pub(super) fence: Option<lease::Fence>,
     pub(super) registry: Registry,
-    pub(super) options: RunOptions,
+    /// Shared, not copied: every subscription's task holds it.
+    pub(super) options: Arc<RunOptions>,
     pub(super) max_checkpoint_lag: Duration,
     /// The transform runtime's settings, for a reload that starts the first chain.
     pub(super) transform_options: transform::RuntimeOptions,
@@ -43,7 +44,7 @@ struct Next {
 /// One running subscription.
 struct Entry {
     name: String,
-    fingerprint: String,
+    fingerprint: [u8; 32],
     cancel: CancellationToken,
     health: Arc<Health>,
     slot: Slot,
@@ -62,7 +63,7 @@ pub(super) struct Running {
     /// Subscriptions of the current plan that ended on their own, by name, with what they
     /// ran and their figures (still at /subscriptions): a reload starts one again only
     /// when its configuration changed.
-    ended: HashMap<String, (String, Arc<Health>)>,
+    ended: HashMap<String, ([u8; 32], Arc<Health>)>,
     /// Names of the current plan that were started.
     current: HashSet<String>,
     cancel: CancellationToken,
@@ -226,7 +227,7 @@ impl Running {
                 "Run-wide settings changed (state directory, sinks, stores, flush interval, …): they take effect at the next restart; subscriptions are reloaded now."
             );
         }
-        let mut wanted: HashMap<&str, (String, &SubscriptionPlan)> = plan
+        let mut wanted: HashMap<&str, ([u8; 32], &SubscriptionPlan)> = plan
             .subscriptions
             .iter()
             .map(|s| (s.name.as_str(), (fingerprint(&plan.orgs[s.org], s), s)))
@@ -357,7 +358,7 @@ struct Task {
     org: String,
     connection: crate::salesforce::pubsub::PubSubConnection,
     health: Arc<Health>,
-    options: RunOptions,
+    options: Arc<RunOptions>,
     fence: Option<lease::Fence>,
     runtime: Option<Arc<transform::Runtime>>,
     common: pipeline::Shared,

@@ -16,13 +16,15 @@ use crate::salesforce::auth::{AuthError, Authenticator, Session, SessionIntercep
 pub(super) type Client = PubSubClient<InterceptedService<Channel, SessionInterceptor>>;
 
 /// A connection to the Pub/Sub API with a logged-in session, shared by the subscriptions
-/// of one org.
+/// of one org: a clone is a pointer (10,000 subscriptions hold several each).
 #[derive(Clone)]
-pub struct PubSubConnection {
-    pub(super) client: Client,
+pub struct PubSubConnection(Arc<Shared>);
+
+struct Shared {
+    client: Client,
     session: Arc<RwLock<Option<Session>>>,
     authenticator: Authenticator,
-    login_lock: Arc<tokio::sync::Mutex<u64>>,
+    login_lock: tokio::sync::Mutex<u64>,
 }
 
 impl PubSubConnection {
@@ -33,24 +35,29 @@ impl PubSubConnection {
         let client = PubSubClient::with_interceptor(channel, interceptor)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        PubSubConnection {
+        PubSubConnection(Arc::new(Shared {
             client,
             session,
             authenticator,
-            login_lock: Arc::new(tokio::sync::Mutex::new(0)),
-        }
+            login_lock: tokio::sync::Mutex::new(0),
+        }))
+    }
+
+    /// A client of the connection's channel, for a call or a stream of its own.
+    pub(super) fn client(&self) -> Client {
+        self.0.client.clone()
     }
 
     /// Logs in unless another task already refreshed the session since `seen_generation`.
     /// Returns the session generation now in force.
     async fn refresh(&self, seen_generation: u64) -> Result<u64, AuthError> {
-        let mut generation = self.login_lock.lock().await;
+        let mut generation = self.0.login_lock.lock().await;
         if *generation != seen_generation {
             return Ok(*generation);
         }
-        let session = self.authenticator.login().await?;
-        tracing::info!(org_id = %session.org_id, instance_url = %session.instance_url, flow = self.authenticator.credentials().kind(), "Authentication successful.");
-        *self.session.write().unwrap_or_else(|e| e.into_inner()) = Some(session);
+        let session = self.0.authenticator.login().await?;
+        tracing::info!(org_id = %session.org_id, instance_url = %session.instance_url, flow = self.0.authenticator.credentials().kind(), "Authentication successful.");
+        *self.0.session.write().unwrap_or_else(|e| e.into_inner()) = Some(session);
         *generation += 1;
         Ok(*generation)
     }
@@ -85,7 +92,8 @@ impl PubSubConnection {
 
     /// The session in force, for the org's REST and Bulk APIs.
     pub fn session(&self) -> Option<Session> {
-        self.session
+        self.0
+            .session
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -103,11 +111,12 @@ impl PubSubConnection {
     }
 
     pub fn authenticator(&self) -> &Authenticator {
-        &self.authenticator
+        &self.0.authenticator
     }
 
     pub fn org_id(&self) -> Option<String> {
-        self.session
+        self.0
+            .session
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
@@ -119,7 +128,7 @@ impl PubSubConnection {
         let request = crate::proto::pubsub::SchemaRequest {
             schema_id: id.to_string(),
         };
-        let info = self.client.clone().get_schema(request).await?;
+        let info = self.0.client.clone().get_schema(request).await?;
         Ok(info.into_inner().schema_json)
     }
 
@@ -128,12 +137,12 @@ impl PubSubConnection {
         let request = crate::proto::pubsub::TopicRequest {
             topic_name: channel.to_string(),
         };
-        let info = self.client.clone().get_topic(request).await?;
+        let info = self.0.client.clone().get_topic(request).await?;
         Ok(info.into_inner().schema_id)
     }
 
     pub(super) async fn generation(&self) -> u64 {
-        *self.login_lock.lock().await
+        *self.0.login_lock.lock().await
     }
 }
 

@@ -110,7 +110,9 @@ pub struct RawEvent {
     pub payload: bytes::Bytes,
 }
 
-/// What a subscription hands downstream, in stream order.
+/// What a subscription hands downstream, in stream order. It travels boxed
+/// ([`SourceBox`]): a channel allocates room for 32 messages at once, 256 bytes of pointers
+/// rather than 2.3 KB of messages for every subscription.
 #[derive(Debug)]
 pub enum SourceMsg {
     Events {
@@ -122,6 +124,9 @@ pub enum SourceMsg {
     /// The server had nothing to send; everything up to `latest` has been delivered.
     Keepalive { latest: ReplayId },
 }
+
+/// A [`SourceMsg`] as the source's channel carries it.
+pub type SourceBox = Box<SourceMsg>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
@@ -163,7 +168,7 @@ pub struct Subscriber {
     options: SubscribeOptions,
     schemas: Arc<SchemaCache>,
     capacity: Arc<Semaphore>,
-    out: mpsc::Sender<SourceMsg>,
+    out: mpsc::Sender<SourceBox>,
     cancel: CancellationToken,
     /// Where the next subscription starts: after the last event handed downstream, or the
     /// latest keepalive position.

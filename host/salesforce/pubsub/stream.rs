@@ -93,7 +93,7 @@ impl Subscriber {
             _ = self.cancel.cancelled() => return (StreamEnd::Cancelled, false),
             n = acquire_up_to(&self.capacity, batch) => *held = n,
         }
-        let mut open = match self.open_stream(*held).await {
+        let mut open = match Box::pin(self.open_stream(*held)).await {
             Ok(open) => open,
             Err(end) => return (end, false),
         };
@@ -121,7 +121,8 @@ impl Subscriber {
                         Ok(None) => return (StreamEnd::Failed(Status::unavailable("the server closed the stream")), delivered),
                         Ok(Some(Ok(response))) => response,
                     };
-                    match self.receive(response, held, &mut open).await {
+                    // Boxed while it runs: it may fetch a schema or wait for room.
+                    match Box::pin(self.receive(response, held, &mut open)).await {
                         Received::Events => delivered = true,
                         Received::Nothing => {}
                         Received::End(end) => return (end, delivered),
@@ -134,7 +135,7 @@ impl Subscriber {
     /// Opens the stream asking for `credit` events, and commits the durable position a
     /// managed subscription may not have yet.
     async fn open_stream(&mut self, credit: u32) -> Result<Open, StreamEnd> {
-        let mut client = self.connection.client.clone();
+        let mut client = self.connection.client();
         let opened = tokio::select! {
             _ = self.cancel.cancelled() => return Err(StreamEnd::Cancelled),
             opened = self.open(&mut client, credit) => opened,
@@ -285,7 +286,7 @@ impl Subscriber {
     /// nobody receives any more).
     async fn deliver(&self, msg: SourceMsg) -> bool {
         tokio::select! {
-            sent = self.out.send(msg) => sent.is_ok(),
+            sent = self.out.send(Box::new(msg)) => sent.is_ok(),
             _ = self.cancel.cancelled() => false,
         }
     }

@@ -13,7 +13,7 @@ use super::error::error_code;
 use super::managed::STANDBY_RETRY_MAX;
 use super::stream::StreamEnd;
 use super::{
-    Failure, PubSubConnection, ReplayFallback, SourceMsg, StartPosition, SubscribeError,
+    Failure, PubSubConnection, ReplayFallback, SourceBox, StartPosition, SubscribeError,
     SubscribeOptions, Subscriber, classify,
 };
 use crate::backoff::Backoff;
@@ -34,7 +34,7 @@ impl Subscriber {
         options: SubscribeOptions,
         schemas: Arc<SchemaCache>,
         capacity: Arc<Semaphore>,
-        out: mpsc::Sender<SourceMsg>,
+        out: mpsc::Sender<SourceBox>,
         cancel: CancellationToken,
     ) -> Self {
         Subscriber {
@@ -50,11 +50,13 @@ impl Subscriber {
         }
     }
 
+    /// What runs once in a while (a login, the reaction to a failure) is boxed, so that
+    /// every subscription's source task holds only the open stream's state.
     pub async fn run(mut self) -> Result<(), SubscribeError> {
         let mut auth_generation = self.connection.generation().await;
         loop {
             if self.connection.org_id().is_none() {
-                match self.log_in(auth_generation).await? {
+                match Box::pin(self.log_in(auth_generation)).await? {
                     Some(generation) => auth_generation = generation,
                     None => return Ok(()),
                 }
@@ -78,7 +80,7 @@ impl Subscriber {
                 }
                 StreamEnd::Failed(status) => status,
             };
-            if let Next::Stop = self.react(&status, &mut auth_generation).await? {
+            if let Next::Stop = Box::pin(self.react(&status, &mut auth_generation)).await? {
                 return Ok(());
             }
         }
