@@ -154,7 +154,7 @@ fn host_plan(
         "--login-rate",
         "0",
         "--subscribe-rate",
-        "0",
+        "1000",
     ];
     let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     if let Ok(n) = std::env::var("SFZB_CAPACITY_IN_FLIGHT") {

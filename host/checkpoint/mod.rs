@@ -315,14 +315,17 @@ impl Checkpoints {
         }
         let mut first_error = None;
         for (place, changed) in by_place {
+            // Each store's write is boxed while it runs: thousands of subscriptions stopping
+            // at once each wait here for the lock, and would each hold room for the
+            // largest store's request.
             let result = match &place {
-                Place::Local => self.local.write(changed.clone()).await,
+                Place::Local => Box::pin(self.local.write(changed.clone())).await,
                 Place::Postgres => match self.postgres() {
-                    Ok(store) => store.write(&changed).await,
+                    Ok(store) => Box::pin(store.write(&changed)).await,
                     Err(e) => Err(e),
                 },
                 Place::Warehouse { table, .. } => match self.warehouse() {
-                    Ok(store) => store.write(table, &changed).await,
+                    Ok(store) => Box::pin(store.write(table, &changed)).await,
                     Err(e) => Err(e),
                 },
             };

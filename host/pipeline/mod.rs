@@ -658,7 +658,7 @@ mod tests {
         );
         let size = std::mem::size_of_val(&future);
         assert!(
-            size <= 6 << 10,
+            size <= 4 << 10,
             "run_subscription's future is {size} bytes: box the step that made it grow"
         );
     }

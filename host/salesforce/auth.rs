@@ -134,6 +134,7 @@ const OAUTH_HINT: &str = "Check the client id and secret of the connected app, t
 #[derive(Clone)]
 pub struct Authenticator {
     http: reqwest::Client,
+    in_flight: Arc<tokio::sync::Semaphore>,
     login_url: String,
     api_version: String,
     credentials: Credentials,
@@ -144,8 +145,30 @@ pub struct Authenticator {
 /// Domain) keep one each, for the idle timeout.
 const IDLE_LOGIN_CONNECTIONS: usize = 16;
 
+/// Logins of a process in flight at once, whatever `login-rate` allows: ten thousand
+/// tenants starting with no rate limit would otherwise hold ten thousand login requests
+/// and connections at the same time.
+const MAX_LOGINS_IN_FLIGHT: usize = 64;
+
+/// What the logins of many orgs share: the HTTP client (TLS roots and connection pool
+/// loaded once per run, not once per tenant) and the bound on logins in flight.
+#[derive(Clone)]
+pub struct Logins {
+    http: reqwest::Client,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Logins {
+    fn default() -> Logins {
+        Logins {
+            http: http_client(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_LOGINS_IN_FLIGHT)),
+        }
+    }
+}
+
 /// An HTTP client for logins.
-pub fn http_client() -> reqwest::Client {
+fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         // A login is rare (a start, an expired session) but thousands of orgs start at
@@ -160,19 +183,19 @@ impl Authenticator {
     /// `login_url` is where to log in: `https://login.salesforce.com`, `https://test.salesforce.com`
     /// or the org's My Domain URL.
     pub fn new(login_url: &str, api_version: &str, credentials: Credentials) -> Self {
-        Self::with_client(http_client(), login_url, api_version, credentials)
+        Self::sharing(&Logins::default(), login_url, api_version, credentials)
     }
 
-    /// The same with a client shared by many orgs: its TLS roots and connection pool are
-    /// loaded once per run, not once per tenant.
-    pub fn with_client(
-        http: reqwest::Client,
+    /// The same, sharing `logins` with other orgs.
+    pub fn sharing(
+        logins: &Logins,
         login_url: &str,
         api_version: &str,
         credentials: Credentials,
     ) -> Self {
         Authenticator {
-            http,
+            http: logins.http.clone(),
+            in_flight: logins.in_flight.clone(),
             login_url: login_url.trim_end_matches('/').to_string(),
             api_version: api_version.to_string(),
             credentials,
@@ -194,6 +217,7 @@ impl Authenticator {
     }
 
     pub async fn login(&self) -> Result<Session, AuthError> {
+        let _in_flight = self.in_flight.acquire().await;
         match &self.credentials {
             Credentials::Soap { username, password } => self.soap_login(username, password).await,
             Credentials::ClientCredentials {

@@ -291,7 +291,9 @@ impl Sink {
     pub async fn write(&mut self, table: Option<&str>, rows: &[Row]) -> Result<Misfits, SinkError> {
         match &mut self.target {
             Target::Jsonl(s) => s.write_rows(table, rows).await,
-            Target::Delta(s) => s.write(table, rows).await,
+            // Boxed: a Delta write or commit holds kilobytes of state while it runs, room
+            // every subscription's flush would hold otherwise, whatever its sink.
+            Target::Delta(s) => Box::pin(s.write(table, rows)).await,
             Target::Zerobus(s) => s.write(table, rows).await,
         }
     }
@@ -300,7 +302,7 @@ impl Sink {
     pub async fn write_dead_letters(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
         match &mut self.target {
             Target::Jsonl(s) => s.write_dead_letters(letters).await,
-            Target::Delta(s) => s.write_dead_letters(letters).await,
+            Target::Delta(s) => Box::pin(s.write_dead_letters(letters)).await,
             Target::Zerobus(s) => s.write_dead_letters(letters).await,
         }
     }
@@ -318,7 +320,7 @@ impl Sink {
     pub async fn flush(&mut self, position: &ReplayId) -> Result<(), SinkError> {
         match &mut self.target {
             Target::Jsonl(s) => s.flush().await,
-            Target::Delta(s) => s.flush(position).await,
+            Target::Delta(s) => Box::pin(s.flush(position)).await,
             Target::Zerobus(s) => s.flush().await,
         }
     }

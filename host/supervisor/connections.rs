@@ -24,7 +24,7 @@ pub(crate) struct Slot {
 }
 
 pub(crate) struct Connections {
-    http: reqwest::Client,
+    logins: crate::salesforce::auth::Logins,
     /// Per endpoint, its connections and the streams each carries.
     channels: HashMap<String, Vec<(tonic::transport::Channel, usize)>>,
     /// One session per org (by [`org_identity`]) and connection.
@@ -34,7 +34,7 @@ pub(crate) struct Connections {
 impl Connections {
     pub(crate) fn new() -> Connections {
         Connections {
-            http: crate::salesforce::auth::http_client(),
+            logins: Default::default(),
             channels: HashMap::new(),
             sessions: HashMap::new(),
         }
@@ -63,13 +63,13 @@ impl Connections {
             endpoint: endpoint.clone(),
             n,
         };
-        let http = &self.http;
+        let logins = &self.logins;
         let session = self
             .sessions
             .entry((org_identity(org), slot.clone()))
             .or_insert_with(|| {
-                let authenticator = Authenticator::with_client(
-                    http.clone(),
+                let authenticator = Authenticator::sharing(
+                    logins,
                     &org.login_url,
                     &org.api_version,
                     org.credentials.clone(),
