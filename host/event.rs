@@ -160,19 +160,41 @@ pub enum Value {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Field {
-    pub name: Arc<str>,
+    pub name: Name,
     pub value: Value,
+}
+
+/// A field's name, interned for the life of the process (see [`name`]).
+pub type Name = &'static str;
+
+/// `text` as a [`Name`]: one copy per distinct name in the process, kept until it ends.
+/// Every decoded event holds a name per field (~90 for Account). As reference-counted
+/// strings, the thread decoding events and the one dropping them once written moved the
+/// counts' cache lines between cores for each field: a third of a typed event's CPU.
+/// Names are few (the fields of the objects streamed), so keeping them costs little.
+pub fn name(text: &str) -> Name {
+    static NAMES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<Name>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut names = NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(name) = names.get(text) {
+        return name;
+    }
+    let name: Name = Box::leak(text.into());
+    names.insert(name);
+    name
 }
 
 /// Field names of a schema by position, as Salesforce's bitmaps address them.
 #[derive(Clone, Debug, Default)]
 pub struct FieldNames {
     /// Top-level fields; position 0 is `ChangeEventHeader`.
-    pub top: Vec<Arc<str>>,
+    pub top: Vec<Name>,
     /// For each top-level field that is a compound record, its children's names.
-    pub children: Vec<Option<Vec<Arc<str>>>>,
+    pub children: Vec<Option<Vec<Name>>>,
     /// Position of each top-level field by name.
-    pub index: HashMap<Arc<str>, usize>,
+    pub index: HashMap<Name, usize>,
 }
 
 /// Where a field name (`Email`, `BillingAddress.City`) points in an event.
@@ -185,12 +207,8 @@ pub enum FieldPath {
 }
 
 impl FieldNames {
-    pub fn new(top: Vec<Arc<str>>, children: Vec<Option<Vec<Arc<str>>>>) -> Self {
-        let index = top
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i))
-            .collect();
+    pub fn new(top: Vec<Name>, children: Vec<Option<Vec<Name>>>) -> Self {
+        let index = top.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         FieldNames {
             top,
             children,
@@ -239,7 +257,7 @@ pub struct EventSchema {
     pub names: FieldNames,
     /// The compiled decoder (and encoder): a plan per field in schema order, the first
     /// `ChangeEventHeader`. An event carries its schema, so it can always be re-encoded.
-    pub(crate) plans: Vec<(Arc<str>, crate::salesforce::avro::Plan)>,
+    pub(crate) plans: Vec<(Name, crate::salesforce::avro::Plan)>,
 }
 
 /// A decoded change event.
@@ -336,7 +354,7 @@ impl ChangeEvent {
                         names
                             .iter()
                             .map(|n| Field {
-                                name: n.clone(),
+                                name: *n,
                                 value: Value::Null,
                             })
                             .collect(),

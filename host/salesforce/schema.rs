@@ -170,10 +170,10 @@ pub fn parse_schema(id: &str, json: &str) -> Result<EventSchema, SchemaError> {
         return Err(not_cdc("the first field is not ChangeEventHeader"));
     }
     let named = named_records(&avro);
-    let top: Vec<Arc<str>> = root
+    let top: Vec<_> = root
         .fields
         .iter()
-        .map(|f| Arc::<str>::from(f.name.as_str()))
+        .map(|f| crate::event::name(&f.name))
         .collect();
     let children = root
         .fields
@@ -182,7 +182,7 @@ pub fn parse_schema(id: &str, json: &str) -> Result<EventSchema, SchemaError> {
             compound_record(&f.schema, &named).map(|r| {
                 r.fields
                     .iter()
-                    .map(|c| Arc::<str>::from(c.name.as_str()))
+                    .map(|c| crate::event::name(&c.name))
                     .collect()
             })
         })
@@ -298,7 +298,7 @@ pub fn decode_event(
     let mut fields = Vec::with_capacity(data_plans.len());
     for (name, plan) in data_plans {
         fields.push(Field {
-            name: name.clone(),
+            name: *name,
             value: reader.value(plan).map_err(avro_error)?,
         });
     }
@@ -613,7 +613,7 @@ mod tests {
                     fields
                         .into_iter()
                         .map(|(n, v)| Field {
-                            name: Arc::from(n),
+                            name: crate::event::name(&n),
                             value: convert(v),
                         })
                         .collect(),
@@ -631,7 +631,7 @@ mod tests {
                 .into_iter()
                 .skip(1)
                 .map(|(n, v)| Field {
-                    name: Arc::from(n),
+                    name: crate::event::name(&n),
                     value: convert(v),
                 })
                 .collect(),

@@ -52,14 +52,21 @@ impl Record {
     }
 
     /// Sets child `j` of compound field `top` (of `width` children).
-    fn set_child(&mut self, top: usize, j: usize, width: usize, value: Value, names: &[Arc<str>]) {
+    fn set_child(
+        &mut self,
+        top: usize,
+        j: usize,
+        width: usize,
+        value: Value,
+        names: &[crate::event::Name],
+    ) {
         let mut children = match self.get(top) {
             Some(Value::Record(children)) => children.clone(),
             _ => names
                 .iter()
                 .take(width)
-                .map(|name| crate::event::Field {
-                    name: name.clone(),
+                .map(|&name| crate::event::Field {
+                    name,
                     value: Value::Null,
                 })
                 .collect(),
@@ -281,7 +288,7 @@ impl Record {
                                 children[j].value.clone()
                             },
                             children.len(),
-                            children.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                            children.iter().map(|c| c.name).collect::<Vec<_>>(),
                         ),
                         _ => continue,
                     };

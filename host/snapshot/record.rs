@@ -103,7 +103,7 @@ impl Shape {
         let mut fields: Vec<Field> = names.top[1..]
             .iter()
             .map(|name| Field {
-                name: name.clone(),
+                name: *name,
                 value: Value::Null,
             })
             .collect();
@@ -133,7 +133,7 @@ impl Shape {
                             children
                                 .iter()
                                 .map(|name| Field {
-                                    name: name.clone(),
+                                    name: *name,
                                     value: Value::Null,
                                 })
                                 .collect(),
