@@ -128,7 +128,7 @@ impl PubSubConnection {
         let request = crate::proto::pubsub::SchemaRequest {
             schema_id: id.to_string(),
         };
-        let info = self.0.client.clone().get_schema(request).await?;
+        let info = self.client().get_schema(request).await?;
         Ok(info.into_inner().schema_json)
     }
 
@@ -137,7 +137,7 @@ impl PubSubConnection {
         let request = crate::proto::pubsub::TopicRequest {
             topic_name: channel.to_string(),
         };
-        let info = self.0.client.clone().get_topic(request).await?;
+        let info = self.client().get_topic(request).await?;
         Ok(info.into_inner().schema_id)
     }
 
