@@ -813,6 +813,21 @@ async fn a_transforms_own_counters_are_at_metrics() {
         text.contains("# TYPE sfzb_transform_counter counter"),
         "{text}"
     );
+    // The process's instances: the mask's was started (no idle one fitted at first), under
+    // the default transform-idle-mib.
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+    };
+    assert!(
+        value("sfzb_transform_instances_started_total").is_some_and(|n| n >= 1),
+        "{text}"
+    );
+    assert_eq!(
+        value("sfzb_transform_idle_bytes_limit"),
+        Some(256 << 20),
+        "{text}"
+    );
     cancel.cancel();
     let stats = single(running.await.unwrap()).unwrap();
     let reported = stats.transforms[0].metrics.counters["masked_values"];
