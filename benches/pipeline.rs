@@ -49,7 +49,10 @@ fn main() {
         replay_id: ReplayId::new(Bytes::copy_from_slice(&(i as u64).to_be_bytes())),
         event_id: events[i].event_id.clone(),
     };
-    let rounds = 10;
+    let rounds: usize = std::env::var("SFZB_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let started = Instant::now();
     let mut decoded = Vec::new();
     for _ in 0..rounds {

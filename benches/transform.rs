@@ -126,13 +126,14 @@ fn resource_design(standard: &sfzb_host::event::ChangeEvent, fields: &str) -> f6
 /// their dotted names.
 fn to_record(e: &sfzb_host::event::ChangeEvent) -> record::Event {
     let mut fields = Vec::with_capacity(32);
-    for field in &e.fields {
-        match &field.value {
+    for (at, value) in e.fields.iter() {
+        let name = e.schema.names.top[at + 1];
+        match value {
             Value::Record(children) => {
                 for child in children {
                     if let Some(value) = leaf(&child.value) {
                         fields.push(record::Field {
-                            name: format!("{}.{}", field.name, child.name),
+                            name: format!("{name}.{}", child.name),
                             value,
                         });
                     }
@@ -141,7 +142,7 @@ fn to_record(e: &sfzb_host::event::ChangeEvent) -> record::Event {
             other => {
                 if let Some(value) = leaf(other) {
                     fields.push(record::Field {
-                        name: field.name.to_string(),
+                        name: name.to_string(),
                         value,
                     });
                 }

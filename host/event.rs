@@ -164,6 +164,100 @@ pub struct Field {
     pub value: Value,
 }
 
+/// The data fields of an event (or of a simulated record) that hold a value, each by its
+/// position among its schema's data fields, in that order; a null field is absent. Most
+/// fields of a change event are null (an update names a few of a hundred): holding only
+/// the others keeps an event a few hundred bytes, where a slot per field made decoding,
+/// each writer and the thread freeing written events go through the whole width.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fields(Vec<(u16, Value)>);
+
+impl Fields {
+    /// The most data fields a schema may have: positions are `u16`.
+    pub const MAX: usize = u16::MAX as usize + 1;
+
+    pub fn with_capacity(capacity: usize) -> Self {
+        Fields(Vec::with_capacity(capacity))
+    }
+
+    fn find(&self, at: usize) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&at, |(i, _)| usize::from(*i))
+    }
+
+    /// Field `at`'s value; `None` when it is null.
+    pub fn get(&self, at: usize) -> Option<&Value> {
+        self.find(at).ok().map(|k| &self.0[k].1)
+    }
+
+    /// Field `at`'s value, first set to `make()` when null.
+    pub fn get_or_insert_with(&mut self, at: usize, make: impl FnOnce() -> Value) -> &mut Value {
+        let k = match self.find(at) {
+            Ok(k) => k,
+            Err(k) => {
+                self.0.insert(k, (position(at), make()));
+                k
+            }
+        };
+        &mut self.0[k].1
+    }
+
+    /// Sets field `at`; a null takes it out.
+    pub fn set(&mut self, at: usize, value: Value) {
+        match (self.find(at), value) {
+            (Ok(k), Value::Null) => {
+                self.0.remove(k);
+            }
+            (Ok(k), value) => self.0[k].1 = value,
+            (Err(_), Value::Null) => {}
+            (Err(k), value) => self.0.insert(k, (position(at), value)),
+        }
+    }
+
+    /// Appends field `at`, which comes after every field held (decoding reads them in
+    /// order); a null is left out.
+    pub fn push(&mut self, at: usize, value: Value) {
+        debug_assert!(self.0.last().is_none_or(|(i, _)| usize::from(*i) < at));
+        if value != Value::Null {
+            self.0.push((position(at), value));
+        }
+    }
+
+    /// The fields that hold a value: position and value, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Value)> {
+        self.0.iter().map(|(i, v)| (usize::from(*i), v))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Value)> {
+        self.0.iter_mut().map(|(i, v)| (usize::from(*i), v))
+    }
+
+    /// How many fields hold a value.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every one of `count` fields in order, null where absent: what Avro and the
+    /// reference layout's JSON write.
+    pub fn dense(&self, count: usize) -> impl Iterator<Item = &Value> {
+        let mut held = self.0.iter().peekable();
+        (0..count).map(move |at| match held.peek() {
+            Some((i, value)) if usize::from(*i) == at => {
+                held.next();
+                value
+            }
+            _ => &Value::Null,
+        })
+    }
+}
+
+fn position(at: usize) -> u16 {
+    u16::try_from(at).expect("schemas of more than Fields::MAX fields are refused when parsed")
+}
+
 /// A field's name, interned for the life of the process (see [`name`]).
 pub type Name = &'static str;
 
@@ -276,8 +370,9 @@ pub struct ChangeEvent {
     /// The transform that last changed a field, if any: the payload must be re-encoded.
     pub modified_by: Option<Arc<str>>,
     pub header: ChangeEventHeader,
-    /// Record fields in schema order, `ChangeEventHeader` excluded.
-    pub fields: Vec<Field>,
+    /// The record's data fields that hold a value (`ChangeEventHeader` is position 0 of
+    /// the schema, not a data field: data field `i` is the schema's field `i + 1`).
+    pub fields: Fields,
 }
 
 impl ChangeEvent {
@@ -285,12 +380,12 @@ impl ChangeEvent {
     /// compound field that holds a record (ask for its children).
     pub fn get(&self, name: &str) -> Option<Value> {
         match self.schema.names.resolve(name)? {
-            FieldPath::Top(i) => match &self.fields.get(i)?.value {
-                Value::Record(_) => None,
-                v => Some(v.clone()),
+            FieldPath::Top(i) => match self.fields.get(i) {
+                Some(Value::Record(_)) => None,
+                v => Some(v.cloned().unwrap_or(Value::Null)),
             },
-            FieldPath::Child(i, j) => match &self.fields.get(i)?.value {
-                Value::Record(children) => children.get(j).map(|c| c.value.clone()),
+            FieldPath::Child(i, j) => match self.fields.get(i) {
+                Some(Value::Record(children)) => children.get(j).map(|c| c.value.clone()),
                 _ => Some(Value::Null),
             },
         }
@@ -332,10 +427,7 @@ impl ChangeEvent {
             (_, FieldPath::Child(..)) => nulled.retain(|n| n != name),
         }
         match path {
-            FieldPath::Top(i) => match self.fields.get_mut(i) {
-                Some(field) => field.value = value,
-                None => return false,
-            },
+            FieldPath::Top(i) => self.fields.set(i, value),
             FieldPath::Child(i, j) => {
                 let Some(names) = self
                     .schema
@@ -346,11 +438,8 @@ impl ChangeEvent {
                 else {
                     return false;
                 };
-                let Some(field) = self.fields.get_mut(i) else {
-                    return false;
-                };
-                if !matches!(field.value, Value::Record(_)) {
-                    field.value = Value::Record(
+                let null_record = || {
+                    Value::Record(
                         names
                             .iter()
                             .map(|n| Field {
@@ -358,9 +447,13 @@ impl ChangeEvent {
                                 value: Value::Null,
                             })
                             .collect(),
-                    );
+                    )
+                };
+                let field = self.fields.get_or_insert_with(i, null_record);
+                if !matches!(field, Value::Record(_)) {
+                    *field = null_record();
                 }
-                if let Value::Record(children) = &mut field.value {
+                if let Value::Record(children) = field {
                     match children.get_mut(j) {
                         Some(child) => child.value = value,
                         None => return false,
@@ -391,9 +484,10 @@ struct RecordJson<'a>(&'a ChangeEvent);
 impl Serialize for RecordJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let event = self.0;
-        let mut map = s.serialize_map(Some(event.fields.len()))?;
-        for field in &event.fields {
-            map.serialize_entry(&*field.name, &field.value)?;
+        let names = event.schema.names.top.get(1..).unwrap_or_default();
+        let mut map = s.serialize_map(Some(names.len()))?;
+        for (name, value) in names.iter().zip(event.fields.dense(names.len())) {
+            map.serialize_entry(*name, value)?;
         }
         map.end()
     }

@@ -14,7 +14,7 @@ use apache_avro::schema::{Name, RecordSchema};
 use bytes::Bytes;
 
 use crate::event::{
-    ChangeEvent, ChangeEventHeader, ChangeType, EventSchema, Field, FieldNames, ReplayId, Value,
+    ChangeEvent, ChangeEventHeader, ChangeType, EventSchema, FieldNames, Fields, ReplayId, Value,
 };
 use crate::salesforce::avro::{AvroError, Plan, Reader};
 use crate::salesforce::bitmap;
@@ -169,6 +169,13 @@ pub fn parse_schema(id: &str, json: &str) -> Result<EventSchema, SchemaError> {
     if root.fields.first().map(|f| f.name.as_str()) != Some("ChangeEventHeader") {
         return Err(not_cdc("the first field is not ChangeEventHeader"));
     }
+    if root.fields.len() > Fields::MAX {
+        return Err(not_cdc(&format!(
+            "it has {} fields, more than the {} an event may hold",
+            root.fields.len(),
+            Fields::MAX
+        )));
+    }
     let named = named_records(&avro);
     let top: Vec<_> = root
         .fields
@@ -295,12 +302,9 @@ pub fn decode_event(
             HeaderError::Invalid(reason) => DecodeError::Header(reason),
         })?;
     let header_len = reader.position();
-    let mut fields = Vec::with_capacity(data_plans.len());
-    for (name, plan) in data_plans {
-        fields.push(Field {
-            name: *name,
-            value: reader.value(plan).map_err(avro_error)?,
-        });
+    let mut fields = Fields::default();
+    for (at, (_, plan)) in data_plans.iter().enumerate() {
+        fields.push(at, reader.value(plan).map_err(avro_error)?);
     }
     reader.finish().map_err(avro_error)?;
     Ok(ChangeEvent {
@@ -337,14 +341,7 @@ impl ChangeEvent {
             })?;
         let mut out = Vec::with_capacity(self.payload.len() + 64);
         out.extend_from_slice(header);
-        for ((name, plan), field) in self.schema.plans.iter().skip(1).zip(&self.fields) {
-            crate::salesforce::avro::write(plan, &field.value, &mut out).map_err(|reason| {
-                EncodeError {
-                    field: name.to_string(),
-                    reason,
-                }
-            })?;
-        }
+        encode_fields(&self.schema, &self.fields, &mut out)?;
         Ok(Bytes::from(out))
     }
 
@@ -360,6 +357,22 @@ impl ChangeEvent {
         })?;
         Ok(())
     }
+}
+
+/// `fields` encoded as `schema`'s data fields (what follows the header), nulls included.
+pub fn encode_fields(
+    schema: &EventSchema,
+    fields: &Fields,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let plans = schema.plans.get(1..).unwrap_or_default();
+    for ((name, plan), value) in plans.iter().zip(fields.dense(plans.len())) {
+        crate::salesforce::avro::write(plan, value, out).map_err(|reason| EncodeError {
+            field: name.to_string(),
+            reason,
+        })?;
+    }
+    Ok(())
 }
 
 /// `header` encoded as `schema`'s ChangeEventHeader, for events made here rather than
@@ -524,6 +537,7 @@ fn int(value: Value) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Field;
 
     const ACCOUNT: &str = include_str!("../sim/schemas/AccountChangeEvent.avsc");
 
@@ -596,7 +610,7 @@ mod tests {
     }
 
     /// The event `apache-avro` decodes from the same payload, in our model.
-    fn reference_fields(schema: &EventSchema, payload: &[u8]) -> Option<Vec<Field>> {
+    fn reference_fields(schema: &EventSchema, payload: &[u8]) -> Option<Fields> {
         use apache_avro::types::Value as Avro;
         fn convert(value: Avro) -> Value {
             match value {
@@ -626,16 +640,11 @@ mod tests {
         else {
             return None;
         };
-        Some(
-            fields
-                .into_iter()
-                .skip(1)
-                .map(|(n, v)| Field {
-                    name: crate::event::name(&n),
-                    value: convert(v),
-                })
-                .collect(),
-        )
+        let mut out = Fields::default();
+        for (at, (_, v)) in fields.into_iter().skip(1).enumerate() {
+            out.push(at, convert(v));
+        }
+        Some(out)
     }
 
     fn meta() -> EventMeta {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::event::{ChangeEvent, ChangeType, EventSchema, FieldPath, Value};
+use crate::event::{ChangeEvent, ChangeType, EventSchema, FieldPath, Fields, Value};
 use crate::sim::catalog::Entity;
 use crate::sink::typed::{FieldColumn, TypedCell, convert, field_columns};
 
@@ -21,9 +21,8 @@ use crate::sink::typed::{FieldColumn, TypedCell, convert, field_columns};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
     pub number: u64,
-    /// The fields that hold a value, by position among the widest schema's data fields,
-    /// in order.
-    pub fields: Vec<(u16, Value)>,
+    /// The fields that hold a value, by position among the widest schema's data fields.
+    pub fields: Fields,
     pub deleted: bool,
     /// `SystemModstamp`: when it last changed, epoch milliseconds.
     pub modstamp: i64,
@@ -31,24 +30,11 @@ pub struct Record {
 
 impl Record {
     pub fn get(&self, top: usize) -> Option<&Value> {
-        self.fields
-            .binary_search_by_key(&top, |(i, _)| usize::from(*i))
-            .ok()
-            .map(|at| &self.fields[at].1)
+        self.fields.get(top)
     }
 
     fn set(&mut self, top: usize, value: Value) {
-        match self
-            .fields
-            .binary_search_by_key(&top, |(i, _)| usize::from(*i))
-        {
-            Ok(at) if value == Value::Null => {
-                self.fields.remove(at);
-            }
-            Ok(at) => self.fields[at].1 = value,
-            Err(_) if value == Value::Null => {}
-            Err(at) => self.fields.insert(at, (top as u16, value)),
-        }
+        self.fields.set(top, value);
     }
 
     /// Sets child `j` of compound field `top` (of `width` children).
@@ -130,7 +116,7 @@ impl Records {
                         let event = decode(entity, schema, &generated);
                         let mut record = Record {
                             number: n,
-                            fields: Vec::new(),
+                            fields: Fields::default(),
                             deleted: false,
                             modstamp: SEEDED_MS + n as i64 * 1000,
                         };
@@ -208,7 +194,7 @@ impl Records {
             ChangeType::Create => {
                 let mut record = Record {
                     number: choice.record,
-                    fields: Vec::new(),
+                    fields: Fields::default(),
                     deleted: false,
                     modstamp,
                 };
@@ -259,8 +245,8 @@ impl Object {
 impl Record {
     /// Every field the event holds (a create, an undelete, a seeded record).
     fn take_all(&mut self, event: &ChangeEvent) {
-        for (i, field) in event.fields.iter().enumerate() {
-            self.set(i, field.value.clone());
+        for (i, value) in event.fields.iter() {
+            self.set(i, value.clone());
         }
     }
 
@@ -275,13 +261,13 @@ impl Record {
                     let value = if null {
                         Value::Null
                     } else {
-                        event.fields[i].value.clone()
+                        event.fields.get(i).cloned().unwrap_or(Value::Null)
                     };
                     self.set(i, value);
                 }
                 Some(FieldPath::Child(i, j)) => {
-                    let (value, width, children) = match &event.fields[i].value {
-                        Value::Record(children) => (
+                    let (value, width, children) = match event.fields.get(i) {
+                        Some(Value::Record(children)) => (
                             if null {
                                 Value::Null
                             } else {

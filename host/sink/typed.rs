@@ -325,23 +325,32 @@ pub fn field_columns(schema: &EventSchema) -> Result<Vec<FieldColumn>, Misfit> {
     Ok(out)
 }
 
-/// Where a column's value comes from in an event of one writer schema.
-#[derive(Clone, Debug)]
-enum Source {
-    Null,
-    Header(Header),
-    Field {
-        top: usize,
-        child: Option<usize>,
-        kind: Kind,
-    },
+/// A column a value goes to, and the form it takes there.
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    column: usize,
+    kind: Kind,
 }
 
-/// One writer schema's events in one table: a source per column of the table as it was
-/// when the plan was made (columns added since read as null).
+/// Where one data field of a writer schema goes in a table.
+#[derive(Clone, Debug, Default)]
+struct FieldTargets {
+    /// The column of the field's value when it is not a record: every plain field, and a
+    /// switchable field's text (Account's `Name` of a business account).
+    value: Option<Target>,
+    /// A compound field's children's columns, by position in its record.
+    children: Vec<Option<Target>>,
+}
+
+/// One writer schema's events in one table: the column of each header value and of each
+/// data field, as the table was when the plan was made (columns added since read as null).
+/// Writers walk an event's fields that hold a value, not the table's columns: an update
+/// names a few fields of a table of a hundred and fifty columns.
 #[derive(Debug)]
 pub struct Plan {
-    sources: Vec<Source>,
+    header: Vec<(usize, Header)>,
+    /// By data field position in the writer schema.
+    fields: Vec<FieldTargets>,
     /// Header field lists name compound children as `BillingAddress.City`, and a whole
     /// compound field as `BillingAddress`; the table names columns: `BillingCity`, and
     /// every child's column for the whole field (with its own text column first, for a
@@ -395,22 +404,46 @@ impl serde::Serialize for TypedCell<'_> {
 }
 
 impl Plan {
-    /// The columns this plan fills that have a value for `row`, in column order: what a
-    /// row-wise writer (a JSON line, a protobuf message) writes, null values left out.
-    pub fn cells<'a>(&'a self, row: &'a Row) -> impl Iterator<Item = (usize, TypedCell<'a>)> {
-        self.sources
-            .iter()
-            .enumerate()
-            .filter(|(_, source)| !matches!(source, Source::Null))
-            .map(move |(i, _)| (i, self.cell(row, i)))
-            .filter(|(_, cell)| *cell != TypedCell::Null)
+    /// Calls `each` with every column that has a value for `row` (null values left out):
+    /// the header's, then the fields' in schema order. What a writer of rows (a JSON line,
+    /// a protobuf message) or of columns (an Arrow batch) takes.
+    #[inline]
+    pub fn cells<'a>(&'a self, row: &'a Row, mut each: impl FnMut(usize, TypedCell<'a>)) {
+        let e = &row.event;
+        for &(column, header) in &self.header {
+            let cell = self.header_cell(row, header);
+            if cell != TypedCell::Null {
+                each(column, cell);
+            }
+        }
+        for (at, value) in e.fields.iter() {
+            let Some(targets) = self.fields.get(at) else {
+                continue;
+            };
+            match value {
+                Value::Record(children) => {
+                    for (target, child) in targets.children.iter().zip(children) {
+                        if let Some(target) = target {
+                            let cell = convert(&child.value, target.kind);
+                            if cell != TypedCell::Null {
+                                each(target.column, cell);
+                            }
+                        }
+                    }
+                }
+                value => {
+                    if let Some(target) = targets.value {
+                        let cell = convert(value, target.kind);
+                        if cell != TypedCell::Null {
+                            each(target.column, cell);
+                        }
+                    }
+                }
+            }
+        }
     }
 
-    /// The value of column `i` for `row`.
-    // Inlined into the writers' loops over ~150 mostly null columns: as a call, its frame
-    // cost more than most cells' work.
-    #[inline]
-    pub fn cell<'a>(&'a self, row: &'a Row, i: usize) -> TypedCell<'a> {
+    fn header_cell<'a>(&'a self, row: &'a Row, header: Header) -> TypedCell<'a> {
         let e = &row.event;
         let h = &e.header;
         let list = |names: &'a [String]| {
@@ -423,37 +456,25 @@ impl Plan {
             }
             TypedCell::TextList(columns)
         };
-        match self.sources.get(i).unwrap_or(&Source::Null) {
-            Source::Null => TypedCell::Null,
-            Source::Header(header) => match header {
-                Header::ChangeType => TypedCell::Text(Cow::Borrowed(h.change_type.as_str())),
-                Header::CommitTimestamp => TypedCell::Timestamp(h.commit_timestamp * 1000),
-                Header::CommitNumber => TypedCell::Long(h.commit_number),
-                Header::CommitUser => TypedCell::Text(Cow::Borrowed(&h.commit_user)),
-                Header::TransactionKey => TypedCell::Text(Cow::Borrowed(&h.transaction_key)),
-                Header::SequenceNumber => TypedCell::Int(h.sequence_number),
-                Header::ChangeOrigin => TypedCell::Text(Cow::Borrowed(&h.change_origin)),
-                Header::RecordIds => {
-                    TypedCell::TextList(h.record_ids.iter().map(String::as_str).collect())
-                }
-                Header::ChangedFields => list(&h.changed_fields),
-                Header::NulledFields => list(&h.nulled_fields),
-                Header::DiffFields => list(&h.diff_fields),
-                Header::OrgId => TypedCell::Text(Cow::Borrowed(&e.org_id)),
-                Header::ReplayId => TypedCell::Text(Cow::Borrowed(&row.replay_id)),
-                Header::EventId => TypedCell::Text(Cow::Borrowed(&e.event_id)),
-                Header::SchemaId => TypedCell::Text(Cow::Borrowed(&e.schema.id)),
-                Header::ProcessedTimestamp => TypedCell::Timestamp(row.processed_timestamp * 1000),
-            },
-            Source::Field { top, child, kind } => {
-                let value = match (e.fields.get(*top).map(|f| &f.value), child) {
-                    (Some(Value::Record(children)), Some(j)) => children.get(*j).map(|c| &c.value),
-                    // The text branch of a switchable field that holds a record is null.
-                    (Some(Value::Record(_)), None) | (_, Some(_)) => None,
-                    (value, None) => value,
-                };
-                value.map_or(TypedCell::Null, |v| convert(v, *kind))
+        match header {
+            Header::ChangeType => TypedCell::Text(Cow::Borrowed(h.change_type.as_str())),
+            Header::CommitTimestamp => TypedCell::Timestamp(h.commit_timestamp * 1000),
+            Header::CommitNumber => TypedCell::Long(h.commit_number),
+            Header::CommitUser => TypedCell::Text(Cow::Borrowed(&h.commit_user)),
+            Header::TransactionKey => TypedCell::Text(Cow::Borrowed(&h.transaction_key)),
+            Header::SequenceNumber => TypedCell::Int(h.sequence_number),
+            Header::ChangeOrigin => TypedCell::Text(Cow::Borrowed(&h.change_origin)),
+            Header::RecordIds => {
+                TypedCell::TextList(h.record_ids.iter().map(String::as_str).collect())
             }
+            Header::ChangedFields => list(&h.changed_fields),
+            Header::NulledFields => list(&h.nulled_fields),
+            Header::DiffFields => list(&h.diff_fields),
+            Header::OrgId => TypedCell::Text(Cow::Borrowed(&e.org_id)),
+            Header::ReplayId => TypedCell::Text(Cow::Borrowed(&row.replay_id)),
+            Header::EventId => TypedCell::Text(Cow::Borrowed(&e.event_id)),
+            Header::SchemaId => TypedCell::Text(Cow::Borrowed(&e.schema.id)),
+            Header::ProcessedTimestamp => TypedCell::Timestamp(row.processed_timestamp * 1000),
         }
     }
 }
@@ -556,14 +577,14 @@ impl TypedTable {
     pub fn write_json(&self, plan: &Plan, row: &Row, buf: &mut Vec<u8>) {
         buf.push(b'{');
         let mut first = true;
-        for (i, cell) in plan.cells(row) {
+        plan.cells(row, |i, cell| {
             if !first {
                 buf.push(b',');
             }
             first = false;
             buf.extend_from_slice(&self.json_keys[i]);
             serde_json::to_writer(&mut *buf, &cell).expect("a typed cell serializes into memory");
-        }
+        });
         buf.push(b'}');
     }
 
@@ -620,12 +641,12 @@ impl TypedTable {
         for column in new {
             self.push(column);
         }
-        let mut sources = vec![Source::Null; self.columns.len()];
-        for (i, column) in self.columns.iter().enumerate() {
-            if let Some(h) = headers.get(column.name.as_ref()) {
-                sources[i] = Source::Header(*h);
-            }
-        }
+        let header = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, column)| Some((i, *headers.get(column.name.as_ref())?)))
+            .collect();
         let mut renames: HashMap<String, Vec<String>> = HashMap::new();
         for field in &fields {
             let Some(j) = field.child else { continue };
@@ -647,15 +668,36 @@ impl TypedTable {
             });
             whole.push(field.name.clone());
         }
+        let mut targets = vec![FieldTargets::default(); schema.names.top.len().saturating_sub(1)];
+        // Two fields whose names differ only in case share a column: the first fills it.
+        let mut taken = vec![false; self.columns.len()];
         for field in fields {
-            let i = self.index[&field.name.to_lowercase()];
-            sources[i] = Source::Field {
-                top: field.top,
-                child: field.child,
+            let column = self.index[&field.name.to_lowercase()];
+            if std::mem::replace(&mut taken[column], true) {
+                continue;
+            }
+            let target = Some(Target {
+                column,
                 kind: field.kind,
+            });
+            let Some(place) = targets.get_mut(field.top) else {
+                continue;
             };
+            match field.child {
+                None => place.value = target,
+                Some(j) => {
+                    if place.children.len() <= j {
+                        place.children.resize(j + 1, None);
+                    }
+                    place.children[j] = target;
+                }
+            }
         }
-        Ok(Arc::new(Plan { sources, renames }))
+        Ok(Arc::new(Plan {
+            header,
+            fields: targets,
+            renames,
+        }))
     }
 }
 
@@ -712,7 +754,17 @@ mod tests {
         );
         table.plan(&entity.schema).unwrap();
         assert!(table.take_added().is_empty());
-        assert!(old.sources.len() < table.columns().len());
+        let filled_by_old = old
+            .fields
+            .iter()
+            .flat_map(|f| f.value.iter().chain(f.children.iter().flatten()))
+            .map(|t| t.column)
+            .max()
+            .unwrap();
+        assert!(
+            filled_by_old < table.columns().len() - 1,
+            "the old schema's plan leaves the added column out"
+        );
 
         let mut narrow = TypedTable::with_columns(vec![TypedColumn {
             name: "billingcity".into(),
@@ -779,9 +831,10 @@ mod tests {
                     );
                 }
             }
-            for field in &e.fields {
-                let column = &field.name;
-                match &field.value {
+            let names = &e.schema.names.top[1..];
+            for (name, value) in names.iter().zip(e.fields.dense(names.len())) {
+                let column = name;
+                match value {
                     Value::Null => {
                         assert!(!json.contains_key(&**column), "{column} is null: left out")
                     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::event::{
-    ChangeEvent, ChangeEventHeader, ChangeType, EventSchema, Field, ReplayId, Value,
+    ChangeEvent, ChangeEventHeader, ChangeType, EventSchema, Field, Fields, ReplayId, Value,
 };
 use crate::sink::typed::{FieldColumn, Kind};
 
@@ -100,13 +100,7 @@ impl Shape {
             .ok_or_else(|| bad("SystemModstamp", modstamp_text, Kind::TimestampMillis))?
             / 1000;
         let names = &self.schema.names;
-        let mut fields: Vec<Field> = names.top[1..]
-            .iter()
-            .map(|name| Field {
-                name: *name,
-                value: Value::Null,
-            })
-            .collect();
+        let mut fields = Fields::default();
         let deleted = cell(places.deleted).is_some_and(|t| t.eq_ignore_ascii_case("true"));
         let columns = match deleted {
             true => &[][..],
@@ -118,18 +112,12 @@ impl Shape {
             };
             let value =
                 parse(text, column.kind).ok_or_else(|| bad(&column.name, text, column.kind))?;
-            let slot = &mut fields[column.top].value;
             match column.child {
-                None => *slot = value,
+                None => fields.set(column.top, value),
                 Some(j) => {
-                    if !matches!(slot, Value::Record(_)) {
-                        // A switchable field's text wins over its children (Account's
-                        // Name of a business account), as the events hold it.
-                        if matches!(slot, Value::Text(_)) {
-                            continue;
-                        }
-                        let children = names.children[column.top + 1].as_deref().unwrap_or(&[]);
-                        *slot = Value::Record(
+                    let children = names.children[column.top + 1].as_deref().unwrap_or(&[]);
+                    let slot = fields.get_or_insert_with(column.top, || {
+                        Value::Record(
                             children
                                 .iter()
                                 .map(|name| Field {
@@ -137,8 +125,10 @@ impl Shape {
                                     value: Value::Null,
                                 })
                                 .collect(),
-                        );
-                    }
+                        )
+                    });
+                    // A switchable field's text wins over its children (Account's Name of
+                    // a business account), as the events hold it.
                     if let Value::Record(children) = slot
                         && let Some(child) = children.get_mut(j)
                     {

@@ -164,20 +164,10 @@ const EMPTY_RECORD_ID: &str = "000000000000000AAA";
 
 /// The body of an UNDELETE that restores a record: every field it holds, as Salesforce
 /// sends them, by position in `schema`'s data fields.
-pub fn restoring(schema: &EventSchema, fields: &[(u16, crate::event::Value)], user: &str) -> Body {
+pub fn restoring(schema: &EventSchema, fields: &crate::event::Fields, user: &str) -> Body {
     let mut data = Vec::new();
-    let mut held = fields.iter().peekable();
-    for (i, (_, plan)) in schema.plans.iter().skip(1).enumerate() {
-        let value = match held.peek() {
-            Some((at, value)) if usize::from(*at) == i => {
-                held.next();
-                value.clone()
-            }
-            _ => crate::event::Value::Null,
-        };
-        crate::salesforce::avro::write(plan, &value, &mut data)
-            .expect("a record's values came from events of its schema");
-    }
+    crate::salesforce::schema::encode_fields(schema, fields, &mut data)
+        .expect("a record's values came from events of its schema");
     Body {
         change_type: ChangeType::Undelete,
         changed: Vec::new(),
@@ -320,9 +310,7 @@ pub fn standard_account_event(entity: &Entity) -> crate::event::ChangeEvent {
         ("Some_Email__c", text("billing@hopper.example.com")),
         ("Amount_Owed__c", Value::Float(1234.5)),
     ];
-    for field in event.fields.iter_mut() {
-        field.value = Value::Null;
-    }
+    event.fields = crate::event::Fields::default();
     let by: std::sync::Arc<str> = "standard".into();
     for (name, value) in fields {
         assert!(
@@ -383,16 +371,15 @@ mod tests {
                     );
                     for changed in &e.header.changed_fields {
                         let top = changed.split('.').next().unwrap();
-                        let field = e.fields.iter().find(|f| &*f.name == top).unwrap();
-                        assert_ne!(field.value, crate::event::Value::Null, "{name} {changed}");
+                        let at = e.schema.names.index[top] - 1;
+                        assert!(e.fields.get(at).is_some(), "{name} {changed}");
                     }
                     for nulled in &e.header.nulled_fields {
-                        let field = e
-                            .fields
-                            .iter()
-                            .find(|f| &*f.name == nulled.as_str())
-                            .unwrap();
-                        assert_eq!(field.value, crate::event::Value::Null);
+                        assert_eq!(
+                            e.get(nulled),
+                            Some(crate::event::Value::Null),
+                            "{name} {nulled}"
+                        );
                     }
                 }
             }
@@ -425,11 +412,7 @@ mod tests {
         );
         let e = decode(&entity, &entity.schema, &g);
         assert!(e.header.change_type.is_gap());
-        assert!(
-            e.fields
-                .iter()
-                .all(|f| f.value == crate::event::Value::Null)
-        );
+        assert!(e.fields.is_empty(), "{:?}", e.fields);
     }
 
     #[test]
@@ -445,7 +428,7 @@ mod tests {
             _ => 1,
         };
         assert_eq!(
-            event.fields.iter().map(|f| leaves(&f.value)).sum::<usize>(),
+            event.fields.iter().map(|(_, v)| leaves(v)).sum::<usize>(),
             30
         );
         let meta = EventMeta {

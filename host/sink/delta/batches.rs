@@ -96,11 +96,26 @@ pub(super) fn typed_batch(
     columns: &[TypedColumn],
     rows: &[(Arc<Plan>, &Row)],
 ) -> Result<(RecordBatch, bool), deltalake::arrow::error::ArrowError> {
+    let mut builders: Vec<TypedBuilder> = columns
+        .iter()
+        .map(|c| TypedBuilder::new(c.storage, rows.len()))
+        .collect();
+    // Row by row, each row's cells that have a value (a few of the columns), the columns
+    // it leaves out padded with nulls when the next value or the end comes.
+    for (r, (plan, row)) in rows.iter().enumerate() {
+        plan.cells(row, |i, cell| {
+            if let Some(builder) = builders.get_mut(i) {
+                builder.append_nulls(r - builder.len());
+                builder.append(cell);
+            }
+        });
+    }
     let mut fields = Vec::with_capacity(columns.len());
     let mut arrays = Vec::with_capacity(columns.len());
     let mut widens = false;
-    for (i, column) in columns.iter().enumerate() {
-        let array = typed_array(rows, i, column.storage);
+    for (i, (column, mut builder)) in columns.iter().zip(builders).enumerate() {
+        builder.append_nulls(rows.len() - builder.len());
+        let array = builder.finish();
         // The writer has the table's columns in the table's order: look by position first.
         let known = match writer.fields().get(i) {
             Some(field) if field.name() == &*column.name => Some(field.as_ref()),
@@ -126,44 +141,102 @@ pub(super) fn typed_batch(
     Ok((batch, widens))
 }
 
-/// Column `i` of typed rows, stored as `storage`.
-fn typed_array(rows: &[(Arc<Plan>, &Row)], i: usize, storage: Storage) -> ArrayRef {
-    macro_rules! build {
-        ($builder:expr, $variant:ident) => {{
-            let mut b = $builder;
-            for (plan, row) in rows {
-                match plan.cell(row, i) {
-                    TypedCell::$variant(v) => b.append_value(v),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish()) as ArrayRef
-        }};
-    }
-    match storage {
-        Storage::Text => build!(StringBuilder::new(), Text),
-        Storage::Int => build!(Int32Builder::new(), Int),
-        Storage::Long => build!(Int64Builder::new(), Long),
-        Storage::Double => build!(Float64Builder::new(), Double),
-        Storage::Bool => build!(BooleanBuilder::new(), Bool),
-        Storage::Bytes => build!(BinaryBuilder::new(), Bytes),
-        Storage::Date => build!(Date32Builder::new(), Date),
-        Storage::Timestamp => {
-            let b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-            build!(b, Timestamp)
+/// A typed column being built: a value of another form than the column's (never given: a
+/// plan's cells take their column's form) is appended as null.
+enum TypedBuilder {
+    Text(StringBuilder),
+    Int(Int32Builder),
+    Long(Int64Builder),
+    Double(Float64Builder),
+    Bool(BooleanBuilder),
+    Bytes(BinaryBuilder),
+    Date(Date32Builder),
+    Timestamp(TimestampMicrosecondBuilder),
+    TextList(ListBuilder<StringBuilder>, usize),
+}
+
+impl TypedBuilder {
+    fn new(storage: Storage, rows: usize) -> Self {
+        match storage {
+            Storage::Text => Self::Text(StringBuilder::with_capacity(rows, 0)),
+            Storage::Int => Self::Int(Int32Builder::with_capacity(rows)),
+            Storage::Long => Self::Long(Int64Builder::with_capacity(rows)),
+            Storage::Double => Self::Double(Float64Builder::with_capacity(rows)),
+            Storage::Bool => Self::Bool(BooleanBuilder::with_capacity(rows)),
+            Storage::Bytes => Self::Bytes(BinaryBuilder::with_capacity(rows, 0)),
+            Storage::Date => Self::Date(Date32Builder::with_capacity(rows)),
+            Storage::Timestamp => Self::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            ),
+            Storage::TextList => Self::TextList(ListBuilder::new(StringBuilder::new()), 0),
         }
-        Storage::TextList => {
-            let mut b = ListBuilder::new(StringBuilder::new());
-            for (plan, row) in rows {
-                match plan.cell(row, i) {
-                    TypedCell::TextList(list) => {
-                        list.iter().for_each(|v| b.values().append_value(v));
-                        b.append(true);
-                    }
-                    _ => b.append(false),
-                }
+    }
+
+    fn len(&self) -> usize {
+        use deltalake::arrow::array::ArrayBuilder;
+        match self {
+            Self::Text(b) => b.len(),
+            Self::Int(b) => b.len(),
+            Self::Long(b) => b.len(),
+            Self::Double(b) => b.len(),
+            Self::Bool(b) => b.len(),
+            Self::Bytes(b) => b.len(),
+            Self::Date(b) => b.len(),
+            Self::Timestamp(b) => b.len(),
+            Self::TextList(_, len) => *len,
+        }
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        match self {
+            Self::Text(b) => b.append_nulls(n),
+            Self::Int(b) => b.append_nulls(n),
+            Self::Long(b) => b.append_nulls(n),
+            Self::Double(b) => b.append_nulls(n),
+            Self::Bool(b) => b.append_nulls(n),
+            Self::Bytes(b) => b.append_nulls(n),
+            Self::Date(b) => b.append_nulls(n),
+            Self::Timestamp(b) => b.append_nulls(n),
+            Self::TextList(b, len) => {
+                (0..n).for_each(|_| b.append(false));
+                *len += n;
             }
-            Arc::new(b.finish())
+        }
+    }
+
+    fn append(&mut self, cell: TypedCell<'_>) {
+        match (self, cell) {
+            (Self::Text(b), TypedCell::Text(v)) => b.append_value(v),
+            (Self::Int(b), TypedCell::Int(v)) => b.append_value(v),
+            (Self::Long(b), TypedCell::Long(v)) => b.append_value(v),
+            (Self::Double(b), TypedCell::Double(v)) => b.append_value(v),
+            (Self::Bool(b), TypedCell::Bool(v)) => b.append_value(v),
+            (Self::Bytes(b), TypedCell::Bytes(v)) => b.append_value(v),
+            (Self::Date(b), TypedCell::Date(v)) => b.append_value(v),
+            (Self::Timestamp(b), TypedCell::Timestamp(v)) => b.append_value(v),
+            (Self::TextList(b, len), TypedCell::TextList(list)) => {
+                list.iter().for_each(|v| b.values().append_value(v));
+                b.append(true);
+                *len += 1;
+            }
+            (builder, _) => builder.append_nulls(1),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Self::Text(mut b) => Arc::new(b.finish()),
+            Self::Int(mut b) => Arc::new(b.finish()),
+            Self::Long(mut b) => Arc::new(b.finish()),
+            Self::Double(mut b) => Arc::new(b.finish()),
+            Self::Bool(mut b) => Arc::new(b.finish()),
+            Self::Bytes(mut b) => Arc::new(b.finish()),
+            Self::Date(mut b) => Arc::new(b.finish()),
+            Self::Timestamp(mut b) => Arc::new(b.finish()),
+            Self::TextList(mut b, _) => Arc::new(b.finish()),
         }
     }
 }

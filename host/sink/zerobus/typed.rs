@@ -64,7 +64,11 @@ pub fn encode(plan: &Plan, row: &Row, columns: usize, buf: &mut Vec<u8>) {
         encode_varint(value.len() as u64, buf);
         buf.extend_from_slice(value);
     };
-    for (i, cell) in plan.cells(row).take_while(|(i, _)| *i < columns) {
+    // Fields in the header's order, then the schema's: a parser takes them in any order.
+    plan.cells(row, |i, cell| {
+        if i >= columns {
+            return;
+        }
         let tag = i as u32 + 1;
         match cell {
             TypedCell::Null => {}
@@ -76,7 +80,7 @@ pub fn encode(plan: &Plan, row: &Row, columns: usize, buf: &mut Vec<u8>) {
             TypedCell::Bytes(v) => bytes(tag, v, buf),
             TypedCell::TextList(list) => list.iter().for_each(|v| bytes(tag, v.as_bytes(), buf)),
         }
-    }
+    });
 }
 
 fn column_list(columns: &[TypedColumn]) -> String {
