@@ -1,7 +1,6 @@
 //! The internal event model every stage shares: a decoded Change Data Capture event,
 //! its opaque replay id, and the writer schema it was decoded with.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -217,7 +216,7 @@ impl Fields {
     /// order); a null is left out.
     pub fn push(&mut self, at: usize, value: Value) {
         debug_assert!(self.0.last().is_none_or(|(i, _)| usize::from(*i) < at));
-        if value != Value::Null {
+        if !matches!(value, Value::Null) {
             self.0.push((position(at), value));
         }
     }
@@ -288,7 +287,7 @@ pub struct FieldNames {
     /// For each top-level field that is a compound record, its children's names.
     pub children: Vec<Option<Vec<Name>>>,
     /// Position of each top-level field by name.
-    pub index: HashMap<Name, usize>,
+    pub index: foldhash::HashMap<Name, usize>,
 }
 
 /// Where a field name (`Email`, `BillingAddress.City`) points in an event.

@@ -304,7 +304,9 @@ pub fn decode_event(
     let header_len = reader.position();
     let mut fields = Fields::default();
     for (at, (_, plan)) in data_plans.iter().enumerate() {
-        fields.push(at, reader.value(plan).map_err(avro_error)?);
+        if !reader.null(plan) {
+            fields.push(at, reader.value(plan).map_err(avro_error)?);
+        }
     }
     reader.finish().map_err(avro_error)?;
     Ok(ChangeEvent {

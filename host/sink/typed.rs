@@ -355,7 +355,7 @@ pub struct Plan {
     /// compound field as `BillingAddress`; the table names columns: `BillingCity`, and
     /// every child's column for the whole field (with its own text column first, for a
     /// switchable field such as Account's Name).
-    renames: HashMap<String, Vec<String>>,
+    renames: foldhash::HashMap<String, Vec<String>>,
 }
 
 /// One value of a typed row.
@@ -377,11 +377,17 @@ pub enum TypedCell<'a> {
 
 const DAY_MS: i64 = 86_400_000;
 
+/// A UTC timestamp as `2026-12-02T10:30:00.123Z`, parsed once.
+static RFC3339: std::sync::LazyLock<Vec<chrono::format::Item<'static>>> =
+    std::sync::LazyLock::new(|| {
+        chrono::format::StrftimeItems::new("%Y-%m-%dT%H:%M:%S%.fZ").collect()
+    });
+
 /// A typed cell in JSON: dates as `2026-12-02`, timestamps as RFC 3339 in UTC, bytes as
 /// base64.
 impl serde::Serialize for TypedCell<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use chrono::{DateTime, SecondsFormat};
+        use chrono::DateTime;
         match self {
             TypedCell::Null => s.serialize_unit(),
             TypedCell::Text(t) => s.serialize_str(t),
@@ -394,8 +400,10 @@ impl serde::Serialize for TypedCell<'_> {
                 Some(t) => s.collect_str(&t.date_naive()),
                 None => s.serialize_unit(),
             },
+            // RFC 3339 with as many fraction digits as it needs (0, 3, 6), written
+            // straight into the row: two or more per row.
             TypedCell::Timestamp(us) => match DateTime::from_timestamp_micros(*us) {
-                Some(t) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+                Some(t) => s.collect_str(&t.naive_utc().format_with_items(RFC3339.iter())),
                 None => s.serialize_unit(),
             },
             TypedCell::TextList(v) => v.serialize(s),
@@ -412,7 +420,7 @@ impl Plan {
         let e = &row.event;
         for &(column, header) in &self.header {
             let cell = self.header_cell(row, header);
-            if cell != TypedCell::Null {
+            if !matches!(cell, TypedCell::Null) {
                 each(column, cell);
             }
         }
@@ -425,7 +433,7 @@ impl Plan {
                     for (target, child) in targets.children.iter().zip(children) {
                         if let Some(target) = target {
                             let cell = convert(&child.value, target.kind);
-                            if cell != TypedCell::Null {
+                            if !matches!(cell, TypedCell::Null) {
                                 each(target.column, cell);
                             }
                         }
@@ -434,7 +442,7 @@ impl Plan {
                 value => {
                     if let Some(target) = targets.value {
                         let cell = convert(value, target.kind);
-                        if cell != TypedCell::Null {
+                        if !matches!(cell, TypedCell::Null) {
                             each(target.column, cell);
                         }
                     }
@@ -647,7 +655,7 @@ impl TypedTable {
             .enumerate()
             .filter_map(|(i, column)| Some((i, *headers.get(column.name.as_ref())?)))
             .collect();
-        let mut renames: HashMap<String, Vec<String>> = HashMap::new();
+        let mut renames: foldhash::HashMap<String, Vec<String>> = Default::default();
         for field in &fields {
             let Some(j) = field.child else { continue };
             let names = &schema.names;
