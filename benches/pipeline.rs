@@ -9,7 +9,8 @@
 //! the sink (default `jsonl:/dev/null`; `delta:/tmp/bench-table`, emptied first;
 //! `zerobus:main.bench.events` to the Zerobus test server of the simulator's process);
 //! `SFZB_BENCH_LAYOUT=typed` runs the typed layout too, after the reference layout, and
-//! prints both.
+//! prints both (`typed-only`: the typed layout alone, for profiling); `SFZB_BENCH_ROUNDS` the
+//! rounds of the per-event phases (default 10).
 
 // The tests' guest builder; the bench uses only its Rust components.
 #[allow(dead_code)]
@@ -128,6 +129,7 @@ fn main() {
         .unwrap_or(200_000);
     let layouts: &[&str] = match std::env::var("SFZB_BENCH_LAYOUT").as_deref() {
         Ok("typed") => &["reference", "typed"],
+        Ok("typed-only") => &["typed"],
         _ => &["reference"],
     };
     for layout in layouts {

@@ -89,56 +89,78 @@ fn array<T: Cells>(rows: &[&T], i: usize, ty: Type) -> ArrayRef {
     }
 }
 
-/// An Arrow batch of typed rows with a column per table column, each typed as the writer
-/// has it, and whether it has columns the writer does not have yet (it must widen).
-pub(super) fn typed_batch(
-    writer: &ArrowSchema,
-    columns: &[TypedColumn],
-    rows: &[(Arc<Plan>, &Row)],
-) -> Result<(RecordBatch, bool), deltalake::arrow::error::ArrowError> {
-    let mut builders: Vec<TypedBuilder> = columns
-        .iter()
-        .map(|c| TypedBuilder::new(c.storage, rows.len()))
-        .collect();
-    // Row by row, each row's cells that have a value (a few of the columns), the columns
-    // it leaves out padded with nulls when the next value or the end comes.
-    for (r, (plan, row)) in rows.iter().enumerate() {
+/// Typed rows gathered until the next flush, a builder per table column, written to
+/// Parquet as one batch: a write per flush rather than per fetch keeps Parquet's per-column
+/// work (levels, statistics, pages) off every hundred events of a ~100-column table.
+#[derive(Default)]
+pub(super) struct TypedRows {
+    builders: Vec<TypedBuilder>,
+    len: usize,
+}
+
+impl TypedRows {
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds a row; `columns` are the table's columns now: those new since the last row are
+    /// null in the rows before.
+    pub(super) fn push(&mut self, columns: &[TypedColumn], plan: &Plan, row: &Row) {
+        for column in columns.iter().skip(self.builders.len()) {
+            let mut builder = TypedBuilder::new(column.storage);
+            builder.append_nulls(self.len);
+            self.builders.push(builder);
+        }
+        let r = self.len;
+        // The row's cells that have a value (a few of the columns); the columns it leaves
+        // out are padded with nulls when the next value or the end comes.
         plan.cells(row, |i, cell| {
-            if let Some(builder) = builders.get_mut(i) {
+            if let Some(builder) = self.builders.get_mut(i) {
                 builder.append_nulls(r - builder.len());
                 builder.append(cell);
             }
         });
+        self.len += 1;
     }
-    let mut fields = Vec::with_capacity(columns.len());
-    let mut arrays = Vec::with_capacity(columns.len());
-    let mut widens = false;
-    for (i, (column, mut builder)) in columns.iter().zip(builders).enumerate() {
-        builder.append_nulls(rows.len() - builder.len());
-        let array = builder.finish();
-        // The writer has the table's columns in the table's order: look by position first.
-        let known = match writer.fields().get(i) {
-            Some(field) if field.name() == &*column.name => Some(field.as_ref()),
-            _ => writer.field_with_name(&column.name).ok(),
-        };
-        match known {
-            Some(field) => {
-                arrays.push(if array.data_type() == field.data_type() {
-                    array
-                } else {
-                    deltalake::arrow::compute::cast(&array, field.data_type())?
-                });
-                fields.push(field.clone());
-            }
-            None => {
-                widens = true;
-                fields.push(Field::new(&*column.name, array.data_type().clone(), true));
-                arrays.push(array);
+
+    /// The rows as an Arrow batch, each column typed as the writer has it, and whether it has
+    /// columns the writer does not have yet (it must widen). Leaves no rows behind.
+    pub(super) fn finish(
+        &mut self,
+        writer: &ArrowSchema,
+        columns: &[TypedColumn],
+    ) -> Result<(RecordBatch, bool), deltalake::arrow::error::ArrowError> {
+        let TypedRows { builders, len } = std::mem::take(self);
+        let mut fields = Vec::with_capacity(builders.len());
+        let mut arrays = Vec::with_capacity(builders.len());
+        let mut widens = false;
+        for (i, (column, mut builder)) in columns.iter().zip(builders).enumerate() {
+            builder.append_nulls(len - builder.len());
+            let array = builder.finish();
+            // The writer has the table's columns in the table's order: look by position first.
+            let known = match writer.fields().get(i) {
+                Some(field) if field.name() == &*column.name => Some(field.as_ref()),
+                _ => writer.field_with_name(&column.name).ok(),
+            };
+            match known {
+                Some(field) => {
+                    arrays.push(if array.data_type() == field.data_type() {
+                        array
+                    } else {
+                        deltalake::arrow::compute::cast(&array, field.data_type())?
+                    });
+                    fields.push(field.clone());
+                }
+                None => {
+                    widens = true;
+                    fields.push(Field::new(&*column.name, array.data_type().clone(), true));
+                    arrays.push(array);
+                }
             }
         }
+        let batch = RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), arrays)?;
+        Ok((batch, widens))
     }
-    let batch = RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), arrays)?;
-    Ok((batch, widens))
 }
 
 /// A typed column being built: a value of another form than the column's (never given: a
@@ -156,18 +178,18 @@ enum TypedBuilder {
 }
 
 impl TypedBuilder {
-    fn new(storage: Storage, rows: usize) -> Self {
+    fn new(storage: Storage) -> Self {
         match storage {
-            Storage::Text => Self::Text(StringBuilder::with_capacity(rows, 0)),
-            Storage::Int => Self::Int(Int32Builder::with_capacity(rows)),
-            Storage::Long => Self::Long(Int64Builder::with_capacity(rows)),
-            Storage::Double => Self::Double(Float64Builder::with_capacity(rows)),
-            Storage::Bool => Self::Bool(BooleanBuilder::with_capacity(rows)),
-            Storage::Bytes => Self::Bytes(BinaryBuilder::with_capacity(rows, 0)),
-            Storage::Date => Self::Date(Date32Builder::with_capacity(rows)),
-            Storage::Timestamp => Self::Timestamp(
-                TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
-            ),
+            Storage::Text => Self::Text(StringBuilder::new()),
+            Storage::Int => Self::Int(Int32Builder::new()),
+            Storage::Long => Self::Long(Int64Builder::new()),
+            Storage::Double => Self::Double(Float64Builder::new()),
+            Storage::Bool => Self::Bool(BooleanBuilder::new()),
+            Storage::Bytes => Self::Bytes(BinaryBuilder::new()),
+            Storage::Date => Self::Date(Date32Builder::new()),
+            Storage::Timestamp => {
+                Self::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
+            }
             Storage::TextList => Self::TextList(ListBuilder::new(StringBuilder::new()), 0),
         }
     }

@@ -32,11 +32,14 @@ use deltalake::arrow::datatypes::Schema as ArrowSchema;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, ArrayType, DataType, StructField, Transaction};
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use url::Url;
 
-use batches::{batch, typed_batch};
+use batches::{TypedRows, batch};
 pub(crate) use recovery::parquet_file;
 use recovery::{recorded, rows_after};
 
@@ -204,6 +207,8 @@ struct Table {
     txn: Option<i64>,
     /// A typed table's columns and plans.
     typed: Option<TypedTable>,
+    /// A typed table's rows since the last flush (a reference table's are in `writer`).
+    pending: TypedRows,
 }
 
 impl Table {
@@ -239,7 +244,9 @@ impl Table {
             .await
             .map_err(|e| error(&url, e))?;
         let typed = layout_of(&table, kind).map_err(|e| error(&url, e))?;
-        let writer = RecordBatchWriter::for_table(&table).map_err(|e| error(&url, e))?;
+        let writer = RecordBatchWriter::for_table(&table)
+            .map_err(|e| error(&url, e))?
+            .with_writer_properties(writer_properties());
         let schema = writer.arrow_schema();
         Ok(Table {
             url,
@@ -249,6 +256,7 @@ impl Table {
             buffered: 0,
             txn,
             typed,
+            pending: TypedRows::default(),
         })
     }
 
@@ -270,21 +278,36 @@ impl Table {
         Ok(())
     }
 
-    async fn write(
-        &mut self,
-        batch: RecordBatch,
-        rows: usize,
-        mode: WriteMode,
-    ) -> Result<(), SinkError> {
+    async fn write(&mut self, batch: RecordBatch, rows: usize) -> Result<(), SinkError> {
         if rows == 0 {
             return Ok(());
         }
         self.writer
-            .write_with_mode(batch, mode)
+            .write_with_mode(batch, WriteMode::Default)
             .await
             .map_err(|e| error(&self.url, e))?;
         self.buffered += rows;
         Ok(())
+    }
+
+    /// Hands a typed table's pending rows to the Parquet writer.
+    async fn write_pending(&mut self) -> Result<(), SinkError> {
+        if self.pending.len() == 0 {
+            return Ok(());
+        }
+        let columns = self.typed.as_ref().map_or(&[][..], TypedTable::columns);
+        let (batch, widens) = self
+            .pending
+            .finish(&self.writer.arrow_schema(), columns)
+            .map_err(|e| error(&self.url, e))?;
+        let mode = match widens {
+            true => WriteMode::MergeSchema,
+            false => WriteMode::Default,
+        };
+        self.writer
+            .write_with_mode(batch, mode)
+            .await
+            .map_err(|e| error(&self.url, e))
     }
 
     /// One commit: the buffered rows (with `data`; without, none: an intent commit leaves
@@ -296,6 +319,9 @@ impl Table {
         metadata: serde_json::Map<String, serde_json::Value>,
         data: bool,
     ) -> Result<(), SinkError> {
+        if data {
+            self.write_pending().await?;
+        }
         let adds: Vec<Action> = if data {
             self.writer
                 .flush()
@@ -329,6 +355,26 @@ impl Table {
         Ok(())
     }
 }
+
+/// Parquet as delta-rs writes it (Snappy), except that columns unique to each event skip
+/// the dictionary: every value would be a new entry, hashed and then thrown away.
+fn writer_properties() -> WriterProperties {
+    let unique = ["replay_id", "event_id"];
+    unique
+        .into_iter()
+        .fold(
+            WriterProperties::builder().set_compression(Compression::SNAPPY),
+            |builder, column| {
+                builder.set_column_dictionary_enabled(ColumnPath::from(column), false)
+            },
+        )
+        .build()
+}
+
+/// A typed table's rows wait in Arrow builders up to this many, then go to the Parquet
+/// writer as one batch: enough that its per-column work is spread thin, few enough that the
+/// builders of a busy stream stay around ten megabytes.
+const PENDING_ROWS: usize = 8192;
 
 /// The Delta sink: the main table, routed sibling tables, and the dead-letter table.
 pub struct DeltaSink {
@@ -478,7 +524,7 @@ impl DeltaSink {
         let Some(typed) = target.typed.as_mut() else {
             let rows: Vec<&Row> = rows.into_iter().map(|(_, r)| r).collect();
             let batch = batch(&target.schema, &rows).map_err(|e| error(&target.url, e))?;
-            target.write(batch, rows.len(), WriteMode::Default).await?;
+            target.write(batch, rows.len()).await?;
             return Ok(Vec::new());
         };
         let mut misfits = Vec::new();
@@ -490,19 +536,20 @@ impl DeltaSink {
             }
         }
         let added = typed.take_added();
-        let columns = typed.columns().to_vec();
         if !added.is_empty() {
             // Should this fail, the table has columns the plans do not know: the error
             // restarts the subscription, which reads them back.
             target.add_columns(&added).await?;
         }
-        let (batch, widens) = typed_batch(&target.writer.arrow_schema(), &columns, &planned)
-            .map_err(|e| error(&target.url, e))?;
-        let mode = match widens {
-            true => WriteMode::MergeSchema,
-            false => WriteMode::Default,
-        };
-        target.write(batch, planned.len(), mode).await?;
+        // The rows wait for the flush, which writes them after the columns they need.
+        let columns = target.typed.as_ref().map_or(&[][..], TypedTable::columns);
+        for (plan, row) in &planned {
+            target.pending.push(columns, plan, row);
+        }
+        target.buffered += planned.len();
+        if target.pending.len() >= PENDING_ROWS {
+            target.write_pending().await?;
+        }
         Ok(misfits)
     }
 
@@ -519,7 +566,7 @@ impl DeltaSink {
             .filter(|l| held.is_none_or(|h| !h.contains(&l.replay_id)))
             .collect();
         let batch = batch(&target.schema, &letters).map_err(|e| error(&target.url, e))?;
-        target.write(batch, letters.len(), WriteMode::Default).await
+        target.write(batch, letters.len()).await
     }
 
     /// These events have been processed again (written, routed, dead-lettered or dropped):
