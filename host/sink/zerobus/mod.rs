@@ -373,7 +373,8 @@ impl ZerobusSink {
             .collect();
         let (generation, descriptor) = (state.generation, state.descriptor.clone());
         drop(guard);
-        self.send(table, || descriptor, generation, records).await?;
+        self.send(table, || (*descriptor).clone(), generation, records)
+            .await?;
         Ok(misfits)
     }
 

@@ -8,6 +8,8 @@
 //! before a row with the new columns goes out. Columns only grow and keep their protobuf
 //! tag (position + 1), so a row planned earlier is valid on any newer stream.
 
+use std::sync::Arc;
+
 use prost::encoding::{WireType, encode_key, encode_varint};
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FieldDescriptorProto};
@@ -122,7 +124,8 @@ fn storage_of_sql(text: &str) -> Option<Storage> {
 pub struct Shared {
     pub table: TypedTable,
     pub generation: u64,
-    pub descriptor: DescriptorProto,
+    /// Shared, not copied, by every write: a stream copies it only when it opens.
+    pub descriptor: Arc<DescriptorProto>,
     exists: bool,
 }
 
@@ -178,7 +181,7 @@ impl Shared {
             });
         }
         Ok(Shared {
-            descriptor: descriptor(typed.columns()),
+            descriptor: Arc::new(descriptor(typed.columns())),
             table: typed,
             generation: 0,
             exists,
@@ -201,7 +204,7 @@ impl Shared {
         tracing::info!(table, columns = %names.join(","), created = !self.exists, "Widened typed table for a new writer schema.");
         self.exists = true;
         self.generation += 1;
-        self.descriptor = descriptor(self.table.columns());
+        self.descriptor = Arc::new(descriptor(self.table.columns()));
         Ok(())
     }
 }
