@@ -377,11 +377,56 @@ pub enum TypedCell<'a> {
 
 const DAY_MS: i64 = 86_400_000;
 
-/// A UTC timestamp as `2026-12-02T10:30:00.123Z`, parsed once.
-static RFC3339: std::sync::LazyLock<Vec<chrono::format::Item<'static>>> =
-    std::sync::LazyLock::new(|| {
-        chrono::format::StrftimeItems::new("%Y-%m-%dT%H:%M:%S%.fZ").collect()
-    });
+/// A date (`2026-12-02`) or UTC timestamp (`2026-12-02T10:30:00.123Z`, with as many
+/// fraction digits as it needs: 0, 3 or 6) as text, written digit by digit into a stack
+/// buffer: chrono's formatter, general over its format items, costs more than the rest of
+/// a row's cell, and a row has several. Years outside 0–9999 (which chrono writes with a
+/// sign) are `None`, for the caller to write through chrono.
+fn iso_text(buf: &mut [u8; 27], days: i64, micros_of_day: Option<i64>) -> Option<&str> {
+    use chrono::{Datelike, NaiveDate};
+    // `value`'s last `width` digits at `at`.
+    fn put(buf: &mut [u8], at: usize, value: u32, width: usize) {
+        let mut v = value;
+        for slot in buf[at..at + width].iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    let date = NaiveDate::from_epoch_days(i32::try_from(days).ok()?)?;
+    let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+    put(buf, 0, year, 4);
+    buf[4] = b'-';
+    put(buf, 5, date.month(), 2);
+    buf[7] = b'-';
+    put(buf, 8, date.day(), 2);
+    let mut len = 10;
+    if let Some(us) = micros_of_day {
+        let (seconds, fraction) = ((us / 1_000_000) as u32, (us % 1_000_000) as u32);
+        buf[10] = b'T';
+        put(buf, 11, seconds / 3600, 2);
+        buf[13] = b':';
+        put(buf, 14, seconds / 60 % 60, 2);
+        buf[16] = b':';
+        put(buf, 17, seconds % 60, 2);
+        len = 19;
+        if fraction != 0 {
+            buf[19] = b'.';
+            len = match fraction % 1000 {
+                0 => {
+                    put(buf, 20, fraction / 1000, 3);
+                    23
+                }
+                _ => {
+                    put(buf, 20, fraction, 6);
+                    26
+                }
+            };
+        }
+        buf[len] = b'Z';
+        len += 1;
+    }
+    std::str::from_utf8(&buf[..len]).ok()
+}
 
 /// A typed cell in JSON: dates as `2026-12-02`, timestamps as RFC 3339 in UTC, bytes as
 /// base64.
@@ -396,16 +441,23 @@ impl serde::Serialize for TypedCell<'_> {
             TypedCell::Double(v) => s.serialize_f64(*v),
             TypedCell::Bool(v) => s.serialize_bool(*v),
             TypedCell::Bytes(v) => crate::sink::row::base64_bytes(v, s),
-            TypedCell::Date(days) => match DateTime::from_timestamp(i64::from(*days) * 86_400, 0) {
-                Some(t) => s.collect_str(&t.date_naive()),
-                None => s.serialize_unit(),
+            TypedCell::Date(days) => match iso_text(&mut [0; 27], i64::from(*days), None) {
+                Some(text) => s.serialize_str(text),
+                None => match DateTime::from_timestamp(i64::from(*days) * 86_400, 0) {
+                    Some(t) => s.collect_str(&t.date_naive()),
+                    None => s.serialize_unit(),
+                },
             },
-            // RFC 3339 with as many fraction digits as it needs (0, 3, 6), written
-            // straight into the row: two or more per row.
-            TypedCell::Timestamp(us) => match DateTime::from_timestamp_micros(*us) {
-                Some(t) => s.collect_str(&t.naive_utc().format_with_items(RFC3339.iter())),
-                None => s.serialize_unit(),
-            },
+            TypedCell::Timestamp(us) => {
+                let (days, of_day) = (us.div_euclid(86_400_000_000), us.rem_euclid(86_400_000_000));
+                match iso_text(&mut [0; 27], days, Some(of_day)) {
+                    Some(text) => s.serialize_str(text),
+                    None => match DateTime::from_timestamp_micros(*us) {
+                        Some(t) => s.collect_str(&t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.fZ")),
+                        None => s.serialize_unit(),
+                    },
+                }
+            }
             TypedCell::TextList(v) => v.serialize(s),
         }
     }
@@ -864,6 +916,41 @@ mod tests {
             }
         }
         assert!(checked_date, "some event has a CreatedDate");
+    }
+
+    #[test]
+    fn dates_and_timestamps_read_as_chrono_writes_them() {
+        let json = |cell: TypedCell<'_>| serde_json::to_value(cell).unwrap();
+        for days in [-719_528, -1, 0, 1, 19_000, 20_424, 2_932_896, 2_932_897] {
+            let expected = chrono::DateTime::from_timestamp(days * 86_400, 0)
+                .unwrap()
+                .date_naive()
+                .to_string();
+            assert_eq!(json(TypedCell::Date(days as i32)), expected, "day {days}");
+        }
+        let day = 86_400_000_000i64;
+        for us in [
+            0,
+            1,
+            999,
+            1_000,
+            123_456,
+            1_500_000,
+            day - 1,
+            day * 20_424 + 37_800_123_000,
+            -1,
+            -day - 1_000,
+            -day * 719_528,
+            day * 2_932_896 + 1,
+            day * 2_932_897,
+        ] {
+            let expected = chrono::DateTime::from_timestamp_micros(us)
+                .unwrap()
+                .naive_utc()
+                .format("%Y-%m-%dT%H:%M:%S%.fZ")
+                .to_string();
+            assert_eq!(json(TypedCell::Timestamp(us)), expected, "{us} µs");
+        }
     }
 
     #[test]
