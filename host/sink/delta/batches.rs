@@ -106,14 +106,13 @@ impl TypedRows {
     /// Adds a row; `columns` are the table's columns now: those new since the last row are
     /// null in the rows before.
     pub(super) fn push(&mut self, columns: &[TypedColumn], plan: &Plan, row: &Row) {
-        for column in columns.iter().skip(self.builders.len()) {
-            let mut builder = TypedBuilder::new(column.storage);
-            builder.append_nulls(self.len);
-            self.builders.push(builder);
-        }
+        let new = columns.iter().skip(self.builders.len());
+        self.builders
+            .extend(new.map(|column| TypedBuilder::new(column.storage)));
         let r = self.len;
-        // The row's cells that have a value (a few of the columns); the columns it leaves
-        // out are padded with nulls when the next value or the end comes.
+        // The row's cells that have a value (a few of the columns); the rows a column has no
+        // value for (those before it was added too) are nulls, padded when the next value
+        // or the end comes.
         plan.cells(row, |i, cell| {
             if let Some(builder) = self.builders.get_mut(i) {
                 builder.append_nulls(r - builder.len());
@@ -260,5 +259,77 @@ impl TypedBuilder {
             Self::Timestamp(mut b) => Arc::new(b.finish()),
             Self::TextList(mut b, _) => Arc::new(b.finish()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::salesforce::schema::{EventMeta, decode_event};
+    use crate::sim::catalog::{ADDED_FIELD, Entity};
+    use crate::sim::generator::{Position, generate};
+    use crate::sink::typed::{Layout, TypedTable};
+    use deltalake::arrow::array::Array;
+
+    #[test]
+    fn rows_gathered_across_a_schema_change_leave_the_new_column_null_before_it() {
+        let entity = Entity::load("Account").unwrap().unwrap();
+        let row = |schema: &Arc<crate::event::EventSchema>, seq: u64| {
+            let generated = generate(&entity, schema, 7, Position { index: seq, seq }, false);
+            let meta = EventMeta {
+                org_id: "00Dorg".into(),
+                channel: "/data/AccountChangeEvent".into(),
+                replay_id: crate::event::ReplayId::new(bytes::Bytes::from(vec![0, seq as u8])),
+                event_id: generated.event_id.clone(),
+            };
+            let event = decode_event(schema, meta, generated.payload).unwrap();
+            Row::with_layout(event, 0, Layout::Typed)
+        };
+        let mut table = TypedTable::default();
+        let mut rows = TypedRows::default();
+        for seq in 0..2 {
+            let row = row(&entity.schema, seq);
+            let plan = table.plan(&row.event.schema).unwrap();
+            rows.push(table.columns(), &plan, &row);
+        }
+        // The writer has the table as it was before the change.
+        let writer = ArrowSchema::new(
+            table
+                .columns()
+                .iter()
+                .map(|c| {
+                    let ty = TypedBuilder::new(c.storage).finish().data_type().clone();
+                    Field::new(&*c.name, ty, true)
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut changed = row(&entity.changed_schema, 2);
+        let by = Arc::from("test");
+        let tier = crate::event::Value::Text("Gold".into());
+        assert!(changed.event.set(ADDED_FIELD, tier, &by));
+        let plan = table.plan(&changed.event.schema).unwrap();
+        rows.push(table.columns(), &plan, &changed);
+        assert_eq!(rows.len(), 3);
+
+        let (batch, widens) = rows.finish(&writer, table.columns()).unwrap();
+        assert!(widens, "the added column is not in the writer's schema");
+        assert_eq!(rows.len(), 0, "finishing leaves no rows behind");
+        assert_eq!(batch.num_rows(), 3);
+        assert_eq!(batch.num_columns(), table.columns().len());
+        let added = batch.column_by_name(ADDED_FIELD).expect("the added column");
+        assert!(
+            added.is_null(0) && added.is_null(1),
+            "rows before the change"
+        );
+        let replay = batch.column_by_name("replay_id").unwrap();
+        let replay = replay
+            .as_any()
+            .downcast_ref::<deltalake::arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(
+            (0..3).map(|i| replay.value(i)).collect::<Vec<_>>(),
+            ["0000", "0001", "0002"],
+            "rows in the order they came"
+        );
     }
 }
