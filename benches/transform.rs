@@ -158,9 +158,19 @@ fn to_record(e: &sfzb_host::event::ChangeEvent) -> record::Event {
         entity_name: e.header.entity_name.clone(),
         change_type: e.header.change_type.to_string(),
         record_ids: e.header.record_ids.clone(),
-        changed_fields: e.header.changed_fields.clone(),
-        nulled_fields: e.header.nulled_fields.clone(),
-        diff_fields: e.header.diff_fields.clone(),
+        changed_fields: e
+            .header
+            .changed_fields
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+        nulled_fields: e
+            .header
+            .nulled_fields
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+        diff_fields: e.header.diff_fields.iter().map(|n| n.to_string()).collect(),
         commit_timestamp: e.header.commit_timestamp,
         fields,
     }

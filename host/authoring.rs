@@ -249,16 +249,8 @@ fn changes(before: &ChangeEvent, after: &ChangeEvent) -> Vec<String> {
         })
         .collect();
     let (was, is) = (&before.header.nulled_fields, &after.header.nulled_fields);
-    let added: Vec<&str> = is
-        .iter()
-        .filter(|n| !was.contains(n))
-        .map(String::as_str)
-        .collect();
-    let removed: Vec<&str> = was
-        .iter()
-        .filter(|n| !is.contains(n))
-        .map(String::as_str)
-        .collect();
+    let added: Vec<&str> = is.iter().filter(|n| !was.contains(n)).copied().collect();
+    let removed: Vec<&str> = was.iter().filter(|n| !is.contains(n)).copied().collect();
     if !added.is_empty() || !removed.is_empty() {
         let mut line = "nulled_fields:".to_string();
         for n in added {

@@ -126,7 +126,9 @@ impl fmt::Display for ChangeType {
 }
 
 /// The decoded `ChangeEventHeader`. The three field lists hold field names (compound
-/// fields' children as `Parent.Child`), already decoded from Salesforce's bitmaps.
+/// fields' children as `Parent.Child`), already decoded from Salesforce's bitmaps, as
+/// interned [`Name`]s: an update names a few fields, and a `String` for each was most of
+/// the header's allocations.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChangeEventHeader {
     pub entity_name: String,
@@ -138,9 +140,9 @@ pub struct ChangeEventHeader {
     pub commit_timestamp: i64,
     pub commit_number: i64,
     pub commit_user: String,
-    pub changed_fields: Vec<String>,
-    pub nulled_fields: Vec<String>,
-    pub diff_fields: Vec<String>,
+    pub changed_fields: Vec<Name>,
+    pub nulled_fields: Vec<Name>,
+    pub diff_fields: Vec<Name>,
 }
 
 /// A record field's value. Salesforce CDC schemas carry no Avro logical types: dates and
@@ -288,6 +290,9 @@ pub struct FieldNames {
     pub children: Vec<Option<Vec<Name>>>,
     /// Position of each top-level field by name.
     pub index: foldhash::HashMap<Name, usize>,
+    /// For each compound field, its children's names as the bitmaps' field lists name them:
+    /// `Parent.Child`.
+    pub dotted: Vec<Option<Vec<Name>>>,
 }
 
 /// Where a field name (`Email`, `BillingAddress.City`) points in an event.
@@ -302,10 +307,24 @@ pub enum FieldPath {
 impl FieldNames {
     pub fn new(top: Vec<Name>, children: Vec<Option<Vec<Name>>>) -> Self {
         let index = top.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let dotted = top
+            .iter()
+            .zip(&children)
+            .map(|(parent, children)| {
+                let children = children.as_ref()?;
+                Some(
+                    children
+                        .iter()
+                        .map(|child| name(&format!("{parent}.{child}")))
+                        .collect(),
+                )
+            })
+            .collect();
         FieldNames {
             top,
             children,
             index,
+            dotted,
         }
     }
 
@@ -398,32 +417,37 @@ impl ChangeEvent {
         let Some(path) = self.schema.names.resolve(name) else {
             return false;
         };
+        let names = &self.schema.names;
+        // The schema's own (interned) name of the field, as `resolve` found it.
+        let interned = match path {
+            FieldPath::Top(i) => names.top[i + 1],
+            FieldPath::Child(i, j) => names.dotted[i + 1].as_ref().expect("resolved")[j],
+        };
         let nulled = &mut self.header.nulled_fields;
         match (&value, path) {
-            (Value::Null, FieldPath::Top(i)) => match &self.schema.names.children[i + 1] {
+            (Value::Null, FieldPath::Top(i)) => match &names.dotted[i + 1] {
                 Some(children) => {
                     for child in children {
-                        let child = format!("{name}.{child}");
-                        if !nulled.contains(&child) {
+                        if !nulled.contains(child) {
                             nulled.push(child);
                         }
                     }
                 }
-                None if !nulled.iter().any(|n| n == name) => nulled.push(name.to_string()),
+                None if !nulled.contains(&interned) => nulled.push(interned),
                 None => {}
             },
             (Value::Null, FieldPath::Child(..)) => {
-                if !nulled.iter().any(|n| n == name) {
-                    nulled.push(name.to_string());
+                if !nulled.contains(&interned) {
+                    nulled.push(interned);
                 }
             }
             (_, FieldPath::Top(_)) => nulled.retain(|n| {
-                n != name
+                *n != name
                     && !n
                         .strip_prefix(name)
                         .is_some_and(|rest| rest.starts_with('.'))
             }),
-            (_, FieldPath::Child(..)) => nulled.retain(|n| n != name),
+            (_, FieldPath::Child(..)) => nulled.retain(|n| *n != name),
         }
         match path {
             FieldPath::Top(i) => self.fields.set(i, value),

@@ -8,13 +8,13 @@
 //! not fit (a bit past the last field, a position that is not a compound field, bad hex) is
 //! ignored: a malformed header must never stop the stream.
 
-use crate::event::FieldNames;
+use crate::event::{FieldNames, Name};
 
 /// Field names for one bitmap list, top-level fields first, then compound children,
 /// each in position order and each once. The work and the output are bounded by the
 /// schema's field count, whatever the header holds: a bit past the last field is not even
 /// expanded, so a megabyte of `f`s costs a scan, not a list of millions of positions.
-pub fn decode(bitmaps: &[String], names: &FieldNames) -> Vec<String> {
+pub fn decode(bitmaps: &[String], names: &FieldNames) -> Vec<Name> {
     if bitmaps.is_empty() {
         return Vec::new();
     }
@@ -44,22 +44,21 @@ pub fn decode(bitmaps: &[String], names: &FieldNames) -> Vec<String> {
         }
     }
     nested.sort_unstable_by_key(|(p, _)| *p);
-    let mut out: Vec<String> = top
+    let mut out: Vec<Name> = top
         .iter()
         .zip(&names.top)
         .filter(|(set, _)| **set)
-        .map(|(_, name)| name.to_string())
+        .map(|(_, name)| *name)
         .collect();
     for (p, set) in &nested {
-        let (Some(parent), Some(Some(children))) = (names.top.get(*p), names.children.get(*p))
-        else {
+        let Some(Some(children)) = names.dotted.get(*p) else {
             continue;
         };
         out.extend(
             set.iter()
                 .zip(children)
                 .filter(|(set, _)| **set)
-                .map(|(_, child)| format!("{parent}.{child}")),
+                .map(|(_, child)| *child),
         );
     }
     out

@@ -159,6 +159,9 @@ pub enum Cell<'a> {
     Text(Cow<'a, str>),
     Long(i64),
     TextList(&'a [String]),
+    /// A list of field names (the header's changed, nulled and diff fields), in a
+    /// `TextList` column.
+    Names(&'a [crate::event::Name]),
     Bytes(&'a [u8]),
 }
 
@@ -185,6 +188,7 @@ pub fn encode_proto<T: Cells>(row: &T, buf: &mut Vec<u8>) {
             Cell::Text(value) => text(tag, &value, buf),
             Cell::Long(value) => int64::encode(tag, &value, buf),
             Cell::TextList(values) => string::encode_repeated(tag, values, buf),
+            Cell::Names(values) => values.iter().for_each(|v| text(tag, v, buf)),
             Cell::Bytes(value) => {
                 encode_key(tag, WireType::LengthDelimited, buf);
                 encode_varint(value.len() as u64, buf);

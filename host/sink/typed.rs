@@ -516,12 +516,12 @@ impl Plan {
     fn header_cell<'a>(&'a self, row: &'a Row, header: Header) -> TypedCell<'a> {
         let e = &row.event;
         let h = &e.header;
-        let list = |names: &'a [String]| {
+        let list = |names: &'a [crate::event::Name]| {
             let mut columns = Vec::with_capacity(names.len());
-            for name in names {
+            for &name in names {
                 match self.renames.get(name) {
                     Some(renamed) => columns.extend(renamed.iter().map(String::as_str)),
-                    None => columns.push(name.as_str()),
+                    None => columns.push(name),
                 }
             }
             TypedCell::TextList(columns)
@@ -909,9 +909,9 @@ mod tests {
             for changed in &e.header.changed_fields {
                 let columns = plan
                     .renames
-                    .get(changed)
+                    .get(*changed)
                     .cloned()
-                    .unwrap_or_else(|| vec![changed.clone()]);
+                    .unwrap_or_else(|| vec![changed.to_string()]);
                 for column in columns {
                     assert!(
                         json["changed_fields"]

@@ -364,11 +364,7 @@ mod tests {
                 let e = decode(&entity, &entity.schema, &g);
                 assert_eq!(e.header.entity_name, entity.name);
                 if e.header.change_type == ChangeType::Update {
-                    assert!(
-                        e.header
-                            .changed_fields
-                            .contains(&"LastModifiedDate".to_string())
-                    );
+                    assert!(e.header.changed_fields.contains(&"LastModifiedDate"));
                     for changed in &e.header.changed_fields {
                         let top = changed.split('.').next().unwrap();
                         let at = e.schema.names.index[top] - 1;

@@ -70,6 +70,7 @@ fn array<T: Cells>(rows: &[&T], i: usize, ty: Type) -> ArrayRef {
             for row in rows {
                 match row.cell(i) {
                     Cell::TextList(list) => list.iter().for_each(|v| b.values().append_value(v)),
+                    Cell::Names(list) => list.iter().for_each(|v| b.values().append_value(v)),
                     other => wrong(other),
                 }
                 b.append(true);
