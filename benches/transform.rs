@@ -50,7 +50,7 @@ fn leaf(value: &Value) -> Option<record::Value> {
         Value::Bool(b) => record::Value::Boolean(*b),
         Value::Int(i) => record::Value::Integer(*i),
         Value::Float(f) => record::Value::Float(*f),
-        Value::Text(t) => record::Value::Text(t.clone()),
+        Value::Text(t) => record::Value::Text(t.to_string()),
         Value::Bytes(b) => record::Value::Bytes(b.clone()),
     })
 }
@@ -182,7 +182,7 @@ fn from_record(value: record::Value) -> Value {
         record::Value::Boolean(b) => Value::Bool(b),
         record::Value::Integer(i) => Value::Int(i),
         record::Value::Float(f) => Value::Float(f),
-        record::Value::Text(t) => Value::Text(t),
+        record::Value::Text(t) => Value::Text(t.into()),
         record::Value::Bytes(b) => Value::Bytes(b),
     }
 }

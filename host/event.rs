@@ -153,7 +153,10 @@ pub enum Value {
     Bool(bool),
     Int(i64),
     Float(f64),
-    Text(String),
+    /// Held inline up to 24 bytes, as most of a record's texts are (ids, names, phones,
+    /// picklist values): decoding them allocates nothing, and the thread that frees
+    /// written events has nothing to free.
+    Text(compact_str::CompactString),
     Bytes(Vec<u8>),
     /// A compound field (Address, Name, Location): its children in schema order.
     Record(Vec<Field>),

@@ -357,6 +357,14 @@ impl<'a> Reader<'a> {
             .map_err(|_| AvroError::Utf8(offset))
     }
 
+    /// A string as a record's text value: inline when short, so most allocate nothing.
+    pub fn text(&mut self) -> Result<compact_str::CompactString, AvroError> {
+        let n = self.len("string length")?;
+        let offset = self.pos;
+        let bytes = self.take(n)?;
+        compact_str::CompactString::from_utf8(bytes).map_err(|_| AvroError::Utf8(offset))
+    }
+
     fn index(&mut self, what: &'static str, len: usize) -> Result<usize, AvroError> {
         let offset = self.pos;
         let i = self.long()?;
@@ -452,10 +460,12 @@ impl<'a> Reader<'a> {
                 Value::Bytes(self.take(n)?.to_vec())
             }
             Plan::Fixed(n) => Value::Bytes(self.take(*n)?.to_vec()),
-            Plan::String => Value::Text(self.string()?),
-            Plan::Enum(symbols) => {
-                Value::Text(symbols[self.index("enum index", symbols.len())?].to_string())
-            }
+            Plan::String => Value::Text(self.text()?),
+            Plan::Enum(symbols) => Value::Text(
+                symbols[self.index("enum index", symbols.len())?]
+                    .as_ref()
+                    .into(),
+            ),
             Plan::Union(branches) => {
                 let branch = self.index("union branch", branches.len())?;
                 self.read(&branches[branch])?
@@ -471,7 +481,7 @@ impl<'a> Reader<'a> {
                     })
                     .collect::<Result<_, AvroError>>()?,
             ),
-            Plan::Array(_) | Plan::Map(_) => Value::Text(self.json(plan)?.to_string()),
+            Plan::Array(_) | Plan::Map(_) => Value::Text(self.json(plan)?.to_string().into()),
         })
     }
 
@@ -487,10 +497,13 @@ impl<'a> Reader<'a> {
                     }
                     out.reserve(count.min(self.data.len() - self.pos));
                     for _ in 0..count {
-                        match self.value(item)? {
-                            Value::Text(s) => out.push(s),
-                            _ => out.push(String::new()),
-                        }
+                        out.push(match &**item {
+                            Plan::String => self.string()?,
+                            item => match self.value(item)? {
+                                Value::Text(s) => s.into(),
+                                _ => String::new(),
+                            },
+                        });
                     }
                 }
             }

@@ -18,16 +18,18 @@ pub fn decode(bitmaps: &[String], names: &FieldNames) -> Vec<Name> {
     if bitmaps.is_empty() {
         return Vec::new();
     }
-    let mut top = vec![false; names.top.len()];
-    // Only the compound fields an entry names get a set: this runs three times per event,
-    // and most schemas have a hundred fields but few compound ones.
-    let mut nested: Vec<(usize, Vec<bool>)> = Vec::new();
+    // Bit sets, 64 positions a word: this runs three times per event, and a word set is
+    // marked a hex digit at a time and read back a set bit at a time.
+    let mut top = Bits::new(names.top.len());
+    // Only the compound fields an entry names get a set: most schemas have a hundred
+    // fields but few compound ones.
+    let mut nested: Vec<(usize, Bits)> = Vec::new();
     for entry in bitmaps {
         match entry.split_once('-') {
-            None => mark(entry, &mut top),
+            None => top.mark(entry),
             Some((position, bitmap)) => {
                 let Some((p, children)) = position.trim().parse::<usize>().ok().and_then(|p| {
-                    let children = names.children.get(p)?.as_ref()?;
+                    let children = names.dotted.get(p)?.as_ref()?;
                     Some((p, children))
                 }) else {
                     continue;
@@ -35,57 +37,81 @@ pub fn decode(bitmaps: &[String], names: &FieldNames) -> Vec<Name> {
                 let i = match nested.iter().position(|(q, _)| *q == p) {
                     Some(i) => i,
                     None => {
-                        nested.push((p, vec![false; children.len()]));
+                        nested.push((p, Bits::new(children.len())));
                         nested.len() - 1
                     }
                 };
-                mark(bitmap, &mut nested[i].1);
+                nested[i].1.mark(bitmap);
             }
         }
     }
     nested.sort_unstable_by_key(|(p, _)| *p);
-    let mut out: Vec<Name> = top
-        .iter()
-        .zip(&names.top)
-        .filter(|(set, _)| **set)
-        .map(|(_, name)| *name)
-        .collect();
+    let count = top.count() + nested.iter().map(|(_, set)| set.count()).sum::<usize>();
+    let mut out = Vec::with_capacity(count);
+    out.extend(top.positions().map(|i| names.top[i]));
     for (p, set) in &nested {
-        let Some(Some(children)) = names.dotted.get(*p) else {
-            continue;
-        };
-        out.extend(
-            set.iter()
-                .zip(children)
-                .filter(|(set, _)| **set)
-                .map(|(_, child)| *child),
-        );
+        if let Some(Some(children)) = names.dotted.get(*p) {
+            out.extend(set.positions().map(|i| children[i]));
+        }
     }
     out
 }
 
-/// Marks in `set` the positions whose bits a `0x…` hex bitmap sets (the last hex digit
-/// holds bits 0–3; any length and either case). Bits past `set` are ignored; an entry with a
-/// non-hex digit marks nothing.
-fn mark(bitmap: &str, set: &mut [bool]) {
-    let bitmap = bitmap.trim();
-    let digits = bitmap
-        .strip_prefix("0x")
-        .or_else(|| bitmap.strip_prefix("0X"))
-        .unwrap_or(bitmap);
-    if !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-        return;
-    }
-    let needed = set.len().div_ceil(4);
-    for (i, c) in digits.chars().rev().take(needed).enumerate() {
-        let nibble = c.to_digit(16).unwrap_or(0);
-        for b in 0..4 {
-            if nibble & (1 << b) != 0
-                && let Some(slot) = set.get_mut(i * 4 + b)
-            {
-                *slot = true;
-            }
+/// A set of the positions below `len`.
+struct Bits {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Bits {
+    fn new(len: usize) -> Bits {
+        Bits {
+            words: vec![0; len.div_ceil(64)],
+            len,
         }
+    }
+
+    /// Marks the positions whose bits a `0x…` hex bitmap sets (the last hex digit holds
+    /// bits 0–3; any length and either case). Bits past the set's length are ignored; an
+    /// entry with a non-hex digit marks nothing.
+    fn mark(&mut self, bitmap: &str) {
+        let bitmap = bitmap.trim();
+        let digits = bitmap
+            .strip_prefix("0x")
+            .or_else(|| bitmap.strip_prefix("0X"))
+            .unwrap_or(bitmap);
+        if !digits.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return;
+        }
+        // A digit's four bits never straddle two words (64 is a multiple of 4).
+        for (i, c) in digits.bytes().rev().take(self.len.div_ceil(4)).enumerate() {
+            let nibble = (c as char).to_digit(16).unwrap_or(0) as u64;
+            self.words[i / 16] |= nibble << (i % 16 * 4);
+        }
+        // Bits past the last position, in the last word.
+        if let Some(last) = self.words.last_mut()
+            && self.len % 64 != 0
+        {
+            *last &= (1 << (self.len % 64)) - 1;
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The marked positions, in order.
+    fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(k, &word)| {
+            let mut word = word;
+            std::iter::from_fn(move || {
+                (word != 0).then(|| {
+                    let bit = word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    k * 64 + bit
+                })
+            })
+        })
     }
 }
 

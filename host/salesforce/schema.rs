@@ -524,7 +524,7 @@ fn decode_header(
 
 fn text(value: Value) -> String {
     match value {
-        Value::Text(s) => s,
+        Value::Text(s) => s.into(),
         _ => String::new(),
     }
 }
@@ -623,7 +623,7 @@ mod tests {
                 Avro::Long(l) => Value::Int(l),
                 Avro::Float(f) => Value::Float(f64::from(f)),
                 Avro::Double(d) => Value::Float(d),
-                Avro::String(s) | Avro::Enum(_, s) => Value::Text(s),
+                Avro::String(s) | Avro::Enum(_, s) => Value::Text(s.into()),
                 Avro::Bytes(b) | Avro::Fixed(_, b) => Value::Bytes(b),
                 Avro::Record(fields) => Value::Record(
                     fields

@@ -124,7 +124,10 @@ impl Records {
                         if let Some(FieldPath::Top(i)) = name
                             && matches!(record.get(i), Some(Value::Text(_)))
                         {
-                            record.set(i, Value::Text(format!("{} {n}", entity.name)));
+                            record.set(
+                                i,
+                                Value::Text(compact_str::format_compact!("{} {n}", entity.name)),
+                            );
                         }
                         record
                     })

@@ -182,7 +182,7 @@ impl Shape {
 fn parse(text: &str, kind: Kind) -> Option<Value> {
     const DAY_MS: i64 = 86_400_000;
     Some(match kind {
-        Kind::Text => Value::Text(text.to_string()),
+        Kind::Text => Value::Text(text.into()),
         Kind::Int | Kind::Long => Value::Int(text.parse().ok()?),
         Kind::Double => Value::Float(text.parse().ok()?),
         Kind::Bool => Value::Bool(match text {

@@ -265,7 +265,7 @@ fn to_wit(value: event::Value) -> WitValue {
         event::Value::Bool(b) => WitValue::Boolean(b),
         event::Value::Int(i) => WitValue::Integer(i),
         event::Value::Float(f) => WitValue::Float(f),
-        event::Value::Text(t) => WitValue::Text(t),
+        event::Value::Text(t) => WitValue::Text(t.into()),
         event::Value::Bytes(b) => WitValue::Bytes(b),
     }
 }
@@ -276,7 +276,7 @@ fn from_wit(value: WitValue) -> event::Value {
         WitValue::Boolean(b) => event::Value::Bool(b),
         WitValue::Integer(i) => event::Value::Int(i),
         WitValue::Float(f) => event::Value::Float(f),
-        WitValue::Text(t) => event::Value::Text(t),
+        WitValue::Text(t) => event::Value::Text(t.into()),
         WitValue::Bytes(b) => event::Value::Bytes(b),
     }
 }
@@ -408,7 +408,7 @@ impl sfzb::transform::types::HostEvent for State {
         let by = self.shared.name.clone();
         self.table
             .get_mut(&this)?
-            .set(&name, event::Value::Text(hashed), &by);
+            .set(&name, event::Value::Text(hashed.into()), &by);
         Ok(Ok(true))
     }
 

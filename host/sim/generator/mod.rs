@@ -274,7 +274,7 @@ pub fn standard_account_event(entity: &Entity) -> crate::event::ChangeEvent {
         }
         seq += 1;
     };
-    let text = |s: &str| Value::Text(s.to_string());
+    let text = |s: &str| Value::Text(s.into());
     let fields: [(&str, Value); 30] = [
         ("Name", text("Hopper Systems 1906")),
         ("Type", text("Customer - Direct")),
