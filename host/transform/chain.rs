@@ -291,16 +291,6 @@ enum Step {
 impl Loaded {
     fn process(&mut self, runtime: &Runtime, home: Option<&str>, event: ChangeEvent) -> Step {
         self.stats.events_in += 1;
-        let failed = |error: String, event: &ChangeEvent| Failed {
-            transform: self.spec.name.clone(),
-            error,
-            org_id: event.org_id.clone(),
-            channel: event.channel.clone(),
-            replay_id: event.replay_id.clone(),
-            event_id: event.event_id.clone(),
-            schema_id: event.schema.id.clone(),
-            payload: event.payload.clone(),
-        };
         if self.instance.is_none() {
             self.instance = runtime.pool.take(&self.key).map(|mut instance| {
                 instance.serve(&self.shared);
@@ -317,7 +307,15 @@ impl Loaded {
             self.instance = None;
             self.stats.recycled += 1;
         }
-        let identity = failed(String::new(), &event);
+        // What a failure names once the guest has the event; the names are copied only then.
+        let identity = (
+            event.org_id.clone(),
+            event.channel.clone(),
+            event.replay_id.clone(),
+            event.event_id.clone(),
+            event.schema.clone(),
+            event.payload.clone(),
+        );
         let backup = (self.spec.on_error == OnError::Skip).then(|| event.clone());
         let result = match self.instance.as_mut() {
             Some(instance) => instance.process(event, &self.spec.limits),
@@ -352,8 +350,18 @@ impl Loaded {
                     self.stats.recycled += 1;
                 }
                 let error = format!("transform {} {failure}", self.spec.name);
-                tracing::error!(transform = %self.spec.name, replay_id = %identity.replay_id, %error, on_error = ?self.spec.on_error, "Transform failed on an event.");
-                let failed = Failed { error, ..identity };
+                let (org_id, channel, replay_id, event_id, schema, payload) = identity;
+                tracing::error!(transform = %self.spec.name, %replay_id, %error, on_error = ?self.spec.on_error, "Transform failed on an event.");
+                let failed = Failed {
+                    transform: self.spec.name.clone(),
+                    error,
+                    org_id,
+                    channel,
+                    replay_id,
+                    event_id,
+                    schema_id: schema.id.clone(),
+                    payload,
+                };
                 match (self.spec.on_error, backup) {
                     (OnError::Skip, Some(event)) => {
                         self.stats.skipped += 1;
