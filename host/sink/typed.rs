@@ -372,7 +372,9 @@ pub enum TypedCell<'a> {
     Date(i32),
     /// Microseconds since the epoch.
     Timestamp(i64),
-    TextList(Vec<&'a str>),
+    /// Borrowed when it can be: the header's field lists are the schema's names, renamed
+    /// only where they name compound fields' children.
+    TextList(Cow<'a, [&'a str]>),
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -517,6 +519,9 @@ impl Plan {
         let e = &row.event;
         let h = &e.header;
         let list = |names: &'a [crate::event::Name]| {
+            if !names.iter().any(|name| self.renames.contains_key(*name)) {
+                return TypedCell::TextList(Cow::Borrowed(names));
+            }
             let mut columns = Vec::with_capacity(names.len());
             for &name in names {
                 match self.renames.get(name) {
@@ -524,7 +529,7 @@ impl Plan {
                     None => columns.push(name),
                 }
             }
-            TypedCell::TextList(columns)
+            TypedCell::TextList(Cow::Owned(columns))
         };
         match header {
             Header::ChangeType => TypedCell::Text(Cow::Borrowed(h.change_type.as_str())),
@@ -666,13 +671,26 @@ impl TypedTable {
                 ),
                 _ => None,
             };
-            match plain {
-                Some(text) => {
-                    buf.push(b'"');
-                    buf.extend_from_slice(text.as_bytes());
-                    buf.push(b'"');
+            let quoted = |buf: &mut Vec<u8>, text: &str| {
+                buf.push(b'"');
+                buf.extend_from_slice(text.as_bytes());
+                buf.push(b'"');
+            };
+            match (plain, &cell) {
+                (Some(text), _) => quoted(buf, text),
+                (None, TypedCell::TextList(items))
+                    if !items.iter().any(|item| needs_json_escape(item)) =>
+                {
+                    buf.push(b'[');
+                    for (k, item) in items.iter().enumerate() {
+                        if k > 0 {
+                            buf.push(b',');
+                        }
+                        quoted(buf, item);
+                    }
+                    buf.push(b']');
                 }
-                None => serde_json::to_writer(&mut *buf, &cell)
+                _ => serde_json::to_writer(&mut *buf, &cell)
                     .expect("a typed cell serializes into memory"),
             }
         });
