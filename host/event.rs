@@ -373,6 +373,10 @@ pub struct EventSchema {
     /// The compiled decoder (and encoder): a plan per field in schema order, the first
     /// `ChangeEventHeader`. An event carries its schema, so it can always be re-encoded.
     pub(crate) plans: Vec<(Name, crate::salesforce::avro::Plan)>,
+    /// For each data field, the byte that encodes its null (see [`Plan::null_byte`]).
+    ///
+    /// [`Plan::null_byte`]: crate::salesforce::avro::Plan::null_byte
+    pub(crate) nulls: Vec<Option<u8>>,
 }
 
 /// A decoded change event.

@@ -61,6 +61,16 @@ const MAX_ITEMS: i64 = 1 << 20;
 const MAX_DEPTH: usize = 32;
 
 impl Plan {
+    /// The byte that encodes a null of this plan, if it is a union with a null branch:
+    /// the branch index as a one-byte zigzag varint (the index doubled).
+    pub fn null_byte(&self) -> Option<u8> {
+        let Plan::Union(branches) = self else {
+            return None;
+        };
+        let index = branches.iter().position(|b| matches!(b, Plan::Null))?;
+        u8::try_from(index * 2).ok().filter(|b| *b < 0x80)
+    }
+
     pub fn compile(schema: &Schema) -> Result<Plan, AvroError> {
         let mut named = HashMap::new();
         collect_named(schema, &mut named);
@@ -413,22 +423,14 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Whether the next value is the null branch of `plan`'s union, read if so: most data
-    /// fields of a change event are, and this takes them a byte at a time, no value made.
+    /// Whether the next byte is `null` (a field's [`Plan::null_byte`]), read if so: most
+    /// data fields of a change event are null, and this takes them a byte at a time, no
+    /// value made and no plan looked at.
     #[inline]
-    pub fn null(&mut self, plan: &Plan) -> bool {
-        let Plan::Union(branches) = plan else {
-            return false;
-        };
-        // A one-byte zigzag varint of a small non-negative index is the index doubled.
-        match self.data.get(self.pos) {
-            Some(&b) if b < 0x80 && b & 1 == 0 => {
-                let null = matches!(branches.get(usize::from(b >> 1)), Some(Plan::Null));
-                self.pos += usize::from(null);
-                null
-            }
-            _ => false,
-        }
+    pub fn skip(&mut self, null: Option<u8>) -> bool {
+        let skip = null.is_some() && self.data.get(self.pos).copied() == null;
+        self.pos += usize::from(skip);
+        skip
     }
 
     fn read(&mut self, plan: &Plan) -> Result<Value, AvroError> {
@@ -557,6 +559,33 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_null_is_skipped_by_its_branch_byte_wherever_the_branch_is() {
+        let null_first = Plan::Union(vec![Plan::Null, Plan::String]);
+        let null_second = Plan::Union(vec![Plan::String, Plan::Null]);
+        assert_eq!(null_first.null_byte(), Some(0));
+        assert_eq!(null_second.null_byte(), Some(2));
+        assert_eq!(Plan::String.null_byte(), None);
+        assert_eq!(
+            Plan::Union(vec![Plan::Long, Plan::String]).null_byte(),
+            None
+        );
+        // ["string", "null"]: a null (branch 1, byte 2), then "a" (branch 0, length 1).
+        let data = [2, 0, 2, b'a'];
+        let mut reader = Reader::new(&data);
+        assert!(reader.skip(null_second.null_byte()));
+        assert!(
+            !reader.skip(null_second.null_byte()),
+            "branch 0 is not the null"
+        );
+        assert_eq!(reader.value(&null_second).unwrap(), Value::Text("a".into()));
+        reader.finish().unwrap();
+        assert!(
+            !Reader::new(&[0]).skip(None),
+            "a field that cannot be null is read"
+        );
+    }
 
     #[test]
     fn varints_decode_zigzag_and_reject_overlong() {

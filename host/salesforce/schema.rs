@@ -197,6 +197,11 @@ pub fn parse_schema(id: &str, json: &str) -> Result<EventSchema, SchemaError> {
     let Plan::Record(fields) = Plan::compile(&avro).map_err(|e| not_cdc(&e.to_string()))? else {
         return Err(not_cdc("the top-level type is not a record"));
     };
+    let nulls = fields
+        .iter()
+        .skip(1)
+        .map(|(_, plan)| plan.null_byte())
+        .collect();
     Ok(EventSchema {
         id: id.to_string(),
         json: json.to_string(),
@@ -204,6 +209,7 @@ pub fn parse_schema(id: &str, json: &str) -> Result<EventSchema, SchemaError> {
         avro: avro.clone(),
         names: FieldNames::new(top, children),
         plans: fields,
+        nulls,
     })
 }
 
@@ -303,8 +309,8 @@ pub fn decode_event(
         })?;
     let header_len = reader.position();
     let mut fields = Fields::default();
-    for (at, (_, plan)) in data_plans.iter().enumerate() {
-        if !reader.null(plan) {
+    for (at, ((_, plan), null)) in data_plans.iter().zip(&schema.nulls).enumerate() {
+        if !reader.skip(*null) {
             fields.push(at, reader.value(plan).map_err(avro_error)?);
         }
     }

@@ -253,11 +253,13 @@ impl Chain {
     fn run_events(&mut self, events: Vec<ChangeEvent>) -> ChainOutput {
         let mut out = ChainOutput::default();
         self.transforms.iter_mut().for_each(|t| t.batch_bytes = 0);
+        // An event's outputs at each step, in two lists reused for the whole batch.
+        let (mut current, mut next) = (Vec::new(), Vec::new());
+        out.routed.reserve(events.len());
         for event in events {
-            let mut current = vec![Routed { table: None, event }];
+            current.push(Routed { table: None, event });
             for transform in &mut self.transforms {
-                let mut next = Vec::with_capacity(current.len());
-                for Routed { table, event } in current {
+                for Routed { table, event } in current.drain(..) {
                     match transform.process(&self.runtime, self.home.as_deref(), event) {
                         Step::Out(outputs) => {
                             next.extend(outputs.into_iter().map(|(t, event)| Routed {
@@ -273,9 +275,9 @@ impl Chain {
                         }
                     }
                 }
-                current = next;
+                std::mem::swap(&mut current, &mut next);
             }
-            out.routed.extend(current);
+            out.routed.append(&mut current);
         }
         out
     }
