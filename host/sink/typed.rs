@@ -891,28 +891,33 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_json_line_has_the_header_and_the_fields_that_have_values() {
+    /// The simulator's Account event number `seq`, decoded (org `00Dorg`, replay id `002a`).
+    fn account_event(entity: &Entity, seq: u64) -> crate::event::ChangeEvent {
         use crate::salesforce::schema::{EventMeta, decode_event};
         use crate::sim::generator::{Position, generate};
+        let generated = generate(
+            entity,
+            &entity.schema,
+            7,
+            Position { index: seq, seq },
+            false,
+        );
+        let meta = EventMeta {
+            org_id: "00Dorg".into(),
+            channel: "/data/AccountChangeEvent".into(),
+            replay_id: crate::event::ReplayId::new(bytes::Bytes::from_static(&[0, 42])),
+            event_id: generated.event_id.clone(),
+        };
+        decode_event(&entity.schema, meta, generated.payload).unwrap()
+    }
+
+    #[test]
+    fn a_json_line_has_the_header_and_the_fields_that_have_values() {
         let entity = Entity::load("Account").unwrap().unwrap();
         let mut table = TypedTable::default();
         let mut checked_date = false;
         for seq in 0..40 {
-            let generated = generate(
-                &entity,
-                &entity.schema,
-                7,
-                Position { index: seq, seq },
-                false,
-            );
-            let meta = EventMeta {
-                org_id: "00Dorg".into(),
-                channel: "/data/AccountChangeEvent".into(),
-                replay_id: crate::event::ReplayId::new(bytes::Bytes::from_static(&[0, 42])),
-                event_id: generated.event_id.clone(),
-            };
-            let event = decode_event(&entity.schema, meta, generated.payload).unwrap();
+            let event = account_event(&entity, seq);
             let row = Row::with_layout(event, 1_700_000_000_123, Layout::Typed);
             let plan = table.plan(&row.event.schema).unwrap();
             let mut line = Vec::new();
@@ -969,23 +974,8 @@ mod tests {
 
     #[test]
     fn text_that_needs_escaping_reads_back_as_it_was() {
-        use crate::salesforce::schema::{EventMeta, decode_event};
-        use crate::sim::generator::{Position, generate};
         let entity = Entity::load("Account").unwrap().unwrap();
-        let generated = generate(
-            &entity,
-            &entity.schema,
-            7,
-            Position { index: 0, seq: 0 },
-            false,
-        );
-        let meta = EventMeta {
-            org_id: "00Dorg".into(),
-            channel: "/data/AccountChangeEvent".into(),
-            replay_id: crate::event::ReplayId::new(bytes::Bytes::from_static(&[0, 42])),
-            event_id: generated.event_id.clone(),
-        };
-        let mut event = decode_event(&entity.schema, meta, generated.payload).unwrap();
+        let mut event = account_event(&entity, 0);
         let texts = [
             "plain",
             "a \"quote\"",
