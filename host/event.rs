@@ -546,6 +546,18 @@ impl Serialize for Value {
     }
 }
 
+/// The object whose changes a channel carries: `/data/AccountChangeEvent` → `Account`,
+/// `/data/Invoice__ChangeEvent` → `Invoice__c`; `None` for `/data/ChangeEvents` and custom
+/// channels.
+pub fn object_of(channel: &str) -> Option<String> {
+    let name = channel.strip_prefix("/data/")?;
+    if let Some(base) = name.strip_suffix("__ChangeEvent") {
+        return Some(format!("{base}__c"));
+    }
+    let base = name.strip_suffix("ChangeEvent")?;
+    (!base.is_empty() && !base.ends_with("__")).then(|| base.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,5 +580,19 @@ mod tests {
         assert!(ChangeType::GapOverflow.is_gap());
         assert!(!ChangeType::Update.is_gap());
         assert_eq!(ChangeType::parse("update"), None);
+    }
+
+    #[test]
+    fn channels_name_their_object() {
+        assert_eq!(
+            object_of("/data/AccountChangeEvent").as_deref(),
+            Some("Account")
+        );
+        assert_eq!(
+            object_of("/data/Invoice__ChangeEvent").as_deref(),
+            Some("Invoice__c")
+        );
+        assert_eq!(object_of("/data/ChangeEvents"), None);
+        assert_eq!(object_of("/data/Custom__chn"), None);
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{StoreState, StoreStatus};
 use crate::transform::TransformStats;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -26,18 +27,26 @@ pub enum State {
     /// panic); started again after a wait: the error and when.
     #[serde(rename = "backing-off")]
     BackingOff(String),
+    /// Streaming, but the org's daily API requests are used up: what needs the REST or
+    /// Bulk API (re-reading records for the current state) waits, and when it tries again.
+    Limited(String),
+    /// Streaming held, not stopped: its checkpoint store has been failing for as much
+    /// written data as a restart may replay; it goes on once the store answers.
+    Paused(String),
     Stopped,
     Failed(String),
 }
 
 impl State {
     /// Every state's name, as `/subscriptions` and `sfzb_subscriptions{state}` give it.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 9] = [
         "starting",
         "running",
         "reconnecting",
         "standby",
         "backing-off",
+        "limited",
+        "paused",
         "stopped",
         "failed",
     ];
@@ -49,6 +58,8 @@ impl State {
             State::Reconnecting(_) => "reconnecting",
             State::Standby(_) => "standby",
             State::BackingOff(_) => "backing-off",
+            State::Limited(_) => "limited",
+            State::Paused(_) => "paused",
             State::Stopped => "stopped",
             State::Failed(_) => "failed",
         }
@@ -60,6 +71,8 @@ impl State {
             State::Reconnecting(r)
             | State::Standby(r)
             | State::BackingOff(r)
+            | State::Limited(r)
+            | State::Paused(r)
             | State::Failed(r) => Some(r),
             State::Starting | State::Running | State::Stopped => None,
         }
@@ -83,6 +96,9 @@ pub struct Health {
     pub keepalives: AtomicU64,
     /// Stream failures and idle timeouts that led to a resubscription.
     pub reconnects: AtomicU64,
+    /// Times the supervisor started the whole subscription again after an error (a new
+    /// login, target and stream), unlike a resubscription.
+    pub restarts: AtomicU64,
     /// Events received and not yet covered by a committed checkpoint.
     pub in_flight: AtomicU64,
     consecutive_timeouts: AtomicU32,
@@ -108,6 +124,8 @@ pub struct Health {
     /// A snapshot asked for (`POST /subscriptions/snapshot`) and not yet begun.
     snapshot_asked: AtomicBool,
     snapshot_wake: tokio::sync::Notify,
+    /// The store its checkpoint is committed to, and how the stores are doing.
+    checkpoint_store: std::sync::OnceLock<(Arc<StoreStatus>, String)>,
 }
 
 fn now_ms() -> i64 {
@@ -137,6 +155,7 @@ impl Health {
             dropped: AtomicU64::new(0),
             keepalives: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             consecutive_timeouts: AtomicU32::new(0),
             subscribed: std::sync::atomic::AtomicBool::new(false),
@@ -154,6 +173,7 @@ impl Health {
             snapshots: AtomicBool::new(false),
             snapshot_asked: AtomicBool::new(false),
             snapshot_wake: tokio::sync::Notify::new(),
+            checkpoint_store: std::sync::OnceLock::new(),
         }
     }
 
@@ -276,6 +296,17 @@ impl Health {
         self.pending_since_ms.store(0, Relaxed);
     }
 
+    /// Its checkpoint is committed to `store` of `status` (none: the sink keeps its own).
+    pub fn set_checkpoint_store(&self, status: Arc<StoreStatus>, store: String) {
+        let _ = self.checkpoint_store.set((status, store));
+    }
+
+    /// Its checkpoint store's state, once it has committed to it.
+    pub fn checkpoint_store(&self) -> Option<StoreState> {
+        let (status, store) = self.checkpoint_store.get()?;
+        status.get(store)
+    }
+
     pub fn set_transforms(&self, stats: Vec<TransformStats>) {
         *self.transforms.lock().expect("health lock") = stats;
     }
@@ -285,7 +316,9 @@ impl Health {
         match self.state() {
             State::Failed(error) => return Some(format!("failed: {error}")),
             State::BackingOff(error) => return Some(format!("backing off: {error}")),
-            State::Stopped | State::Standby(_) => return None,
+            State::Paused(why) => return Some(format!("paused: {why}")),
+            // Limited streams on: only what needs the API waits, and a restart would not help.
+            State::Stopped | State::Standby(_) | State::Limited(_) => return None,
             _ => {}
         }
         let pending_since = self.pending_since_ms.load(Relaxed);
@@ -351,6 +384,7 @@ impl Health {
             dropped: self.dropped.load(Relaxed),
             keepalives: self.keepalives.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
+            restarts: self.restarts.load(Relaxed),
             queue_size: self.in_flight.load(Relaxed),
             events_per_second: received as f64 / elapsed,
             checkpoint: self.checkpoint.lock().expect("health lock").clone(),
@@ -360,6 +394,7 @@ impl Health {
             uptime_secs: elapsed,
             transforms: self.transforms.lock().expect("health lock").clone(),
             snapshot: self.snapshot.lock().expect("health lock").clone(),
+            checkpoint_store: self.checkpoint_store(),
         }
     }
 }
@@ -384,6 +419,7 @@ pub struct Snapshot {
     pub dropped: u64,
     pub keepalives: u64,
     pub reconnects: u64,
+    pub restarts: u64,
     /// Events received and not yet behind a committed checkpoint.
     pub queue_size: u64,
     pub events_per_second: f64,
@@ -397,6 +433,8 @@ pub struct Snapshot {
     /// A snapshot's progress, while it is read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<crate::snapshot::Progress>,
+    /// Its checkpoint store's state (none: the sink keeps its own, or nothing committed yet).
+    pub checkpoint_store: Option<StoreState>,
 }
 
 impl Snapshot {
@@ -444,6 +482,10 @@ pub struct Registry {
     /// Set once the transform runtime starts (at start, or with the first chain a reload
     /// brings).
     transforms: Arc<std::sync::OnceLock<Arc<crate::transform::PoolFigures>>>,
+    /// The process's checkpoint stores, once the run starts.
+    checkpoints: Arc<std::sync::OnceLock<Arc<StoreStatus>>>,
+    /// Zerobus stream slots in use (each holds at most one open stream).
+    zerobus_streams: Arc<std::sync::OnceLock<Arc<std::sync::atomic::AtomicUsize>>>,
 }
 
 impl Registry {
@@ -466,6 +508,24 @@ impl Registry {
 
     pub fn transform_pool(&self) -> Option<&Arc<crate::transform::PoolFigures>> {
         self.transforms.get()
+    }
+
+    /// How the process's checkpoint stores are doing.
+    pub fn set_checkpoint_stores(&self, status: Arc<StoreStatus>) {
+        let _ = self.checkpoints.set(status);
+    }
+
+    /// The Zerobus stream slots in use, counted by the process's pool.
+    pub fn set_zerobus_streams(&self, in_use: Arc<std::sync::atomic::AtomicUsize>) {
+        let _ = self.zerobus_streams.set(in_use);
+    }
+
+    pub fn zerobus_streams(&self) -> usize {
+        self.zerobus_streams.get().map_or(0, |n| n.load(Relaxed))
+    }
+
+    pub fn checkpoint_stores(&self) -> Vec<StoreState> {
+        self.checkpoints.get().map(|s| s.list()).unwrap_or_default()
     }
 
     /// The subscriptions now.

@@ -69,6 +69,24 @@ pub async fn serve(
 }
 
 async fn healthz(State(healths): State<Healths>) -> impl IntoResponse {
+    // A failing checkpoint store is said, not judged: subscriptions go on writing while
+    // it fails, and a restart of the process would not bring it back.
+    let now = crate::clock::now_ms();
+    let stores: String = healths
+        .checkpoint_stores()
+        .iter()
+        .filter(|s| !s.healthy)
+        .map(|s| {
+            format!(
+                "checkpoint store {} failing for {} s (last commit {}): {}\n",
+                s.store,
+                s.failing_since_ms.map_or(0, |since| (now - since) / 1000),
+                s.last_commit_age_secs(now)
+                    .map_or("never".to_string(), |age| format!("{age:.0} s ago")),
+                s.error.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
     let healths = healths.list();
     let problems: Vec<String> = healths
         .iter()
@@ -78,7 +96,7 @@ async fn healthz(State(healths): State<Healths>) -> impl IntoResponse {
         })
         .collect();
     if problems.is_empty() || problems.len() < healths.len() {
-        (StatusCode::OK, "ok\n".to_string())
+        (StatusCode::OK, format!("ok\n{stores}"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -101,6 +119,7 @@ async fn subscriptions(
     State(healths): State<Healths>,
     axum::extract::Query(filter): axum::extract::Query<Filter>,
 ) -> impl IntoResponse {
+    let stores = healths.checkpoint_stores();
     let healths = healths.list();
     let mut counts: std::collections::BTreeMap<&str, usize> = crate::health::State::NAMES
         .iter()
@@ -128,12 +147,15 @@ async fn subscriptions(
             "reason": state.reason(),
             "problem": h.problem(),
             "received": h.received.load(std::sync::atomic::Ordering::Relaxed),
+            "restarts": h.restarts.load(std::sync::atomic::Ordering::Relaxed),
             "snapshot": h.snapshot_progress(),
+            "checkpoint_store": h.checkpoint_store().map(|s| store_json(&s)),
         }));
     }
     axum::Json(serde_json::json!({
         "total": healths.len(),
         "counts": counts,
+        "checkpoint_stores": stores.iter().map(store_json).collect::<Vec<_>>(),
         "subscriptions": listed,
     }))
 }
@@ -220,8 +242,22 @@ async fn stats(State(healths): State<Healths>) -> impl IntoResponse {
     }))
 }
 
+/// A checkpoint store's state for `/subscriptions`, with the age of its last commit.
+fn store_json(store: &crate::checkpoint::StoreState) -> serde_json::Value {
+    let now = crate::clock::now_ms();
+    serde_json::json!({
+        "store": store.store,
+        "healthy": store.healthy,
+        "error": store.error,
+        "failing_for_secs": store.failing_since_ms.map(|since| (now - since).max(0) / 1000),
+        "last_commit_age_secs": store.last_commit_age_secs(now),
+    })
+}
+
 async fn metrics(State(healths): State<Healths>) -> impl IntoResponse {
     let budget = healths.in_flight().clone();
+    let stores = healths.checkpoint_stores();
+    let zerobus_streams = healths.zerobus_streams();
     let transforms = healths.transform_pool().cloned();
     let healths = healths.list();
     let mut registry = Registry::with_prefix("sfzb");
@@ -229,6 +265,8 @@ async fn metrics(State(healths): State<Healths>) -> impl IntoResponse {
         subscriptions: healths.iter().map(|h| h.snapshot()).collect(),
         in_flight: budget,
         transforms,
+        stores,
+        zerobus_streams,
     }));
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
@@ -254,6 +292,8 @@ struct Figures {
     subscriptions: Vec<Snapshot>,
     in_flight: crate::salesforce::pubsub::Budget,
     transforms: Option<std::sync::Arc<crate::transform::PoolFigures>>,
+    stores: Vec<crate::checkpoint::StoreState>,
+    zerobus_streams: usize,
 }
 
 type Labels = [(&'static str, String); 3];
@@ -270,7 +310,7 @@ fn labels(s: &Snapshot) -> Labels {
 }
 
 /// Per-subscription counters.
-const COUNTERS: [Metric<u64>; 6] = [
+const COUNTERS: [Metric<u64>; 7] = [
     ("events_received", "Events received from Salesforce.", |s| {
         s.received
     }),
@@ -288,6 +328,11 @@ const COUNTERS: [Metric<u64>; 6] = [
         "reconnects",
         "Resubscriptions after a stream failure or idle timeout.",
         |s| s.reconnects,
+    ),
+    (
+        "restarts",
+        "Times the subscription was started again after an error that may pass (login, target and stream anew).",
+        |s| s.restarts,
     ),
 ];
 
@@ -337,11 +382,48 @@ impl Collector for Figures {
         self.encode_states(&mut encoder)?;
         self.encode_in_flight(&mut encoder)?;
         self.encode_instances(&mut encoder)?;
+        self.encode_stores(&mut encoder)?;
         self.encode_transforms(&mut encoder)
     }
 }
 
 impl Figures {
+    /// `sfzb_checkpoint_store_healthy{store}` and
+    /// `sfzb_checkpoint_store_last_commit_age_seconds{store}` (-1: never).
+    fn encode_stores(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        type Read = fn(&crate::checkpoint::StoreState, i64) -> f64;
+        let gauges: [(&str, &str, Read); 2] = [
+            (
+                "checkpoint_store_healthy",
+                "1 when the checkpoint store took its last commit, else 0 (checkpoints held back).",
+                |s, _| if s.healthy { 1.0 } else { 0.0 },
+            ),
+            (
+                "checkpoint_store_last_commit_age_seconds",
+                "Seconds since the checkpoint store last took a commit (-1: never).",
+                |s, now| s.last_commit_age_secs(now).unwrap_or(-1.0),
+            ),
+        ];
+        let ty = ConstGauge::new(0f64).metric_type();
+        let family = encoder.encode_descriptor(
+            "zerobus_streams",
+            "Zerobus stream slots in use, each with at most one open stream (a slot is closed when its last subscription leaves).",
+            None,
+            ty,
+        )?;
+        ConstGauge::new(self.zerobus_streams as f64).encode(family)?;
+        let now = crate::clock::now_ms();
+        for (name, help, read) in gauges {
+            let ty = ConstGauge::new(0f64).metric_type();
+            let mut family = encoder.encode_descriptor(name, help, None, ty)?;
+            for store in &self.stores {
+                ConstGauge::new(read(store, now))
+                    .encode(family.encode_family(&[("store", store.store.clone())])?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `sfzb_subscriptions{state}`: how many subscriptions are in each state.
     fn encode_states(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let ty = ConstGauge::new(0i64).metric_type();

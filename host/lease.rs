@@ -102,8 +102,10 @@ impl Fence {
         })
     }
 
-    /// The Lease of an (org, channel, target): a valid object name, readable, and unique per
-    /// key (the hash covers the target and what the readable part had to drop or fold).
+    /// The Lease of an (org, channel, target), the org by its
+    /// [`crate::config::OrgConfig::identity`] (not the entry's name, which a rename
+    /// changes): a valid object name, readable, and unique per key (the hash covers the
+    /// target and what the readable part had to drop or fold).
     pub fn lease_name(org: &str, channel: &str, target: &str) -> String {
         let key = format!("{org}\u{0}{channel}\u{0}{target}");
         let readable: String = format!("{org}-{}", channel.trim_start_matches('/'))

@@ -312,7 +312,7 @@ mod tests {
         let store = Checkpoints::in_dir(dir.path());
         assert_eq!(store.load(&key(), &Place::Local).await.unwrap(), None);
         let id = ReplayId::from_hex("00000000000408760000").unwrap();
-        store.stage(&key(), &Place::Local, &id).unwrap();
+        store.stage(&key(), &Place::Local, &id);
         assert!(
             !LocalFile::path_in(dir.path()).exists(),
             "not before the commit"
@@ -341,20 +341,17 @@ mod tests {
                 &other(&format!("t{i}")),
                 &Place::Local,
                 &ReplayId::from_hex(&format!("{:04x}", i + 1)).unwrap(),
-            )
-            .unwrap();
+            );
         }
         a.commit().await.unwrap();
-        b.stage(&key(), &Place::Local, &ReplayId::from_hex("2a").unwrap())
-            .unwrap();
+        b.stage(&key(), &Place::Local, &ReplayId::from_hex("2a").unwrap());
         b.commit().await.unwrap();
         // a's next commit writes only what changed since its last: b's key stays.
         a.stage(
             &other("t0"),
             &Place::Local,
             &ReplayId::from_hex("ffff").unwrap(),
-        )
-        .unwrap();
+        );
         a.commit().await.unwrap();
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(files.len(), 1, "one file for every checkpoint");
@@ -370,6 +367,36 @@ mod tests {
         assert_eq!(
             fresh.load(&other("t999"), &Place::Local).await.unwrap(),
             ReplayId::from_hex("03e8").ok()
+        );
+    }
+
+    /// A committed position is not kept in memory over the store: an operator's change
+    /// to the store (here, another process's commit) is what the next start reads; one
+    /// staged and not yet committed is newer than the store, and wins.
+    #[tokio::test]
+    async fn the_store_not_memory_says_where_a_committed_subscription_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (running, operator) = (
+            Checkpoints::in_dir(dir.path()),
+            Checkpoints::in_dir(dir.path()),
+        );
+        let ours = ReplayId::from_hex("0400").unwrap();
+        running.stage(&key(), &Place::Local, &ours);
+        running.commit().await.unwrap();
+        let set_by_hand = ReplayId::from_hex("0100").unwrap();
+        operator.stage(&key(), &Place::Local, &set_by_hand);
+        operator.commit().await.unwrap();
+        assert_eq!(
+            running.load(&key(), &Place::Local).await.unwrap(),
+            Some(set_by_hand),
+            "the store's position, not the one this process committed before"
+        );
+        let newer = ReplayId::from_hex("0500").unwrap();
+        running.stage(&key(), &Place::Local, &newer);
+        assert_eq!(
+            running.load(&key(), &Place::Local).await.unwrap(),
+            Some(newer),
+            "staged and not yet committed: newer than the store"
         );
     }
 
@@ -412,12 +439,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Checkpoints::in_dir(dir.path());
         let old = ReplayId::from_hex("0000000000000010").unwrap();
-        store.stage(&key(), &Place::Local, &old).unwrap();
+        store.stage(&key(), &Place::Local, &old);
         store.commit().await.unwrap();
         let path = LocalFile::path_in(dir.path());
         std::os::unix::fs::symlink("/dev/full", path.with_extension("json.tmp")).unwrap();
         let new = ReplayId::from_hex("0000000000000020").unwrap();
-        store.stage(&key(), &Place::Local, &new).unwrap();
+        store.stage(&key(), &Place::Local, &new);
         let err = store.commit().await.unwrap_err();
         assert!(err.to_string().contains("cannot write checkpoint"), "{err}");
         assert_eq!(
@@ -433,13 +460,13 @@ mod tests {
             "still full: {err}"
         );
         assert!(
-            store.stage(&key(), &Place::Local, &new).is_err(),
-            "a subscription staging on a failing store hears it"
+            store.failing(&Place::Local).is_some(),
+            "a subscription staging on a failing store can tell"
         );
         std::fs::remove_file(path.with_extension("json.tmp")).unwrap();
         store.commit().await.unwrap();
         assert!(
-            store.stage(&key(), &Place::Local, &new).is_ok(),
+            store.failing(&Place::Local).is_none(),
             "a commit went through again"
         );
         assert_eq!(

@@ -12,12 +12,17 @@
 //! | [`local`] | `state-dir/checkpoints.json` | one atomic file replacement |
 //! | [`postgres`] | a PostgreSQL (or Databricks Lakebase) table | one upsert statement |
 //! | [`warehouse`] | `sfzb_checkpoints` next to a Zerobus table, by SQL warehouse | one `MERGE` per table |
+//!
+//! A store that fails stops nothing: its positions stay staged (the newest per key), the
+//! subscriptions go on writing, and the next commit that gets through writes them all;
+//! [`status`] says meanwhile which store fails, why, and since when.
 
 mod local;
 mod postgres;
+mod status;
 mod warehouse;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +33,7 @@ use crate::event::ReplayId;
 use crate::sink::SinkSpec;
 pub use local::LocalFile;
 pub use postgres::PostgresSettings;
+pub use status::{StoreState, StoreStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -52,9 +58,9 @@ pub enum CheckpointError {
     #[error("checkpoint table through the SQL warehouse: {0}")]
     Warehouse(#[from] crate::sql::SqlError),
     #[error(
-        "checkpoints are not being committed to the {store} store ({detail}); the subscription stops rather than run on without one (a service starts it again after a wait). The data written is durable; the next start replays from the last committed position"
+        "checkpoints are not being committed to the {store} store ({detail}); the data written is durable, and the next start replays from the last committed position"
     )]
-    Failing { store: &'static str, detail: String },
+    Failing { store: String, detail: String },
 }
 
 impl CheckpointError {
@@ -149,6 +155,14 @@ impl Place {
             Place::Warehouse { .. } => "SQL warehouse",
         }
     }
+
+    /// The store as [`StoreStatus`] names it: each warehouse table on its own.
+    pub fn label(&self) -> String {
+        match self {
+            Place::Warehouse { table, .. } => format!("SQL warehouse ({table})"),
+            _ => self.store().to_string(),
+        }
+    }
 }
 
 /// A position staged and not yet committed, and where it goes.
@@ -157,11 +171,11 @@ struct Entry {
     stored: Stored,
 }
 
+/// Positions staged and not yet in their store. A committed one leaves: the store is then
+/// the truth (an operator's change to it is seen at the next start).
 #[derive(Default)]
 struct Staged {
     entries: HashMap<String, Entry>,
-    /// Keys staged since the last commit: only these are written.
-    dirty: HashSet<String>,
     /// Per place (each warehouse table on its own), why its last commit failed, while it
     /// does.
     failures: HashMap<Place, String>,
@@ -173,6 +187,7 @@ pub struct Checkpoints {
     staged: Mutex<Staged>,
     /// One commit at a time within the process.
     committing: tokio::sync::Mutex<()>,
+    status: Arc<StoreStatus>,
     local: LocalFile,
     postgres: Option<postgres::PostgresStore>,
     warehouse: Option<warehouse::WarehouseStore>,
@@ -185,6 +200,7 @@ impl Checkpoints {
             kind: options.checkpoint_store,
             staged: Mutex::default(),
             committing: tokio::sync::Mutex::new(()),
+            status: Arc::default(),
             local: LocalFile::new(&options.state_dir),
             postgres: options.postgres.clone().map(postgres::PostgresStore::new),
             warehouse: options.sql.clone().map(warehouse::WarehouseStore::new),
@@ -198,6 +214,7 @@ impl Checkpoints {
             kind: StoreKind::Local,
             staged: Mutex::default(),
             committing: tokio::sync::Mutex::new(()),
+            status: Arc::default(),
             local: LocalFile::new(dir),
             postgres: None,
             warehouse: None,
@@ -225,7 +242,13 @@ impl Checkpoints {
         self.staged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The position to resume `key` from: staged here, else in its store.
+    /// How each store is doing, for the endpoints.
+    pub fn status(&self) -> Arc<StoreStatus> {
+        self.status.clone()
+    }
+
+    /// The position to resume `key` from: staged here and not yet committed, else in its
+    /// store.
     pub async fn load(
         &self,
         key: &CheckpointKey,
@@ -261,15 +284,9 @@ impl Checkpoints {
     }
 
     /// Records that everything up to `replay_id` is durable in `key`'s sink; the next
-    /// commit writes it. Staged either way; the error says that the store has been
-    /// failing since the last commit (a full disk, a database down): the caller stops
-    /// rather than run on without a checkpoint.
-    pub fn stage(
-        &self,
-        key: &CheckpointKey,
-        place: &Place,
-        replay_id: &ReplayId,
-    ) -> Result<(), CheckpointError> {
+    /// commit that gets through writes it. A failing store holds it back, it stops nothing
+    /// ([`Checkpoints::failing`] says so).
+    pub fn stage(&self, key: &CheckpointKey, place: &Place, replay_id: &ReplayId) {
         let stored = Stored {
             replay_id: replay_id.to_hex(),
             org_id: key.org_id.clone(),
@@ -277,23 +294,18 @@ impl Checkpoints {
             target: key.target.clone(),
             updated_at_ms: crate::clock::now_ms(),
         };
-        let id = key.id();
-        let mut staged = self.lock_staged();
-        staged.dirty.insert(id.clone());
-        staged.entries.insert(
-            id,
+        self.lock_staged().entries.insert(
+            key.id(),
             Entry {
                 place: place.clone(),
                 stored,
             },
         );
-        match staged.failures.get(place) {
-            None => Ok(()),
-            Some(detail) => Err(CheckpointError::Failing {
-                store: place.store(),
-                detail: detail.clone(),
-            }),
-        }
+    }
+
+    /// Why `place`'s store failed its last commit, while it does.
+    pub fn failing(&self, place: &Place) -> Option<String> {
+        self.lock_staged().failures.get(place).cloned()
     }
 
     /// Writes every position staged since the last commit: one operation per store (per
@@ -304,13 +316,11 @@ impl Checkpoints {
         let mut by_place: HashMap<Place, Vec<Stored>> = HashMap::new();
         {
             let staged = self.lock_staged();
-            for id in &staged.dirty {
-                if let Some(entry) = staged.entries.get(id) {
-                    by_place
-                        .entry(entry.place.clone())
-                        .or_default()
-                        .push(entry.stored.clone());
-                }
+            for entry in staged.entries.values() {
+                by_place
+                    .entry(entry.place.clone())
+                    .or_default()
+                    .push(entry.stored.clone());
             }
         }
         let mut first_error = None;
@@ -346,21 +356,55 @@ impl Checkpoints {
         };
         // Another store's failure is for its own subscriptions to report.
         let _ = self.commit().await;
-        match self.lock_staged().failures.get(place) {
+        match self.failing(place) {
             None => Ok(()),
             Some(detail) => Err(CheckpointError::Failing {
-                store: place.store(),
-                detail: detail.clone(),
+                store: place.label(),
+                detail,
             }),
         }
     }
 
-    /// After a store's commit: its positions are no longer dirty (unless staged again
-    /// meanwhile), or its failure is remembered for [`Checkpoints::stage`].
+    /// [`Checkpoints::commit_for`] until it gets through, for a step that must not go on
+    /// before its position is durable (a snapshot's marks): a store outage is waited out,
+    /// it restarts nothing. Cancelled first: the store's error.
+    pub async fn commit_durably(
+        &self,
+        place: &Place,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), CheckpointError> {
+        let mut backoff = crate::backoff::Backoff::new(RETRY_FIRST, RETRY_MAX);
+        loop {
+            let error = match self.commit_for(Some(place)).await {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            if backoff.wait(cancel).await {
+                return Err(error);
+            }
+        }
+    }
+
+    /// After a store's commit: its positions leave the staged ones (unless staged again
+    /// meanwhile), or its failure is remembered; [`StoreStatus`] hears either, and a
+    /// change of state is logged once.
     fn committed(&self, place: &Place, changed: &[Stored], result: &Result<(), CheckpointError>) {
+        let error = result.as_ref().err().map(ToString::to_string);
+        let transition = self
+            .status
+            .record(&place.label(), crate::clock::now_ms(), error.clone());
+        match (transition, &error) {
+            (status::Transition::Failing, Some(error)) => {
+                tracing::warn!(store = %place.label(), %error, "Checkpoint store failing: checkpoints are held back until it answers; subscriptions go on writing (the data is durable, a restart now would replay from the last committed positions).");
+            }
+            (status::Transition::Recovered(ms), _) => {
+                tracing::info!(store = %place.label(), failed_for_secs = ms / 1000, "Checkpoint store answers again: the held-back checkpoints are committed.");
+            }
+            _ => {}
+        }
         let mut staged = self.lock_staged();
-        if let Err(error) = result {
-            staged.failures.insert(place.clone(), error.to_string());
+        if let Some(error) = error {
+            staged.failures.insert(place.clone(), error);
             return;
         }
         staged.failures.remove(place);
@@ -371,7 +415,7 @@ impl Checkpoints {
                 .get(&id)
                 .is_some_and(|e| e.stored.replay_id == stored.replay_id)
             {
-                staged.dirty.remove(&id);
+                staged.entries.remove(&id);
             }
         }
     }
@@ -390,9 +434,9 @@ impl Checkpoints {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if let Err(error) = self.commit().await {
-                tracing::error!(%error, "Checkpoints not committed; trying again. The data is durable; a restart now would replay from the last committed positions.");
-            }
+            // A failing store is logged when it begins failing and when it answers again
+            // (see `committed`), not every interval.
+            let _ = self.commit().await;
         }
     }
 }
@@ -412,6 +456,10 @@ struct Rows {
 }
 
 const ROWS_FRESH_FOR: Duration = Duration::from_secs(2);
+
+/// How long [`Checkpoints::commit_durably`] waits between tries: at first, and at most.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl Rows {
     fn new() -> Rows {
@@ -436,5 +484,10 @@ impl Rows {
             }
         };
         Ok(rows.get(id).cloned())
+    }
+
+    /// Forgets the rows as read: this process just wrote some of them.
+    async fn forget(&self) {
+        *self.read.lock().await = None;
     }
 }

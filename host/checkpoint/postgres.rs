@@ -137,8 +137,11 @@ impl PostgresStore {
             let statement = statement.clone();
             async move { client.execute(&statement, &params).await }
         })
-        .await
-        .map(|_| ())
+        .await?;
+        // Read again at the next load: a subscription restarting after this commit
+        // resumes from it, not from the rows read before.
+        self.rows.forget().await;
+        Ok(())
     }
 
     /// Runs `work` on the connection (opened first if there is none or it broke), within

@@ -31,7 +31,10 @@ impl WarehouseStore {
 
     /// `key`'s checkpoint next to Zerobus table `table`; without one, for a table of the
     /// `reference` layout (one the reference library wrote), the replay id of the org's
-    /// newest row in the table.
+    /// newest row of the channel's object in the table. Replay ids are positions of one
+    /// org's channel, not comparable across channels; the rows do not name their channel,
+    /// so only a one-object channel can tell its rows (by `entity_name`) and resume
+    /// there. For any other channel the host does not guess (see [`no_guess`]).
     pub(super) async fn load(
         &self,
         key: &CheckpointKey,
@@ -59,11 +62,16 @@ impl WarehouseStore {
         if !reference {
             return Ok(None);
         }
+        let Some(object) = crate::event::object_of(&key.channel) else {
+            no_guess(key, table);
+            return Ok(None);
+        };
         let newest = self
             .run(&format!(
-                "SELECT replay_id FROM {} WHERE org_id = {} ORDER BY timestamp DESC, replay_id DESC LIMIT 1",
+                "SELECT replay_id FROM {} WHERE org_id = {} AND entity_name = {} ORDER BY timestamp DESC, replay_id DESC LIMIT 1",
                 ident(table),
-                quote(&key.org_id)
+                quote(&key.org_id),
+                quote(&object)
             ))
             .await?;
         let newest = first_replay(&newest);
@@ -133,12 +141,33 @@ impl WarehouseStore {
              WHEN MATCHED THEN UPDATE SET t.replay_id = s.replay_id, t.updated_at = s.updated_at WHEN NOT MATCHED THEN INSERT *",
             values.join(", ")
         );
-        self.run(&statement).await.map(|_| ())
+        self.run(&statement).await?;
+        // Read again at the next load (see the PostgreSQL store).
+        let rows = self
+            .rows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&checkpoints)
+            .cloned();
+        if let Some(rows) = rows {
+            rows.forget().await;
+        }
+        Ok(())
     }
 
     async fn run(&self, statement: &str) -> Result<Vec<Vec<Option<String>>>, CheckpointError> {
         Ok(self.client.lock().await.run(statement).await?)
     }
+}
+
+/// A channel of several objects, with no checkpoint, on a table of the reference
+/// layout: its rows cannot be told from another channel's, so it starts as configured.
+fn no_guess(key: &CheckpointKey, table: &str) {
+    tracing::warn!(
+        channel = %key.channel,
+        table,
+        "No checkpoint for this channel, and its rows in the table cannot be told from another channel's (replay ids are per channel): not resuming from the table's rows. It starts from replay-preset; to resume where the reference library stopped, give --replay <hex replay id> once."
+    );
 }
 
 fn first_replay(rows: &[Vec<Option<String>>]) -> Option<ReplayId> {

@@ -93,7 +93,7 @@ impl RunPlan {
         json!({
             "name": s.name,
             "in-this-shard": self.shard.is_none_or(|shard| shard.owns(&self.orgs[s.org], &s.config.channel)),
-            "lease": self.lease.as_ref().map(|_| crate::lease::Fence::lease_name(&self.orgs[s.org].name, &c.channel, &c.sink.to_string())),
+            "lease": self.lease.as_ref().map(|_| crate::lease::Fence::lease_name(&self.orgs[s.org].identity(), &c.channel, &c.sink.to_string())),
             "org": self.orgs[s.org].name,
             "channel": c.channel,
             "sink": c.sink.to_string(),

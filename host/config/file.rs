@@ -408,7 +408,10 @@ impl FileConfig {
             }
         }
         for sub in std::iter::once(&mut self.defaults).chain(self.subscriptions.iter_mut()) {
-            for spec in [&mut sub.sink, &mut sub.dead_letter].into_iter().flatten() {
+            for spec in [&mut sub.sink, &mut sub.dead_letter, &mut sub.current_state]
+                .into_iter()
+                .flatten()
+            {
                 *spec = rebase_sink(spec, dir);
             }
             for t in sub.transforms.iter_mut().flatten() {

@@ -231,6 +231,8 @@ struct Building {
     names: std::collections::HashSet<String>,
     /// (org, channel, sink) → the subscription reading it.
     readers: std::collections::HashMap<(usize, String, String), String>,
+    /// Current-state table → the subscription keeping it.
+    current_states: std::collections::HashMap<String, String>,
     /// (org, transform) pairs whose `transform-config` met a transform of the chain.
     configured: std::collections::HashSet<(usize, String)>,
 }
@@ -283,6 +285,10 @@ impl Building {
             plan.config.sink.to_string(),
         );
         self.readers.insert(reader, plan.name.clone());
+        if let Some(current) = &plan.config.current_state {
+            self.current_states
+                .insert(current.to_string(), plan.name.clone());
+        }
         self.subscriptions.push(plan);
         Ok(())
     }
@@ -324,7 +330,10 @@ impl Building {
             };
             let mut own = section.clone();
             own.org = Some(tenant.clone());
-            for spec in [&mut own.sink, &mut own.dead_letter].into_iter().flatten() {
+            for spec in [&mut own.sink, &mut own.dead_letter, &mut own.current_state]
+                .into_iter()
+                .flatten()
+            {
                 *spec = super::tenants::for_tenant(spec, tenant);
             }
             let short = section.name.clone().unwrap_or_else(|| {
@@ -428,6 +437,17 @@ impl Building {
                 format!(
                     "subscription {other} already reads {} from org {} into this sink; they would share one checkpoint and skip each other's events: give each its own sink, or remove one",
                     config.channel, self.orgs[plan.org].name
+                ),
+            ));
+        }
+        if let Some(current) = &config.current_state
+            && let Some(other) = self.current_states.get(&current.to_string())
+        {
+            return Err(invalid(
+                format!("{prefix}current-state"),
+                current.to_string(),
+                format!(
+                    "subscription {other} already keeps this current-state table; a current-state table follows one subscription's change table (two would overwrite each other's rows and conflict on every apply): give each its own path, with {{tenant}} in it for tenants (delta:./lake/{{tenant}}/current)"
                 ),
             ));
         }

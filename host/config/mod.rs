@@ -78,6 +78,21 @@ pub struct OrgConfig {
     pub transform_config: Vec<(String, String, String)>,
 }
 
+impl OrgConfig {
+    /// The org as its login names it, whatever the entry is called: who logs in, and
+    /// where. Two entries with the same identity read the same org, so a Lease keyed by
+    /// it fences a tenant across a rename (the org id itself is known only after a login).
+    pub fn identity(&self) -> String {
+        let host = self
+            .login_url
+            .split("://")
+            .nth(1)
+            .unwrap_or(&self.login_url)
+            .trim_end_matches('/');
+        format!("{}@{host}", self.credentials.principal())
+    }
+}
+
 /// One subscription of a run and the org it reads from.
 #[derive(Clone, Debug)]
 pub struct SubscriptionPlan {

@@ -41,7 +41,7 @@ pub(super) fn subscription_config(
             "a snapshot hands over to the stream at the position it captured: leave replay unset and enable-replay-recovery on",
         ));
     }
-    if snapshot && crate::snapshot::object_of(&channel).is_none() {
+    if snapshot && crate::event::object_of(&channel).is_none() {
         return Err(invalid(
             key("snapshot"),
             "true",
@@ -160,6 +160,12 @@ fn current_state_spec(
     layout: Layout,
     sink: &SinkSpec,
 ) -> Result<SinkSpec, ConfigError> {
+    // One object per subscription: `{object}` is the channel's.
+    let text = match crate::event::object_of(channel) {
+        Some(object) => text.replace("{object}", &object),
+        None => text.to_string(),
+    };
+    let text = text.as_str();
     let spec = sink_spec(key, text)?;
     if !matches!(spec, SinkSpec::Delta(_)) {
         return Err(invalid(
@@ -175,7 +181,7 @@ fn current_state_spec(
             "a current-state table follows a typed change table in Delta: set layout = \"typed\" and sink = \"delta:PATH\" (the Databricks pipeline builds it from a Zerobus table, see deploy/)",
         ));
     }
-    if crate::snapshot::object_of(channel).is_none() {
+    if crate::event::object_of(channel).is_none() {
         return Err(invalid(
             key,
             text,

@@ -1,8 +1,8 @@
 //! Tenants: many orgs, one small entry each, in a TOML file (`[acme]`, `[globex]`, …) or a
 //! directory of such files. Every entry holds the keys of `[salesforce]` (credentials by
 //! `{ env = … }` or `{ file = … }`), inherits `[salesforce]` and the flags, and runs every
-//! subscription that names no org; `{tenant}` in such a subscription's `sink` or
-//! `dead-letter` is the tenant's name.
+//! subscription that names no org; `{tenant}` in such a subscription's `sink`,
+//! `dead-letter` or `current-state` is the tenant's name.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -74,7 +74,7 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// A template's sink or dead-letter place for one tenant.
+/// A template's sink, dead-letter or current-state place for one tenant.
 pub(super) fn for_tenant(spec: &str, tenant: &str) -> String {
     spec.replace("{tenant}", tenant)
 }

@@ -234,3 +234,75 @@ fn boolean_settings_take_a_value_after_equals_or_mean_true_alone() {
     assert_eq!(file.as_deref(), Some(std::path::Path::new("sfzb.toml")));
     assert_eq!(run.subscription.backfill_historical, Some(true));
 }
+
+/// `{tenant}` is every tenant's own in `current-state` as in `sink` (a literal
+/// `lake/{tenant}/cur` shared by every tenant was the bug), and a current-state path
+/// that two tenants would share is refused naming the key and the fix.
+#[test]
+fn current_state_takes_the_tenant_template_and_one_table_per_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("t.toml");
+    std::fs::write(
+        &tenants,
+        "[acme]\nclient-id = \"1\"\nclient-secret = \"a\"\n[globex]\nclient-id = \"2\"\nclient-secret = \"b\"\n",
+    )
+    .unwrap();
+    let with = |current: &str| {
+        run_args(&[
+            "--tenants",
+            tenants.to_str().unwrap(),
+            "--layout",
+            "typed",
+            "--sink",
+            "delta:lake/{tenant}/acc",
+            "--current-state",
+            current,
+        ])
+    };
+    let plan = with("delta:lake/{tenant}/{object}_current").unwrap();
+    let mut paths: Vec<String> = plan
+        .subscriptions
+        .iter()
+        .map(|s| s.config.current_state.as_ref().unwrap().to_string())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "delta:lake/acme/Account_current",
+            "delta:lake/globex/Account_current"
+        ]
+    );
+    let error = with("delta:lake/cur").unwrap_err().to_string();
+    assert!(
+        error.contains("current-state")
+            && error.contains("already keeps this current-state table")
+            && error.contains("{tenant}"),
+        "{error}"
+    );
+}
+
+/// A tenant renamed in the tenants file is the same org: its identity, and so its
+/// Lease's name, does not change with the entry's name; another login is another org.
+#[test]
+fn an_orgs_identity_and_lease_outlive_a_rename() {
+    let org = |name: &str, client: &str| OrgConfig {
+        name: name.into(),
+        pubsub_endpoint: "https://api.pubsub.salesforce.com:7443".into(),
+        login_url: "https://acme.my.salesforce.com/".into(),
+        api_version: "62.0".into(),
+        credentials: crate::salesforce::auth::Credentials::ClientCredentials {
+            client_id: client.into(),
+            client_secret: SecretString::from("s"),
+        },
+        transform_config: Vec::new(),
+    };
+    let (old, renamed, other) = (org("acme", "c1"), org("acme-corp", "c1"), org("acme", "c2"));
+    assert_eq!(old.identity(), "c1@acme.my.salesforce.com");
+    assert_eq!(old.identity(), renamed.identity());
+    let lease = |o: &OrgConfig| {
+        crate::lease::Fence::lease_name(&o.identity(), "/data/AccountChangeEvent", "delta:t")
+    };
+    assert_eq!(lease(&old), lease(&renamed));
+    assert_ne!(lease(&old), lease(&other));
+}

@@ -84,7 +84,18 @@ impl CurrentStateError {
             | CurrentStateError::Unsupported { .. } => false,
         }
     }
+
+    /// The org's daily API requests are used up: the apply waits (see
+    /// [`CurrentState::hold_off`]); the change table goes on.
+    pub fn is_limited(&self) -> bool {
+        matches!(self, CurrentStateError::Reread(e, _) if e.is_limited())
+    }
 }
+
+/// After the API limit refused a re-read, the first wait before the next apply is this
+/// many applies' intervals; it doubles each time, up to [`MAX_HOLD`].
+const HOLD_INTERVALS: u32 = 12;
+const MAX_HOLD: Duration = Duration::from_secs(3600);
 
 /// Change table commits applied in one MERGE, at most: a long catch-up goes in steps.
 const VERSIONS_PER_APPLY: i64 = 200;
@@ -131,6 +142,10 @@ pub struct CurrentState {
     rest: Option<RestClient>,
     every: Duration,
     last: Option<Instant>,
+    /// While the org's API requests are used up: no apply before this.
+    held_until: Option<Instant>,
+    /// The next wait [`CurrentState::hold_off`] gives.
+    hold: Duration,
 }
 
 fn delta_error(url: &Url, e: impl std::fmt::Display) -> CurrentStateError {
@@ -180,6 +195,8 @@ impl CurrentState {
             rest,
             every,
             last: None,
+            held_until: None,
+            hold: every * HOLD_INTERVALS,
         })
     }
 
@@ -189,8 +206,29 @@ impl CurrentState {
         if !now && self.last.is_some_and(|at| at.elapsed() < self.every) {
             return Ok(None);
         }
+        if !now && self.held_until.is_some_and(|t| Instant::now() < t) {
+            return Ok(None);
+        }
         self.last = Some(Instant::now());
-        self.apply().await.map(Some)
+        let applied = self.apply().await?;
+        self.held_until = None;
+        self.hold = self.every * HOLD_INTERVALS;
+        Ok(Some(applied))
+    }
+
+    /// Whether an apply waits for the org's API requests (see [`CurrentState::hold_off`]).
+    pub fn held(&self) -> bool {
+        self.held_until.is_some()
+    }
+
+    /// The API limit refused a re-read: no apply for a while (longer each time in a
+    /// row). The changes wait in the change table; the next apply takes them all. Returns
+    /// the wait.
+    pub fn hold_off(&mut self) -> Duration {
+        let wait = self.hold;
+        self.held_until = Some(Instant::now() + wait);
+        self.hold = (self.hold * 2).min(MAX_HOLD);
+        wait
     }
 
     /// Applies every change table commit after the last one applied.

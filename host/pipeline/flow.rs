@@ -48,6 +48,9 @@ pub(super) struct Flow<'a> {
     pub(super) written_since_flush: u64,
     /// Bytes of the rows written since the last flush, which a sink may hold in memory.
     pub(super) unflushed_bytes: usize,
+    /// Bytes flushed since the checkpoint store began failing: what a restart now would
+    /// write again. Past [`MAX_UNFLUSHED_BYTES`] the subscription waits for the store.
+    pub(super) held_back_bytes: usize,
     /// Each durable position, for a managed subscription to commit to Salesforce; dropped
     /// once the last flush is done.
     pub(super) durable: Option<tokio::sync::watch::Sender<Option<ReplayId>>>,
@@ -113,6 +116,10 @@ impl Flow<'_> {
                 _ = flush_tick.tick() => {
                     if self.unflushed.is_some() && self.last_flush.elapsed() >= options.flush_interval {
                         Box::pin(self.flush()).await?;
+                        Box::pin(self.wait_for_store(cancel)).await;
+                    } else if self.current.as_ref().is_some_and(|c| c.held()) {
+                        // Held off by the API limit: it catches up even when no event comes.
+                        Box::pin(self.apply_current_state(false)).await?;
                     }
                 }
                 Ok(()) = async { match reload.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => {
@@ -152,6 +159,7 @@ impl Flow<'_> {
                             || self.unflushed_bytes >= MAX_UNFLUSHED_BYTES
                         {
                             Box::pin(self.flush()).await?;
+                            Box::pin(self.wait_for_store(cancel)).await;
                         }
                     }
                 }

@@ -13,8 +13,10 @@
 //! | [`write`] | rows and dead letters to their sinks; the figures |
 //! | [`flush`] | sinks made durable, then the checkpoint staged (or the sink's own) |
 //! | [`pace`] | logins and subscribes at most so many a second |
+//! | [`claims`] | one running subscription per (org id, channel, target) in the process |
 
 mod chain;
+mod claims;
 mod decode;
 mod flow;
 mod flush;
@@ -65,6 +67,8 @@ pub struct Shared {
     subscribes: Arc<Pace>,
     /// Room for decoded events, for every subscription together.
     pub in_flight: Budget,
+    /// One running subscription per (org id, channel, target).
+    claims: claims::Claims,
 }
 
 impl Shared {
@@ -78,6 +82,7 @@ impl Shared {
             logins: Arc::new(Pace::per_second(options.login_rate)),
             subscribes: Arc::new(Pace::per_second(options.subscribe_rate)),
             in_flight: Budget::new(options.max_in_flight_total),
+            claims: claims::Claims::default(),
         }
     }
 }
@@ -212,6 +217,10 @@ pub async fn run_subscription(
             channel: config.channel.clone(),
             target: config.sink.to_string(),
         };
+        // Before the checkpoint is read: a holder still stopping commits its last first.
+        let Some(_claim) = Box::pin(shared.claims.claim(&key, &health, &cancel)).await else {
+            return Ok(SubscriptionStats::default());
+        };
         let app_id = format!("sfzb:{org_id}:{}", config.channel);
         let (mut sink, place, checkpoint) = Box::pin(open_target(
             &config,
@@ -222,6 +231,9 @@ pub async fn run_subscription(
             &app_id,
         ))
         .await?;
+        if let Some(place) = &place {
+            health.set_checkpoint_store(store.status(), place.label());
+        }
         let snapshot_start =
             Box::pin(snapshot::plan(&config, &store, &key, checkpoint.as_ref())).await?;
         let schemas = shared.schemas.clone();
@@ -254,6 +266,7 @@ pub async fn run_subscription(
             last_written: String::new(),
             written_since_flush: 0,
             unflushed_bytes: 0,
+            held_back_bytes: 0,
             durable: None,
             current: current_state(&config, &org_id, &connection)?,
             resnapshot: config.snapshot,
@@ -335,6 +348,7 @@ pub async fn run_subscription(
                 &key,
                 &at,
                 flow.place.is_none(),
+                &cancel,
             ))
             .await;
             let flushed = match begun {
@@ -373,7 +387,7 @@ fn current_state(
     else {
         return Ok(None);
     };
-    let object = crate::snapshot::object_of(&config.channel).unwrap_or_default();
+    let object = crate::event::object_of(&config.channel).unwrap_or_default();
     let current = crate::current_state::CurrentState::new(
         target,
         &change.replace("{object}", &object),
@@ -408,11 +422,8 @@ async fn finish(
         Err(_) => Ok(()),
     };
     // The last changes into the current state too, whenever the last apply was.
-    if let (Ok(()), Ok(()), Some(current)) = (&result, &flushed, flow.current.as_mut()) {
-        flushed = Box::pin(current.apply_due(true))
-            .await
-            .map(|_| ())
-            .map_err(PipelineError::from);
+    if let (Ok(()), Ok(())) = (&result, &flushed) {
+        flushed = Box::pin(flow.apply_current_state(true)).await;
     }
     let handed = hand_over(&mut flow, running, channel).await;
     if let Some(chain) = &flow.chain {

@@ -74,17 +74,19 @@ pub(super) async fn plan(
     Ok(Start::Capture)
 }
 
-/// Records a mark at `position`, durably, before the step it guards goes on.
+/// Records a mark at `position`, durably, before the step it guards goes on: a failing
+/// checkpoint store is waited out (see [`Checkpoints::commit_durably`]).
 async fn set_mark(
     config: &SubscriptionConfig,
     store: &Checkpoints,
     key: &CheckpointKey,
     name: &str,
     position: &ReplayId,
+    cancel: &CancellationToken,
 ) -> Result<(), PipelineError> {
     let place = store.place(&config.sink, config.layout);
-    store.stage(&mark(key, name), &place, position)?;
-    store.commit_for(Some(&place)).await?;
+    store.stage(&mark(key, name), &place, position);
+    store.commit_durably(&place, cancel).await?;
     Ok(())
 }
 
@@ -100,14 +102,15 @@ pub(super) async fn begin_again(
     key: &CheckpointKey,
     position: &ReplayId,
     sink_keeps_checkpoint: bool,
+    cancel: &CancellationToken,
 ) -> Result<(), PipelineError> {
     let place = store.place(&config.sink, config.layout);
     // "again" tells a resumed read it reads deleted records too, also for a table that
     // started without a snapshot (no "done").
-    store.stage(&mark(key, "again"), &place, position)?;
-    store.stage(&mark(key, "begun"), &place, position)?;
+    store.stage(&mark(key, "again"), &place, position);
+    store.stage(&mark(key, "begun"), &place, position);
     if sink_keeps_checkpoint {
-        store.commit_for(Some(&place)).await?;
+        store.commit_durably(&place, cancel).await?;
     }
     Ok(())
 }
@@ -163,7 +166,7 @@ pub(super) async fn capture(
         return Ok(None);
     };
     tracing::info!(replay_id = %position, "Snapshot: stream position captured.");
-    set_mark(config, store, key, "begun", &position).await?;
+    set_mark(config, store, key, "begun", &position, cancel).await?;
     Ok(Some(position))
 }
 
@@ -181,7 +184,7 @@ impl Flow<'_> {
         with_deleted: bool,
         cancel: &CancellationToken,
     ) -> Result<bool, PipelineError> {
-        let object = crate::snapshot::object_of(&config.channel).ok_or_else(|| {
+        let object = crate::event::object_of(&config.channel).ok_or_else(|| {
             SnapshotError::NotOneObject {
                 channel: config.channel.clone(),
             }
@@ -229,7 +232,7 @@ impl Flow<'_> {
             );
             self.health.set_snapshot_progress(Some(progress));
         }
-        set_mark(config, self.store, self.key, "done", &position).await?;
+        set_mark(config, self.store, self.key, "done", &position, cancel).await?;
         self.read_at = Some(position.clone());
         let progress = reader.progress();
         self.health.set_snapshot_progress(None);

@@ -38,6 +38,11 @@ impl Flow<'_> {
                 row.event.first_record_id()
             );
         }
+        self.dead_letter(letters).await
+    }
+
+    /// `letters` to the dead-letter place: the sink's own, or `dead-letter`'s.
+    async fn dead_letter(&mut self, letters: &[DeadLetter]) -> Result<(), PipelineError> {
         if letters.is_empty() {
             return Ok(());
         }
@@ -53,6 +58,28 @@ impl Flow<'_> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// After the sink's flush: rows the server refused are dead letters (not written),
+    /// durable before the checkpoint passes them.
+    pub(super) async fn dead_letter_refused(
+        &mut self,
+        position: &crate::event::ReplayId,
+    ) -> Result<(), PipelineError> {
+        let refused = self.sink.take_refused();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let count = refused.len() as u64;
+        self.stats.written = self.stats.written.saturating_sub(count);
+        self.stats.dead_lettered += count;
+        self.dead_letter(&refused).await?;
+        match self.dead.as_mut() {
+            Some(dead) => dead.flush(position).await?,
+            None => self.sink.flush(position).await?,
+        }
+        self.count(0);
         Ok(())
     }
 }

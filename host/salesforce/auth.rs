@@ -53,6 +53,17 @@ impl Credentials {
         }
     }
 
+    /// Who logs in: the username, else the client id (a client-credentials app runs as
+    /// one user of one org). Not a secret.
+    pub fn principal(&self) -> &str {
+        match self {
+            Credentials::Soap { username, .. }
+            | Credentials::JwtBearer { username, .. }
+            | Credentials::Password { username, .. } => username,
+            Credentials::ClientCredentials { client_id, .. } => client_id,
+        }
+    }
+
     /// The flow and who logs in, secrets masked: for `config check` and logs.
     pub fn describe(&self) -> serde_json::Value {
         let (client_id, username) = match self {

@@ -60,6 +60,18 @@ impl RestError {
             }
         }
     }
+
+    /// Whether the org's daily API requests (or Bulk API records) are used up: not an
+    /// error of the request, a state that passes when the 24-hour window rolls.
+    pub fn is_limited(&self) -> bool {
+        match self {
+            RestError::Refused { code, .. } => {
+                matches!(code.as_str(), "REQUEST_LIMIT_EXCEEDED" | "ExceededQuota")
+            }
+            RestError::JobFailed { hint: said, .. } => *said == hint("REQUEST_LIMIT_EXCEEDED"),
+            _ => false,
+        }
+    }
 }
 
 /// What to do about an error code the REST and Bulk APIs return.

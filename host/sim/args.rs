@@ -212,6 +212,7 @@ impl SimArgs {
             stream_faults: super::pubsub::StreamFaults {
                 end_stream_after: self.end_stream_after,
                 expire_tokens_after: self.expire_tokens_after,
+                hang_get_schema: false,
             },
             records: self.records,
             page_size: self.page_size.max(1),

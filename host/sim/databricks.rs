@@ -33,8 +33,9 @@ pub struct Workspace {
     pub columns: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// (org, channel, target) → replay id, the checkpoint table's rows.
     pub checkpoints: Mutex<HashMap<(String, String, String), String>>,
-    /// The newest replay id in a table written by the reference library, by table.
-    pub reference_rows: Mutex<HashMap<String, String>>,
+    /// The rows of a table written by the reference library, by table: (entity_name,
+    /// replay_id), oldest first. The same org throughout.
+    pub reference_rows: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// Every statement received, in order.
     pub statements: Mutex<Vec<String>>,
     pub fault: Mutex<SqlFault>,
@@ -160,13 +161,23 @@ impl Workspace {
                     format!("[TABLE_OR_VIEW_NOT_FOUND] The table {table} cannot be found."),
                 );
             }
-            // The newest row of a table the reference library wrote.
+            // The newest row of a table the reference library wrote, of one object if
+            // the statement asks for one.
+            let entity = statement
+                .split("entity_name = '")
+                .nth(1)
+                .and_then(|rest| rest.split('\'').next());
             let found = self
                 .reference_rows
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&table)
-                .cloned();
+                .and_then(|rows| {
+                    rows.iter()
+                        .rev()
+                        .find(|(name, _)| entity.is_none_or(|e| e == name))
+                        .map(|(_, replay)| replay.clone())
+                });
             return ok(found.into_iter().map(|r| vec![r]).collect());
         }
         failed(

@@ -107,6 +107,9 @@ pub struct LoginOrg {
     pub access: std::sync::atomic::AtomicBool,
     /// Its events and records, for the REST and Bulk APIs.
     pub bus: Arc<crate::sim::bus::Bus>,
+    /// On while the org's daily API request allocation is used up: REST and Bulk API
+    /// calls are refused with 403 REQUEST_LIMIT_EXCEEDED, as Salesforce refuses them.
+    pub api_limit_exceeded: std::sync::atomic::AtomicBool,
 }
 
 impl LoginOrg {
@@ -122,6 +125,7 @@ impl LoginOrg {
             tokens,
             access: std::sync::atomic::AtomicBool::new(true),
             bus,
+            api_limit_exceeded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

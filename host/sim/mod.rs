@@ -144,6 +144,13 @@ impl SimOrg {
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.tokens.revoke_all();
     }
+
+    /// The org's daily API requests are used up (`true`) or available again.
+    pub fn limit_api_requests(&self, exceeded: bool) {
+        self.login
+            .api_limit_exceeded
+            .store(exceeded, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A running simulator. Dropping it leaves the servers running until `shutdown`.

@@ -79,7 +79,8 @@ impl RestState {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        self.login
+        let org = self
+            .login
             .org_of_token(token)
             .filter(|org| org.tokens.is_valid(token))
             .ok_or_else(|| {
@@ -88,7 +89,18 @@ impl RestState {
                     "INVALID_SESSION_ID",
                     "Session expired or invalid",
                 )
-            })
+            })?;
+        if org
+            .api_limit_exceeded
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "REQUEST_LIMIT_EXCEEDED",
+                "TotalRequests Limit exceeded.",
+            ));
+        }
+        Ok(org)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {

@@ -36,8 +36,10 @@ pub struct ZerobusFaults {
     /// Wait this long before each acknowledgement.
     pub ack_delay: Duration,
     /// Refuse (INVALID_ARGUMENT, which the SDK does not retry) any batch holding a row
-    /// with this replay id, while `rejecting` is on.
+    /// with this replay id (of this org, if `reject_org_id` is set), while `rejecting` is
+    /// on.
     pub reject_replay_id: Option<String>,
+    pub reject_org_id: Option<String>,
     /// Refuse (UNAUTHENTICATED) a stream without `authorization: Bearer <this>`.
     pub require_token: Option<String>,
 }
@@ -56,7 +58,15 @@ pub struct Received {
     pub rejecting: AtomicBool,
     pub records: AtomicU64,
     pub streams: AtomicU64,
+    /// Ingest streams open now (created and not yet ended by either side).
+    pub open_streams: std::sync::atomic::AtomicI64,
+    /// Ingest calls accepted, and the bytes of records of the largest.
+    pub calls: AtomicU64,
+    pub largest_call: AtomicU64,
 }
+
+/// What Zerobus takes in one ingest call, at most.
+const MAX_CALL_BYTES: usize = 10 << 20;
 
 struct Inner {
     received: Arc<Received>,
@@ -176,6 +186,16 @@ impl Inner {
         records: &[Vec<u8>],
         descriptor: Option<&DescriptorProto>,
     ) -> Result<(), Status> {
+        let bytes: usize = records.iter().map(Vec::len).sum();
+        if bytes > MAX_CALL_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "payload too large: {bytes} bytes in one call, over {MAX_CALL_BYTES}"
+            )));
+        }
+        self.received.calls.fetch_add(1, Ordering::Relaxed);
+        self.received
+            .largest_call
+            .fetch_max(bytes as u64, Ordering::Relaxed);
         let count = records.len() as u64;
         let total = self.received.records.fetch_add(count, Ordering::Relaxed) + count;
         if let Some(limit) = self.faults.close_after
@@ -227,7 +247,9 @@ impl Inner {
             .collect();
         if let Some(reject) = &self.faults.reject_replay_id
             && self.received.rejecting.load(Ordering::Relaxed)
-            && decoded.iter().any(|(_, replay, _)| replay == reject)
+            && decoded.iter().any(|(_, replay, org)| {
+                replay == reject && self.faults.reject_org_id.as_ref().is_none_or(|o| o == org)
+            })
         {
             self.received.records.fetch_sub(count, Ordering::Relaxed);
             return Err(Status::invalid_argument(format!(
@@ -370,9 +392,12 @@ impl Zerobus for Service {
         // Answer only in the task: the client may wait for the response to start before it
         // sends CreateIngestStreamRequest.
         tokio::spawn(async move {
+            let open = &service.0.received.open_streams;
+            open.fetch_add(1, Ordering::Relaxed);
             if let Err(status) = service.0.serve_stream(&mut inbound, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
+            open.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -324,6 +324,15 @@ impl Sink {
             Target::Zerobus(s) => s.flush().await,
         }
     }
+
+    /// Rows the last flush found refused by the server (Zerobus), to dead-letter: they
+    /// were not written, the others were.
+    pub fn take_refused(&mut self) -> Vec<DeadLetter> {
+        match &mut self.target {
+            Target::Zerobus(s) => s.take_refused(),
+            Target::Jsonl(_) | Target::Delta(_) => Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -264,6 +264,20 @@ pub enum Misfit {
         schema_id: String,
         avro: String,
     },
+    #[error(
+        "field {field} of schema {schema_id} is {wanted} for sfzb-host, but the table's column {field} is {column}, a type sfzb-host does not write: change the column back to {wanted} (ALTER TABLE … ALTER COLUMN, or a new table), or write this object to a new table",
+        wanted = wanted.sql()
+    )]
+    ForeignColumn {
+        field: String,
+        schema_id: String,
+        column: String,
+        wanted: Storage,
+    },
+    #[error(
+        "the row is {bytes} bytes as protobuf, over the {limit} bytes Zerobus takes in one call (at most 10 MiB per record); make the transform's output smaller, or write this object to a Delta table"
+    )]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 /// A writer schema's data fields as columns, compound fields flattened into their
@@ -596,6 +610,10 @@ pub struct TypedTable {
     /// Each column's name as a JSON object key (`"BillingCity":`), escaped once rather
     /// than in every JSON line.
     json_keys: Vec<Box<[u8]>>,
+    /// Columns of types sfzb-host does not write (retyped by hand: DECIMAL, FLOAT,
+    /// TIMESTAMP_NTZ, …), by lower-cased name, with their type: a field of that name is a
+    /// misfit, never a column to add again.
+    foreign: HashMap<String, String>,
 }
 
 impl Default for TypedTable {
@@ -614,6 +632,7 @@ impl TypedTable {
             plans: HashMap::new(),
             added: Vec::new(),
             json_keys: Vec::new(),
+            foreign: HashMap::new(),
         };
         for column in columns {
             table.push(column);
@@ -713,6 +732,15 @@ impl TypedTable {
         plan
     }
 
+    /// The table also has these columns `(name, type)`, of types sfzb-host does not write.
+    pub fn with_foreign(mut self, foreign: Vec<(String, String)>) -> TypedTable {
+        self.foreign = foreign
+            .into_iter()
+            .map(|(name, sql)| (name.to_lowercase(), sql))
+            .collect();
+        self
+    }
+
     fn make_plan(&mut self, schema: &EventSchema) -> Result<Arc<Plan>, Misfit> {
         let fields = field_columns(schema)?;
         let headers: HashMap<&str, Header> = HEADER.iter().map(|(n, _, h)| (*n, *h)).collect();
@@ -721,6 +749,14 @@ impl TypedTable {
         for field in &fields {
             let storage = field.kind.storage();
             let key = field.name.to_lowercase();
+            if let Some(column) = self.foreign.get(&key) {
+                return Err(Misfit::ForeignColumn {
+                    field: field.name.clone(),
+                    schema_id: schema.id.clone(),
+                    column: column.clone(),
+                    wanted: storage,
+                });
+            }
             match self.index.get(&key) {
                 Some(&i) if headers.contains_key(self.columns[i].name.as_ref()) => {
                     return Err(Misfit::Unsupported {

@@ -49,18 +49,6 @@ impl SnapshotError {
     }
 }
 
-/// The object whose changes a channel carries: `/data/AccountChangeEvent` → `Account`,
-/// `/data/Invoice__ChangeEvent` → `Invoice__c`; `None` for `/data/ChangeEvents` and custom
-/// channels.
-pub fn object_of(channel: &str) -> Option<String> {
-    let name = channel.strip_prefix("/data/")?;
-    if let Some(base) = name.strip_suffix("__ChangeEvent") {
-        return Some(format!("{base}__c"));
-    }
-    let base = name.strip_suffix("ChangeEvent")?;
-    (!base.is_empty() && !base.ends_with("__")).then(|| base.to_string())
-}
-
 /// Where a snapshot stands, for the log and `/subscriptions`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Progress {
@@ -182,24 +170,5 @@ impl Reader {
                 .filter(|_| rate > 0.0)
                 .map(|t| t.saturating_sub(self.records) as f64 / rate),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn channels_name_their_object() {
-        assert_eq!(
-            object_of("/data/AccountChangeEvent").as_deref(),
-            Some("Account")
-        );
-        assert_eq!(
-            object_of("/data/Invoice__ChangeEvent").as_deref(),
-            Some("Invoice__c")
-        );
-        assert_eq!(object_of("/data/ChangeEvents"), None);
-        assert_eq!(object_of("/data/Custom__chn"), None);
     }
 }

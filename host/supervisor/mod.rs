@@ -159,6 +159,8 @@ pub async fn start(mut plan: RunPlan, cancel: CancellationToken) -> Result<Start
     };
     let pipeline = pipeline::Shared::new(&plan.options);
     let registry = Registry::with_budget(pipeline.in_flight.clone());
+    registry.set_checkpoint_stores(pipeline.checkpoints.status());
+    registry.set_zerobus_streams(pipeline.zerobus.streams_in_use());
     if let Some(runtime) = &runtime {
         registry.set_transform_pool(runtime.pool_figures());
     }

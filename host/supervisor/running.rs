@@ -140,7 +140,7 @@ impl Running {
         }
         let task = Task {
             index,
-            org: org.name.clone(),
+            org: org.identity(),
             connection,
             health,
             options: self.ctx.options.clone(),
@@ -355,6 +355,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// What one subscription's task needs.
 struct Task {
     index: usize,
+    /// The org's [`OrgConfig::identity`], which its Lease is named by.
     org: String,
     connection: crate::salesforce::pubsub::PubSubConnection,
     health: Arc<Health>,
@@ -442,6 +443,7 @@ impl Task {
                 backoff.reset();
             }
             let within = backoff.delay().as_secs_f64();
+            health.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(subscription = %sub.name, %error, "Subscription stopped by an error that may pass; starting it again within {within:.0} s.");
             health.set_state(State::BackingOff(format!(
                 "{error}; next attempt within {within:.0} s"

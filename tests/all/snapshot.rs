@@ -229,3 +229,67 @@ async fn a_query_job_of_an_org_without_records_fails_with_the_fix() {
     assert!(error.to_string().contains("--records"), "{error}");
     sim.shutdown().await;
 }
+
+/// The org's daily API requests used up (403 REQUEST_LIMIT_EXCEEDED) while gap events
+/// need their records read again for the current-state table: the subscription is
+/// `limited` (not failed, not restarted), the change table keeps every event, and once
+/// requests are available again the current-state table catches up by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_up_api_limit_is_a_state_and_the_change_table_keeps_flowing() {
+    use sfzb_host::health::State;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut config = sim_config(&["Account"], 60);
+    config.records = Some(20);
+    config.event_faults.gap_every = Some(5);
+    let sim = start(config).await;
+    sim.orgs[0].limit_api_requests(true);
+    let dir = tempfile::tempdir().unwrap();
+    let change = format!("delta:{}", dir.path().join("account").display());
+    let current = format!("delta:{}", dir.path().join("account_current").display());
+    let cancel = CancellationToken::new();
+    let started = sfzb_host::start(
+        crate::support::service_plan(
+            &sim,
+            dir.path(),
+            "/data/AccountChangeEvent",
+            &[
+                "--layout",
+                "typed",
+                "--sink",
+                &change,
+                "--current-state",
+                &current,
+                "--current-state-interval-secs",
+                "0.1",
+            ],
+        ),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let health = started.registry().list().remove(0);
+    let run = tokio::spawn(started.wait());
+    crate::support::wait_for("the subscription limited", || {
+        matches!(health.state(), State::Limited(_))
+    })
+    .await;
+    let reason = health.state().reason().unwrap_or_default().to_string();
+    assert!(reason.contains("REQUEST_LIMIT_EXCEEDED"), "{reason}");
+    assert!(health.problem().is_none(), "limited is not unhealthy: {:?}", health.problem());
+    crate::support::wait_for("every event in the change table", || {
+        health.written.load(Relaxed) == 60
+    })
+    .await;
+    sim.orgs[0].limit_api_requests(false);
+    crate::support::wait_for("the current state caught up", || {
+        health.state() == State::Running
+    })
+    .await;
+    assert_eq!(health.restarts.load(Relaxed), 0, "never restarted");
+    cancel.cancel();
+    run.await
+        .unwrap()
+        .into_result()
+        .expect("ends cleanly");
+    sim.shutdown().await;
+}

@@ -477,3 +477,40 @@ async fn published_events_are_delivered_to_subscribers() {
     assert_eq!(&ids[3..], ["published-1", "published-2"]);
     sim.shutdown().await;
 }
+
+/// GetSchema hangs (the server never answers): the call has the idle timeout's deadline,
+/// after which the stream is opened again (a resubscription, counted), and a stop
+/// cancels it at once rather than wait on the hung call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_get_schema_has_a_deadline_and_a_stop_cancels_it() {
+    let mut config = sim_config(&["Account"], 20);
+    config.stream_faults.hang_get_schema = true;
+    let sim = start(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let started = sfzb_host::start(
+        service_plan(
+            &sim,
+            dir.path(),
+            "/data/AccountChangeEvent",
+            &["--idle-timeout-secs", "1"],
+        ),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let health = started.registry().list().remove(0);
+    let run = tokio::spawn(started.wait());
+    wait_for("the hung GetSchema given up and the stream opened again", || {
+        health.reconnects.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    cancel.cancel();
+    let report = tokio::time::timeout(std::time::Duration::from_secs(10), run)
+        .await
+        .expect("a stop does not wait on a hung GetSchema")
+        .unwrap();
+    assert_eq!(report.subscriptions.len(), 1);
+    assert_eq!(lines(&out(dir.path())), 0, "nothing written without its schema");
+    sim.shutdown().await;
+}

@@ -76,6 +76,54 @@ fn plan_with(sim: &Simulator, dir: &Path, channel: &str, extra: &[&str], idle: b
     }
 }
 
+/// The `run` arguments of every tenant of `tenants` (one jsonl file each under `dir`,
+/// `{tenant}.jsonl`), flushed every 50 ms, unless `extra` says otherwise.
+pub fn tenants_args(
+    sim: &Simulator,
+    dir: &std::path::Path,
+    tenants: &std::path::Path,
+    extra: &[&str],
+) -> sfzb_host::cli::RunArgs {
+    let sink = format!("jsonl:{}/{{tenant}}.jsonl", dir.display());
+    let state = dir.join("state").display().to_string();
+    let (pubsub, login) = (sim.pubsub_url(), sim.login_url());
+    let mut argv = vec![
+        "sfzb-host",
+        "run",
+        "--tenants",
+        tenants.to_str().unwrap(),
+        "--pubsub-endpoint",
+        &pubsub,
+        "--instance-url",
+        &login,
+        "--channel",
+        "AccountChangeEvent",
+        "--state-dir",
+        &state,
+    ];
+    // Defaults `extra` may set otherwise.
+    for (flag, value) in [("--sink", sink.as_str()), ("--flush-interval-ms", "50")] {
+        if !extra.contains(&flag) {
+            argv.extend([flag, value]);
+        }
+    }
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv)
+        .expect("flags parse")
+        .into_command()
+    {
+        Command::Run(args) => *args,
+        _ => unreachable!(),
+    }
+}
+
+/// A tenants file of `orgs` simulated orgs, `org-1` … `org-N`, each with its own credentials.
+pub fn tenants_file(orgs: usize) -> String {
+    (1..=orgs)
+        .map(|n| format!("[org-{n}]\nclient-id = \"sim-client-{n}\"\nclient-secret = \"sim-secret-{n}\"\n"))
+        .collect()
+}
+
 /// Owned flags as `plan` takes them.
 pub fn args(flags: &[String]) -> Vec<&str> {
     flags.iter().map(String::as_str).collect()

@@ -2,8 +2,6 @@
 
 use std::collections::HashSet;
 
-use clap::Parser;
-use sfzb_host::cli::{Cli, Command};
 use sfzb_host::config::RunPlan;
 use sfzb_host::sim::{SimConfig, Simulator};
 
@@ -25,43 +23,6 @@ fn every_subscription_ended_cleanly(report: &sfzb_host::RunReport) {
             outcome.name,
             outcome.result
         );
-    }
-}
-
-/// The `run` arguments of [`tenants_plan`], with `extra` flags.
-fn tenants_args(
-    sim: &Simulator,
-    dir: &std::path::Path,
-    tenants: &std::path::Path,
-    extra: &[&str],
-) -> sfzb_host::cli::RunArgs {
-    let sink = format!("jsonl:{}/{{tenant}}.jsonl", dir.display());
-    let state = dir.join("state").display().to_string();
-    let (pubsub, login) = (sim.pubsub_url(), sim.login_url());
-    let argv = [
-        "sfzb-host",
-        "run",
-        "--tenants",
-        tenants.to_str().unwrap(),
-        "--pubsub-endpoint",
-        &pubsub,
-        "--instance-url",
-        &login,
-        "--channel",
-        "AccountChangeEvent",
-        "--sink",
-        &sink,
-        "--state-dir",
-        &state,
-        "--flush-interval-ms",
-        "50",
-    ];
-    match Cli::try_parse_from(argv.iter().chain(extra))
-        .expect("flags parse")
-        .into_command()
-    {
-        Command::Run(args) => *args,
-        _ => unreachable!(),
     }
 }
 
@@ -554,4 +515,52 @@ async fn each_tenant_filters_with_its_own_settings() {
     assert_eq!(kept("creates"), of_type("CREATE"));
     assert_eq!(kept("updates"), of_type("UPDATE"));
     assert_eq!(kept("updates-too"), of_type("UPDATE"));
+}
+
+/// A live reload that renames a tenant (same org, channel and target: one checkpoint)
+/// starts the new name only once the old one has stopped and committed its last
+/// position: at most one running subscription per (org id, channel, target), so while
+/// events keep coming every one is written exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_tenant_never_runs_beside_its_old_name() {
+    const RETAINED: u64 = 200;
+    let sim = start(SimConfig {
+        rate: 200.0,
+        rate_for: Some(std::time::Duration::from_secs(4)),
+        ..sim_config(&["Account"], RETAINED)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.toml");
+    let entry = |name: &str| {
+        format!("[{name}]\nclient-id = \"sim-client-1\"\nclient-secret = \"sim-secret-1\"\n")
+    };
+    std::fs::write(&tenants, entry("old-name")).unwrap();
+    let shared = format!("jsonl:{}", dir.path().join("shared.jsonl").display());
+    let args = tenants_args(&sim, dir.path(), &tenants, &["--sink", &shared]);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let started = sfzb_host::start(args.plan().unwrap(), cancel.clone())
+        .await
+        .unwrap()
+        .reloading(Box::new(move || args.plan()));
+    let registry = started.registry();
+    let running = tokio::spawn(started.wait());
+    let out = dir.path().join("shared.jsonl");
+    wait_for("the old name delivering", || lines(&out) as u64 > RETAINED).await;
+    std::fs::write(&tenants, entry("new-name")).unwrap();
+    wait_for("the new name running and the old gone", || {
+        let names: Vec<String> = registry.list().iter().map(|h| h.name.clone()).collect();
+        names == ["new-name/AccountChangeEvent"]
+    })
+    .await;
+    let head = || sim.orgs[0].bus.head();
+    wait_for("production to end", || head() == RETAINED + 800).await;
+    wait_for("every event written", || lines(&out) as u64 >= head()).await;
+    cancel.cancel();
+    running.await.unwrap();
+    let written: Vec<u64> = rows(&out).iter().map(replay).collect();
+    let distinct: HashSet<u64> = written.iter().copied().collect();
+    assert_eq!(distinct, (1..=head()).collect(), "every event");
+    assert_eq!(written.len(), distinct.len(), "each once: the two names never ran together");
+    sim.shutdown().await;
 }

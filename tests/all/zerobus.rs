@@ -97,56 +97,81 @@ async fn credentials_are_used_on_a_plaintext_endpoint_too() {
     sim.shutdown().await;
 }
 
+/// A row the server refuses (INVALID_ARGUMENT) on a stream three tenants share: the
+/// stream fails for all three, yet only the row is dead-lettered, with the server's
+/// reason; every other row of every tenant arrives, and no subscription restarts (before,
+/// the refusing tenant retried the row forever and its neighbours restarted with it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejected_record_stops_the_run_without_passing_it_and_a_retry_delivers_it() {
-    let sim = start(sim_config(&["Account"], 300)).await;
-    let faults = ZerobusFaults {
+async fn a_refused_row_is_dead_lettered_and_its_neighbours_on_the_stream_go_on() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const ORGS: usize = 3;
+    let sim = start(sfzb_host::sim::SimConfig {
+        orgs: ORGS,
+        ..sim_config(&["Account"], 300)
+    })
+    .await;
+    let refused_org = sim.orgs[1].org_id.clone();
+    let zerobus = ZerobusServerHandle::start(ZerobusFaults {
         reject_replay_id: Some("00000000000000c8".into()),
+        reject_org_id: Some(refused_org.clone()),
         ..Default::default()
-    };
-    let zerobus = ZerobusServerHandle::start(faults).await.unwrap();
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.toml");
+    std::fs::write(&tenants, tenants_file(ORGS)).unwrap();
     let endpoint = zerobus.url();
-    let flags = [
-        "--sink",
-        "zerobus:main.sfzb.accounts",
-        "--zerobus-endpoint",
-        endpoint.as_str(),
-    ];
-    let err = run(plan(&sim, dir.path(), "/data/AccountChangeEvent", &flags))
-        .await
-        .unwrap_err()
-        .to_string();
-    // The SDK reports either the server's rejection or, when a later ingest sees the failed
-    // stream first, "Stream is closed": both stop the run on this table.
-    assert!(err.contains("Zerobus table main.sfzb.accounts"), "{err}");
-    let before: HashSet<String> = zerobus
-        .rows("main.sfzb.accounts")
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    assert!(
-        !before.contains("00000000000000c8"),
-        "the rejected record is not stored"
-    );
-
-    zerobus
-        .received
-        .rejecting
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    run(plan(&sim, dir.path(), "/data/AccountChangeEvent", &flags))
-        .await
-        .unwrap();
-    let after: HashSet<String> = zerobus
-        .rows("main.sfzb.accounts")
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    assert_eq!(
-        after.len(),
-        300,
-        "the retry after the restart delivered everything, the rejected record included"
-    );
+    let mut plan = tenants_args(
+        &sim,
+        dir.path(),
+        &tenants,
+        &[
+            "--sink",
+            "zerobus:main.sfzb.accounts",
+            "--zerobus-endpoint",
+            &endpoint,
+            "--until-idle",
+            "2",
+        ],
+    )
+    .plan()
+    .unwrap();
+    plan.options.until_idle = None;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let started = sfzb_host::start(plan, cancel.clone()).await.unwrap();
+    let healths = started.registry().list();
+    let run = tokio::spawn(started.wait());
+    let rows_of = |org: &str| -> HashSet<String> {
+        zerobus
+            .org_rows("main.sfzb.accounts")
+            .into_iter()
+            .filter(|(_, _, o)| o == org)
+            .map(|(_, replay, _)| replay)
+            .collect()
+    };
+    wait_for("every other row of every tenant", || {
+        sim.orgs.iter().all(|org| {
+            let expected = if org.org_id == refused_org { 299 } else { 300 };
+            rows_of(&org.org_id).len() == expected
+        })
+    })
+    .await;
+    assert!(!rows_of(&refused_org).contains("00000000000000c8"), "the refused row is not stored");
+    wait_for("the refused row dead-lettered", || {
+        !zerobus.rows("main.sfzb.accounts_dead_letter").is_empty()
+    })
+    .await;
+    cancel.cancel();
+    let report = run.await.unwrap();
+    let restarts: u64 = healths.iter().map(|h| h.restarts.load(Relaxed)).sum();
+    assert_eq!(restarts, 0, "no subscription restarted");
+    for outcome in &report.subscriptions {
+        let stats = outcome.result.as_ref().expect("each ends cleanly");
+        let expected = if outcome.name.starts_with("org-2/") { 1 } else { 0 };
+        assert_eq!(stats.dead_lettered, expected, "{}", outcome.name);
+    }
+    assert_eq!(zerobus.rows("main.sfzb.accounts_dead_letter").len(), 1);
     zerobus.shutdown().await;
     sim.shutdown().await;
 }
@@ -395,9 +420,20 @@ mod tables {
             .reference_rows
             .lock()
             .unwrap()
-            .insert("main.sfzb.accounts".into(), "000000000000003c".into());
+            .insert(
+                "main.sfzb.accounts".into(),
+                vec![
+                    ("Account".into(), "000000000000003c".into()),
+                    // Written later by another channel of the org (`/data/ChangeEvents`):
+                    // its replay ids are another sequence, not a position of this one.
+                    ("Contact".into(), "0000000000000050".into()),
+                ],
+            );
         let stats = setup.run(&[]).await.unwrap();
-        assert_eq!(stats.received, 40, "events after replay id 60");
+        assert_eq!(
+            stats.received, 40,
+            "events after replay id 60, the newest Account row, not another channel's newer row"
+        );
         assert!(
             !workspace
                 .workspace
@@ -562,5 +598,190 @@ async fn typed_tables_are_created_and_widened_before_rows_use_their_new_columns(
     }
     workspace.shutdown();
     zerobus.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Rows past what Zerobus takes in one call: a batch whose rows add up to more than the
+/// SDK's limit (10 MiB − 64 KiB) goes in several calls, each under it, and every row
+/// arrives; a single row over it is dead-lettered with the reason and the others are
+/// written. Before, either failed the whole subscription with "Ingest payload too large".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_past_the_payload_limit_go_in_several_calls_and_one_too_large_is_dead_lettered() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let sim = start(sim_config(&["Account"], 40)).await;
+    let zerobus = ZerobusServerHandle::start(ZerobusFaults::default())
+        .await
+        .unwrap();
+    let faulty = crate::guests::component("faulty");
+    let endpoint = zerobus.url();
+    let run_with = |dir: &std::path::Path, table: &str, settings: &[&str]| {
+        let mut flags = vec![
+            "--sink".to_string(),
+            format!("zerobus:{table}"),
+            "--zerobus-endpoint".into(),
+            endpoint.clone(),
+            "--transform".into(),
+            faulty.display().to_string(),
+            "--transform-config".into(),
+            "faulty.mode=set-bomb".into(),
+        ];
+        for setting in settings {
+            flags.extend(["--transform-config".into(), format!("faulty.{setting}")]);
+        }
+        plan(&sim, dir, "/data/AccountChangeEvent", &args(&flags))
+    };
+    // 20 fields of 16 KiB each: rows of ~0.7 MB, 40 of them in one batch.
+    let dir = tempfile::tempdir().unwrap();
+    let stats = run(run_with(dir.path(), "main.sfzb.wide", &["kib=16"]))
+        .await
+        .unwrap();
+    assert_eq!(stats.written, 40);
+    assert_eq!(zerobus.rows("main.sfzb.wide").len(), 40, "every row arrived");
+    let largest = zerobus.received.largest_call.load(Relaxed) as usize;
+    assert!(
+        largest <= sfzb_host::sink::zerobus::MAX_CALL_BYTES && largest > 4 << 20,
+        "calls of up to the limit: the largest {largest} bytes"
+    );
+    assert!(zerobus.received.calls.load(Relaxed) >= 3, "the batch went in several calls");
+
+    // Text fields of 1,000 KiB each on every 10th event (the transform allowed to add
+    // that much): those rows are over 10 MiB alone.
+    let dir = tempfile::tempdir().unwrap();
+    let mut huge = run_with(dir.path(), "main.sfzb.huge", &["every=10", "kib=1000"]);
+    for chain in huge.subscriptions.iter_mut().map(|s| &mut s.config.transforms) {
+        for transform in chain {
+            transform.limits.max_added_bytes = 64 << 20;
+        }
+    }
+    let stats = run(huge).await.unwrap();
+    assert_eq!((stats.written, stats.dead_lettered), (36, 4));
+    assert_eq!(zerobus.rows("main.sfzb.huge").len(), 36);
+    assert_eq!(zerobus.rows("main.sfzb.huge_dead_letter").len(), 4);
+    zerobus.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Subscriptions that end leave their stream slots: a stream no subscription writes is
+/// closed. 600 writers in turn, each one writing and ending, beside one that stays:
+/// never more than one stream open (before, a slot was given per writer ever counted, so
+/// every 250 writers opened a stream that stayed open), and none once the last is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_closed_when_its_last_subscription_leaves() {
+    use sfzb_host::sink::zerobus::{ZerobusPool, ZerobusSettings, ZerobusSink};
+    use sfzb_host::sink::{DeadLetter, Layout, Stage};
+    use std::sync::atomic::Ordering::Relaxed;
+    let zerobus = ZerobusServerHandle::start(ZerobusFaults::default())
+        .await
+        .unwrap();
+    let settings = ZerobusSettings {
+        endpoint: zerobus.url(),
+        max_inflight: 10,
+        ..Default::default()
+    };
+    let pool = std::sync::Arc::new(ZerobusPool::new(&settings, None));
+    let letter = |n: usize| DeadLetter {
+        stage: Stage::Write,
+        error: "test".into(),
+        org_id: "00D000000000001".into(),
+        channel: "/data/AccountChangeEvent".into(),
+        replay_id: format!("{n:016x}"),
+        event_id: format!("e{n}"),
+        schema_id: "s".into(),
+        payload: Vec::new(),
+        dead_lettered_at: 0,
+    };
+    let open = |pool: &std::sync::Arc<ZerobusPool>| {
+        ZerobusSink::open("main.sfzb.t", pool, Layout::Reference, false).unwrap()
+    };
+    let mut staying = open(&pool);
+    staying.write_dead_letters(&[letter(0)]).await.unwrap();
+    staying.flush().await.unwrap();
+    for n in 1..=600 {
+        let mut writer = open(&pool);
+        writer.write_dead_letters(&[letter(n)]).await.unwrap();
+        writer.flush().await.unwrap();
+        drop(writer);
+        assert_eq!(pool.streams_in_use().load(Relaxed), 1, "writer {n}");
+    }
+    assert_eq!(zerobus.rows("main.sfzb.t_dead_letter").len(), 601);
+    assert_eq!(zerobus.received.streams.load(Relaxed), 1, "one stream served them all");
+    drop(staying);
+    assert_eq!(pool.streams_in_use().load(Relaxed), 0);
+    wait_for("the last stream closed", || {
+        zerobus.received.open_streams.load(Relaxed) == 0
+    })
+    .await;
+    zerobus.shutdown().await;
+}
+
+/// A typed table's column retyped by hand to a type sfzb-host does not write (DECIMAL,
+/// FLOAT): the column stays known, so the events of its object are dead-lettered with the
+/// reason and the fix, and nothing tries to add the column again (before, the column was
+/// invisible and `ALTER TABLE … ADD COLUMNS` of an existing name was tried forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_retyped_by_hand_is_a_dead_letter_with_the_fix_never_a_retry_loop() {
+    use sfzb_host::sim::databricks::WorkspaceServer;
+    let sim = start(sim_config(&["Account"], 20)).await;
+    let workspace = WorkspaceServer::start().await.unwrap();
+    let zerobus = ZerobusServerHandle::start_with_workspace(
+        ZerobusFaults::default(),
+        workspace.workspace.clone(),
+    )
+    .await
+    .unwrap();
+    let (ws, zb) = (workspace.url(), zerobus.url());
+    let dir = tempfile::tempdir().unwrap();
+    let flags = |replay: &'static str| {
+        let mut flags = vec![
+            "--sink".to_string(),
+            "zerobus:main.sf.accounts".into(),
+            "--zerobus-endpoint".into(),
+            zb.clone(),
+            "--databricks-workspace-url".into(),
+            ws.clone(),
+            "--sql-warehouse-id".into(),
+            "wh1".into(),
+            "--layout".into(),
+            "typed".into(),
+        ];
+        if !replay.is_empty() {
+            flags.extend(["--replay".into(), replay.into()]);
+        }
+        flags
+    };
+    let first = run(plan(&sim, dir.path(), "/data/AccountChangeEvent", &args(&flags(""))))
+        .await
+        .unwrap();
+    assert_eq!(first.written, 20);
+    let retyped = {
+        let mut columns = workspace.workspace.columns.lock().unwrap();
+        let table = columns.get_mut("main.sf.accounts").unwrap();
+        let column = table
+            .iter_mut()
+            .find(|(_, ty)| ty == "DOUBLE")
+            .expect("a DOUBLE column");
+        column.1 = "DECIMAL(18,2)".into();
+        column.0.clone()
+    };
+    let statements_before = workspace.workspace.statements.lock().unwrap().len();
+    let again = run(plan(
+        &sim,
+        dir.path(),
+        "/data/AccountChangeEvent",
+        &args(&flags("earliest")),
+    ))
+    .await
+    .expect("the run ends: a misfit is a dead letter, not a retry loop");
+    assert_eq!((again.written, again.dead_lettered), (0, 20), "{again:?}");
+    let statements = workspace.workspace.statements.lock().unwrap()[statements_before..].to_vec();
+    assert!(
+        !statements.iter().any(|s| s.contains("ADD COLUMNS")),
+        "no column added again: {statements:#?}"
+    );
+    assert_eq!(zerobus.rows("main.sf.accounts").len(), 20, "the first run's rows only");
+    assert_eq!(zerobus.rows("main.sf.accounts_dead_letter").len(), 20);
+    println!("retyped column: {retyped}");
+    zerobus.shutdown().await;
+    workspace.shutdown();
     sim.shutdown().await;
 }

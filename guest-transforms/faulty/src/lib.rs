@@ -5,8 +5,8 @@
 //! no mode at all is an error on every event.
 //!
 //! Hostile modes, each inside the memory and time limits, aimed at the host's memory, logs
-//! and files: `set-bomb` (sets 20 fields to 512 KiB strings: 10 MiB an event, no one value
-//! over 1 MiB), `fanout-bomb` (2,000 copies), `stash` (keeps 50 copies of every event across
+//! and files: `set-bomb` (sets 20 text fields to strings of `kib=N` KiB, default 512: 10 MiB an
+//! event, no one value over 1 MiB), `fanout-bomb` (2,000 copies), `stash` (keeps 50 copies of every event across
 //! calls), `hoard` (keeps every event it is given, returns a copy), `log-flood` (3,000 lines),
 //! `table-flood` (a new table for every event), `escape` (routes to `hr.payroll.salaries`),
 //! `leak` (keeps 1 MiB of its own memory per event, and passes the event on), `print` (a
@@ -18,13 +18,14 @@ use std::cell::{Cell, RefCell};
 wit_bindgen::generate!({ path: "../../wit", world: "transform" });
 
 use sfzb::transform::host::{Level, log};
-use sfzb::transform::types::Value;
+use sfzb::transform::types::{Value, ValueKind};
 
 struct Faulty;
 
 thread_local! {
     static MODE: RefCell<String> = RefCell::new(String::new());
     static EVERY: Cell<u64> = const { Cell::new(1) };
+    static KIB: Cell<usize> = const { Cell::new(512) };
     static SEEN: Cell<u64> = const { Cell::new(0) };
     static STASH: RefCell<Vec<Event>> = const { RefCell::new(Vec::new()) };
     static LEAK: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -38,6 +39,10 @@ impl Guest for Faulty {
                 "every" => {
                     let every = value.parse().map_err(|_| format!("every={value} is not a number"))?;
                     EVERY.with(|e| e.set(every));
+                }
+                "kib" => {
+                    let kib = value.parse().map_err(|_| format!("kib={value} is not a number"))?;
+                    KIB.with(|k| k.set(kib));
                 }
                 _ => {}
             }
@@ -82,8 +87,12 @@ impl Guest for Faulty {
                 Ok(vec![Output { event, table: None }, Output { event: copy, table: None }])
             }
             "set-bomb" => {
-                let big = "x".repeat(512 << 10);
-                for name in event.field_names().into_iter().take(20) {
+                let big = "x".repeat(KIB.with(Cell::get) << 10);
+                // Text fields only: the event stays valid for its schema, just large.
+                let text = |name: &String| {
+                    event.field_type(name).is_some_and(|t| t.kind == ValueKind::Text)
+                };
+                for name in event.field_names().into_iter().filter(text).take(20) {
                     event.set(&name, &Value::Text(big.clone()))?;
                 }
                 Ok(vec![Output { event, table: None }])

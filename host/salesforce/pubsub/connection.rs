@@ -123,27 +123,49 @@ impl PubSubConnection {
             .map(|s| s.org_id.clone())
     }
 
-    /// The writer schema `id` as JSON (GetSchema), outside any stream.
+    /// The writer schema `id` as JSON (GetSchema), outside any stream, within
+    /// [`CALL_DEADLINE`].
     pub async fn schema_json(&self, id: &str) -> Result<String, tonic::Status> {
         let request = crate::proto::pubsub::SchemaRequest {
             schema_id: id.to_string(),
         };
-        let info = self.client().get_schema(request).await?;
+        let mut client = self.client();
+        let info = within_deadline("GetSchema", client.get_schema(request)).await?;
         Ok(info.into_inner().schema_json)
     }
 
-    /// The id of the schema `channel`'s events use now (GetTopic).
+    /// The id of the schema `channel`'s events use now (GetTopic), within
+    /// [`CALL_DEADLINE`].
     pub async fn topic_schema_id(&self, channel: &str) -> Result<String, tonic::Status> {
         let request = crate::proto::pubsub::TopicRequest {
             topic_name: channel.to_string(),
         };
-        let info = self.client().get_topic(request).await?;
+        let mut client = self.client();
+        let info = within_deadline("GetTopic", client.get_topic(request)).await?;
         Ok(info.into_inner().schema_id)
     }
 
     pub(super) async fn generation(&self) -> u64 {
         *self.0.login_lock.lock().await
     }
+}
+
+/// How long a unary call (GetSchema, GetTopic) may go unanswered before it fails as
+/// DEADLINE_EXCEEDED, an error that may pass: a hung call never stalls a subscription.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(60);
+
+async fn within_deadline<T>(
+    call: &str,
+    answer: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(CALL_DEADLINE, answer)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "{call} gave no answer within {} s",
+                CALL_DEADLINE.as_secs()
+            )))
+        })
 }
 
 /// An HTTP/2 channel to `endpoint`: `https://host:port` (TLS, the default service) or

@@ -195,6 +195,10 @@ impl Subscriber {
         }
         if let Err(status) = self.ensure_schemas(&mut open.client, &events).await {
             self.capacity.add_permits(permits as usize);
+            if self.cancel.is_cancelled() {
+                self.stop(open).await;
+                return Received::End(StreamEnd::Cancelled);
+            }
             return Received::End(StreamEnd::Failed(status));
         }
         let budget = tokio::select! {
@@ -292,6 +296,8 @@ impl Subscriber {
     }
 
     /// Fetches and caches the writer schema of every event whose schema is not cached yet.
+    /// A GetSchema call that answers nothing for the idle timeout is silence like any
+    /// other (the stream is opened again); a stop cancels it.
     async fn ensure_schemas(&self, client: &mut Client, events: &[RawEvent]) -> Result<(), Status> {
         for event in events {
             // Known, known to be unusable (asking again per event would only repeat the
@@ -302,12 +308,21 @@ impl Subscriber {
             {
                 continue;
             }
-            let info = client
-                .get_schema(SchemaRequest {
-                    schema_id: event.schema_id.clone(),
-                })
-                .await?
-                .into_inner();
+            let call = client.get_schema(SchemaRequest {
+                schema_id: event.schema_id.clone(),
+            });
+            let deadline = self.options.idle_timeout;
+            let info = tokio::select! {
+                _ = self.cancel.cancelled() => return Err(Status::cancelled("the subscription is stopping")),
+                answer = tokio::time::timeout(deadline, call) => match answer {
+                    Ok(answer) => answer?.into_inner(),
+                    Err(_) => return Err(Status::deadline_exceeded(format!(
+                        "GetSchema {} gave no answer within {} s (idle-timeout-secs)",
+                        event.schema_id,
+                        deadline.as_secs()
+                    ))),
+                },
+            };
             match self.schemas.insert(&event.schema_id, &info.schema_json) {
                 Ok(_) => {
                     tracing::info!(schema_id = %event.schema_id, "Fetched schema.")

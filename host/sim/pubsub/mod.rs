@@ -59,6 +59,8 @@ pub struct StreamFaults {
     pub end_stream_after: Option<u64>,
     /// Expire every issued token once this many events have been delivered in total.
     pub expire_tokens_after: Option<u64>,
+    /// GetSchema never answers (a hung call), for the host's deadline on it.
+    pub hang_get_schema: bool,
 }
 
 /// What the simulator observed, for tests and the demo.
@@ -251,6 +253,9 @@ impl PubSub for Arc<PubSubService> {
         request: Request<SchemaRequest>,
     ) -> Result<Response<SchemaInfo>, Status> {
         self.authorize(request.metadata())?;
+        if self.faults.hang_get_schema {
+            std::future::pending::<()>().await;
+        }
         let id = &request.get_ref().schema_id;
         let schema = self
             .bus

@@ -2,24 +2,34 @@
 //! one SDK per process ([`ZerobusPool`]) and, per table, streams shared by the
 //! subscriptions writing it (one per [`SUBSCRIPTIONS_PER_STREAM`]; each row's org and
 //! channel columns say whose it is); rows as protobuf (`proto/sfzb_row.proto`), and `flush`
-//! waiting for the server's durability acknowledgement of this subscription's last record. The SDK recovers failed streams and resends
-//! unacknowledged records itself; the checkpoint moves only after `flush` returns, so
-//! delivery is at least once. After a crash, what comes again is every row acknowledged since
-//! the last checkpoint commit plus what was in flight: at most a flush interval's worth of
-//! events (flush interval × rate) plus `max-in-flight` (each row's `event_id` identifies
-//! them).
+//! waiting for the server's durability acknowledgement of this subscription's last record.
+//! The SDK recovers failed streams and resends unacknowledged records itself; the
+//! checkpoint moves only after `flush` returns, so delivery is at least once. After a
+//! crash, what comes again is every row acknowledged since the last checkpoint commit plus
+//! what was in flight: at most a flush interval's worth of events (flush interval × rate)
+//! plus `max-in-flight` (each row's `event_id` identifies them).
+//!
+//! | file | concern |
+//! |---|---|
+//! | this one | settings, the SDK, the pool of shared streams (slots taken and left), one call's size |
+//! | [`writer`] | one subscription's writer: rows and dead letters sent, flushed |
+//! | [`refused`] | after a stream failed: a writer's rows sent again on a stream of its own, a refused row found and dead-lettered |
+//! | [`typed`] | typed tables: DDL, descriptors, widening |
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use databricks_zerobus_ingest_sdk::{OffsetId, ZerobusSdk, ZerobusStream};
+use databricks_zerobus_ingest_sdk::{ZerobusSdk, ZerobusStream};
 use prost::Message;
 use secrecy::{ExposeSecret, SecretString};
 
+mod refused;
 pub mod typed;
+mod writer;
 
-use crate::sink::{DeadLetter, Layout, RouteKind, Row, SinkError};
+use crate::sink::SinkError;
 use crate::sql::SqlSettings;
+pub use writer::ZerobusSink;
 
 /// How to reach Zerobus.
 #[derive(Clone, Debug, Default)]
@@ -60,6 +70,63 @@ fn descriptor(name: &str) -> prost_types::DescriptorProto {
         .expect("proto/sfzb_row.proto defines the row messages")
 }
 
+/// The reference layout's row and dead-letter descriptors, built once.
+fn shared_descriptor(name: &'static str) -> Arc<prost_types::DescriptorProto> {
+    static ROW: std::sync::OnceLock<Arc<prost_types::DescriptorProto>> =
+        std::sync::OnceLock::new();
+    static LETTER: std::sync::OnceLock<Arc<prost_types::DescriptorProto>> =
+        std::sync::OnceLock::new();
+    let cell = match name {
+        "CdcEventRow" => &ROW,
+        _ => &LETTER,
+    };
+    cell.get_or_init(|| Arc::new(descriptor(name))).clone()
+}
+
+/// The most bytes of records one ingest call may carry: the SDK refuses a larger call
+/// whole (the server takes at most 10 MiB).
+pub const MAX_CALL_BYTES: usize =
+    databricks_zerobus_ingest_sdk::stream_options::defaults::MAX_INGEST_PAYLOAD_BYTES;
+
+/// Records in runs of at most [`MAX_CALL_BYTES`] each, in order; each record must fit
+/// alone (see [`too_large`]).
+fn calls(records: Vec<Vec<u8>>) -> Vec<Vec<Vec<u8>>> {
+    let mut calls = Vec::new();
+    let (mut call, mut bytes) = (Vec::new(), 0);
+    for record in records {
+        if !call.is_empty() && bytes + record.len() > MAX_CALL_BYTES {
+            calls.push(std::mem::take(&mut call));
+            bytes = 0;
+        }
+        bytes += record.len();
+        call.push(record);
+    }
+    if !call.is_empty() {
+        calls.push(call);
+    }
+    calls
+}
+
+/// Takes out of `records` (each with its row's index) those too large for one call, as
+/// misfits to dead-letter; the others are written.
+fn too_large(records: &mut Vec<(usize, Vec<u8>)>) -> crate::sink::Misfits {
+    let mut misfits = Vec::new();
+    records.retain(|(i, record)| {
+        let fits = record.len() <= MAX_CALL_BYTES;
+        if !fits {
+            misfits.push((
+                *i,
+                crate::sink::Misfit::TooLarge {
+                    bytes: record.len(),
+                    limit: MAX_CALL_BYTES,
+                },
+            ));
+        }
+        fits
+    });
+    misfits
+}
+
 /// Subscriptions sharing one stream of a table: enough streams to spread the load,
 /// few enough that 10,000 subscriptions need 40, not 10,000.
 pub const SUBSCRIPTIONS_PER_STREAM: usize = 250;
@@ -68,6 +135,14 @@ pub const SUBSCRIPTIONS_PER_STREAM: usize = 250;
 /// descriptor is older than a typed table's.
 type Slot = Arc<tokio::sync::Mutex<Option<(Arc<ZerobusStream>, u64)>>>;
 
+/// A slot in use: its stream, and how many subscriptions write on it now. The last one
+/// to leave takes the slot away, and with it the stream (dropped once its last writer's
+/// records are acknowledged or abandoned: an SDK stream closes when dropped).
+struct Held {
+    slot: Slot,
+    writers: usize,
+}
+
 /// A typed table's shared columns, loaded on first use.
 type SharedTyped = Arc<tokio::sync::Mutex<Option<typed::Shared>>>;
 
@@ -75,9 +150,10 @@ type SharedTyped = Arc<tokio::sync::Mutex<Option<typed::Shared>>>;
 pub struct ZerobusPool {
     sdk: Result<ZerobusSdk, String>,
     settings: ZerobusSettings,
-    slots: Mutex<HashMap<(String, usize), Slot>>,
-    /// Subscriptions that wrote each table so far, to give the next one its slot.
-    writers: Mutex<HashMap<String, usize>>,
+    /// The slots in use, by table and index.
+    slots: Mutex<HashMap<(String, usize), Held>>,
+    /// How many slots (so streams, at most) are in use, for `/metrics`.
+    in_use: Arc<std::sync::atomic::AtomicUsize>,
     /// The SQL warehouse that creates and widens typed tables.
     sql: Option<SqlSettings>,
     typed: Mutex<HashMap<String, SharedTyped>>,
@@ -90,7 +166,7 @@ impl ZerobusPool {
             sdk: sdk(settings),
             settings: settings.clone(),
             slots: Mutex::default(),
-            writers: Mutex::default(),
+            in_use: Arc::default(),
             sql: sql.cloned(),
             typed: Mutex::default(),
         }
@@ -105,12 +181,50 @@ impl ZerobusPool {
             .clone()
     }
 
-    /// The slot of the next subscription to write `table`.
+    /// How many stream slots are in use: the bound on the streams open.
+    pub fn streams_in_use(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.in_use.clone()
+    }
+
+    /// A slot of `table` for one more writer: the first with room, so that subscriptions
+    /// started again fill the slots that are open rather than open new ones.
     fn assign(&self, table: &str) -> usize {
-        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
-        let n = writers.entry(table.to_string()).or_default();
-        *n += 1;
-        (*n - 1) / SUBSCRIPTIONS_PER_STREAM
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut index = 0;
+        loop {
+            match slots.get_mut(&(table.to_string(), index)) {
+                Some(held) if held.writers >= SUBSCRIPTIONS_PER_STREAM => index += 1,
+                Some(held) => {
+                    held.writers += 1;
+                    return index;
+                }
+                None => {
+                    let held = Held {
+                        slot: Slot::default(),
+                        writers: 1,
+                    };
+                    slots.insert((table.to_string(), index), held);
+                    self.in_use.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return index;
+                }
+            }
+        }
+    }
+
+    /// A writer leaves slot `index` of `table`; the last one takes the slot and its
+    /// stream away.
+    fn release(&self, table: &str, index: usize) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (table.to_string(), index);
+        let Some(held) = slots.get_mut(&key) else {
+            return;
+        };
+        held.writers = held.writers.saturating_sub(1);
+        if held.writers == 0 {
+            slots.remove(&key);
+            self.in_use.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(table, slot = index, "Zerobus stream slot left by its last writer; its stream closes.");
+        }
     }
 
     /// The open stream of `(table, slot)` with a descriptor of at least `generation`,
@@ -126,9 +240,9 @@ impl ZerobusPool {
             .slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry((table.to_string(), slot))
-            .or_default()
-            .clone();
+            .get(&(table.to_string(), slot))
+            .map(|held| held.slot.clone())
+            .ok_or_else(|| error(table, format!("stream slot {slot} is not assigned")))?;
         let mut open = cell.lock().await;
         if let Some((stream, _)) = open
             .as_ref()
@@ -136,7 +250,19 @@ impl ZerobusPool {
         {
             return Ok(stream.clone());
         }
-        let sdk = self.sdk.as_ref().map_err(|e| error(table, e))?;
+        let stream = Arc::new(self.open(table, descriptor).await.map_err(|e| error(table, e))?);
+        tracing::info!(table, slot, generation, "Zerobus stream opened.");
+        *open = Some((stream.clone(), generation));
+        Ok(stream)
+    }
+
+    /// A new stream to `table`, shared or not.
+    async fn open(
+        &self,
+        table: &str,
+        descriptor: prost_types::DescriptorProto,
+    ) -> Result<ZerobusStream, String> {
+        let sdk = self.sdk.as_ref().map_err(String::clone)?;
         let mut builder = sdk
             .stream_builder()
             .table(table)
@@ -148,10 +274,7 @@ impl ZerobusPool {
             }
             _ => builder.no_auth(),
         };
-        let stream = Arc::new(builder.build().await.map_err(|e| error(table, e))?);
-        tracing::info!(table, slot, generation, "Zerobus stream opened.");
-        *open = Some((stream.clone(), generation));
-        Ok(stream)
+        builder.build().await.map_err(|e| e.to_string())
     }
 }
 
@@ -182,241 +305,24 @@ fn sdk(settings: &ZerobusSettings) -> Result<ZerobusSdk, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
-/// A table this writer sent to: its slot's stream, the stream's descriptor generation and
-/// the offset of this writer's last record on it.
-struct Written {
-    stream: Arc<ZerobusStream>,
-    generation: u64,
-    last: Option<OffsetId>,
-}
-
-/// One subscription's writer on the shared streams.
-pub struct ZerobusSink {
-    pool: Arc<ZerobusPool>,
-    table: String,
-    layout: Layout,
-    /// A table per object: the configured table is the dead-letter table.
-    per_object: bool,
-    streams: HashMap<String, Written>,
-}
-
-impl ZerobusSink {
-    pub fn open(
-        table: &str,
-        pool: &Arc<ZerobusPool>,
-        layout: Layout,
-        per_object: bool,
-    ) -> Result<ZerobusSink, SinkError> {
-        if let Err(e) = &pool.sdk {
-            return Err(error(table, e));
-        }
-        if layout == Layout::Typed && pool.sql.is_none() {
-            return Err(error(
-                table,
-                "typed tables through Zerobus need a SQL warehouse to create and widen them: set sql-warehouse-id (DATABRICKS_WAREHOUSE_ID)",
-            ));
-        }
-        Ok(ZerobusSink {
-            pool: pool.clone(),
-            table: table.to_string(),
-            layout,
-            per_object,
-            streams: HashMap::new(),
-        })
-    }
-
-    fn dead_letter_table(&self) -> String {
-        match self.per_object {
-            true => self.table.clone(),
-            false => format!("{}_dead_letter", self.table),
-        }
-    }
-    /// A route to the main table, or to its dead-letter table.
-    pub fn route_kind(&self, table: &str) -> RouteKind {
-        let table = self.qualify(table);
-        if table == self.table {
-            RouteKind::Own
-        } else if table == self.dead_letter_table() {
-            RouteKind::DeadLetter
-        } else {
-            RouteKind::Other
-        }
-    }
-
-    /// An unqualified routed table lives in the main table's catalog and schema.
-    fn qualify(&self, table: &str) -> String {
-        if table.contains('.') {
-            return table.to_string();
-        }
-        match self.table.rsplit_once('.') {
-            Some((prefix, _)) => format!("{prefix}.{table}"),
-            None => table.to_string(),
-        }
-    }
-
-    /// Sends `records` to `table` on a stream whose descriptor is at least `generation`;
-    /// a stream of an older one is left once what this writer sent on it is acknowledged.
-    async fn send(
-        &mut self,
-        table: String,
-        descriptor: impl FnOnce() -> prost_types::DescriptorProto,
-        generation: u64,
-        records: Vec<Vec<u8>>,
-    ) -> Result<(), SinkError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        if let Some(old) = self
-            .streams
-            .get(&table)
-            .filter(|w| w.generation < generation)
-        {
-            if let Some(offset) = old.last {
-                old.stream
-                    .wait_for_offset(offset)
-                    .await
-                    .map_err(|e| error(&table, e))?;
-            }
-            self.streams.remove(&table);
-        }
-        if !self.streams.contains_key(&table) {
-            let slot = self.pool.assign(&table);
-            let stream = self
-                .pool
-                .stream(&table, slot, descriptor(), generation)
-                .await?;
-            let written = Written {
-                stream,
-                generation,
-                last: None,
-            };
-            self.streams.insert(table.clone(), written);
-        }
-        let written = self.streams.get_mut(&table).expect("inserted above");
-        match written.stream.ingest_records_offset(records).await {
-            Ok(offset) => {
-                written.last = offset.or(written.last);
-                Ok(())
-            }
-            Err(e) => {
-                // The stream failed for good: the next write opens its slot again.
-                self.streams.remove(&table);
-                Err(error(&table, e))
-            }
-        }
-    }
-
-    /// Writes rows in the sink's layout; typed rows whose fields changed type are
-    /// returned, to be dead-lettered.
-    pub async fn write(
-        &mut self,
-        table: Option<&str>,
-        rows: &[Row],
-    ) -> Result<crate::sink::Misfits, SinkError> {
-        let table = table.map_or_else(|| self.table.clone(), |t| self.qualify(t));
-        if self.layout == Layout::Typed {
-            return self.write_typed(table, rows).await;
-        }
-        let records = rows
-            .iter()
-            .map(|r| {
-                let mut buf = Vec::new();
-                r.encode_proto(&mut buf);
-                buf
-            })
-            .collect();
-        self.send(table, || descriptor("CdcEventRow"), 0, records)
-            .await?;
-        Ok(Vec::new())
-    }
-
-    /// Plans the rows against the table's shared columns, widens the table first when
-    /// they add some, and sends them encoded with the table's descriptor.
-    async fn write_typed(
-        &mut self,
-        table: String,
-        rows: &[Row],
-    ) -> Result<crate::sink::Misfits, SinkError> {
-        let sql = self.pool.sql.as_ref().expect("checked at open");
-        let shared = self.pool.shared_typed(&table);
-        let mut guard = shared.lock().await;
-        if guard.is_none() {
-            *guard = Some(
-                typed::Shared::load(sql, &table)
-                    .await
-                    .map_err(|e| error(&table, e))?,
-            );
-        }
-        let state = guard.as_mut().expect("loaded above");
-        let mut misfits = Vec::new();
-        let mut planned = Vec::with_capacity(rows.len());
-        for (i, row) in rows.iter().enumerate() {
-            match state.table.plan(&row.event.schema) {
-                Ok(plan) => planned.push((plan, row)),
-                Err(misfit) => misfits.push((i, misfit)),
-            }
-        }
-        if let Err(e) = state.widen(sql, &table).await {
-            // The columns stay planned but the table may lack them: start over from what
-            // the workspace has.
-            *guard = None;
-            return Err(error(&table, e));
-        }
-        let columns = state.table.columns().len();
-        let records = planned
-            .iter()
-            .map(|(plan, row)| {
-                let mut buf = Vec::with_capacity(2048);
-                typed::encode(plan, row, columns, &mut buf);
-                buf
-            })
-            .collect();
-        let (generation, descriptor) = (state.generation, state.descriptor.clone());
-        drop(guard);
-        self.send(table, || (*descriptor).clone(), generation, records)
-            .await?;
-        Ok(misfits)
-    }
-
-    pub async fn write_dead_letters(&mut self, letters: &[DeadLetter]) -> Result<(), SinkError> {
-        let table = self.dead_letter_table();
-        let records = letters
-            .iter()
-            .map(|l| {
-                let mut buf = Vec::new();
-                crate::sink::columns::encode_proto(l, &mut buf);
-                buf
-            })
-            .collect();
-        self.send(table, || descriptor("DeadLetterRow"), 0, records)
-            .await
-    }
-
-    /// Waits until Zerobus acknowledged every record this writer sent, on every table.
-    pub async fn flush(&mut self) -> Result<(), SinkError> {
-        let mut failed = None;
-        for (table, written) in &self.streams {
-            if let Some(offset) = written.last
-                && let Err(e) = written.stream.wait_for_offset(offset).await
-            {
-                failed = Some(error(table, e));
-                break;
-            }
-        }
-        match failed {
-            Some(e) => {
-                // Its records are resent from the checkpoint, on streams opened again.
-                self.streams.clear();
-                Err(e)
-            }
-            None => Ok(()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_go_in_calls_under_the_limit_and_one_too_large_is_a_misfit() {
+        let mib = |n: usize| vec![0u8; n << 20];
+        let mut records: Vec<(usize, Vec<u8>)> =
+            vec![(0, mib(4)), (1, mib(11)), (2, mib(4)), (3, mib(4)), (4, vec![1])];
+        let misfits = too_large(&mut records);
+        assert_eq!(misfits.len(), 1);
+        assert_eq!(misfits[0].0, 1);
+        assert!(misfits[0].1.to_string().contains("10 MiB"), "{}", misfits[0].1);
+        let calls = calls(records.into_iter().map(|(_, r)| r).collect());
+        let sizes: Vec<usize> = calls.iter().map(|c| c.iter().map(Vec::len).sum()).collect();
+        assert_eq!(sizes, [8 << 20, (4 << 20) + 1], "in order, each under the limit");
+        assert!(sizes.iter().all(|s| *s <= MAX_CALL_BYTES));
+    }
 
     #[test]
     fn descriptors_hold_the_sixteen_columns() {

@@ -111,12 +111,19 @@ pub fn add_columns_sql(table: &str, columns: &[TypedColumn]) -> String {
     )
 }
 
-/// A column type as `DESCRIBE TABLE` shows it.
+/// A column type as `DESCRIBE TABLE` shows it, with the names Databricks also takes for
+/// the same type; `None` for a type sfzb-host does not write.
 fn storage_of_sql(text: &str) -> Option<Storage> {
-    let text = text.to_ascii_uppercase();
-    Storage::ALL
-        .into_iter()
-        .find(|s| s.sql() == text || (*s == Storage::Int && text == "INTEGER"))
+    let text = text.trim().to_ascii_uppercase();
+    let text = match text.as_str() {
+        "INTEGER" => "INT",
+        "LONG" => "BIGINT",
+        "BOOL" => "BOOLEAN",
+        "TIMESTAMP_LTZ" => "TIMESTAMP",
+        other if other.starts_with("VARCHAR(") || other.starts_with("CHAR(") => "STRING",
+        other => other,
+    };
+    Storage::ALL.into_iter().find(|s| s.sql() == text)
 }
 
 /// One typed table of the process: its columns and plans, the generation of its
@@ -135,32 +142,41 @@ impl Shared {
     pub async fn load(sql: &SqlSettings, table: &str) -> Result<Shared, SqlError> {
         let mut client = SqlClient::new(sql.clone());
         let statement = format!("DESCRIBE TABLE {}", ident(table));
-        let (columns, exists) = match client.execute(&statement).await? {
+        let (columns, foreign, exists) = match client.execute(&statement).await? {
             Outcome::Rows(rows) => {
                 // Column rows come first; a partitioning section starts with `#`.
-                let columns = rows
+                let described: Vec<(String, String)> = rows
                     .iter()
                     .map_while(|row| {
                         let name = row.first()?.as_deref()?;
                         (!name.is_empty() && !name.starts_with('#')).then_some(row)
                     })
                     .filter_map(|row| {
-                        Some(TypedColumn {
-                            name: row.first()?.as_deref()?.into(),
-                            storage: storage_of_sql(row.get(1)?.as_deref()?)?,
-                        })
+                        Some((row.first()?.clone()?, row.get(1)?.clone().unwrap_or_default()))
                     })
                     .collect();
-                (columns, true)
+                // Every column is kept: one of a type sfzb-host does not write stays known,
+                // so its field is a misfit with the reason, not a column to add forever.
+                let (mut columns, mut foreign) = (Vec::new(), Vec::new());
+                for (name, sql) in described {
+                    match storage_of_sql(&sql) {
+                        Some(storage) => columns.push(TypedColumn {
+                            name: name.as_str().into(),
+                            storage,
+                        }),
+                        None => foreign.push((name, sql)),
+                    }
+                }
+                (columns, foreign, true)
             }
             Outcome::Error { code, message }
                 if code.contains("NOT_FOUND") || message.contains("TABLE_OR_VIEW_NOT_FOUND") =>
             {
-                (Vec::new(), false)
+                (Vec::new(), Vec::new(), false)
             }
             Outcome::Error { message, .. } => return Err(SqlError::Failed { statement, message }),
         };
-        let typed = TypedTable::with_columns(columns);
+        let typed = TypedTable::with_columns(columns).with_foreign(foreign);
         if exists
             && let Some(missing) = crate::sink::typed::HEADER
                 .iter()
