@@ -165,7 +165,10 @@ def test_the_example_overlay_config_is_one_sfzb_host_accepts(binary):
     assert plan["metrics-listen"] == "10.1.2.3:9464"
     assert plan["lease"]["namespace"] == "salesforce-ingest"
     assert len(plan["subscriptions"]) == 4
-    assert all(s["lease"].startswith("sfzb-default-") for s in plan["subscriptions"])
+    # Named by who logs in where (the client id at the instance), not by the entry's name.
+    assert all(
+        s["lease"].startswith("sfzb-id-yourdomain-my-salesforce-com-") for s in plan["subscriptions"]
+    )
 
 
 # OCI image
