@@ -73,6 +73,32 @@ pub enum Command {
     /// Work with dead letters: replay them through the (fixed) chain to their target.
     #[command(subcommand)]
     DeadLetter(DeadLetterCommand),
+    /// Ask a running sfzb-host whether it is healthy (its /healthz), for an image without
+    /// an HTTP client: exit 0 when healthy, 1 when not or when it does not answer.
+    Healthcheck(EndpointArgs),
+    /// A running sfzb-host's subscriptions as a table (its /subscriptions): state, events
+    /// received and per second, checkpoint age, lag, and the reason of each state.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EndpointArgs {
+    /// The process's --metrics-listen address (or an http:// URL).
+    #[arg(long, default_value = "127.0.0.1:9464", env = "SFZB_METRICS_LISTEN")]
+    pub address: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The process's --metrics-listen address (or an http:// URL).
+    #[arg(long, default_value = "127.0.0.1:9464", env = "SFZB_METRICS_LISTEN")]
+    pub address: String,
+    /// Only this org's subscriptions (its name or id).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Only subscriptions in this state (running, failed, limited, …).
+    #[arg(long)]
+    pub state: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

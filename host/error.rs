@@ -27,6 +27,8 @@ pub enum Error {
     Scaffold(#[from] crate::scaffold::ScaffoldError),
     #[error(transparent)]
     DeadLetters(#[from] crate::dead_letters::ReplayError),
+    #[error(transparent)]
+    Probe(#[from] crate::probe::ProbeError),
     #[error("{failed} of {total} subscriptions failed (first: {name}: {error})")]
     Subscriptions {
         failed: usize,
@@ -74,7 +76,8 @@ impl Error {
             | Error::Authoring(_)
             | Error::Demo(_)
             | Error::Scaffold(_)
-            | Error::DeadLetters(_) => 1,
+            | Error::DeadLetters(_)
+            | Error::Probe(_) => 1,
             Error::Subscriptions { error, .. } => error.exit_code(),
         }
     }

@@ -137,6 +137,7 @@ async fn subscriptions(
         if !org_matches || filter.state.as_deref().is_some_and(|s| s != state.name()) {
             continue;
         }
+        let snapshot = h.snapshot();
         listed.push(serde_json::json!({
             "name": h.name,
             "org": h.org,
@@ -145,9 +146,12 @@ async fn subscriptions(
             "target": h.target,
             "state": state.name(),
             "reason": state.reason(),
-            "problem": h.problem(),
-            "received": h.received.load(std::sync::atomic::Ordering::Relaxed),
-            "restarts": h.restarts.load(std::sync::atomic::Ordering::Relaxed),
+            "problem": snapshot.problem,
+            "received": snapshot.received,
+            "restarts": snapshot.restarts,
+            "events_per_second": snapshot.events_per_second,
+            "checkpoint_age_secs": snapshot.checkpoint_age_secs,
+            "lag_secs": snapshot.lag_secs,
             "snapshot": h.snapshot_progress(),
             "checkpoint_store": h.checkpoint_store().map(|s| store_json(&s)),
         }));

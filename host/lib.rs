@@ -26,7 +26,10 @@
 //! | settings (each defined once), the file, layering, the plan | [`config`] (`settings`, `file`, `layering`, …), [`cli`] |
 //! | the subscriptions of a run: restarts, live reload, shared connections, the stop | [`supervisor`] (`running`, `live`, `connections`) |
 //! | files changed or SIGHUP, for reloads | [`watch`] |
+//! | log lines many subscriptions give at once: one a kind per window, with a count | [`throttle`] |
 //! | health figures and reports; the `/metrics` `/healthz` `/stats` server | [`health`], [`http`] |
+//! | `healthcheck` and `status`: the running process's endpoint from the command line | [`probe`] |
+//! | the binary's log and signals | [`process`] |
 //! | Kubernetes Lease fencing | [`lease`] |
 //! | retry delays; the pace of logins and subscribes | [`backoff`], [`pipeline`] (`pace`) |
 //! | simulated Salesforce (with its records, REST and Bulk APIs), Zerobus and Databricks servers; `sim`'s flags | [`sim`] (`records`, `rest`, …) |
@@ -70,6 +73,8 @@ pub mod health;
 pub mod http;
 pub mod lease;
 pub mod pipeline;
+pub mod probe;
+pub mod process;
 pub mod proto;
 pub mod salesforce;
 pub mod scaffold;
@@ -78,6 +83,7 @@ pub mod sink;
 pub mod snapshot;
 pub mod sql;
 pub mod supervisor;
+pub mod throttle;
 pub mod transform;
 pub mod watch;
 

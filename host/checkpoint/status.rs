@@ -54,11 +54,13 @@ impl StoreStatus {
     /// Records a commit to `store` at `now_ms`: succeeded, or failed with `error`.
     pub(super) fn record(&self, store: &str, now_ms: i64, error: Option<String>) -> Transition {
         let mut stores = self.lock();
-        let state = stores.entry(store.to_string()).or_insert_with(|| StoreState {
-            store: store.to_string(),
-            healthy: true,
-            ..StoreState::default()
-        });
+        let state = stores
+            .entry(store.to_string())
+            .or_insert_with(|| StoreState {
+                store: store.to_string(),
+                healthy: true,
+                ..StoreState::default()
+            });
         let was_failing = state.failing_since_ms;
         match error {
             None => {
@@ -106,7 +108,10 @@ mod tests {
     #[test]
     fn a_failure_is_told_once_and_the_recovery_says_how_long_it_lasted() {
         let status = StoreStatus::default();
-        assert_eq!(status.record("PostgreSQL", 1_000, None), Transition::Unchanged);
+        assert_eq!(
+            status.record("PostgreSQL", 1_000, None),
+            Transition::Unchanged
+        );
         assert_eq!(
             status.record("PostgreSQL", 2_000, Some("refused".into())),
             Transition::Failing
@@ -124,6 +129,9 @@ mod tests {
             Transition::Recovered(3_000)
         );
         assert!(status.all_healthy());
-        assert_eq!(status.get("PostgreSQL").unwrap().last_commit_ms, Some(5_000));
+        assert_eq!(
+            status.get("PostgreSQL").unwrap().last_commit_ms,
+            Some(5_000)
+        );
     }
 }

@@ -32,7 +32,9 @@ impl Flow<'_> {
             };
         }
         if self.written_since_flush > 0 {
-            tracing::info!(
+            // Per flush and subscription: debug. The process's summary (health) says it at
+            // INFO once per interval, whatever the number of subscriptions.
+            tracing::debug!(
                 replay_id = %position,
                 "Written to {}: {} events, last {}",
                 self.health.target,
@@ -64,7 +66,9 @@ impl Flow<'_> {
         match Box::pin(current.apply_due(finish)).await {
             Ok(Some(_)) => {
                 if matches!(self.health.state(), State::Limited(_)) {
-                    tracing::info!("API requests available again: the current-state table caught up.");
+                    tracing::info!(
+                        "API requests available again: the current-state table caught up."
+                    );
                     self.health.set_state(State::Running);
                 }
                 Ok(())
@@ -72,7 +76,9 @@ impl Flow<'_> {
             Ok(None) => Ok(()),
             Err(error) if error.is_limited() => {
                 let wait = current.hold_off();
-                tracing::warn!(%error, wait_secs = wait.as_secs(), "The org's API requests are used up: the current-state table waits, the change table goes on.");
+                if let Some(held_back) = crate::throttle::admit("api-limit") {
+                    tracing::warn!(%error, wait_secs = wait.as_secs(), held_back, "The org's API requests are used up: the current-state table waits, the change table goes on.");
+                }
                 self.health.set_state(State::Limited(format!(
                     "{error}; the change table goes on, the current-state table tries again within {} s",
                     wait.as_secs()
@@ -96,7 +102,9 @@ impl Flow<'_> {
             return;
         }
         let detail = self.store.failing(&place).unwrap_or_default();
-        tracing::warn!(store = %place.label(), held_back_bytes = self.held_back_bytes, "Paused: the checkpoint store has been failing for as much written data as a restart may replay; streaming goes on once it answers.");
+        if let Some(held_back) = crate::throttle::admit("paused") {
+            tracing::warn!(store = %place.label(), held_back_bytes = self.held_back_bytes, held_back, "Paused: the checkpoint store has been failing for as much written data as a restart may replay; streaming goes on once it answers.");
+        }
         let previous = self.health.state();
         self.health.set_state(State::Paused(format!(
             "the {} checkpoint store has been failing while {} MiB were written ({detail}); streaming goes on once it answers",

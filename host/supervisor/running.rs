@@ -443,8 +443,12 @@ impl Task {
                 backoff.reset();
             }
             let within = backoff.delay().as_secs_f64();
-            health.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(subscription = %sub.name, %error, "Subscription stopped by an error that may pass; starting it again within {within:.0} s.");
+            health
+                .restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(held_back) = crate::throttle::admit("restart") {
+                tracing::warn!(subscription = %sub.name, %error, held_back, "Subscription stopped by an error that may pass; starting it again within {within:.0} s.");
+            }
             health.set_state(State::BackingOff(format!(
                 "{error}; next attempt within {within:.0} s"
             )));
@@ -456,10 +460,10 @@ impl Task {
         match &result {
             Ok(_) => health.set_state(State::Stopped),
             Err(error) => {
-                if others {
-                    tracing::error!(subscription = %sub.name, %error, "Subscription failed; the others keep running.");
-                } else {
+                if !others {
                     tracing::error!(subscription = %sub.name, %error, "Subscription failed.");
+                } else if let Some(held_back) = crate::throttle::admit("failed") {
+                    tracing::error!(subscription = %sub.name, %error, held_back, "Subscription failed; the others keep running (see /subscriptions?state=failed).");
                 }
                 health.set_state(State::Failed(error.to_string()));
             }

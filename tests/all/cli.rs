@@ -204,3 +204,59 @@ fn the_simulator_can_stand_in_for_zerobus_too() {
         "{stderr}"
     );
 }
+
+/// `sfzb-host healthcheck` and `sfzb-host status` against a running host's endpoint: 0 and
+/// the table of its subscriptions while it runs; 1 with a clear reason once nothing
+/// answers (an image without an HTTP client uses it as its HEALTHCHECK).
+#[test]
+fn healthcheck_and_status_read_a_running_hosts_endpoint() {
+    let (_sim, pubsub, login) = sim(&["--events", "50", "--keepalive-ms", "200"]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut command = host_command(dir.path(), &pubsub, &login, "/data/AccountChangeEvent");
+    command.args(["--sink", "jsonl:out.jsonl", "--metrics-listen", &address]);
+    let host = crate::support::Logged::spawn(command);
+    let probe = |verb: &str| {
+        let output = Command::new(BIN)
+            .args([verb, "--address", &address])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        (output.status.code(), stdout, stderr)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let table = loop {
+        let (code, stdout, _) = probe("status");
+        if code == Some(0) && stdout.contains("running") && stdout.contains(" 50 ") {
+            break stdout;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status: {stdout}\n{}",
+            host.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(table.starts_with("1 subscriptions: 1 running"), "{table}");
+    assert!(
+        table.contains("NAME") && table.contains("AccountChangeEvent"),
+        "{table}"
+    );
+    let (code, stdout, stderr) = probe("healthcheck");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.starts_with("ok"), "{stdout}");
+    let (status, _) = host.stop();
+    assert!(status.success());
+    let (code, _, stderr) = probe("healthcheck");
+    assert_eq!(code, Some(1), "nothing answers: {stderr}");
+    assert!(
+        stderr.contains("no answer from sfzb-host") && stderr.contains("--metrics-listen"),
+        "{stderr}"
+    );
+}

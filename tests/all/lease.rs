@@ -49,7 +49,8 @@ impl Setup {
             .args(["--state-dir", &format!("state-{holder}")])
             .args(["--lease-namespace", NAMESPACE, "--lease-holder", holder])
             .args(["--lease-duration-secs", "3"])
-            .env("KUBECONFIG", self.api.kubeconfig(dir));
+            .env("KUBECONFIG", self.api.kubeconfig(dir))
+            .env("SFZB_LOG", FLUSH_LINES);
         Logged::spawn(command)
     }
 

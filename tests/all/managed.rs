@@ -12,7 +12,8 @@ fn host(dir: &std::path::Path, pubsub: &str, login: &str, name: &str) -> Logged 
         .args(["--managed-subscription", "Accounts"])
         .args(["--sink", &format!("jsonl:{name}.jsonl")])
         .args(["--state-dir", &format!("state-{name}")])
-        .args(["--flush-interval-ms", "100"]);
+        .args(["--flush-interval-ms", "100"])
+        .env("SFZB_LOG", FLUSH_LINES);
     Logged::spawn(command)
 }
 

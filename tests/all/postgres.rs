@@ -267,8 +267,7 @@ async fn a_thousand_checkpoints_are_one_statement_and_read_back_by_a_new_process
 
     // The next commit writes only what changed since.
     for i in 0..10 {
-        store
-            .stage(&key(i), &place, &ReplayId::from_hex("ffffffff").unwrap());
+        store.stage(&key(i), &place, &ReplayId::from_hex("ffffffff").unwrap());
     }
     store.commit().await.unwrap();
     store.commit().await.unwrap();
@@ -381,10 +380,16 @@ async fn thirty_tenants_stream_through_a_checkpoint_store_outage_without_a_resta
     let run = tokio::spawn(started.wait());
     let file = |n: usize| dir.path().join(format!("org-{n}.jsonl"));
     let committed_orgs = || async { postgres.checkpoints("sfzb_checkpoints").await.len() };
-    wait_for("every tenant writing", || (1..=ORGS).all(|n| lines(&file(n)) > 0)).await;
+    wait_for("every tenant writing", || {
+        (1..=ORGS).all(|n| lines(&file(n)) > 0)
+    })
+    .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while committed_orgs().await < ORGS {
-        assert!(std::time::Instant::now() < deadline, "a checkpoint per tenant");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a checkpoint per tenant"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let subscribes = sim.stats.subscribes.load(Relaxed);
@@ -405,7 +410,10 @@ async fn thirty_tenants_stream_through_a_checkpoint_store_outage_without_a_resta
         if listed["checkpoint_stores"][0]["healthy"] == false {
             break listed;
         }
-        assert!(std::time::Instant::now() < deadline, "the store seen failing: {listed}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store seen failing: {listed}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let store = &listed["checkpoint_stores"][0];
@@ -413,16 +421,25 @@ async fn thirty_tenants_stream_through_a_checkpoint_store_outage_without_a_resta
     assert!(store["last_commit_age_secs"].as_f64().is_some(), "{store}");
     let each = &listed["subscriptions"][0]["checkpoint_store"];
     assert_eq!(each["healthy"], false, "per subscription too: {each}");
-    assert_eq!(listed["counts"]["running"], ORGS, "all still streaming: {}", listed["counts"]);
+    assert_eq!(
+        listed["counts"]["running"], ORGS,
+        "all still streaming: {}",
+        listed["counts"]
+    );
     let (status, healthz) = get("/healthz").await;
     assert_eq!(status, 200, "a store outage restarts no process: {healthz}");
-    assert!(healthz.contains("checkpoint store PostgreSQL failing"), "{healthz}");
+    assert!(
+        healthz.contains("checkpoint store PostgreSQL failing"),
+        "{healthz}"
+    );
     let (_, metrics) = get("/metrics").await;
     assert!(
         metrics.contains("sfzb_checkpoint_store_healthy{store=\"PostgreSQL\"} 0"),
         "{metrics}"
     );
-    assert!(metrics.contains("sfzb_checkpoint_store_last_commit_age_seconds{store=\"PostgreSQL\"}"));
+    assert!(
+        metrics.contains("sfzb_checkpoint_store_last_commit_age_seconds{store=\"PostgreSQL\"}")
+    );
 
     // Production goes on and ends during the outage; every event is written meanwhile.
     let total = ORGS as u64 * 5 + 300 * 12;
@@ -430,7 +447,10 @@ async fn thirty_tenants_stream_through_a_checkpoint_store_outage_without_a_resta
     wait_for("the simulator to produce its events", || heads() == total).await;
     let all_written = || (1..=ORGS).all(|n| lines(&file(n)) as u64 >= sim.orgs[n - 1].bus.head());
     wait_for("every event written while the store is down", all_written).await;
-    assert!(outage.elapsed() < Duration::from_secs(20), "written before the store returned");
+    assert!(
+        outage.elapsed() < Duration::from_secs(20),
+        "written before the store returned"
+    );
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(outage.elapsed())).await;
 
     postgres.serve().await;
@@ -445,11 +465,16 @@ async fn thirty_tenants_stream_through_a_checkpoint_store_outage_without_a_resta
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !at_end().await {
-        assert!(std::time::Instant::now() < deadline, "checkpoints at the end");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoints at the end"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = back.elapsed();
-    println!("checkpoints at the end {took:?} after the store returned (flush interval {FLUSH_MS} ms)");
+    println!(
+        "checkpoints at the end {took:?} after the store returned (flush interval {FLUSH_MS} ms)"
+    );
     // One interval for the committer's next turn, and room for a busy machine.
     assert!(
         took < Duration::from_millis(FLUSH_MS + 2_000),
@@ -458,16 +483,27 @@ async fn thirty_tenants_stream_through_a_checkpoint_store_outage_without_a_resta
 
     let restarts: u64 = healths.iter().map(|h| h.restarts.load(Relaxed)).sum();
     assert_eq!(restarts, 0, "no subscription restarted for the store");
-    assert_eq!(sim.stats.subscribes.load(Relaxed), subscribes, "no resubscribe");
+    assert_eq!(
+        sim.stats.subscribes.load(Relaxed),
+        subscribes,
+        "no resubscribe"
+    );
     for (i, org) in sim.orgs.iter().enumerate() {
         let rows = rows(&file(i + 1));
         let ids: HashSet<u64> = rows.iter().map(replay).collect();
-        assert_eq!(ids, (1..=org.bus.head()).collect(), "org-{}: every event", i + 1);
+        assert_eq!(
+            ids,
+            (1..=org.bus.head()).collect(),
+            "org-{}: every event",
+            i + 1
+        );
         assert_eq!(rows.len(), ids.len(), "org-{}: each once", i + 1);
     }
     cancel.cancel();
     let report = run.await.unwrap();
-    report.into_result().expect("every subscription ends cleanly");
+    report
+        .into_result()
+        .expect("every subscription ends cleanly");
     sim.shutdown().await;
 }
 

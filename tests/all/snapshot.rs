@@ -275,7 +275,11 @@ async fn a_used_up_api_limit_is_a_state_and_the_change_table_keeps_flowing() {
     .await;
     let reason = health.state().reason().unwrap_or_default().to_string();
     assert!(reason.contains("REQUEST_LIMIT_EXCEEDED"), "{reason}");
-    assert!(health.problem().is_none(), "limited is not unhealthy: {:?}", health.problem());
+    assert!(
+        health.problem().is_none(),
+        "limited is not unhealthy: {:?}",
+        health.problem()
+    );
     crate::support::wait_for("every event in the change table", || {
         health.written.load(Relaxed) == 60
     })
@@ -287,9 +291,6 @@ async fn a_used_up_api_limit_is_a_state_and_the_change_table_keeps_flowing() {
     .await;
     assert_eq!(health.restarts.load(Relaxed), 0, "never restarted");
     cancel.cancel();
-    run.await
-        .unwrap()
-        .into_result()
-        .expect("ends cleanly");
+    run.await.unwrap().into_result().expect("ends cleanly");
     sim.shutdown().await;
 }

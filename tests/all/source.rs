@@ -501,9 +501,10 @@ async fn a_hung_get_schema_has_a_deadline_and_a_stop_cancels_it() {
     .unwrap();
     let health = started.registry().list().remove(0);
     let run = tokio::spawn(started.wait());
-    wait_for("the hung GetSchema given up and the stream opened again", || {
-        health.reconnects.load(Ordering::Relaxed) >= 2
-    })
+    wait_for(
+        "the hung GetSchema given up and the stream opened again",
+        || health.reconnects.load(Ordering::Relaxed) >= 2,
+    )
     .await;
     cancel.cancel();
     let report = tokio::time::timeout(std::time::Duration::from_secs(10), run)
@@ -511,6 +512,10 @@ async fn a_hung_get_schema_has_a_deadline_and_a_stop_cancels_it() {
         .expect("a stop does not wait on a hung GetSchema")
         .unwrap();
     assert_eq!(report.subscriptions.len(), 1);
-    assert_eq!(lines(&out(dir.path())), 0, "nothing written without its schema");
+    assert_eq!(
+        lines(&out(dir.path())),
+        0,
+        "nothing written without its schema"
+    );
     sim.shutdown().await;
 }

@@ -120,7 +120,11 @@ pub fn tenants_args(
 /// A tenants file of `orgs` simulated orgs, `org-1` … `org-N`, each with its own credentials.
 pub fn tenants_file(orgs: usize) -> String {
     (1..=orgs)
-        .map(|n| format!("[org-{n}]\nclient-id = \"sim-client-{n}\"\nclient-secret = \"sim-secret-{n}\"\n"))
+        .map(|n| {
+            format!(
+                "[org-{n}]\nclient-id = \"sim-client-{n}\"\nclient-secret = \"sim-secret-{n}\"\n"
+            )
+        })
         .collect()
 }
 
@@ -279,6 +283,11 @@ pub fn sim_process_urls(args: &[&str]) -> (Process, Vec<String>) {
 }
 
 /// `sfzb-host run` in `dir`, against a simulator's endpoints, logged in as u/p, on `channel`.
+/// The log filter of a host whose flushes a test follows: `Written to …` per flush is a
+/// debug line.
+pub const FLUSH_LINES: &str =
+    "info,buoyant_kernel=off,deltalake_core=warn,sfzb_host::pipeline::flush=debug";
+
 pub fn host_command(dir: &Path, pubsub: &str, login: &str, channel: &str) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"));
     command
@@ -392,8 +401,10 @@ pub struct Logged {
 
 impl Logged {
     pub fn spawn(mut command: std::process::Command) -> Logged {
+        if !command.get_envs().any(|(k, _)| k == "SFZB_LOG") {
+            command.env("SFZB_LOG", "info");
+        }
         let mut child = command
-            .env("SFZB_LOG", "info")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();

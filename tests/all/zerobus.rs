@@ -157,7 +157,10 @@ async fn a_refused_row_is_dead_lettered_and_its_neighbours_on_the_stream_go_on()
         })
     })
     .await;
-    assert!(!rows_of(&refused_org).contains("00000000000000c8"), "the refused row is not stored");
+    assert!(
+        !rows_of(&refused_org).contains("00000000000000c8"),
+        "the refused row is not stored"
+    );
     wait_for("the refused row dead-lettered", || {
         !zerobus.rows("main.sfzb.accounts_dead_letter").is_empty()
     })
@@ -168,7 +171,11 @@ async fn a_refused_row_is_dead_lettered_and_its_neighbours_on_the_stream_go_on()
     assert_eq!(restarts, 0, "no subscription restarted");
     for outcome in &report.subscriptions {
         let stats = outcome.result.as_ref().expect("each ends cleanly");
-        let expected = if outcome.name.starts_with("org-2/") { 1 } else { 0 };
+        let expected = if outcome.name.starts_with("org-2/") {
+            1
+        } else {
+            0
+        };
         assert_eq!(stats.dead_lettered, expected, "{}", outcome.name);
     }
     assert_eq!(zerobus.rows("main.sfzb.accounts_dead_letter").len(), 1);
@@ -415,20 +422,15 @@ mod tables {
             .lock()
             .unwrap()
             .insert("main.sfzb.accounts".into());
-        workspace
-            .workspace
-            .reference_rows
-            .lock()
-            .unwrap()
-            .insert(
-                "main.sfzb.accounts".into(),
-                vec![
-                    ("Account".into(), "000000000000003c".into()),
-                    // Written later by another channel of the org (`/data/ChangeEvents`):
-                    // its replay ids are another sequence, not a position of this one.
-                    ("Contact".into(), "0000000000000050".into()),
-                ],
-            );
+        workspace.workspace.reference_rows.lock().unwrap().insert(
+            "main.sfzb.accounts".into(),
+            vec![
+                ("Account".into(), "000000000000003c".into()),
+                // Written later by another channel of the org (`/data/ChangeEvents`):
+                // its replay ids are another sequence, not a position of this one.
+                ("Contact".into(), "0000000000000050".into()),
+            ],
+        );
         let stats = setup.run(&[]).await.unwrap();
         assert_eq!(
             stats.received, 40,
@@ -636,19 +638,30 @@ async fn rows_past_the_payload_limit_go_in_several_calls_and_one_too_large_is_de
         .await
         .unwrap();
     assert_eq!(stats.written, 40);
-    assert_eq!(zerobus.rows("main.sfzb.wide").len(), 40, "every row arrived");
+    assert_eq!(
+        zerobus.rows("main.sfzb.wide").len(),
+        40,
+        "every row arrived"
+    );
     let largest = zerobus.received.largest_call.load(Relaxed) as usize;
     assert!(
         largest <= sfzb_host::sink::zerobus::MAX_CALL_BYTES && largest > 4 << 20,
         "calls of up to the limit: the largest {largest} bytes"
     );
-    assert!(zerobus.received.calls.load(Relaxed) >= 3, "the batch went in several calls");
+    assert!(
+        zerobus.received.calls.load(Relaxed) >= 3,
+        "the batch went in several calls"
+    );
 
     // Text fields of 1,000 KiB each on every 10th event (the transform allowed to add
     // that much): those rows are over 10 MiB alone.
     let dir = tempfile::tempdir().unwrap();
     let mut huge = run_with(dir.path(), "main.sfzb.huge", &["every=10", "kib=1000"]);
-    for chain in huge.subscriptions.iter_mut().map(|s| &mut s.config.transforms) {
+    for chain in huge
+        .subscriptions
+        .iter_mut()
+        .map(|s| &mut s.config.transforms)
+    {
         for transform in chain {
             transform.limits.max_added_bytes = 64 << 20;
         }
@@ -704,7 +717,11 @@ async fn a_stream_is_closed_when_its_last_subscription_leaves() {
         assert_eq!(pool.streams_in_use().load(Relaxed), 1, "writer {n}");
     }
     assert_eq!(zerobus.rows("main.sfzb.t_dead_letter").len(), 601);
-    assert_eq!(zerobus.received.streams.load(Relaxed), 1, "one stream served them all");
+    assert_eq!(
+        zerobus.received.streams.load(Relaxed),
+        1,
+        "one stream served them all"
+    );
     drop(staying);
     assert_eq!(pool.streams_in_use().load(Relaxed), 0);
     wait_for("the last stream closed", || {
@@ -749,9 +766,14 @@ async fn a_column_retyped_by_hand_is_a_dead_letter_with_the_fix_never_a_retry_lo
         }
         flags
     };
-    let first = run(plan(&sim, dir.path(), "/data/AccountChangeEvent", &args(&flags(""))))
-        .await
-        .unwrap();
+    let first = run(plan(
+        &sim,
+        dir.path(),
+        "/data/AccountChangeEvent",
+        &args(&flags("")),
+    ))
+    .await
+    .unwrap();
     assert_eq!(first.written, 20);
     let retyped = {
         let mut columns = workspace.workspace.columns.lock().unwrap();
@@ -778,7 +800,11 @@ async fn a_column_retyped_by_hand_is_a_dead_letter_with_the_fix_never_a_retry_lo
         !statements.iter().any(|s| s.contains("ADD COLUMNS")),
         "no column added again: {statements:#?}"
     );
-    assert_eq!(zerobus.rows("main.sf.accounts").len(), 20, "the first run's rows only");
+    assert_eq!(
+        zerobus.rows("main.sf.accounts").len(),
+        20,
+        "the first run's rows only"
+    );
     assert_eq!(zerobus.rows("main.sf.accounts_dead_letter").len(), 20);
     println!("retyped column: {retyped}");
     zerobus.shutdown().await;

@@ -7,6 +7,7 @@ import csv
 import datetime
 import io
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -35,13 +36,19 @@ def run_command(binary, urls, *args):
             "--state-dir", "state", "--flush-interval-ms", "200", *map(str, args)]
 
 
+FLUSH_LINES = ("info,buoyant_kernel=off,deltalake_core=warn,deltalake_core::writer::stats=error,"
+               "deltalake_core::operations::merge=error,sfzb_host::pipeline::flush=debug")
+
+
 class Host:
     """`sfzb-host run` with its log read as it comes, line by line."""
 
     def __init__(self, args, cwd):
+        # `Written to …` per flush is a debug line: the checks follow the flushes.
+        env = {**os.environ, "RUST_LOG": FLUSH_LINES}
         self.process = subprocess.Popen(
             [str(a) for a in args], cwd=cwd, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
+            stderr=subprocess.PIPE, text=True, env=env)
         self.lines = []
         self.seen = 0
         self.cond = threading.Condition()

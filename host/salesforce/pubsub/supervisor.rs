@@ -72,10 +72,13 @@ impl Subscriber {
                     if let Some(health) = &self.options.health {
                         health.idle_timeout();
                     }
-                    tracing::warn!(
-                        idle_secs = self.options.idle_timeout.as_secs(),
-                        "Nothing received, not even a keepalive; resubscribing."
-                    );
+                    if let Some(held_back) = crate::throttle::admit("idle-timeout") {
+                        tracing::warn!(
+                            idle_secs = self.options.idle_timeout.as_secs(),
+                            held_back,
+                            "Nothing received, not even a keepalive; resubscribing."
+                        );
+                    }
                     continue;
                 }
                 StreamEnd::Failed(status) => status,
@@ -149,7 +152,9 @@ impl Subscriber {
                 // A long wait this once; the backoff of later failures stays as it was.
                 let mut once = self.backoff.clone();
                 once.at_least(LIMIT_WAIT);
-                tracing::warn!(%detail, wait_secs = once.delay().as_secs(), "Delivery limit exceeded; waiting before resubscribing.");
+                if let Some(held_back) = crate::throttle::admit("delivery-limit") {
+                    tracing::warn!(%detail, wait_secs = once.delay().as_secs(), held_back, "Delivery limit exceeded; waiting before resubscribing.");
+                }
                 return Ok(match once.wait(&self.cancel).await {
                     true => Next::Stop,
                     false => Next::Resubscribe,
@@ -157,7 +162,9 @@ impl Subscriber {
             }
             Failure::ManagedInUse => self.stand_by(),
             Failure::Transient => {
-                tracing::warn!(%detail, retry_in_ms = self.backoff.delay().as_millis() as u64, "Stream failed; resubscribing after backoff.");
+                if let Some(held_back) = crate::throttle::admit("stream-failed") {
+                    tracing::warn!(%detail, retry_in_ms = self.backoff.delay().as_millis() as u64, held_back, "Stream failed; resubscribing after backoff.");
+                }
             }
         }
         Ok(match self.backoff.wait(&self.cancel).await {

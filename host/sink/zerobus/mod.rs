@@ -72,8 +72,7 @@ fn descriptor(name: &str) -> prost_types::DescriptorProto {
 
 /// The reference layout's row and dead-letter descriptors, built once.
 fn shared_descriptor(name: &'static str) -> Arc<prost_types::DescriptorProto> {
-    static ROW: std::sync::OnceLock<Arc<prost_types::DescriptorProto>> =
-        std::sync::OnceLock::new();
+    static ROW: std::sync::OnceLock<Arc<prost_types::DescriptorProto>> = std::sync::OnceLock::new();
     static LETTER: std::sync::OnceLock<Arc<prost_types::DescriptorProto>> =
         std::sync::OnceLock::new();
     let cell = match name {
@@ -204,7 +203,8 @@ impl ZerobusPool {
                         writers: 1,
                     };
                     slots.insert((table.to_string(), index), held);
-                    self.in_use.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.in_use
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return index;
                 }
             }
@@ -222,8 +222,13 @@ impl ZerobusPool {
         held.writers = held.writers.saturating_sub(1);
         if held.writers == 0 {
             slots.remove(&key);
-            self.in_use.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(table, slot = index, "Zerobus stream slot left by its last writer; its stream closes.");
+            self.in_use
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(
+                table,
+                slot = index,
+                "Zerobus stream slot left by its last writer; its stream closes."
+            );
         }
     }
 
@@ -250,7 +255,11 @@ impl ZerobusPool {
         {
             return Ok(stream.clone());
         }
-        let stream = Arc::new(self.open(table, descriptor).await.map_err(|e| error(table, e))?);
+        let stream = Arc::new(
+            self.open(table, descriptor)
+                .await
+                .map_err(|e| error(table, e))?,
+        );
         tracing::info!(table, slot, generation, "Zerobus stream opened.");
         *open = Some((stream.clone(), generation));
         Ok(stream)
@@ -312,15 +321,28 @@ mod tests {
     #[test]
     fn records_go_in_calls_under_the_limit_and_one_too_large_is_a_misfit() {
         let mib = |n: usize| vec![0u8; n << 20];
-        let mut records: Vec<(usize, Vec<u8>)> =
-            vec![(0, mib(4)), (1, mib(11)), (2, mib(4)), (3, mib(4)), (4, vec![1])];
+        let mut records: Vec<(usize, Vec<u8>)> = vec![
+            (0, mib(4)),
+            (1, mib(11)),
+            (2, mib(4)),
+            (3, mib(4)),
+            (4, vec![1]),
+        ];
         let misfits = too_large(&mut records);
         assert_eq!(misfits.len(), 1);
         assert_eq!(misfits[0].0, 1);
-        assert!(misfits[0].1.to_string().contains("10 MiB"), "{}", misfits[0].1);
+        assert!(
+            misfits[0].1.to_string().contains("10 MiB"),
+            "{}",
+            misfits[0].1
+        );
         let calls = calls(records.into_iter().map(|(_, r)| r).collect());
         let sizes: Vec<usize> = calls.iter().map(|c| c.iter().map(Vec::len).sum()).collect();
-        assert_eq!(sizes, [8 << 20, (4 << 20) + 1], "in order, each under the limit");
+        assert_eq!(
+            sizes,
+            [8 << 20, (4 << 20) + 1],
+            "in order, each under the limit"
+        );
         assert!(sizes.iter().all(|s| *s <= MAX_CALL_BYTES));
     }
 

@@ -93,7 +93,9 @@ pub(super) async fn send_alone(
     kept: Kept,
     failure: &str,
 ) -> Result<Vec<DeadLetter>, SinkError> {
-    tracing::warn!(table, rows = kept.records.len(), %failure, "Zerobus stream failed: sending this subscription's rows since its last flush again on a stream of its own.");
+    if let Some(held_back) = crate::throttle::admit("zerobus-alone") {
+        tracing::warn!(table, rows = kept.records.len(), %failure, held_back, "Zerobus stream failed: sending this subscription's rows since its last flush again on a stream of its own.");
+    }
     let Kept {
         descriptor,
         records,

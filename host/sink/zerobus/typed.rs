@@ -152,7 +152,10 @@ impl Shared {
                         (!name.is_empty() && !name.starts_with('#')).then_some(row)
                     })
                     .filter_map(|row| {
-                        Some((row.first()?.clone()?, row.get(1)?.clone().unwrap_or_default()))
+                        Some((
+                            row.first()?.clone()?,
+                            row.get(1)?.clone().unwrap_or_default(),
+                        ))
                     })
                     .collect();
                 // Every column is kept: one of a type sfzb-host does not write stays known,

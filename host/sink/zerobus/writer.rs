@@ -114,7 +114,10 @@ impl ZerobusSink {
             return Ok(());
         }
         if let Some(origins) = origins {
-            let kept = self.kept.entry(table.clone()).or_insert_with(|| Kept::new(descriptor));
+            let kept = self
+                .kept
+                .entry(table.clone())
+                .or_insert_with(|| Kept::new(descriptor));
             kept.add(descriptor, &records, origins);
         }
         if self.failed.contains_key(&table) {
@@ -304,10 +307,12 @@ impl ZerobusSink {
         let mut result = Ok(());
         for (table, reason) in failed {
             match self.kept.remove(&table) {
-                Some(kept) if result.is_ok() => match Box::pin(send_alone(&self.pool, &table, kept, &reason)).await {
-                    Ok(refused) => self.refused.extend(refused),
-                    Err(e) => result = Err(e),
-                },
+                Some(kept) if result.is_ok() => {
+                    match Box::pin(send_alone(&self.pool, &table, kept, &reason)).await {
+                        Ok(refused) => self.refused.extend(refused),
+                        Err(e) => result = Err(e),
+                    }
+                }
                 Some(_) => {}
                 None => result = Err(error(&table, reason)),
             }
@@ -328,7 +333,6 @@ impl ZerobusSink {
         std::mem::take(&mut self.refused)
     }
 
-
     /// Stops writing `table` on its slot (the slot's last writer closes its stream).
     fn leave(&mut self, table: &str) {
         if let Some(written) = self.streams.remove(table) {
@@ -346,4 +350,3 @@ impl Drop for ZerobusSink {
         }
     }
 }
-

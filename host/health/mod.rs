@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
+
+mod report;
+
+pub use report::report;
 
 use crate::checkpoint::{StoreState, StoreStatus};
 use crate::transform::TransformStats;
@@ -437,41 +440,6 @@ pub struct Snapshot {
     pub checkpoint_store: Option<StoreState>,
 }
 
-impl Snapshot {
-    /// The periodic health report line.
-    pub fn log(&self, since: &Snapshot, window: Duration) {
-        let rate =
-            self.received.saturating_sub(since.received) as f64 / window.as_secs_f64().max(0.001);
-        let transforms: Vec<String> = self
-            .transforms
-            .iter()
-            .map(|t| {
-                format!(
-                    "{}: {} in/{} out/{} dropped/{} dead-lettered",
-                    t.name, t.events_in, t.events_out, t.dropped, t.dead_lettered
-                )
-            })
-            .collect();
-        tracing::info!(
-            subscription = %self.name,
-            channel = %self.channel,
-            events_per_sec = format!("{rate:.1}"),
-            received = self.received,
-            written = self.written,
-            dropped = self.dropped,
-            dead_lettered = self.dead_lettered,
-            in_flight = self.queue_size,
-            checkpoint_age_secs = self.checkpoint_age_secs.map(|s| format!("{s:.1}")).unwrap_or_else(|| "none".into()),
-            lag_secs = self.lag_secs.map(|s| format!("{s:.1}")).unwrap_or_else(|| "none".into()),
-            reconnects = self.reconnects,
-            transforms = %transforms.join("; "),
-            healthy = self.is_healthy,
-            problem = self.problem.as_deref().unwrap_or(""),
-            "Health report."
-        );
-    }
-}
-
 /// The subscriptions of a run, as they come and go (a live reload adds and removes them):
 /// what `/metrics`, `/healthz`, `/subscriptions` and the health reports read; and the
 /// process's room for decoded events and its shared transform instances, for `/metrics`.
@@ -555,81 +523,6 @@ impl Registry {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|h| !Arc::ptr_eq(h, health));
-    }
-}
-
-/// Logs a health report per subscription every `interval`, and, every 10 s, progress for
-/// subscriptions that are catching up (a backfill): done, rate, and how far behind.
-pub async fn report(registry: Registry, interval: Option<Duration>, cancel: CancellationToken) {
-    let progress_every = Duration::from_secs(10);
-    let period = interval.map_or(progress_every, |i| i.min(progress_every));
-    let start = tokio::time::Instant::now();
-    let (mut last_report, mut last_progress) = (start, start);
-    let snapshots = |registry: &Registry| -> std::collections::HashMap<String, Snapshot> {
-        registry
-            .list()
-            .iter()
-            .map(|h| (h.name.clone(), h.snapshot()))
-            .collect()
-    };
-    let mut report_base = snapshots(&registry);
-    let mut progress_base = report_base.clone();
-    let mut tick = tokio::time::interval_at(start + period, period);
-    loop {
-        // Intervals count between ticks, not from when the last report finished: taking
-        // thousands of snapshots takes a while, and would otherwise skip every other turn.
-        let at = tokio::select! {
-            _ = cancel.cancelled() => return,
-            at = tick.tick() => at,
-        };
-        let now = snapshots(&registry);
-        // A subscription added since the last turn is reported from the next.
-        let pairs =
-            |base: &std::collections::HashMap<String, Snapshot>| -> Vec<(Snapshot, Snapshot)> {
-                now.iter()
-                    .filter_map(|(name, s)| Some((s.clone(), base.get(name)?.clone())))
-                    .collect()
-            };
-        if at - last_progress >= progress_every {
-            let window = (at - last_progress).as_secs_f64();
-            for (s, before) in &pairs(&progress_base) {
-                // A subscription restarted since counts from zero again.
-                let done = s.received.saturating_sub(before.received);
-                if done > 0 && s.lag_secs.is_some_and(|lag| lag > 60.0) {
-                    let behind = humanize(s.lag_secs.unwrap_or_default());
-                    tracing::info!(
-                        subscription = %s.name,
-                        channel = %s.channel,
-                        received = s.received,
-                        events_per_sec = format!("{:.0}", done as f64 / window),
-                        behind = %behind,
-                        "Backfill progress: {} events, {behind} behind the newest event.",
-                        s.received,
-                    );
-                }
-            }
-            progress_base = now.clone();
-            last_progress = at;
-        }
-        if let Some(interval) = interval
-            && at - last_report >= interval
-        {
-            let window = at - last_report;
-            for (s, before) in &pairs(&report_base) {
-                s.log(before, window);
-            }
-            report_base = now;
-            last_report = at;
-        }
-    }
-}
-
-fn humanize(secs: f64) -> String {
-    let secs = secs as u64;
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
-        _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
     }
 }
 
