@@ -87,9 +87,13 @@ impl LocalFile {
     /// `changed` over the file as it is, in one atomic replacement.
     pub(super) async fn write(&self, changed: Vec<Stored>) -> Result<(), CheckpointError> {
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || merge_and_write(&dir, changed))
+        let written = tokio::task::spawn_blocking(move || merge_and_write(&dir, changed))
             .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        // Read again at the next load: two writes within one tick of the clock leave a
+        // file of the same length and time, which the cache would take for unchanged.
+        *self.read.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        written
     }
 }
 

@@ -176,6 +176,10 @@ struct Entry {
 #[derive(Default)]
 struct Staged {
     entries: HashMap<String, Entry>,
+    /// The last position this process committed per key: what a subscription started
+    /// again resumes from while its store cannot be read (a store that fails stops
+    /// nothing), never in place of a store that answers.
+    last_committed: HashMap<String, Stored>,
     /// Per place (each warehouse table on its own), why its last commit failed, while it
     /// does.
     failures: HashMap<Place, String>,
@@ -257,12 +261,23 @@ impl Checkpoints {
         if let Some(entry) = self.lock_staged().entries.get(&key.id()) {
             return parse_replay(place.store(), &entry.stored).map(Some);
         }
-        match place {
+        let stored = match place {
             Place::Local => self.local.load(key).await,
             Place::Postgres => self.postgres()?.load(key).await,
             Place::Warehouse { table, reference } => {
                 self.warehouse()?.load(key, table, *reference).await
             }
+        };
+        match stored {
+            Err(error) if error.is_retryable() => {
+                let last = self.lock_staged().last_committed.get(&key.id()).cloned();
+                let Some(last) = last else {
+                    return Err(error);
+                };
+                tracing::warn!(%error, replay_id = %last.replay_id, "Checkpoint store unreadable: resuming from the position this process committed last.");
+                parse_replay(place.store(), &last).map(Some)
+            }
+            other => other,
         }
     }
 
@@ -374,10 +389,19 @@ impl Checkpoints {
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<(), CheckpointError> {
         let mut backoff = crate::backoff::Backoff::new(RETRY_FIRST, RETRY_MAX);
+        let stopped = || CheckpointError::Failing {
+            store: place.label(),
+            detail: "stopped while waiting for it".into(),
+        };
         loop {
-            let error = match self.commit_for(Some(place)).await {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
+            // A stop does not wait for a commit queued behind others (up to a statement's
+            // timeout each): what is staged stays staged for the committer.
+            let error = tokio::select! {
+                _ = cancel.cancelled() => return Err(stopped()),
+                committed = self.commit_for(Some(place)) => match committed {
+                    Ok(()) => return Ok(()),
+                    Err(error) => error,
+                },
             };
             if backoff.wait(cancel).await {
                 return Err(error);
@@ -417,6 +441,7 @@ impl Checkpoints {
             {
                 staged.entries.remove(&id);
             }
+            staged.last_committed.insert(id, stored.clone());
         }
     }
 

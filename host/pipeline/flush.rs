@@ -111,9 +111,16 @@ impl Flow<'_> {
             place.label(),
             self.held_back_bytes >> 20
         )));
-        if self.store.commit_durably(&place, cancel).await.is_ok() {
-            self.held_back_bytes = 0;
-            self.health.set_state(previous);
+        // The committer tries the store every interval; a paused subscription only
+        // watches for its answer (ten thousand of them do not queue commits of their own).
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        while self.store.failing(&place).is_some() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
         }
+        self.held_back_bytes = 0;
+        self.health.set_state(previous);
     }
 }

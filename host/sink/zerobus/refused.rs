@@ -101,12 +101,16 @@ pub(super) async fn send_alone(
         records,
         origins,
     } = kept;
+    let total = records.len();
     let mut letters = Vec::new();
     let mut todo = vec![(records, origins)];
     while let Some((records, mut origins)) = todo.pop() {
         let refused = match alone(pool, table, &descriptor, records.clone()).await {
             Ok(()) => continue,
-            Err(e) if e.is_retryable() => return Err(error(table, e)),
+            // Only a refusal of what was sent is a row's; the table gone, a permission
+            // revoked or a stream in a bad state is the table's: the subscription starts
+            // again from its checkpoint.
+            Err(e) if !refusal(&e) => return Err(error(table, e)),
             Err(e) => e,
         };
         if records.len() == 1 {
@@ -123,7 +127,29 @@ pub(super) async fn send_alone(
         todo.push((second, later));
         todo.push((first, origins));
     }
+    if total > 1 && letters.len() == total {
+        // Every row refused one by one: the table refuses them all (a schema changed by
+        // hand), not a row; dead-lettering them would pass rows that are fine.
+        return Err(error(
+            table,
+            format!(
+                "the server refused every one of the {total} rows sent again one by one: {}",
+                letters[0].error
+            ),
+        ));
+    }
     Ok(letters)
+}
+
+/// Whether the server refused the records sent (INVALID_ARGUMENT), rather than failing.
+fn refusal(e: &ZerobusError) -> bool {
+    match e {
+        ZerobusError::InvalidArgument(_) => true,
+        ZerobusError::StreamClosedError(status) | ZerobusError::CreateStreamError(status) => {
+            status.code() == tonic::Code::InvalidArgument
+        }
+        _ => false,
+    }
 }
 
 /// `records` on a new stream of `table` of their own, acknowledged, and the stream gone.
