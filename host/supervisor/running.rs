@@ -442,32 +442,13 @@ impl Task {
             if attempt.elapsed() > MAX_BACKOFF {
                 backoff.reset();
             }
-            let within = backoff.delay().as_secs_f64();
-            health
-                .restarts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(held_back) = crate::throttle::admit("restart") {
-                tracing::warn!(subscription = %sub.name, %error, held_back, "Subscription stopped by an error that may pass; starting it again within {within:.0} s.");
-            }
-            health.set_state(State::BackingOff(format!(
-                "{error}; next attempt within {within:.0} s"
-            )));
+            backing_off(&health, &sub.name, &error, backoff.delay());
             if backoff.wait(&cancel).await {
                 // Stopped while waiting: stopped, not failed.
                 break Ok(None);
             }
         };
-        match &result {
-            Ok(_) => health.set_state(State::Stopped),
-            Err(error) => {
-                if !others {
-                    tracing::error!(subscription = %sub.name, %error, "Subscription failed.");
-                } else if let Some(held_back) = crate::throttle::admit("failed") {
-                    tracing::error!(subscription = %sub.name, %error, held_back, "Subscription failed; the others keep running (see /subscriptions?state=failed).");
-                }
-                health.set_state(State::Failed(error.to_string()));
-            }
-        }
+        ended(&health, &sub.name, &result, others);
         // A standby that never held its Lease read nothing: say so rather than leave it out.
         let result = result.map(|stats| {
             stats.unwrap_or_else(|| SubscriptionStats {
@@ -477,5 +458,40 @@ impl Task {
             })
         });
         (index, sub.name, result)
+    }
+}
+
+/// A subscription stopped by an error that may pass, to start again after `within`: counted,
+/// said (throttled: thousands may stop at once), and its state.
+fn backing_off(health: &Health, name: &str, error: &Error, within: Duration) {
+    let within = within.as_secs_f64();
+    health
+        .restarts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(held_back) = crate::throttle::admit("restart") {
+        tracing::warn!(subscription = %name, %error, held_back, "Subscription stopped by an error that may pass; starting it again within {within:.0} s.");
+    }
+    health.set_state(State::BackingOff(format!(
+        "{error}; next attempt within {within:.0} s"
+    )));
+}
+
+/// A subscription's end in its health, and a failure in the log (throttled when others run).
+fn ended(
+    health: &Health,
+    name: &str,
+    result: &Result<Option<SubscriptionStats>, Error>,
+    others: bool,
+) {
+    match result {
+        Ok(_) => health.set_state(State::Stopped),
+        Err(error) => {
+            if !others {
+                tracing::error!(subscription = %name, %error, "Subscription failed.");
+            } else if let Some(held_back) = crate::throttle::admit("failed") {
+                tracing::error!(subscription = %name, %error, held_back, "Subscription failed; the others keep running (see /subscriptions?state=failed).");
+            }
+            health.set_state(State::Failed(error.to_string()));
+        }
     }
 }

@@ -538,14 +538,7 @@ async fn a_hundred_orgs_on_shared_streams_survive_sigkill_with_checkpoints_in_po
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tenants = dir.path().join("tenants.toml");
-    let entries: String = (1..=ORGS)
-        .map(|n| {
-            format!(
-                "[org-{n}]\nclient-id = \"sim-client-{n}\"\nclient-secret = \"sim-secret-{n}\"\n"
-            )
-        })
-        .collect();
-    std::fs::write(&tenants, entries).unwrap();
+    std::fs::write(&tenants, tenants_file(ORGS)).unwrap();
     let (pubsub, login, endpoint, url) = (
         sim.pubsub_url(),
         sim.login_url(),
@@ -553,17 +546,9 @@ async fn a_hundred_orgs_on_shared_streams_survive_sigkill_with_checkpoints_in_po
         postgres.url(),
     );
     let host = |until_idle: &str| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"));
+        let sink = format!("zerobus:{TABLE}");
+        let mut command = tenants_command(dir.path(), &tenants, &pubsub, &login, &sink);
         command
-            .current_dir(dir.path())
-            .args(["run", "--tenants", tenants.to_str().unwrap()])
-            .args(["--pubsub-endpoint", &pubsub, "--instance-url", &login])
-            .args([
-                "--channel",
-                "AccountChangeEvent",
-                "--sink",
-                &format!("zerobus:{TABLE}"),
-            ])
             .args(["--zerobus-endpoint", &endpoint])
             .args([
                 "--checkpoint-store",

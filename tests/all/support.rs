@@ -117,6 +117,23 @@ pub fn tenants_args(
     }
 }
 
+/// `sfzb-host run` of every tenant of `tenants` on AccountChangeEvent into `sink`, in `dir`.
+pub fn tenants_command(
+    dir: &Path,
+    tenants: &Path,
+    pubsub: &str,
+    login: &str,
+    sink: &str,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"));
+    command
+        .current_dir(dir)
+        .args(["run", "--tenants", tenants.to_str().unwrap()])
+        .args(["--pubsub-endpoint", pubsub, "--instance-url", login])
+        .args(["--channel", "AccountChangeEvent", "--sink", sink]);
+    command
+}
+
 /// A tenants file of `orgs` simulated orgs, `org-1` … `org-N`, each with its own credentials.
 pub fn tenants_file(orgs: usize) -> String {
     (1..=orgs)

@@ -612,18 +612,14 @@ fn a_thousand_tenants_log_a_handful_of_info_lines_not_one_per_flush() {
     let dir = tempfile::tempdir().unwrap();
     let tenants = dir.path().join("tenants.toml");
     std::fs::write(&tenants, tenants_file(ORGS)).unwrap();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sfzb-host"));
-    command
-        .current_dir(dir.path())
-        .args(["run", "--tenants", tenants.to_str().unwrap()])
-        .args(["--pubsub-endpoint", &pubsub, "--instance-url", &login])
-        .args([
-            "--channel",
-            "AccountChangeEvent",
-            "--sink",
-            "jsonl:out/{tenant}.jsonl",
-        ])
-        .args(["--flush-interval-ms", "1000", "--health-interval-secs", "5"]);
+    let mut command = tenants_command(
+        dir.path(),
+        &tenants,
+        &pubsub,
+        &login,
+        "jsonl:out/{tenant}.jsonl",
+    );
+    command.args(["--flush-interval-ms", "1000", "--health-interval-secs", "5"]);
     let host = Logged::spawn(command);
     let all_written = || std::fs::read_dir(dir.path().join("out")).map_or(0, |d| d.count()) >= ORGS;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
